@@ -1,0 +1,258 @@
+//! The JSON carried in the `content` columns of the session DBs.
+//!
+//! Inbound (host → container): [`ChatContent`], [`TaskContent`], [`SystemNotice`].
+//! Outbound (container → host): [`OutboundContent`] for `chat` rows and [`SystemAction`] for
+//! `system` rows. Every outbound shape is re-validated by the host ([`crate::validate`]);
+//! `deny_unknown_fields` makes a smuggled field an error instead of silently ignored data
+//! (an approval card must show everything that will run, DESIGN §10).
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Content of an inbound `chat` row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatContent {
+    /// The message text.
+    pub text: String,
+    /// Display name of the sender.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sender: Option<String>,
+    /// Namespaced user id of the sender (`cli:local`, `telegram:123`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sender_id: Option<String>,
+}
+
+/// Content of an inbound `task` row (a scheduled task that came due).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskContent {
+    /// What the agent is asked to do.
+    pub prompt: String,
+    /// Optional pre-task script deciding whether to wake the agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub script: Option<String>,
+}
+
+/// Content of an inbound `system` row: the host's answer to a system action, or a note.
+/// Never rendered into a prompt as a chat message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum SystemNotice {
+    /// The host's result for one system action row.
+    ActionResult {
+        /// The `messages_out` id of the action.
+        message_out_id: String,
+        /// The action name (`install_packages`, …).
+        action: String,
+        /// Whether the host applied it.
+        ok: bool,
+        /// Human-readable result or reason for refusal.
+        message: String,
+    },
+    /// A `messages_out` row the host refused to deliver, with the reason.
+    Rejected {
+        /// The `messages_out` id.
+        message_out_id: String,
+        /// Why (names the field).
+        reason: String,
+    },
+}
+
+/// Content of an outbound `chat` row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum OutboundContent {
+    /// Plain text for the target chat.
+    Text {
+        /// The text, at most [`crate::validate::MAX_TEXT_BYTES`] bytes.
+        text: String,
+    },
+}
+
+/// A typed system action (`messages_out.kind = 'system'`), tagged by `action`.
+///
+/// The host validates every field again and answers with a [`SystemNotice::ActionResult`]
+/// (DESIGN §6). Which actions need a human approval is decided on the host (DESIGN §10).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SystemAction {
+    /// Add Debian (and, where reachable, npm) packages to the agent group's image.
+    InstallPackages {
+        /// Debian package names.
+        #[serde(default)]
+        apt: Vec<String>,
+        /// npm package names.
+        #[serde(default)]
+        npm: Vec<String>,
+        /// Why the agent wants them (shown on the approval card).
+        #[serde(default)]
+        reason: Option<String>,
+    },
+    /// Add an MCP server to the agent group's container config.
+    AddMcpServer {
+        /// Server name.
+        name: String,
+        /// Executable.
+        command: String,
+        /// Arguments.
+        #[serde(default)]
+        args: Vec<String>,
+        /// Environment.
+        #[serde(default)]
+        env: BTreeMap<String, String>,
+    },
+    /// Rebuild the agent group's image, then respawn.
+    RequestRebuild {
+        /// Why.
+        #[serde(default)]
+        reason: Option<String>,
+    },
+    /// Run a named command from the host's allowlist (`host-commands.json`).
+    RunHostCommand {
+        /// The allowlist entry name.
+        name: String,
+    },
+    /// Schedule a task.
+    ScheduleTask {
+        /// Task id chosen by the agent side.
+        task_id: String,
+        /// What to do when due.
+        prompt: String,
+        /// First run time (RFC 3339).
+        process_after: String,
+        /// Optional 5-field cron recurrence.
+        #[serde(default)]
+        recurrence: Option<String>,
+        /// IANA time zone of the recurrence.
+        #[serde(default)]
+        timezone: Option<String>,
+        /// Optional pre-task script.
+        #[serde(default)]
+        script: Option<String>,
+    },
+    /// Cancel a task series.
+    CancelTask {
+        /// The task (series) id.
+        task_id: String,
+    },
+    /// Create a new agent group and destinations to it.
+    CreateAgent {
+        /// The new agent's name.
+        name: String,
+        /// Initial instructions (memory).
+        #[serde(default)]
+        instructions: Option<String>,
+    },
+    /// An `ncl` command issued from inside the container.
+    CliRequest {
+        /// Correlates the answer.
+        request_id: String,
+        /// The command (`groups-list`, …).
+        command: String,
+        /// Its arguments.
+        #[serde(default)]
+        args: BTreeMap<String, serde_json::Value>,
+    },
+}
+
+impl SystemAction {
+    /// The action's name as written in the `action` tag.
+    pub fn name(&self) -> &'static str {
+        match self {
+            SystemAction::InstallPackages { .. } => "install_packages",
+            SystemAction::AddMcpServer { .. } => "add_mcp_server",
+            SystemAction::RequestRebuild { .. } => "request_rebuild",
+            SystemAction::RunHostCommand { .. } => "run_host_command",
+            SystemAction::ScheduleTask { .. } => "schedule_task",
+            SystemAction::CancelTask { .. } => "cancel_task",
+            SystemAction::CreateAgent { .. } => "create_agent",
+            SystemAction::CliRequest { .. } => "cli_request",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip<T: Serialize + for<'de> Deserialize<'de> + PartialEq + std::fmt::Debug>(v: T) {
+        let json = serde_json::to_string(&v).unwrap();
+        let back: T = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, v, "{json}");
+    }
+
+    #[test]
+    fn inbound_content_round_trips() {
+        round_trip(ChatContent {
+            text: "hi".into(),
+            sender: Some("Local".into()),
+            sender_id: Some("cli:local".into()),
+        });
+        round_trip(TaskContent { prompt: "water plants".into(), script: None });
+        round_trip(SystemNotice::ActionResult {
+            message_out_id: "o1".into(),
+            action: "install_packages".into(),
+            ok: false,
+            message: "denied".into(),
+        });
+        round_trip(SystemNotice::Rejected {
+            message_out_id: "o2".into(),
+            reason: "content.text: too long".into(),
+        });
+    }
+
+    #[test]
+    fn outbound_content_round_trips_and_is_tagged() {
+        let c = OutboundContent::Text { text: "echo: hi".into() };
+        assert_eq!(serde_json::to_string(&c).unwrap(), r#"{"type":"text","text":"echo: hi"}"#);
+        round_trip(c);
+    }
+
+    #[test]
+    fn every_system_action_round_trips() {
+        let actions = vec![
+            SystemAction::InstallPackages {
+                apt: vec!["ripgrep".into()],
+                npm: vec![],
+                reason: Some("search".into()),
+            },
+            SystemAction::AddMcpServer {
+                name: "fs".into(),
+                command: "mcp-fs".into(),
+                args: vec!["--root".into(), "/workspace".into()],
+                env: BTreeMap::from([("A".into(), "b".into())]),
+            },
+            SystemAction::RequestRebuild { reason: None },
+            SystemAction::RunHostCommand { name: "deploy".into() },
+            SystemAction::ScheduleTask {
+                task_id: "t1".into(),
+                prompt: "p".into(),
+                process_after: "2026-01-01T09:00:00.000Z".into(),
+                recurrence: Some("0 9 * * 1".into()),
+                timezone: Some("Europe/Berlin".into()),
+                script: None,
+            },
+            SystemAction::CancelTask { task_id: "t1".into() },
+            SystemAction::CreateAgent { name: "helper".into(), instructions: None },
+            SystemAction::CliRequest {
+                request_id: "r1".into(),
+                command: "groups-list".into(),
+                args: BTreeMap::from([("limit".into(), serde_json::json!(5))]),
+            },
+        ];
+        for a in actions {
+            let json = serde_json::to_value(&a).unwrap();
+            assert_eq!(json["action"], a.name());
+            round_trip(a);
+        }
+    }
+
+    #[test]
+    fn smuggled_fields_are_rejected() {
+        let err = serde_json::from_str::<SystemAction>(
+            r#"{"action":"add_mcp_server","name":"x","command":"y","hidden":"rm -rf /"}"#,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("hidden"), "{err}");
+        assert!(serde_json::from_str::<OutboundContent>(r#"{"type":"text","text":"a","extra":1}"#).is_err());
+    }
+}

@@ -1,0 +1,54 @@
+//! Paths and environment variables that both sides of the boundary agree on.
+//!
+//! A session's files live in two sibling folders on the host:
+//!
+//! ```text
+//! data/sessions/<agent_group>/<session>/
+//!   host/        written only by the host; mounted read-only at /session
+//!     inbound.db   wake.sock
+//!   workspace/   written by the container; mounted read-write at /workspace
+//!     outbound.db  .heartbeat  outbox/ …
+//! ```
+//!
+//! DESIGN §5 puts both DBs in one session folder. They are split here because a container may
+//! replace any file in a folder it can write with a symlink to a host path; if `inbound.db` (or its
+//! `-journal`) lived there, the host would then write through that link. A read-only mount makes
+//! the host-written files unreachable for writes from inside.
+
+/// File name of the host-written session DB inside the host folder.
+pub const INBOUND_DB: &str = "inbound.db";
+/// File name of the container-written session DB inside the workspace folder.
+pub const OUTBOUND_DB: &str = "outbound.db";
+/// File name of the wake socket inside the host folder (the host listens, the runner connects).
+pub const WAKE_SOCKET: &str = "wake.sock";
+/// File name of the heartbeat inside the workspace folder; its mtime is the heartbeat.
+pub const HEARTBEAT: &str = ".heartbeat";
+/// Sub-folder of a session folder written only by the host.
+pub const HOST_DIR: &str = "host";
+/// Sub-folder of a session folder written by the container.
+pub const WORKSPACE_DIR: &str = "workspace";
+
+/// Where the host folder is mounted inside a container.
+pub const CONTAINER_SESSION_DIR: &str = "/session";
+/// Where the workspace folder is mounted inside a container.
+pub const CONTAINER_WORKSPACE_DIR: &str = "/workspace";
+/// Where the agent group folder is mounted inside a container.
+pub const CONTAINER_AGENT_DIR: &str = "/workspace/agent";
+
+/// Environment variable: the folder holding `inbound.db` and `wake.sock` (default `/session`).
+pub const ENV_SESSION_DIR: &str = "NANOCLAW_SESSION_DIR";
+/// Environment variable: the folder holding `outbound.db` and `.heartbeat` (default `/workspace`).
+pub const ENV_WORKSPACE_DIR: &str = "NANOCLAW_WORKSPACE_DIR";
+/// Environment variable: the container generation, a per-session counter the host increments
+/// for every container it starts. Claims carry it so the host can ignore a dead container's.
+pub const ENV_GENERATION: &str = "NANOCLAW_GENERATION";
+/// Environment variable: the session id (for logs only).
+pub const ENV_SESSION_ID: &str = "NANOCLAW_SESSION_ID";
+/// Environment variable: the provider name (`echo`, …).
+pub const ENV_PROVIDER: &str = "NANOCLAW_PROVIDER";
+/// Environment variable: the agent's display name, used in the system prompt.
+pub const ENV_ASSISTANT_NAME: &str = "NANOCLAW_ASSISTANT_NAME";
+/// Environment variable: idle poll fallback of the runner in milliseconds (default and maximum 1000).
+pub const ENV_POLL_MS: &str = "NANOCLAW_POLL_MS";
+/// Environment variable: most messages the runner puts into one prompt (default 10).
+pub const ENV_MAX_MESSAGES_PER_PROMPT: &str = "NANOCLAW_MAX_MESSAGES_PER_PROMPT";

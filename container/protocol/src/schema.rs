@@ -1,0 +1,250 @@
+//! Schemas of the two session DBs and the rules for opening them.
+//!
+//! Both DBs use `journal_mode=DELETE` (WAL's shared-memory index does not work across bind
+//! mounts into VMs and needs write access for readers; crates.md §3.3), `busy_timeout` 5000 ms,
+//! and are opened per operation. Every open refuses a symlinked DB file (`SQLITE_OPEN_NOFOLLOW`).
+//!
+//! Each file has exactly one writer (DESIGN §5 invariant 1): the host writes `inbound.db`, the
+//! runner writes `outbound.db`. The other side opens read-only. Schema versions live in
+//! `PRAGMA user_version`; a DB newer than [`SCHEMA_VERSION`] is refused rather than misread.
+
+use rusqlite::{Connection, OpenFlags};
+use std::path::Path;
+use std::time::Duration;
+
+/// Version of both session-DB schemas, stored in `PRAGMA user_version`.
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// How long a connection waits for the other side's lock before `SQLITE_BUSY`, in milliseconds.
+pub const BUSY_TIMEOUT_MS: u64 = 5000;
+
+/// Schema of `inbound.db` (host-written).
+pub const INBOUND_SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS messages_in (
+    id                TEXT PRIMARY KEY,
+    seq               INTEGER NOT NULL UNIQUE CHECK (seq > 0 AND seq % 2 = 0),
+    kind              TEXT NOT NULL DEFAULT 'chat' CHECK (kind IN ('chat','task','system','webhook')),
+    timestamp         TEXT NOT NULL,
+    status            TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ('pending','completed','failed','paused')),
+    process_after     TEXT,
+    recurrence        TEXT,
+    series_id         TEXT,
+    tries             INTEGER NOT NULL DEFAULT 0 CHECK (tries >= 0),
+    trigger           INTEGER NOT NULL DEFAULT 1 CHECK (trigger IN (0,1)),
+    on_wake           INTEGER NOT NULL DEFAULT 0 CHECK (on_wake IN (0,1)),
+    platform_id       TEXT,
+    channel_type      TEXT,
+    thread_id         TEXT,
+    content           TEXT NOT NULL,
+    source_session_id TEXT
+);
+CREATE INDEX IF NOT EXISTS messages_in_due ON messages_in (status, process_after);
+CREATE INDEX IF NOT EXISTS messages_in_series ON messages_in (series_id);
+
+CREATE TABLE IF NOT EXISTS delivered (
+    message_out_id      TEXT PRIMARY KEY,
+    platform_message_id TEXT,
+    status              TEXT NOT NULL DEFAULT 'sending' CHECK (status IN ('sending','delivered','failed')),
+    attempts            INTEGER NOT NULL DEFAULT 0 CHECK (attempts >= 0),
+    error               TEXT,
+    updated_at          TEXT NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS destinations (
+    name           TEXT PRIMARY KEY,
+    display_name   TEXT,
+    type           TEXT NOT NULL DEFAULT 'channel' CHECK (type IN ('channel','agent')),
+    channel_type   TEXT,
+    platform_id    TEXT,
+    agent_group_id TEXT
+);
+
+CREATE TABLE IF NOT EXISTS session_routing (
+    id           INTEGER PRIMARY KEY CHECK (id = 1),
+    channel_type TEXT,
+    platform_id  TEXT,
+    thread_id    TEXT
+);
+"#;
+
+/// Schema of `outbound.db` (container-written).
+pub const OUTBOUND_SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS messages_out (
+    id            TEXT PRIMARY KEY,
+    seq           INTEGER NOT NULL UNIQUE CHECK (seq > 0 AND seq % 2 = 1),
+    in_reply_to   TEXT,
+    timestamp     TEXT NOT NULL,
+    deliver_after TEXT,
+    recurrence    TEXT,
+    kind          TEXT NOT NULL DEFAULT 'chat' CHECK (kind IN ('chat','system')),
+    platform_id   TEXT,
+    channel_type  TEXT,
+    thread_id     TEXT,
+    content       TEXT NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS processing_ack (
+    message_id     TEXT PRIMARY KEY,
+    status         TEXT NOT NULL DEFAULT 'processing' CHECK (status IN ('processing','completed','failed')),
+    status_changed TEXT NOT NULL,
+    generation     INTEGER NOT NULL DEFAULT 0
+);
+
+CREATE TABLE IF NOT EXISTS session_state (
+    key        TEXT PRIMARY KEY,
+    value      TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS container_state (
+    id                       INTEGER PRIMARY KEY CHECK (id = 1),
+    generation               INTEGER NOT NULL DEFAULT 0,
+    current_tool             TEXT,
+    tool_declared_timeout_ms INTEGER,
+    tool_started_at          TEXT,
+    updated_at               TEXT NOT NULL
+);
+"#;
+
+/// Errors opening or initialising a session DB.
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaError {
+    /// SQLite refused the open or a statement.
+    #[error("{path}: {source}")]
+    Sqlite {
+        /// The DB file.
+        path: String,
+        /// The SQLite error.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// The DB was written by a newer schema than this build understands.
+    #[error("{path}: schema version {found} is newer than supported version {SCHEMA_VERSION}")]
+    TooNew {
+        /// The DB file.
+        path: String,
+        /// The `user_version` found.
+        found: i64,
+    },
+}
+
+fn sqlite_err(path: &Path) -> impl FnOnce(rusqlite::Error) -> SchemaError + '_ {
+    move |source| SchemaError::Sqlite { path: path.display().to_string(), source }
+}
+
+fn open(path: &Path, flags: OpenFlags) -> Result<Connection, SchemaError> {
+    let conn = Connection::open_with_flags(
+        path,
+        flags | OpenFlags::SQLITE_OPEN_NOFOLLOW | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(sqlite_err(path))?;
+    conn.busy_timeout(Duration::from_millis(BUSY_TIMEOUT_MS)).map_err(sqlite_err(path))?;
+    // A cached page map could hide the other process's writes across a bind mount
+    // (seed 002: "open inbound.db fresh per messages_in read").
+    conn.pragma_update(None, "mmap_size", 0).map_err(sqlite_err(path))?;
+    Ok(conn)
+}
+
+/// Opens (creating if needed) a session DB for writing and brings its schema up to date.
+fn open_writer(path: &Path, schema: &str) -> Result<Connection, SchemaError> {
+    let conn = open(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE)?;
+    let mode: String =
+        conn.query_row("PRAGMA journal_mode=DELETE", [], |r| r.get(0)).map_err(sqlite_err(path))?;
+    debug_assert_eq!(mode.to_ascii_lowercase(), "delete");
+    let version: i64 =
+        conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(sqlite_err(path))?;
+    if version > SCHEMA_VERSION {
+        return Err(SchemaError::TooNew { path: path.display().to_string(), found: version });
+    }
+    if version < SCHEMA_VERSION {
+        conn.execute_batch(schema).map_err(sqlite_err(path))?;
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(sqlite_err(path))?;
+    }
+    Ok(conn)
+}
+
+/// Opens an existing session DB read-only; refuses a newer schema.
+fn open_reader(path: &Path) -> Result<Connection, SchemaError> {
+    let conn = open(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let version: i64 =
+        conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(sqlite_err(path))?;
+    if version > SCHEMA_VERSION {
+        return Err(SchemaError::TooNew { path: path.display().to_string(), found: version });
+    }
+    Ok(conn)
+}
+
+/// Host: opens `inbound.db` for writing, creating it and its tables if needed.
+pub fn open_inbound_writer(path: &Path) -> Result<Connection, SchemaError> {
+    open_writer(path, INBOUND_SCHEMA)
+}
+
+/// Container: opens `inbound.db` read-only. Use a fresh connection for every read.
+pub fn open_inbound_reader(path: &Path) -> Result<Connection, SchemaError> {
+    open_reader(path)
+}
+
+/// Container: opens `outbound.db` for writing, creating it and its tables if needed.
+pub fn open_outbound_writer(path: &Path) -> Result<Connection, SchemaError> {
+    open_writer(path, OUTBOUND_SCHEMA)
+}
+
+/// Host: opens `outbound.db` read-only. The host never writes this file (DESIGN §5).
+pub fn open_outbound_reader(path: &Path) -> Result<Connection, SchemaError> {
+    open_reader(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writers_create_schema_in_delete_mode_and_readers_cannot_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let inbound = dir.path().join("inbound.db");
+        let outbound = dir.path().join("outbound.db");
+        {
+            let w = open_inbound_writer(&inbound).unwrap();
+            let mode: String = w.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+            assert_eq!(mode, "delete");
+            w.execute("INSERT INTO messages_in (id, seq, timestamp, content) VALUES ('a', 2, 't', '{}')", [])
+                .unwrap();
+            // Seq parity is a constraint, not only a convention.
+            assert!(
+                w.execute(
+                    "INSERT INTO messages_in (id, seq, timestamp, content) VALUES ('b', 3, 't', '{}')",
+                    []
+                )
+                .is_err()
+            );
+            assert!(w.execute("INSERT INTO messages_in (id, seq, timestamp, content, kind) VALUES ('c', 4, 't', '{}', 'bogus')", []).is_err());
+            open_outbound_writer(&outbound).unwrap();
+        }
+        let r = open_inbound_reader(&inbound).unwrap();
+        let n: i64 = r.query_row("SELECT count(*) FROM messages_in", [], |r| r.get(0)).unwrap();
+        assert_eq!(n, 1);
+        assert!(r.execute("DELETE FROM messages_in", []).is_err());
+        let o = open_outbound_reader(&outbound).unwrap();
+        assert!(o.execute("INSERT INTO session_state VALUES ('k','v','t')", []).is_err());
+    }
+
+    #[test]
+    fn newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("inbound.db");
+        open_inbound_writer(&p).unwrap().pragma_update(None, "user_version", 99).unwrap();
+        assert!(matches!(open_inbound_writer(&p), Err(SchemaError::TooNew { found: 99, .. })));
+        assert!(matches!(open_inbound_reader(&p), Err(SchemaError::TooNew { .. })));
+    }
+
+    #[test]
+    fn symlinked_db_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("victim");
+        std::fs::write(&target, b"host file").unwrap();
+        let link = dir.path().join("outbound.db");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert!(open_outbound_reader(&link).is_err());
+        assert_eq!(std::fs::read(&target).unwrap(), b"host file");
+    }
+}
