@@ -1,0 +1,237 @@
+//! Turning a batch into a prompt, and the provider's output into `messages_out` rows.
+
+use crate::db::Snapshot;
+use nanoclaw_protocol::content::{ChatContent, OutboundContent, TaskContent};
+use nanoclaw_protocol::output::{ParsedOutput, parse_output};
+use nanoclaw_protocol::rows::{
+    Destination, DestinationType, InboundKind, InboundRow, OutboundKind, OutboundRow,
+};
+use nanoclaw_protocol::time::now_ts;
+
+/// One message of a batch as the provider sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PromptMessage {
+    /// The `messages_in` id.
+    pub id: String,
+    /// The agent-visible id (even seq).
+    pub seq: i64,
+    /// Destination name of the chat it came from (`from="…"`), or `unknown:<type>:<id>`.
+    pub from: String,
+    /// Sender display name.
+    pub sender: Option<String>,
+    /// The text (a task's prompt for task rows).
+    pub text: String,
+    /// Whether this row asked for a reply (`trigger = 1`); others are context.
+    pub trigger: bool,
+    /// Chat message or task.
+    pub kind: InboundKind,
+}
+
+/// Everything a provider gets for one turn.
+#[derive(Debug, Clone)]
+pub struct Turn {
+    /// System context: who the agent is and where it can send (reference §5.4).
+    pub system: String,
+    /// The batch rendered as text, for model providers.
+    pub prompt: String,
+    /// The batch, structured, for providers that do not need a model (`echo`).
+    pub messages: Vec<PromptMessage>,
+    /// The provider's continuation from the previous turn, if any.
+    pub continuation: Option<String>,
+}
+
+/// Finds the destination name for a chat address (reverse lookup), or `unknown:<type>:<id>`.
+fn destination_name(dests: &[Destination], channel_type: Option<&str>, platform_id: Option<&str>) -> String {
+    dests
+        .iter()
+        .find(|d| {
+            d.kind == DestinationType::Channel
+                && d.channel_type.as_deref() == channel_type
+                && d.platform_id.as_deref() == platform_id
+        })
+        .map(|d| d.name.clone())
+        .unwrap_or_else(|| format!("unknown:{}:{}", channel_type.unwrap_or("-"), platform_id.unwrap_or("-")))
+}
+
+fn message_of(row: &InboundRow, dests: &[Destination]) -> PromptMessage {
+    let (text, sender) = match row.kind {
+        InboundKind::Task => match serde_json::from_str::<TaskContent>(&row.content) {
+            Ok(t) => (t.prompt, None),
+            Err(_) => (row.content.clone(), None),
+        },
+        _ => match serde_json::from_str::<ChatContent>(&row.content) {
+            Ok(c) => (c.text, c.sender),
+            // The host writes inbound.db, but a schema drift must not stop the agent.
+            Err(_) => (row.content.clone(), None),
+        },
+    };
+    PromptMessage {
+        id: row.id.clone(),
+        seq: row.seq,
+        from: destination_name(dests, row.channel_type.as_deref(), row.platform_id.as_deref()),
+        sender,
+        text,
+        trigger: row.trigger,
+        kind: row.kind,
+    }
+}
+
+fn escape_attr(s: &str) -> String {
+    s.replace('&', "&amp;").replace('"', "&quot;").replace('<', "&lt;")
+}
+
+/// Builds the turn for a snapshot.
+pub fn build_turn(snapshot: &Snapshot, assistant_name: &str, continuation: Option<String>) -> Turn {
+    let messages: Vec<PromptMessage> =
+        snapshot.batch.iter().map(|r| message_of(r, &snapshot.destinations)).collect();
+    let mut prompt = String::new();
+    for (m, row) in messages.iter().zip(&snapshot.batch) {
+        match m.kind {
+            InboundKind::Task => prompt.push_str(&format!(
+                "<task id=\"{}\" from=\"{}\" time=\"{}\">{}</task>\n",
+                m.seq,
+                escape_attr(&m.from),
+                row.timestamp,
+                m.text
+            )),
+            _ => prompt.push_str(&format!(
+                "<message id=\"{}\" from=\"{}\" sender=\"{}\" time=\"{}\">{}</message>\n",
+                m.seq,
+                escape_attr(&m.from),
+                escape_attr(m.sender.as_deref().unwrap_or("unknown")),
+                row.timestamp,
+                m.text
+            )),
+        }
+    }
+    let mut system = format!("# You are {assistant_name}\n\n## Sending messages\n");
+    system.push_str(
+        "Your final answer reaches people only inside <message to=\"NAME\">…</message> blocks, one per \
+         destination. Text outside blocks is a private scratchpad; <internal>…</internal> is always removed.\n\
+         Destinations:\n",
+    );
+    for d in &snapshot.destinations {
+        system.push_str(&format!(
+            "- {} ({})\n",
+            d.name,
+            d.display_name.as_deref().unwrap_or(d.kind.as_str())
+        ));
+    }
+    Turn { system, prompt, messages, continuation }
+}
+
+/// What became of a turn's output.
+#[derive(Debug, Default)]
+pub struct Replies {
+    /// Rows to write, seqs still unassigned.
+    pub rows: Vec<OutboundRow>,
+    /// Blocks addressed to names that are not destinations (dropped; reported in logs).
+    pub unknown_destinations: Vec<String>,
+    /// The scratchpad text.
+    pub scratchpad: String,
+}
+
+/// Maps the provider's final text to `messages_out` rows via the destinations table.
+///
+/// A block's thread is the session's own thread when it goes to the session's chat, and
+/// `in_reply_to` is the newest triggering row of the batch from the same chat (reference §5.3).
+pub fn replies_for(text: &str, snapshot: &Snapshot, id_prefix: &str) -> Replies {
+    let ParsedOutput { messages, scratchpad } = parse_output(text);
+    let mut out = Replies { scratchpad, ..Default::default() };
+    for (i, block) in messages.into_iter().enumerate() {
+        let Some(dest) = snapshot.destinations.iter().find(|d| d.name == block.to) else {
+            out.unknown_destinations.push(block.to);
+            continue;
+        };
+        let (channel_type, platform_id) = match dest.kind {
+            DestinationType::Channel => (dest.channel_type.clone(), dest.platform_id.clone()),
+            DestinationType::Agent => (Some("agent".to_string()), dest.agent_group_id.clone()),
+        };
+        let own_chat =
+            channel_type == snapshot.routing.channel_type && platform_id == snapshot.routing.platform_id;
+        let in_reply_to = snapshot
+            .batch
+            .iter()
+            .rev()
+            .find(|r| r.trigger && r.channel_type == channel_type && r.platform_id == platform_id)
+            .map(|r| r.id.clone());
+        let content = OutboundContent::Text { text: block.text };
+        out.rows.push(OutboundRow {
+            id: format!("{id_prefix}-{i}"),
+            seq: 0,
+            in_reply_to,
+            timestamp: now_ts(),
+            deliver_after: None,
+            kind: OutboundKind::Chat,
+            platform_id,
+            channel_type,
+            thread_id: if own_chat { snapshot.routing.thread_id.clone() } else { None },
+            content: serde_json::to_string(&content).expect("outbound content serialises"),
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nanoclaw_protocol::rows::{InboundStatus, SessionRouting};
+
+    fn snapshot() -> Snapshot {
+        Snapshot {
+            batch: vec![InboundRow {
+                id: "L1:main".into(),
+                seq: 2,
+                kind: InboundKind::Chat,
+                timestamp: "2026-01-01T00:00:00.000Z".into(),
+                status: InboundStatus::Pending,
+                process_after: None,
+                recurrence: None,
+                series_id: None,
+                tries: 0,
+                trigger: true,
+                on_wake: false,
+                platform_id: Some("local".into()),
+                channel_type: Some("cli".into()),
+                thread_id: None,
+                content: r#"{"text":"hi","sender":"Local"}"#.into(),
+                source_session_id: None,
+            }],
+            destinations: vec![Destination {
+                name: "cli".into(),
+                display_name: Some("Terminal".into()),
+                kind: DestinationType::Channel,
+                channel_type: Some("cli".into()),
+                platform_id: Some("local".into()),
+                agent_group_id: None,
+            }],
+            routing: SessionRouting {
+                channel_type: Some("cli".into()),
+                platform_id: Some("local".into()),
+                thread_id: None,
+            },
+            max_inbound_seq: Some(2),
+        }
+    }
+
+    #[test]
+    fn prompt_names_the_sender_destination() {
+        let t = build_turn(&snapshot(), "Andy", None);
+        assert!(t.prompt.contains("from=\"cli\" sender=\"Local\""), "{}", t.prompt);
+        assert!(t.system.contains("- cli (Terminal)"));
+        assert_eq!(t.messages[0].text, "hi");
+    }
+
+    #[test]
+    fn blocks_map_to_rows_and_unknown_names_are_dropped() {
+        let r = replies_for(
+            "<message to=\"cli\">yo</message><message to=\"nobody\">x</message>",
+            &snapshot(),
+            "o",
+        );
+        assert_eq!(r.rows.len(), 1);
+        assert_eq!(r.rows[0].in_reply_to.as_deref(), Some("L1:main"));
+        assert_eq!(r.rows[0].channel_type.as_deref(), Some("cli"));
+        assert_eq!(r.unknown_destinations, vec!["nobody".to_string()]);
+    }
+}

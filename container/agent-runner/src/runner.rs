@@ -1,0 +1,276 @@
+//! The runner's main loop.
+
+use crate::config::RunnerConfig;
+use crate::db::{DbError, SessionDb, Snapshot, continuation_key};
+use crate::prompt::{build_turn, replies_for};
+use crate::provider::{EventSink, Provider, ProviderEvent, TurnFailure, by_name};
+use nanoclaw_protocol::content::OutboundContent;
+use nanoclaw_protocol::rows::{AckStatus, OutboundKind, OutboundRow};
+use nanoclaw_protocol::time::now_ts;
+use nanoclaw_protocol::wake;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tokio::net::unix::OwnedWriteHalf;
+use tokio::sync::Notify;
+use tracing::{debug, info, warn};
+
+/// Fatal runner errors (the process exits 1 with this message).
+#[derive(Debug, thiserror::Error)]
+pub enum RunnerError {
+    /// Session DB trouble.
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// The configured provider does not exist.
+    #[error("provider: {0}")]
+    Provider(String),
+    /// Signal handlers could not be installed.
+    #[error("signals: {0}")]
+    Signals(std::io::Error),
+}
+
+/// How many attempts a retryable provider error gets inside one container before the batch is
+/// failed.
+const PROVIDER_ATTEMPTS: u32 = 3;
+
+/// The wake link to the host: a stream on `wake.sock` plus a reader task that turns `INPUT`
+/// bytes (and a closed socket) into notifications.
+struct WakeLink {
+    path: PathBuf,
+    writer: Option<OwnedWriteHalf>,
+    notify: Arc<Notify>,
+    reader: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl WakeLink {
+    fn new(path: PathBuf) -> Self {
+        Self { path, writer: None, notify: Arc::new(Notify::new()), reader: None }
+    }
+
+    /// Connects if not connected; a failure leaves the poll fallback in charge.
+    async fn ensure(&mut self) {
+        if self.reader.as_ref().is_some_and(|r| r.is_finished()) {
+            self.writer = None;
+            self.reader = None;
+        }
+        if self.writer.is_some() {
+            return;
+        }
+        match UnixStream::connect(&self.path).await {
+            Ok(stream) => {
+                let (mut read, mut write) = stream.into_split();
+                if write.write_all(&[wake::HELLO]).await.is_err() {
+                    return;
+                }
+                let notify = self.notify.clone();
+                self.reader = Some(tokio::spawn(async move {
+                    let mut buf = [0u8; 64];
+                    loop {
+                        match read.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => {
+                                if buf[..n].contains(&wake::INPUT) {
+                                    notify.notify_one();
+                                }
+                            }
+                        }
+                    }
+                    notify.notify_one();
+                }));
+                self.writer = Some(write);
+                debug!(path = %self.path.display(), "wake socket connected");
+            }
+            Err(e) => debug!(path = %self.path.display(), error = %e, "wake socket unavailable; polling"),
+        }
+    }
+
+    /// Tells the host that output was committed.
+    async fn output(&mut self) {
+        if let Some(w) = self.writer.as_mut()
+            && w.write_all(&[wake::OUTPUT]).await.is_err()
+        {
+            self.writer = None;
+        }
+    }
+
+    /// Waits for a wake byte or the poll interval, whichever is first.
+    async fn wait(&self, poll: Duration) {
+        let _ = tokio::time::timeout(poll, self.notify.notified()).await;
+    }
+}
+
+fn touch(path: &Path) {
+    let result = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .and_then(|f| f.set_modified(SystemTime::now()));
+    if let Err(e) = result {
+        warn!(path = %path.display(), error = %e, "heartbeat not written");
+    }
+}
+
+/// Refreshes the heartbeat on every event and stores continuations and tool state at once.
+struct Sink<'a> {
+    db: &'a mut SessionDb,
+    heartbeat: &'a Path,
+    continuation_key: &'a str,
+}
+
+impl EventSink for Sink<'_> {
+    fn event(&mut self, event: ProviderEvent) {
+        touch(self.heartbeat);
+        let result = match &event {
+            ProviderEvent::Init { continuation } => self.db.set_state(self.continuation_key, continuation),
+            ProviderEvent::ToolStarted { name, declared_timeout_ms } => {
+                self.db.set_tool(Some((name, *declared_timeout_ms)))
+            }
+            ProviderEvent::ToolFinished => self.db.set_tool(None),
+            ProviderEvent::Progress { message } => {
+                debug!(%message, "progress");
+                Ok(())
+            }
+            ProviderEvent::Activity => Ok(()),
+        };
+        if let Err(e) = result {
+            warn!(error = %e, "event not recorded");
+        }
+    }
+}
+
+static TURN_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+fn reply_id_prefix(generation: i64) -> String {
+    let ms = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+    format!("out-{generation}-{ms}-{}", TURN_COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+/// An error reply for a failed turn, to the chat of the batch's last triggering message.
+fn error_reply(snapshot: &Snapshot, message: &str, id: String) -> Option<OutboundRow> {
+    let origin = snapshot.batch.iter().rev().find(|r| r.trigger)?;
+    let content = OutboundContent::Text { text: format!("Error: {message}") };
+    Some(OutboundRow {
+        id,
+        seq: 0,
+        in_reply_to: Some(origin.id.clone()),
+        timestamp: now_ts(),
+        deliver_after: None,
+        kind: OutboundKind::Chat,
+        platform_id: origin.platform_id.clone(),
+        channel_type: origin.channel_type.clone(),
+        thread_id: origin.thread_id.clone(),
+        content: serde_json::to_string(&content).expect("outbound content serialises"),
+    })
+}
+
+/// Runs the runner until SIGTERM/SIGINT. Returns the process exit code.
+pub async fn run(config: RunnerConfig) -> Result<i32, RunnerError> {
+    let provider = by_name(&config.provider).map_err(RunnerError::Provider)?;
+    run_with(config, provider).await
+}
+
+/// [`run`] with a given provider (for tests and embedders).
+pub async fn run_with(config: RunnerConfig, mut provider: Box<dyn Provider>) -> Result<i32, RunnerError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).map_err(RunnerError::Signals)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(RunnerError::Signals)?;
+    let mut db = SessionDb::open(&config.inbound_db(), &config.outbound_db(), config.generation)?;
+    let heartbeat = config.heartbeat();
+    touch(&heartbeat);
+    let key = continuation_key(provider.name());
+    let mut link = WakeLink::new(config.wake_socket());
+    link.ensure().await;
+    info!(generation = config.generation, provider = provider.name(), "runner started");
+    let poll = Duration::from_millis(config.poll_ms);
+    let mut first_read = true;
+
+    loop {
+        let snapshot = db.read(first_read, config.max_messages_per_prompt)?;
+        first_read = false;
+        if !snapshot.has_trigger() {
+            link.ensure().await;
+            tokio::select! {
+                _ = link.wait(poll) => {}
+                _ = term.recv() => return Ok(0),
+                _ = int.recv() => return Ok(0),
+            }
+            continue;
+        }
+        let ids: Vec<String> = snapshot.batch.iter().map(|r| r.id.clone()).collect();
+        db.claim(&ids)?;
+        // The claim is output too: the host's stuck detection and `ncl` read it.
+        link.output().await;
+        debug!(batch = ids.len(), "turn started");
+
+        let mut attempt = 0;
+        let outcome = loop {
+            attempt += 1;
+            let turn = build_turn(&snapshot, &config.assistant_name, db.state(&key)?);
+            let result = {
+                let mut sink = Sink { db: &mut db, heartbeat: &heartbeat, continuation_key: &key };
+                tokio::select! {
+                    r = provider.run_turn(&turn, &mut sink) => Some(r),
+                    _ = term.recv() => None,
+                    _ = int.recv() => None,
+                }
+            };
+            match result {
+                None => {
+                    // Stopping mid-turn: hand the batch back untouched, so no try is counted.
+                    db.release(&ids)?;
+                    info!("stopped mid-turn; claims released");
+                    return Ok(0);
+                }
+                Some(Err(TurnFailure::Exit(code))) => {
+                    warn!(code = code.0, "exit requested mid-turn");
+                    std::process::exit(code.0);
+                }
+                Some(Err(TurnFailure::Error(e))) if e.session_invalid && attempt < PROVIDER_ATTEMPTS => {
+                    warn!(error = %e, "continuation rejected; starting a fresh conversation");
+                    db.set_state(&key, "")?;
+                }
+                Some(Err(TurnFailure::Error(e))) if e.retryable && attempt < PROVIDER_ATTEMPTS => {
+                    warn!(error = %e, attempt, "retryable provider error");
+                    tokio::time::sleep(Duration::from_secs(1 << attempt)).await;
+                }
+                Some(other) => break other,
+            }
+        };
+
+        let prefix = reply_id_prefix(config.generation);
+        match outcome {
+            Ok(output) => {
+                let replies = replies_for(&output.text, &snapshot, &prefix);
+                if !replies.scratchpad.is_empty() {
+                    debug!(scratchpad = %replies.scratchpad, "scratchpad");
+                }
+                for name in &replies.unknown_destinations {
+                    warn!(destination = %name, "message to an unknown destination dropped");
+                }
+                let acks: Vec<(String, AckStatus)> =
+                    ids.iter().map(|id| (id.clone(), AckStatus::Completed)).collect();
+                let written = db.commit_turn(
+                    replies.rows,
+                    &acks,
+                    output.continuation.as_deref().map(|c| (key.as_str(), c)),
+                    snapshot.max_inbound_seq,
+                )?;
+                debug!(replies = written.len(), "turn committed");
+            }
+            Err(TurnFailure::Error(e)) => {
+                warn!(error = %e, "turn failed");
+                let rows = error_reply(&snapshot, &e.message, format!("{prefix}-err")).into_iter().collect();
+                let acks: Vec<(String, AckStatus)> =
+                    ids.iter().map(|id| (id.clone(), AckStatus::Failed)).collect();
+                db.commit_turn(rows, &acks, None, snapshot.max_inbound_seq)?;
+            }
+            Err(TurnFailure::Exit(code)) => std::process::exit(code.0),
+        }
+        touch(&heartbeat);
+        link.output().await;
+    }
+}

@@ -1,0 +1,155 @@
+//! The runner against real session DBs in a temp dir, with a test acting as the host on the wake
+//! socket.
+
+use nanoclaw_agent::config::RunnerConfig;
+use nanoclaw_protocol::schema::{open_inbound_writer, open_outbound_reader};
+use nanoclaw_protocol::wake;
+use rusqlite::params;
+use std::path::Path;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixListener;
+
+fn host_write(dir: &Path, id: &str, seq: i64, text: &str, trigger: bool, on_wake: bool) {
+    let c = open_inbound_writer(&dir.join("inbound.db")).unwrap();
+    c.execute(
+        "INSERT OR IGNORE INTO destinations (name, display_name, type, channel_type, platform_id) VALUES ('cli','Terminal','channel','cli','local')",
+        [],
+    )
+    .unwrap();
+    c.execute(
+        "INSERT OR REPLACE INTO session_routing (id, channel_type, platform_id) VALUES (1,'cli','local')",
+        [],
+    )
+    .unwrap();
+    c.execute(
+        "INSERT INTO messages_in (id, seq, kind, timestamp, trigger, on_wake, platform_id, channel_type, content)
+         VALUES (?1, ?2, 'chat', ?3, ?4, ?5, 'local', 'cli', ?6)",
+        params![id, seq, nanoclaw_protocol::time::now_ts(), trigger, on_wake, serde_json::json!({"text": text}).to_string()],
+    )
+    .unwrap();
+}
+
+fn replies(dir: &Path) -> Vec<(String, i64, Option<String>, String)> {
+    let c = open_outbound_reader(&dir.join("outbound.db")).unwrap();
+    let mut st = c.prepare("SELECT id, seq, in_reply_to, content FROM messages_out ORDER BY seq").unwrap();
+    st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+fn ack(dir: &Path, id: &str) -> Option<String> {
+    let c = open_outbound_reader(&dir.join("outbound.db")).unwrap();
+    c.query_row("SELECT status FROM processing_ack WHERE message_id = ?1", [id], |r| r.get(0)).ok()
+}
+
+async fn read_until(stream: &mut tokio::net::UnixStream, byte: u8) {
+    let mut buf = [0u8; 1];
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            stream.read_exact(&mut buf).await.unwrap();
+            if buf[0] == byte {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("byte from runner");
+}
+
+#[tokio::test]
+async fn answers_over_the_wake_socket_and_honours_trigger_and_on_wake() {
+    let tmp = tempfile::tempdir().unwrap();
+    let session = tmp.path().join("host");
+    let workspace = tmp.path().join("workspace");
+    std::fs::create_dir_all(&session).unwrap();
+    std::fs::create_dir_all(&workspace).unwrap();
+    let listener = UnixListener::bind(session.join("wake.sock")).unwrap();
+    // Context only (trigger=0): must not start a turn by itself.
+    host_write(&session, "ctx:main", 2, "background", false, false);
+
+    let config = RunnerConfig {
+        session_dir: session.clone(),
+        workspace_dir: workspace.clone(),
+        generation: 7,
+        provider: "echo".into(),
+        assistant_name: "Andy".into(),
+        poll_ms: 1000,
+        max_messages_per_prompt: 10,
+    };
+    let runner = tokio::spawn(nanoclaw_agent::runner::run(config));
+    let (mut stream, _) =
+        tokio::time::timeout(Duration::from_secs(10), listener.accept()).await.unwrap().unwrap();
+    read_until(&mut stream, wake::HELLO).await;
+    assert!(replies(&workspace).is_empty(), "context alone woke the agent");
+
+    host_write(&session, "m1:main", 4, "hello", true, false);
+    // An on_wake row is only for a fresh container's first read: this one has read already.
+    host_write(&session, "w1:main", 6, "wake-only", true, true);
+    stream.write_all(&[wake::INPUT]).await.unwrap();
+    read_until(&mut stream, wake::OUTPUT).await; // claim
+    read_until(&mut stream, wake::OUTPUT).await; // commit
+
+    let r = replies(&workspace);
+    assert_eq!(r.len(), 1, "{r:?}");
+    assert_eq!(r[0].1 % 2, 1, "outbound seq must be odd");
+    assert!(r[0].1 > 6);
+    assert_eq!(r[0].2.as_deref(), Some("m1:main"));
+    assert_eq!(r[0].3, r#"{"type":"text","text":"echo: hello"}"#);
+    assert_eq!(ack(&workspace, "m1:main").as_deref(), Some("completed"));
+    // Accumulated context was part of the batch and is acked with it.
+    assert_eq!(ack(&workspace, "ctx:main").as_deref(), Some("completed"));
+    assert_eq!(ack(&workspace, "w1:main"), None);
+    let c = open_outbound_reader(&workspace.join("outbound.db")).unwrap();
+    let cont: String = c
+        .query_row("SELECT value FROM session_state WHERE key='continuation:echo'", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(cont, "turns:1");
+    let generation: i64 = c.query_row("SELECT generation FROM container_state", [], |r| r.get(0)).unwrap();
+    assert_eq!(generation, 7);
+    assert!(workspace.join(".heartbeat").exists());
+    runner.abort();
+}
+
+#[tokio::test]
+async fn a_new_generation_clears_stale_claims_and_takes_on_wake_rows_first() {
+    let tmp = tempfile::tempdir().unwrap();
+    let session = tmp.path().join("host");
+    let workspace = tmp.path().join("workspace");
+    std::fs::create_dir_all(&session).unwrap();
+    std::fs::create_dir_all(&workspace).unwrap();
+    host_write(&session, "m1:main", 2, "retry me", true, false);
+    host_write(&session, "w1:main", 4, "after restart", true, true);
+    {
+        // A dead container of generation 1 had claimed m1.
+        let mut db = nanoclaw_agent::db::SessionDb::open(
+            &session.join("inbound.db"),
+            &workspace.join("outbound.db"),
+            1,
+        )
+        .unwrap();
+        db.claim(&["m1:main".to_string()]).unwrap();
+    }
+    let config = RunnerConfig {
+        session_dir: session.clone(),
+        workspace_dir: workspace.clone(),
+        generation: 2,
+        provider: "echo".into(),
+        assistant_name: "Andy".into(),
+        poll_ms: 50,
+        max_messages_per_prompt: 10,
+    };
+    // No wake socket at all: the poll fallback must carry the work.
+    let runner = tokio::spawn(nanoclaw_agent::runner::run(config));
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while replies(&workspace).len() < 2 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("both messages answered");
+    let texts: Vec<String> = replies(&workspace).into_iter().map(|r| r.3).collect();
+    assert!(texts[0].contains("echo: retry me") && texts[1].contains("echo: after restart"), "{texts:?}");
+    runner.abort();
+}
