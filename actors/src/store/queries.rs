@@ -1,0 +1,540 @@
+//! The central-DB operations the service performs, as plain functions on a connection (run them
+//! through [`super::Store::call`]). Each write that must be atomic runs in one transaction.
+
+use super::{SqlContext, StoreError};
+use nanoclaw_protocol::rows::{Destination, DestinationType};
+use nanoclaw_protocol::time::now_ts;
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+/// Id of the agent group created on first run.
+pub const MAIN_AGENT_GROUP_ID: &str = "ag-main";
+/// Folder of the agent group created on first run.
+pub const MAIN_AGENT_GROUP_FOLDER: &str = "main";
+/// The owner user created on first run: the local CLI user.
+pub const CLI_OWNER_USER_ID: &str = "cli:local";
+/// Platform id of the one CLI chat.
+pub const CLI_PLATFORM_ID: &str = "local";
+/// Id of the CLI messaging group created on first run.
+pub const CLI_MESSAGING_GROUP_ID: &str = "mg-cli-local";
+
+/// What [`bootstrap`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BootstrapReport {
+    /// True when this call created the defaults (first run); false when they already existed.
+    pub created: bool,
+}
+
+/// First run: creates agent group `main` (echo provider, global CLI scope as the owner's
+/// agent), owner user `cli:local`, the CLI messaging group, a wiring that engages on every
+/// message with a shared session, and the `cli` destination. Idempotent: later calls change
+/// nothing (a user's edits to these rows are kept).
+pub fn bootstrap(conn: &mut Connection) -> Result<BootstrapReport, StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).sql("begin bootstrap")?;
+    let exists: bool = tx
+        .query_row("SELECT 1 FROM agent_groups WHERE id = ?1", [MAIN_AGENT_GROUP_ID], |_| Ok(true))
+        .optional()
+        .sql("bootstrap check")?
+        .unwrap_or(false);
+    if exists {
+        return Ok(BootstrapReport { created: false });
+    }
+    let now = now_ts();
+    tx.execute(
+        "INSERT INTO agent_groups (id, name, folder, created_at) VALUES (?1, 'Main', ?2, ?3)",
+        params![MAIN_AGENT_GROUP_ID, MAIN_AGENT_GROUP_FOLDER, now],
+    )
+    .sql("create agent group main")?;
+    tx.execute(
+        "INSERT INTO container_configs (agent_group_id, provider, cli_scope, updated_at) VALUES (?1, 'echo', 'global', ?2)",
+        params![MAIN_AGENT_GROUP_ID, now],
+    )
+    .sql("create container config of main")?;
+    tx.execute(
+        "INSERT OR IGNORE INTO users (id, kind, display_name, created_at) VALUES (?1, 'cli', 'Local', ?2)",
+        params![CLI_OWNER_USER_ID, now],
+    )
+    .sql("create owner user")?;
+    tx.execute(
+        "INSERT OR IGNORE INTO user_roles (user_id, role, agent_group_id, granted_by, granted_at) VALUES (?1, 'owner', NULL, 'bootstrap', ?2)",
+        params![CLI_OWNER_USER_ID, now],
+    )
+    .sql("grant owner")?;
+    tx.execute(
+        "INSERT OR IGNORE INTO messaging_groups (id, channel_type, platform_id, name, is_group, unknown_sender_policy, created_at)
+         VALUES (?1, 'cli', ?2, 'cli', 0, 'strict', ?3)",
+        params![CLI_MESSAGING_GROUP_ID, CLI_PLATFORM_ID, now],
+    )
+    .sql("create cli messaging group")?;
+    tx.execute(
+        "INSERT OR IGNORE INTO messaging_group_agents (id, messaging_group_id, agent_group_id, session_mode, priority,
+           engage_mode, engage_pattern, sender_scope, ignored_message_policy, created_at)
+         VALUES ('wiring-cli-main', ?1, ?2, 'shared', 0, 'pattern', '.', 'all', 'drop', ?3)",
+        params![CLI_MESSAGING_GROUP_ID, MAIN_AGENT_GROUP_ID, now],
+    )
+    .sql("create cli wiring")?;
+    tx.execute(
+        "INSERT OR IGNORE INTO agent_destinations (agent_group_id, local_name, target_type, target_id, created_at)
+         VALUES (?1, 'cli', 'channel', ?2, ?3)",
+        params![MAIN_AGENT_GROUP_ID, CLI_MESSAGING_GROUP_ID, now],
+    )
+    .sql("create cli destination")?;
+    tx.commit().sql("commit bootstrap")?;
+    Ok(BootstrapReport { created: true })
+}
+
+/// A session with everything needed to run its container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionInfo {
+    /// Session id (`sess-…`).
+    pub id: String,
+    /// Its agent group.
+    pub agent_group_id: String,
+    /// The agent group's folder name (validated `[a-z0-9_-]`, ≤ 64 by the schema).
+    pub agent_group_folder: String,
+    /// The agent group's display name.
+    pub agent_group_name: String,
+    /// The chat it belongs to (its default reply address), if any.
+    pub messaging_group_id: Option<String>,
+    /// Channel type of that chat.
+    pub channel_type: Option<String>,
+    /// Platform id of that chat.
+    pub platform_id: Option<String>,
+    /// Thread of a per-thread session.
+    pub thread_id: Option<String>,
+    /// Provider from the container config.
+    pub provider: String,
+    /// Assistant name from the container config (defaults to the group name).
+    pub assistant_name: String,
+    /// Most messages per prompt.
+    pub max_messages_per_prompt: i64,
+}
+
+const SESSION_SELECT: &str = "SELECT s.id, s.agent_group_id, ag.folder, ag.name, s.messaging_group_id, mg.channel_type, mg.platform_id,
+        s.thread_id, coalesce(cc.provider, 'echo'), coalesce(cc.assistant_name, ag.name), coalesce(cc.max_messages_per_prompt, 10)
+   FROM sessions s
+   JOIN agent_groups ag ON ag.id = s.agent_group_id
+   LEFT JOIN messaging_groups mg ON mg.id = s.messaging_group_id
+   LEFT JOIN container_configs cc ON cc.agent_group_id = s.agent_group_id";
+
+fn session_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SessionInfo> {
+    Ok(SessionInfo {
+        id: r.get(0)?,
+        agent_group_id: r.get(1)?,
+        agent_group_folder: r.get(2)?,
+        agent_group_name: r.get(3)?,
+        messaging_group_id: r.get(4)?,
+        channel_type: r.get(5)?,
+        platform_id: r.get(6)?,
+        thread_id: r.get(7)?,
+        provider: r.get(8)?,
+        assistant_name: r.get(9)?,
+        max_messages_per_prompt: r.get(10)?,
+    })
+}
+
+/// Loads one session.
+pub fn session_info(conn: &Connection, session_id: &str) -> Result<Option<SessionInfo>, StoreError> {
+    conn.query_row(&format!("{SESSION_SELECT} WHERE s.id = ?1"), [session_id], session_from_row)
+        .optional()
+        .sql(format!("load session {session_id}"))
+}
+
+/// Every active session.
+pub fn active_sessions(conn: &Connection) -> Result<Vec<SessionInfo>, StoreError> {
+    let mut st = conn
+        .prepare(&format!("{SESSION_SELECT} WHERE s.status = 'active' ORDER BY s.created_at"))
+        .sql("list sessions")?;
+    st.query_map([], session_from_row).sql("list sessions")?.collect::<Result<_, _>>().sql("list sessions")
+}
+
+/// Records the container status of a session (`starting`, `running`, `stopping`, `stopped`).
+pub fn set_container_status(conn: &Connection, session_id: &str, status: &str) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE sessions SET container_status = ?2, last_active = ?3 WHERE id = ?1",
+        params![session_id, status, now_ts()],
+    )
+    .sql("set container status")?;
+    Ok(())
+}
+
+/// Increments and returns the session's container generation (stamped on the next container).
+pub fn next_generation(conn: &Connection, session_id: &str) -> Result<i64, StoreError> {
+    conn.query_row(
+        "UPDATE sessions SET container_generation = container_generation + 1 WHERE id = ?1 RETURNING container_generation",
+        [session_id],
+        |r| r.get(0),
+    )
+    .sql("next container generation")
+}
+
+/// The destinations of an agent group, resolved to addresses, for `inbound.db`.
+pub fn destinations_of(conn: &Connection, agent_group_id: &str) -> Result<Vec<Destination>, StoreError> {
+    let mut st = conn
+        .prepare(
+            "SELECT d.local_name, d.target_type, mg.name, mg.channel_type, mg.platform_id, ag.id, ag.name
+               FROM agent_destinations d
+               LEFT JOIN messaging_groups mg ON d.target_type = 'channel' AND mg.id = d.target_id
+               LEFT JOIN agent_groups ag ON d.target_type = 'agent' AND ag.id = d.target_id
+              WHERE d.agent_group_id = ?1 ORDER BY d.local_name",
+        )
+        .sql("list destinations")?;
+    let rows = st
+        .query_map([agent_group_id], |r| {
+            let t: String = r.get(1)?;
+            let kind = if t == "agent" { DestinationType::Agent } else { DestinationType::Channel };
+            Ok(Destination {
+                name: r.get(0)?,
+                display_name: match kind {
+                    DestinationType::Channel => r.get(2)?,
+                    DestinationType::Agent => r.get(6)?,
+                },
+                kind,
+                channel_type: r.get(3)?,
+                platform_id: r.get(4)?,
+                agent_group_id: r.get(5)?,
+            })
+        })
+        .sql("list destinations")?
+        .collect::<Result<Vec<_>, _>>()
+        .sql("list destinations")?;
+    Ok(rows)
+}
+
+/// Whether an agent group may send to a chat: the send ACL of DESIGN §2 (`agent_destinations`).
+pub fn may_send_to_chat(
+    conn: &Connection,
+    agent_group_id: &str,
+    channel_type: &str,
+    platform_id: &str,
+) -> Result<bool, StoreError> {
+    conn.query_row(
+        "SELECT 1 FROM agent_destinations d JOIN messaging_groups mg ON mg.id = d.target_id
+          WHERE d.agent_group_id = ?1 AND d.target_type = 'channel' AND mg.channel_type = ?2 AND mg.platform_id = ?3",
+        params![agent_group_id, channel_type, platform_id],
+        |_| Ok(true),
+    )
+    .optional()
+    .sql("check destination")
+    .map(|o| o.unwrap_or(false))
+}
+
+/// One inbound platform message as recorded in the ledger.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerEntry {
+    /// Ledger id (`in-…`); prefix of every `messages_in` id routed from it.
+    pub id: String,
+    /// Channel type.
+    pub channel_type: String,
+    /// The platform's message id (dedupe key with `channel_type`).
+    pub platform_message_id: String,
+    /// The chat.
+    pub platform_id: String,
+    /// The thread.
+    pub thread_id: Option<String>,
+    /// Namespaced sender id.
+    pub sender_id: Option<String>,
+    /// The serialized event (JSON of [`crate::ports::channel::InboundEvent`]).
+    pub event: String,
+    /// Trace id carried through routing, container and delivery.
+    pub trace_id: String,
+}
+
+/// Result of [`ledger_insert`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LedgerInsert {
+    /// First time this platform message was seen.
+    New,
+    /// Seen before; `routed` tells whether routing already finished.
+    Duplicate {
+        /// The existing ledger id.
+        id: String,
+        /// Whether it was routed (or dropped) already.
+        finished: bool,
+    },
+}
+
+/// Commits a platform message to the ledger, deduplicated on (`channel_type`,
+/// `platform_message_id`) — DESIGN §5 invariant 2: this happens before the platform is acked.
+pub fn ledger_insert(conn: &Connection, e: &LedgerEntry) -> Result<LedgerInsert, StoreError> {
+    let inserted = conn
+        .execute(
+            "INSERT INTO inbound_ledger (id, channel_type, platform_message_id, platform_id, thread_id, sender_id, event, trace_id, received_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+             ON CONFLICT (channel_type, platform_message_id) DO NOTHING",
+            params![e.id, e.channel_type, e.platform_message_id, e.platform_id, e.thread_id, e.sender_id, e.event, e.trace_id, now_ts()],
+        )
+        .sql("ledger insert")?;
+    if inserted == 1 {
+        return Ok(LedgerInsert::New);
+    }
+    let (id, status): (String, String) = conn
+        .query_row(
+            "SELECT id, status FROM inbound_ledger WHERE channel_type = ?1 AND platform_message_id = ?2",
+            params![e.channel_type, e.platform_message_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .sql("ledger lookup")?;
+    Ok(LedgerInsert::Duplicate { id, finished: status != "received" })
+}
+
+/// Marks a ledger entry `routed` or `dropped`.
+pub fn ledger_finish(conn: &Connection, id: &str, status: &str) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE inbound_ledger SET status = ?2, routed_at = ?3 WHERE id = ?1",
+        params![id, status, now_ts()],
+    )
+    .sql("ledger finish")?;
+    Ok(())
+}
+
+/// Ledger entries received but not yet routed (a crash between commit and routing).
+pub fn ledger_unrouted(conn: &Connection) -> Result<Vec<LedgerEntry>, StoreError> {
+    let mut st = conn
+        .prepare(
+            "SELECT id, channel_type, platform_message_id, platform_id, thread_id, sender_id, event, trace_id
+               FROM inbound_ledger WHERE status = 'received' ORDER BY received_at",
+        )
+        .sql("ledger unrouted")?;
+    st.query_map([], |r| {
+        Ok(LedgerEntry {
+            id: r.get(0)?,
+            channel_type: r.get(1)?,
+            platform_message_id: r.get(2)?,
+            platform_id: r.get(3)?,
+            thread_id: r.get(4)?,
+            sender_id: r.get(5)?,
+            event: r.get(6)?,
+            trace_id: r.get(7)?,
+        })
+    })
+    .sql("ledger unrouted")?
+    .collect::<Result<_, _>>()
+    .sql("ledger unrouted")
+}
+
+/// The platform message id behind a ledger id.
+pub fn ledger_platform_message_id(
+    conn: &Connection,
+    ledger_id: &str,
+) -> Result<Option<(String, String)>, StoreError> {
+    conn.query_row(
+        "SELECT channel_type, platform_message_id FROM inbound_ledger WHERE id = ?1",
+        [ledger_id],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+    .optional()
+    .sql("ledger lookup")
+}
+
+/// A wiring of a chat, with its engage rules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Wiring {
+    /// Wiring id.
+    pub id: String,
+    /// The agent group it engages.
+    pub agent_group_id: String,
+    /// `shared`, `per-thread` or `agent-shared`.
+    pub session_mode: String,
+    /// `pattern`, `mention` or `mention-sticky`.
+    pub engage_mode: String,
+    /// Regex for `pattern` (`.` or empty = every message).
+    pub engage_pattern: Option<String>,
+    /// `drop` or `accumulate`.
+    pub ignored_message_policy: String,
+}
+
+/// The messaging group of a chat and its wirings (highest priority first).
+pub fn wirings_of_chat(
+    conn: &Connection,
+    channel_type: &str,
+    platform_id: &str,
+) -> Result<Option<(String, Vec<Wiring>)>, StoreError> {
+    let Some(mg): Option<String> = conn
+        .query_row(
+            "SELECT id FROM messaging_groups WHERE channel_type = ?1 AND platform_id = ?2 AND denied_at IS NULL",
+            params![channel_type, platform_id],
+            |r| r.get(0),
+        )
+        .optional()
+        .sql("find messaging group")?
+    else {
+        return Ok(None);
+    };
+    let mut st = conn
+        .prepare(
+            "SELECT id, agent_group_id, session_mode, engage_mode, engage_pattern, ignored_message_policy
+               FROM messaging_group_agents WHERE messaging_group_id = ?1 ORDER BY priority DESC, created_at",
+        )
+        .sql("list wirings")?;
+    let wirings = st
+        .query_map([&mg], |r| {
+            Ok(Wiring {
+                id: r.get(0)?,
+                agent_group_id: r.get(1)?,
+                session_mode: r.get(2)?,
+                engage_mode: r.get(3)?,
+                engage_pattern: r.get(4)?,
+                ignored_message_policy: r.get(5)?,
+            })
+        })
+        .sql("list wirings")?
+        .collect::<Result<Vec<_>, _>>()
+        .sql("list wirings")?;
+    Ok(Some((mg, wirings)))
+}
+
+/// Finds or creates the active session of (agent group, messaging group, thread).
+pub fn resolve_session(
+    conn: &mut Connection,
+    agent_group_id: &str,
+    messaging_group_id: &str,
+    thread_id: Option<&str>,
+) -> Result<SessionInfo, StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).sql("begin resolve session")?;
+    let existing: Option<String> = tx
+        .query_row(
+            "SELECT id FROM sessions WHERE status = 'active' AND agent_group_id = ?1 AND messaging_group_id = ?2
+               AND coalesce(thread_id, '') = coalesce(?3, '')",
+            params![agent_group_id, messaging_group_id, thread_id],
+            |r| r.get(0),
+        )
+        .optional()
+        .sql("find session")?;
+    let id = match existing {
+        Some(id) => id,
+        None => {
+            let id = new_id("sess");
+            tx.execute(
+                "INSERT INTO sessions (id, agent_group_id, messaging_group_id, thread_id, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![id, agent_group_id, messaging_group_id, thread_id, now_ts()],
+            )
+            .sql("create session")?;
+            id
+        }
+    };
+    tx.commit().sql("commit resolve session")?;
+    session_info(conn, &id)?.ok_or_else(|| StoreError::Invalid(format!("session {id} vanished")))
+}
+
+/// Records (or counts again) a dropped message (`unregistered_senders`).
+pub fn record_dropped(
+    conn: &Connection,
+    channel_type: &str,
+    platform_id: &str,
+    user_id: Option<&str>,
+    reason: &str,
+    messaging_group_id: Option<&str>,
+) -> Result<(), StoreError> {
+    let now = now_ts();
+    conn.execute(
+        "INSERT INTO unregistered_senders (channel_type, platform_id, user_id, reason, messaging_group_id, first_seen, last_seen)
+         VALUES (?1, ?2, coalesce(?3, ''), ?4, ?5, ?6, ?6)
+         ON CONFLICT (channel_type, platform_id, user_id) DO UPDATE SET message_count = message_count + 1,
+           last_seen = excluded.last_seen, reason = excluded.reason",
+        params![channel_type, platform_id, user_id, reason, messaging_group_id, now],
+    )
+    .sql("record dropped message")?;
+    Ok(())
+}
+
+/// A new id `<prefix>-<ms base36>-<6 random base36>`, time-ordered within a prefix.
+pub fn new_id(prefix: &str) -> String {
+    use rand::Rng;
+    let ms = chrono::Utc::now().timestamp_millis().max(0) as u64;
+    let mut rng = rand::rng();
+    let rand: String = (0..6)
+        .map(|_| {
+            let d = rng.random_range(0..36u32);
+            char::from_digit(d, 36).expect("digit below 36")
+        })
+        .collect();
+    format!("{prefix}-{}-{rand}", to_base36(ms))
+}
+
+fn to_base36(mut n: u64) -> String {
+    let mut s = Vec::new();
+    loop {
+        s.push(char::from_digit((n % 36) as u32, 36).expect("digit below 36"));
+        n /= 36;
+        if n == 0 {
+            break;
+        }
+    }
+    s.iter().rev().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+
+    #[tokio::test]
+    async fn bootstrap_is_idempotent_and_wires_cli_to_main() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("nanoclaw.db")).await.unwrap();
+        assert!(store.call(bootstrap).await.unwrap().created);
+        assert!(!store.call(bootstrap).await.unwrap().created);
+        let (mg, wirings) =
+            store.call(|c| wirings_of_chat(c, "cli", CLI_PLATFORM_ID)).await.unwrap().unwrap();
+        assert_eq!(mg, CLI_MESSAGING_GROUP_ID);
+        assert_eq!(wirings.len(), 1);
+        assert_eq!(wirings[0].engage_mode, "pattern");
+        assert_eq!(wirings[0].session_mode, "shared");
+        let s1 = store
+            .call(|c| resolve_session(c, MAIN_AGENT_GROUP_ID, CLI_MESSAGING_GROUP_ID, None))
+            .await
+            .unwrap();
+        let s2 = store
+            .call(|c| resolve_session(c, MAIN_AGENT_GROUP_ID, CLI_MESSAGING_GROUP_ID, None))
+            .await
+            .unwrap();
+        assert_eq!(s1, s2, "shared mode: one session per chat");
+        assert_eq!(s1.agent_group_folder, "main");
+        assert_eq!(s1.provider, "echo");
+        let d = store.call(|c| destinations_of(c, MAIN_AGENT_GROUP_ID)).await.unwrap();
+        assert_eq!(d[0].name, "cli");
+        assert_eq!(d[0].platform_id.as_deref(), Some(CLI_PLATFORM_ID));
+        assert!(
+            store.call(|c| may_send_to_chat(c, MAIN_AGENT_GROUP_ID, "cli", CLI_PLATFORM_ID)).await.unwrap()
+        );
+        assert!(!store.call(|c| may_send_to_chat(c, MAIN_AGENT_GROUP_ID, "cli", "elsewhere")).await.unwrap());
+        assert_eq!(store.call(move |c| next_generation(c, &s1.id)).await.unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn ledger_deduplicates_on_platform_message_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("nanoclaw.db")).await.unwrap();
+        let e = LedgerEntry {
+            id: "in-1".into(),
+            channel_type: "cli".into(),
+            platform_message_id: "p1".into(),
+            platform_id: "local".into(),
+            thread_id: None,
+            sender_id: None,
+            event: "{}".into(),
+            trace_id: "t".into(),
+        };
+        let e2 = LedgerEntry { id: "in-2".into(), ..e.clone() };
+        assert_eq!(store.call(move |c| ledger_insert(c, &e)).await.unwrap(), LedgerInsert::New);
+        let dup = e2.clone();
+        assert_eq!(
+            store.call(move |c| ledger_insert(c, &dup)).await.unwrap(),
+            LedgerInsert::Duplicate { id: "in-1".into(), finished: false }
+        );
+        assert_eq!(store.call(ledger_unrouted_boxed).await.unwrap().len(), 1);
+        store.call(|c| ledger_finish(c, "in-1", "routed")).await.unwrap();
+        assert!(store.call(ledger_unrouted_boxed).await.unwrap().is_empty());
+    }
+
+    fn ledger_unrouted_boxed(c: &mut Connection) -> Result<Vec<LedgerEntry>, StoreError> {
+        ledger_unrouted(c)
+    }
+
+    #[test]
+    fn ids_are_prefixed_and_distinct() {
+        let a = new_id("sess");
+        let b = new_id("sess");
+        assert!(a.starts_with("sess-") && a != b);
+    }
+}
