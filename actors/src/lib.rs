@@ -1,2 +1,4 @@
 //! placeholder
+pub mod ports;
+pub mod session_files;
 pub mod store;

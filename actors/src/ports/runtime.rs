@@ -1,0 +1,110 @@
+//! The `ContainerRuntime` port.
+//!
+//! The container actor drives one container through create → start → wait → remove. A runtime
+//! must make `wait` resolve exactly when the container's process has exited (whatever the reason),
+//! `stop` deliver SIGTERM and SIGKILL after the grace, and `remove` succeed for an already removed
+//! container. Containers carry the install id and the session id as labels so that a sweep can
+//! find ones no actor owns ([`ContainerRuntime::list_managed`]).
+
+use async_trait::async_trait;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Label with the install id on every container.
+pub const LABEL_INSTALL: &str = "nanoclaw.install";
+/// Label with the session id on every container.
+pub const LABEL_SESSION: &str = "nanoclaw.session";
+/// Label with the container generation on every container.
+pub const LABEL_GENERATION: &str = "nanoclaw.generation";
+
+/// Everything a runtime needs to start one session's container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerSpec {
+    /// Container name (`nanoclaw-<install>-<session>-<generation>`), unique per install.
+    pub name: String,
+    /// Install id (label [`LABEL_INSTALL`]).
+    pub install_id: String,
+    /// Session id (label [`LABEL_SESSION`]).
+    pub session_id: String,
+    /// Generation of this container (label [`LABEL_GENERATION`], env `NANOCLAW_GENERATION`).
+    pub generation: i64,
+    /// Host folder with `inbound.db` and `wake.sock`; mounted read-only.
+    pub session_host_dir: PathBuf,
+    /// Host folder with `outbound.db`; mounted read-write.
+    pub session_workspace_dir: PathBuf,
+    /// The agent group's folder; mounted read-write.
+    pub agent_group_dir: PathBuf,
+    /// Environment for the runner, besides the path variables the runtime sets itself.
+    pub env: Vec<(String, String)>,
+}
+
+/// How a container ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExitStatus {
+    /// Exit code; `None` when the runtime could not tell (e.g. killed by a signal).
+    pub code: Option<i64>,
+    /// The kernel's OOM killer ended it.
+    pub oom_killed: bool,
+}
+
+/// A container found by [`ContainerRuntime::list_managed`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManagedContainer {
+    /// Runtime id.
+    pub id: String,
+    /// Session label value.
+    pub session_id: Option<String>,
+    /// Whether it is running.
+    pub running: bool,
+}
+
+/// Runtime errors.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RuntimeError {
+    /// The runtime (daemon) cannot be reached.
+    #[error("container runtime unavailable: {0}")]
+    Unavailable(String),
+    /// The agent image could not be built or found.
+    #[error("agent image: {0}")]
+    Image(String),
+    /// An operation on a container failed.
+    #[error("{op} {container}: {message}")]
+    Operation {
+        /// `create`, `start`, `stop`, `remove`, `wait`, `list`.
+        op: &'static str,
+        /// Container name or id.
+        container: String,
+        /// The runtime's message.
+        message: String,
+    },
+}
+
+/// A way to run agent containers.
+#[async_trait]
+pub trait ContainerRuntime: Send + Sync + 'static {
+    /// Short name for logs and `--runtime` (`docker`, `process`, `fake`).
+    fn name(&self) -> &'static str;
+
+    /// Checks the runtime is reachable and prepares what containers need (the Docker runtime
+    /// builds the agent image here). Called once at service start; errors stop the start.
+    async fn prepare(&self) -> Result<(), RuntimeError>;
+
+    /// Creates (does not start) a container; returns its runtime id.
+    async fn create(&self, spec: &ContainerSpec) -> Result<String, RuntimeError>;
+
+    /// Starts a created container.
+    async fn start(&self, id: &str) -> Result<(), RuntimeError>;
+
+    /// Resolves when the container has exited.
+    async fn wait(&self, id: &str) -> Result<ExitStatus, RuntimeError>;
+
+    /// Sends SIGTERM, then SIGKILL after `grace`. Returns once the signal(s) were sent; `wait`
+    /// reports the exit. Stopping a container that is not running is not an error.
+    async fn stop(&self, id: &str, grace: Duration) -> Result<(), RuntimeError>;
+
+    /// Removes a container (force). Removing one that does not exist is not an error.
+    async fn remove(&self, id: &str) -> Result<(), RuntimeError>;
+
+    /// Lists containers labelled with this install id, running or not.
+    async fn list_managed(&self, install_id: &str) -> Result<Vec<ManagedContainer>, RuntimeError>;
+}

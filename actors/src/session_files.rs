@@ -1,0 +1,563 @@
+//! The host's side of a session's files: folders, `inbound.db` writes (the host is its only
+//! writer), and read-only reads of the untrusted `outbound.db`.
+//!
+//! Every function here blocks (SQLite, file system); the session actor runs them with
+//! `spawn_blocking`. Connections are opened per operation (DESIGN §5).
+
+use nanoclaw_protocol::layout;
+use nanoclaw_protocol::rows::{AckStatus, Destination, SessionRouting, next_inbound_seq};
+use nanoclaw_protocol::schema::{self, SchemaError};
+use nanoclaw_protocol::time::{format_ts, now_ts};
+use nanoclaw_protocol::validate::{RawOutboundRow, SELECT_PENDING_OUTBOUND};
+use rusqlite::{OptionalExtension, TransactionBehavior, params};
+use std::path::{Path, PathBuf};
+
+/// Errors of session file operations. Display is one line naming the file.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionFileError {
+    /// Opening a session DB failed.
+    #[error(transparent)]
+    Schema(#[from] SchemaError),
+    /// A statement failed.
+    #[error("{path}: {what}: {source}")]
+    Sqlite {
+        /// The DB file.
+        path: String,
+        /// The operation.
+        what: &'static str,
+        /// The SQLite error.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// A file-system operation failed.
+    #[error("{path}: {what}: {source}")]
+    Io {
+        /// The path.
+        path: String,
+        /// The operation.
+        what: &'static str,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn sq<'a>(path: &'a Path, what: &'static str) -> impl FnOnce(rusqlite::Error) -> SessionFileError + 'a {
+    move |source| SessionFileError::Sqlite { path: path.display().to_string(), what, source }
+}
+
+fn io<'a>(path: &'a Path, what: &'static str) -> impl FnOnce(std::io::Error) -> SessionFileError + 'a {
+    move |source| SessionFileError::Io { path: path.display().to_string(), what, source }
+}
+
+/// Where one session's files live (see [`nanoclaw_protocol::layout`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionPaths {
+    /// `data/sessions/<folder>/<session>`.
+    pub root: PathBuf,
+    /// Host-written folder (`inbound.db`, `wake.sock`).
+    pub host_dir: PathBuf,
+    /// Container-written folder (`outbound.db`, `.heartbeat`).
+    pub workspace_dir: PathBuf,
+    /// The agent group's folder `data/groups/<folder>`.
+    pub agent_group_dir: PathBuf,
+}
+
+impl SessionPaths {
+    /// Paths of a session under `data_dir`.
+    pub fn new(data_dir: &Path, agent_group_folder: &str, session_id: &str) -> Self {
+        let root = data_dir.join("sessions").join(agent_group_folder).join(session_id);
+        Self {
+            host_dir: root.join(layout::HOST_DIR),
+            workspace_dir: root.join(layout::WORKSPACE_DIR),
+            agent_group_dir: data_dir.join("groups").join(agent_group_folder),
+            root,
+        }
+    }
+
+    /// `inbound.db`.
+    pub fn inbound_db(&self) -> PathBuf {
+        self.host_dir.join(layout::INBOUND_DB)
+    }
+
+    /// `outbound.db`.
+    pub fn outbound_db(&self) -> PathBuf {
+        self.workspace_dir.join(layout::OUTBOUND_DB)
+    }
+
+    /// `wake.sock`.
+    pub fn wake_socket(&self) -> PathBuf {
+        self.host_dir.join(layout::WAKE_SOCKET)
+    }
+
+    /// `.heartbeat`.
+    pub fn heartbeat(&self) -> PathBuf {
+        self.workspace_dir.join(layout::HEARTBEAT)
+    }
+}
+
+/// Creates the session's folders and `inbound.db`. The workspace and agent-group folders are
+/// given to `owner` (uid, gid) — the container's user — when set, so a non-root container can
+/// write them; the host folder stays the host's and is mounted read-only.
+pub fn prepare(paths: &SessionPaths, owner: Option<(u32, u32)>) -> Result<(), SessionFileError> {
+    use std::os::unix::fs::PermissionsExt;
+    for dir in [&paths.host_dir, &paths.workspace_dir, &paths.agent_group_dir] {
+        std::fs::create_dir_all(dir).map_err(io(dir, "create folder"))?;
+    }
+    std::fs::set_permissions(&paths.host_dir, std::fs::Permissions::from_mode(0o755))
+        .map_err(io(&paths.host_dir, "chmod"))?;
+    if let Some((uid, gid)) = owner {
+        for dir in [&paths.workspace_dir, &paths.agent_group_dir] {
+            std::os::unix::fs::chown(dir, Some(uid), Some(gid)).map_err(io(dir, "chown"))?;
+        }
+    }
+    let db = paths.inbound_db();
+    schema::open_inbound_writer(&db)?;
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).map_err(io(&db, "chmod"))?;
+    Ok(())
+}
+
+/// A row for `messages_in`, before its seq is assigned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewInbound {
+    /// Row id; inserting an existing id is a no-op (idempotent re-routing).
+    pub id: String,
+    /// `chat`, `task`, `system`.
+    pub kind: &'static str,
+    /// Wakes the agent.
+    pub trigger: bool,
+    /// Only for a fresh container's first read.
+    pub on_wake: bool,
+    /// Reply address.
+    pub channel_type: Option<String>,
+    /// Reply address.
+    pub platform_id: Option<String>,
+    /// Reply address.
+    pub thread_id: Option<String>,
+    /// JSON content.
+    pub content: String,
+}
+
+/// Inserts rows into `messages_in` with fresh even seqs. Returns how many were new.
+pub fn write_inbound(paths: &SessionPaths, rows: &[NewInbound]) -> Result<usize, SessionFileError> {
+    let db = paths.inbound_db();
+    let mut conn = schema::open_inbound_writer(&db)?;
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sq(&db, "begin"))?;
+    let mut max: Option<i64> =
+        tx.query_row("SELECT max(seq) FROM messages_in", [], |r| r.get(0)).map_err(sq(&db, "max seq"))?;
+    let mut added = 0;
+    for row in rows {
+        let seq = next_inbound_seq(max);
+        let n = tx
+            .execute(
+                "INSERT OR IGNORE INTO messages_in (id, seq, kind, timestamp, trigger, on_wake, channel_type, platform_id, thread_id, content)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                params![row.id, seq, row.kind, now_ts(), row.trigger, row.on_wake, row.channel_type, row.platform_id, row.thread_id, row.content],
+            )
+            .map_err(sq(&db, "insert message"))?;
+        if n == 1 {
+            max = Some(seq);
+            added += 1;
+        }
+    }
+    tx.commit().map_err(sq(&db, "commit"))?;
+    Ok(added)
+}
+
+/// Rewrites the `destinations` projection and `session_routing` (on every container start).
+pub fn project(
+    paths: &SessionPaths,
+    destinations: &[Destination],
+    routing: &SessionRouting,
+) -> Result<(), SessionFileError> {
+    let db = paths.inbound_db();
+    let mut conn = schema::open_inbound_writer(&db)?;
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sq(&db, "begin"))?;
+    tx.execute("DELETE FROM destinations", []).map_err(sq(&db, "clear destinations"))?;
+    for d in destinations {
+        tx.execute(
+            "INSERT INTO destinations (name, display_name, type, channel_type, platform_id, agent_group_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![d.name, d.display_name, d.kind.as_str(), d.channel_type, d.platform_id, d.agent_group_id],
+        )
+        .map_err(sq(&db, "insert destination"))?;
+    }
+    tx.execute(
+        "INSERT INTO session_routing (id, channel_type, platform_id, thread_id) VALUES (1, ?1, ?2, ?3)
+         ON CONFLICT (id) DO UPDATE SET channel_type = excluded.channel_type, platform_id = excluded.platform_id, thread_id = excluded.thread_id",
+        params![routing.channel_type, routing.platform_id, routing.thread_id],
+    )
+    .map_err(sq(&db, "write routing"))?;
+    tx.commit().map_err(sq(&db, "commit"))
+}
+
+/// Reads up to 256 raw `messages_out` rows with `rowid >= from_rowid`. A missing `outbound.db`
+/// (no container ran yet) reads as empty.
+pub fn read_outbound(paths: &SessionPaths, from_rowid: i64) -> Result<Vec<RawOutboundRow>, SessionFileError> {
+    let db = paths.outbound_db();
+    if std::fs::symlink_metadata(&db).is_err() {
+        return Ok(vec![]);
+    }
+    let conn = schema::open_outbound_reader(&db)?;
+    let mut st = conn.prepare(SELECT_PENDING_OUTBOUND).map_err(sq(&db, "prepare outbound read"))?;
+    let rows = st
+        .query_map([from_rowid], RawOutboundRow::from_row)
+        .map_err(sq(&db, "read outbound"))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(sq(&db, "read outbound row"))?;
+    Ok(rows)
+}
+
+/// A `delivered` row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryRecord {
+    /// `sending`, `retrying`, `delivered`, `failed`.
+    pub status: String,
+    /// Attempts made.
+    pub attempts: i64,
+}
+
+/// Looks up the delivery ledger entry of a `messages_out` row.
+pub fn delivery_record(paths: &SessionPaths, key: &str) -> Result<Option<DeliveryRecord>, SessionFileError> {
+    let db = paths.inbound_db();
+    let conn = schema::open_inbound_writer(&db)?;
+    conn.query_row("SELECT status, attempts FROM delivered WHERE message_out_id = ?1", [key], |r| {
+        Ok(DeliveryRecord { status: r.get(0)?, attempts: r.get(1)? })
+    })
+    .optional()
+    .map_err(sq(&db, "read delivery record"))
+}
+
+/// Writes the delivery ledger entry of a row: `sending` is the reservation committed before the
+/// send (DESIGN §5 invariant 3); `delivered` / `retrying` / `failed` are recorded after it.
+/// `bump_attempt` counts one more send attempt.
+pub fn record_delivery(
+    paths: &SessionPaths,
+    key: &str,
+    status: &str,
+    platform_message_id: Option<&str>,
+    error: Option<&str>,
+    bump_attempt: bool,
+) -> Result<i64, SessionFileError> {
+    let db = paths.inbound_db();
+    let conn = schema::open_inbound_writer(&db)?;
+    conn.query_row(
+        "INSERT INTO delivered (message_out_id, platform_message_id, status, attempts, error, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT (message_out_id) DO UPDATE SET status = excluded.status,
+           platform_message_id = coalesce(excluded.platform_message_id, delivered.platform_message_id),
+           attempts = delivered.attempts + ?4, error = excluded.error, updated_at = excluded.updated_at
+         RETURNING attempts",
+        params![key, platform_message_id, status, bump_attempt as i64, error, now_ts()],
+        |r| r.get(0),
+    )
+    .map_err(sq(&db, "record delivery"))
+}
+
+/// The crash rule of DESIGN §5 invariant 3: a row still `sending` when a session actor starts
+/// was reserved by a host that stopped mid-send, so whether the platform got it is unknown.
+/// It is marked `failed` (never re-sent), with that reason. Returns the affected keys.
+pub fn fail_interrupted_sends(paths: &SessionPaths) -> Result<Vec<String>, SessionFileError> {
+    let db = paths.inbound_db();
+    if !db.exists() {
+        return Ok(vec![]);
+    }
+    let conn = schema::open_inbound_writer(&db)?;
+    let mut st = conn
+        .prepare(
+            "UPDATE delivered SET status = 'failed', error = 'delivery outcome unknown: the host stopped during the send; not re-sent to avoid a duplicate', updated_at = ?1
+             WHERE status = 'sending' RETURNING message_out_id",
+        )
+        .map_err(sq(&db, "prepare"))?;
+    let keys = st
+        .query_map([now_ts()], |r| r.get(0))
+        .map_err(sq(&db, "fail interrupted sends"))?
+        .collect::<Result<Vec<String>, _>>()
+        .map_err(sq(&db, "fail interrupted sends"))?;
+    Ok(keys)
+}
+
+/// Copies finished acks (`completed`, `failed`) from `outbound.db` into `messages_in.status`,
+/// each as itself — a failed claim stays failed (DESIGN §5 invariant 5). Returns the rows that
+/// changed, with their new status and reply address.
+pub fn sync_acks(paths: &SessionPaths) -> Result<Vec<FinishedMessage>, SessionFileError> {
+    let out_db = paths.outbound_db();
+    if std::fs::symlink_metadata(&out_db).is_err() {
+        return Ok(vec![]);
+    }
+    let acks: Vec<(String, String)> = {
+        let conn = schema::open_outbound_reader(&out_db)?;
+        let mut st = conn
+            .prepare("SELECT message_id, status FROM processing_ack WHERE status IN ('completed','failed') LIMIT 10000")
+            .map_err(sq(&out_db, "read acks"))?;
+        st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+            .map_err(sq(&out_db, "read acks"))?
+            .filter_map(Result::ok)
+            .collect()
+    };
+    if acks.is_empty() {
+        return Ok(vec![]);
+    }
+    let db = paths.inbound_db();
+    let mut conn = schema::open_inbound_writer(&db)?;
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sq(&db, "begin"))?;
+    let mut changed = Vec::new();
+    for (id, status) in acks {
+        let Ok(status) = AckStatus::parse(&status) else { continue };
+        let new_status = match status {
+            AckStatus::Completed => "completed",
+            AckStatus::Failed => "failed",
+            AckStatus::Processing => continue,
+        };
+        let row: Option<(Option<String>, Option<String>, String)> = tx
+            .query_row(
+                "UPDATE messages_in SET status = ?2 WHERE id = ?1 AND status = 'pending' RETURNING channel_type, platform_id, kind",
+                params![id, new_status],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()
+            .map_err(sq(&db, "sync ack"))?;
+        if let Some((channel_type, platform_id, kind)) = row {
+            changed.push(FinishedMessage {
+                id,
+                failed: new_status == "failed",
+                channel_type,
+                platform_id,
+                kind,
+            });
+        }
+    }
+    tx.commit().map_err(sq(&db, "commit"))?;
+    Ok(changed)
+}
+
+/// An inbound row that reached a final status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FinishedMessage {
+    /// `messages_in` id.
+    pub id: String,
+    /// Failed rather than completed.
+    pub failed: bool,
+    /// Reply address.
+    pub channel_type: Option<String>,
+    /// Reply address.
+    pub platform_id: Option<String>,
+    /// Row kind.
+    pub kind: String,
+}
+
+/// The claims a container of `generation` left `processing`, with when each was claimed.
+pub fn claims_of(paths: &SessionPaths, generation: i64) -> Result<Vec<(String, String)>, SessionFileError> {
+    let db = paths.outbound_db();
+    if std::fs::symlink_metadata(&db).is_err() {
+        return Ok(vec![]);
+    }
+    let conn = schema::open_outbound_reader(&db)?;
+    let mut st = conn
+        .prepare("SELECT message_id, status_changed FROM processing_ack WHERE status = 'processing' AND generation = ?1 LIMIT 1000")
+        .map_err(sq(&db, "read claims"))?;
+    let rows = st
+        .query_map([generation], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+        .map_err(sq(&db, "read claims"))?
+        .filter_map(Result::ok)
+        .collect();
+    Ok(rows)
+}
+
+/// What happened to one in-flight row of a container that died.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryOutcome {
+    /// `messages_in` id.
+    pub id: String,
+    /// Tries after this one.
+    pub tries: i64,
+    /// Out of tries: marked failed.
+    pub failed: bool,
+    /// Reply address, to tell the user.
+    pub channel_type: Option<String>,
+    /// Reply address.
+    pub platform_id: Option<String>,
+}
+
+/// A container died holding claims on `ids`: each still-pending row gets one more try
+/// (`tries + 1`, `process_after = now + base × 2^(tries-1)`), or is marked `failed` once it reaches
+/// `max_tries` (reference §1.10: 5 tries, 5 s × 2^n).
+pub fn count_failed_try(
+    paths: &SessionPaths,
+    ids: &[String],
+    max_tries: i64,
+    backoff_base: std::time::Duration,
+) -> Result<Vec<RetryOutcome>, SessionFileError> {
+    let db = paths.inbound_db();
+    let mut conn = schema::open_inbound_writer(&db)?;
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sq(&db, "begin"))?;
+    let mut out = Vec::new();
+    for id in ids {
+        let row: Option<(i64, Option<String>, Option<String>)> = tx
+            .query_row("SELECT tries, channel_type, platform_id FROM messages_in WHERE id = ?1 AND status = 'pending'", [id], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .optional()
+            .map_err(sq(&db, "read tries"))?;
+        let Some((tries, channel_type, platform_id)) = row else { continue };
+        let tries = tries + 1;
+        let failed = tries >= max_tries;
+        if failed {
+            tx.execute(
+                "UPDATE messages_in SET tries = ?2, status = 'failed' WHERE id = ?1",
+                params![id, tries],
+            )
+            .map_err(sq(&db, "fail message"))?;
+        } else {
+            let delay = backoff_base.saturating_mul(1u32 << (tries - 1).clamp(0, 16) as u32);
+            let after =
+                chrono::Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::zero());
+            tx.execute(
+                "UPDATE messages_in SET tries = ?2, process_after = ?3 WHERE id = ?1",
+                params![id, tries, format_ts(after)],
+            )
+            .map_err(sq(&db, "schedule retry"))?;
+        }
+        out.push(RetryOutcome { id: id.clone(), tries, failed, channel_type, platform_id });
+    }
+    tx.commit().map_err(sq(&db, "commit"))?;
+    Ok(out)
+}
+
+/// Pending work in `inbound.db`: whether a triggering row is due now, else when the next one is.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PendingWork {
+    /// Pending rows of any kind (for "is this session busy").
+    pub pending: i64,
+    /// A pending `trigger = 1` row is due now.
+    pub due_now: bool,
+    /// The earliest future `process_after` of a pending triggering row.
+    pub next_due: Option<String>,
+}
+
+/// Reads [`PendingWork`].
+pub fn pending_work(paths: &SessionPaths) -> Result<PendingWork, SessionFileError> {
+    let db = paths.inbound_db();
+    if !db.exists() {
+        return Ok(PendingWork::default());
+    }
+    let conn = schema::open_inbound_writer(&db)?;
+    let now = now_ts();
+    let (pending, due, next): (i64, i64, Option<String>) = conn
+        .query_row(
+            "SELECT count(*),
+                    coalesce(sum(trigger = 1 AND kind <> 'system' AND (process_after IS NULL OR process_after <= ?1)), 0),
+                    min(CASE WHEN trigger = 1 AND kind <> 'system' AND process_after > ?1 THEN process_after END)
+               FROM messages_in WHERE status = 'pending'",
+            [&now],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .map_err(sq(&db, "pending work"))?;
+    Ok(PendingWork { pending, due_now: due > 0, next_due: next })
+}
+
+/// The heartbeat's age, if the file exists (never follows a symlink).
+pub fn heartbeat_age(paths: &SessionPaths) -> Option<std::time::Duration> {
+    let meta = std::fs::symlink_metadata(paths.heartbeat()).ok()?;
+    meta.modified().ok()?.elapsed().ok()
+}
+
+/// Removes the heartbeat before a spawn so a fresh container is not judged by a stale one.
+pub fn clear_heartbeat(paths: &SessionPaths) {
+    let _ = std::fs::remove_file(paths.heartbeat());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn paths() -> (tempfile::TempDir, SessionPaths) {
+        let dir = tempfile::tempdir().unwrap();
+        let p = SessionPaths::new(dir.path(), "main", "sess-1");
+        prepare(&p, None).unwrap();
+        (dir, p)
+    }
+
+    fn chat(id: &str) -> NewInbound {
+        NewInbound {
+            id: id.into(),
+            kind: "chat",
+            trigger: true,
+            on_wake: false,
+            channel_type: Some("cli".into()),
+            platform_id: Some("local".into()),
+            thread_id: None,
+            content: r#"{"text":"hi"}"#.into(),
+        }
+    }
+
+    #[test]
+    fn inbound_writes_are_idempotent_with_even_seqs() {
+        let (_d, p) = paths();
+        assert_eq!(write_inbound(&p, &[chat("a"), chat("b")]).unwrap(), 2);
+        assert_eq!(write_inbound(&p, &[chat("a")]).unwrap(), 0);
+        let c = schema::open_inbound_reader(&p.inbound_db()).unwrap();
+        let seqs: Vec<i64> = c
+            .prepare("SELECT seq FROM messages_in ORDER BY seq")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(seqs, vec![2, 4]);
+        assert!(pending_work(&p).unwrap().due_now);
+    }
+
+    #[test]
+    fn failed_tries_back_off_then_fail_at_the_limit() {
+        let (_d, p) = paths();
+        write_inbound(&p, &[chat("a")]).unwrap();
+        let ids = vec!["a".to_string()];
+        for n in 1..5 {
+            let r = count_failed_try(&p, &ids, 5, Duration::from_secs(60)).unwrap();
+            assert_eq!(r[0].tries, n);
+            assert!(!r[0].failed);
+            let w = pending_work(&p).unwrap();
+            assert!(!w.due_now && w.next_due.is_some(), "retry must wait for its backoff");
+        }
+        let r = count_failed_try(&p, &ids, 5, Duration::from_secs(60)).unwrap();
+        assert!(r[0].failed);
+        assert_eq!(pending_work(&p).unwrap().pending, 0);
+        assert!(count_failed_try(&p, &ids, 5, Duration::from_secs(60)).unwrap().is_empty());
+    }
+
+    #[test]
+    fn interrupted_sends_become_failed_and_deliveries_count_attempts() {
+        let (_d, p) = paths();
+        assert_eq!(record_delivery(&p, "o1", "sending", None, None, true).unwrap(), 1);
+        assert_eq!(record_delivery(&p, "o2", "sending", None, None, true).unwrap(), 1);
+        record_delivery(&p, "o2", "delivered", Some("p-9"), None, false).unwrap();
+        assert_eq!(fail_interrupted_sends(&p).unwrap(), vec!["o1".to_string()]);
+        assert_eq!(delivery_record(&p, "o1").unwrap().unwrap().status, "failed");
+        assert_eq!(
+            delivery_record(&p, "o2").unwrap().unwrap(),
+            DeliveryRecord { status: "delivered".into(), attempts: 1 }
+        );
+    }
+
+    #[test]
+    fn acks_sync_each_as_itself() {
+        let (_d, p) = paths();
+        write_inbound(&p, &[chat("a"), chat("b"), chat("c")]).unwrap();
+        let out = schema::open_outbound_writer(&p.outbound_db()).unwrap();
+        out.execute_batch(
+            "INSERT INTO processing_ack VALUES ('a','completed','t',1); INSERT INTO processing_ack VALUES ('b','failed','t',1);
+             INSERT INTO processing_ack VALUES ('c','processing','t',1);",
+        )
+        .unwrap();
+        let mut changed = sync_acks(&p).unwrap();
+        changed.sort_by(|x, y| x.id.cmp(&y.id));
+        assert_eq!(
+            changed.iter().map(|c| (c.id.as_str(), c.failed)).collect::<Vec<_>>(),
+            vec![("a", false), ("b", true)]
+        );
+        assert!(sync_acks(&p).unwrap().is_empty(), "sync is idempotent");
+        assert_eq!(claims_of(&p, 1).unwrap().len(), 1);
+        assert_eq!(claims_of(&p, 2).unwrap().len(), 0);
+    }
+}
