@@ -52,6 +52,8 @@ pub struct ExitStatus {
 pub struct ManagedContainer {
     /// Runtime id.
     pub id: String,
+    /// Container name (as in [`ContainerSpec::name`]).
+    pub name: String,
     /// Session label value.
     pub session_id: Option<String>,
     /// Whether it is running.

@@ -167,7 +167,8 @@ fn error_reply(snapshot: &Snapshot, message: &str, id: String) -> Option<Outboun
     })
 }
 
-/// Runs the runner until SIGTERM/SIGINT. Returns the process exit code.
+/// Runs the runner until SIGTERM/SIGINT (exit code 0) or a turn asks to exit mid-turn (that
+/// code, claims left in place). Returns the process exit code.
 pub async fn run(config: RunnerConfig) -> Result<i32, RunnerError> {
     let provider = by_name(&config.provider).map_err(RunnerError::Provider)?;
     run_with(config, provider).await
@@ -226,8 +227,9 @@ pub async fn run_with(config: RunnerConfig, mut provider: Box<dyn Provider>) -> 
                     return Ok(0);
                 }
                 Some(Err(TurnFailure::Exit(code))) => {
+                    // A simulated crash: return at once, claims left in place for the host.
                     warn!(code = code.0, "exit requested mid-turn");
-                    std::process::exit(code.0);
+                    return Ok(code.0);
                 }
                 Some(Err(TurnFailure::Error(e))) if e.session_invalid && attempt < PROVIDER_ATTEMPTS => {
                     warn!(error = %e, "continuation rejected; starting a fresh conversation");
@@ -268,7 +270,7 @@ pub async fn run_with(config: RunnerConfig, mut provider: Box<dyn Provider>) -> 
                     ids.iter().map(|id| (id.clone(), AckStatus::Failed)).collect();
                 db.commit_turn(rows, &acks, None, snapshot.max_inbound_seq)?;
             }
-            Err(TurnFailure::Exit(code)) => std::process::exit(code.0),
+            Err(TurnFailure::Exit(code)) => return Ok(code.0),
         }
         touch(&heartbeat);
         link.output().await;

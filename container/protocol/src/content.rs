@@ -20,6 +20,9 @@ pub struct ChatContent {
     /// Namespaced user id of the sender (`cli:local`, `telegram:123`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sender_id: Option<String>,
+    /// The platform's id of this message (for replies, edits and reactions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform_message_id: Option<String>,
 }
 
 /// Content of an inbound `task` row (a scheduled task that came due).

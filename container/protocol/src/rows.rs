@@ -110,6 +110,9 @@ text_enum!(
     DeliveryStatus, "delivered.status", {
         /// Reserved: a send is (or was) under way. Committed before the send (DESIGN §5 inv. 3).
         Sending = "sending",
+        /// The last attempt failed with an error that guarantees nothing was sent; another
+        /// attempt is due after a backoff.
+        Retrying = "retrying",
         /// The channel accepted it; `platform_message_id` is set when the platform gave one.
         Delivered = "delivered",
         /// Will never be sent: rejected, out of attempts, or interrupted mid-send.

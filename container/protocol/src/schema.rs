@@ -44,7 +44,7 @@ CREATE INDEX IF NOT EXISTS messages_in_series ON messages_in (series_id);
 CREATE TABLE IF NOT EXISTS delivered (
     message_out_id      TEXT PRIMARY KEY,
     platform_message_id TEXT,
-    status              TEXT NOT NULL DEFAULT 'sending' CHECK (status IN ('sending','delivered','failed')),
+    status              TEXT NOT NULL DEFAULT 'sending' CHECK (status IN ('sending','retrying','delivered','failed')),
     attempts            INTEGER NOT NULL DEFAULT 0 CHECK (attempts >= 0),
     error               TEXT,
     updated_at          TEXT NOT NULL

@@ -1,0 +1,206 @@
+//! `SessionSupervisor`: spawns session actors on demand and restarts failed ones.
+//!
+//! Spawned by the root supervisor. It keeps one [`SessionActor`] per session id. A session actor
+//! that stops when idle is forgotten; one that fails is forgotten and resumed after a backoff
+//! (1 s × 2^n, at most 60 s) — its state lives in the DBs, so the replacement continues where it
+//! left off. Stopping this actor stops every session actor gracefully (each stops its container).
+
+use super::session::{SessionActor, SessionArgs, SessionHandle, SessionMessage};
+use crate::context::ServiceContext;
+use crate::store::{self, SessionInfo};
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, ActorStatus, RpcReplyPort, SupervisionEvent};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::{info, warn};
+
+/// The session supervisor (configuration only).
+pub struct SessionSupervisor;
+
+/// Private state.
+pub struct SessionSupervisorState {
+    ctx: Arc<ServiceContext>,
+    sessions: HashMap<String, ActorRef<SessionMessage>>,
+    by_actor: HashMap<ActorId, String>,
+    failures: HashMap<String, u32>,
+}
+
+/// Messages of [`SessionSupervisor`].
+pub enum SessionSupervisorMessage {
+    /// The live session actor of a session, spawned if needed.
+    Get {
+        /// The session.
+        session: SessionInfo,
+        /// Reply.
+        reply: RpcReplyPort<Result<SessionHandle, String>>,
+    },
+    /// Spawn the actor of a session id if it is not live (recovery, restart after failure).
+    Resume(String),
+    /// Live session actors.
+    List(RpcReplyPort<Vec<SessionHandle>>),
+}
+
+impl SessionSupervisorState {
+    async fn spawn(
+        &mut self,
+        myself: &ActorRef<SessionSupervisorMessage>,
+        session: SessionInfo,
+    ) -> Result<SessionHandle, String> {
+        if let Some(a) = self.sessions.get(&session.id)
+            && matches!(a.get_status(), ActorStatus::Running | ActorStatus::Starting | ActorStatus::Upgrading)
+        {
+            return Ok(SessionHandle::new(a.clone()));
+        }
+        let id = session.id.clone();
+        let (actor, _) = Actor::spawn_linked(
+            None,
+            SessionActor,
+            SessionArgs { ctx: self.ctx.clone(), session },
+            myself.get_cell(),
+        )
+        .await
+        .map_err(|e| format!("session {id}: {e}"))?;
+        self.by_actor.insert(actor.get_id(), id.clone());
+        self.sessions.insert(id, actor.clone());
+        Ok(SessionHandle::new(actor))
+    }
+}
+
+impl Actor for SessionSupervisor {
+    type Msg = SessionSupervisorMessage;
+    type State = SessionSupervisorState;
+    type Arguments = Arc<ServiceContext>;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        ctx: Arc<ServiceContext>,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(SessionSupervisorState {
+            ctx,
+            sessions: HashMap::new(),
+            by_actor: HashMap::new(),
+            failures: HashMap::new(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            SessionSupervisorMessage::Get { session, reply } => {
+                let result = state.spawn(&myself, session).await;
+                let _ = reply.send(result);
+            }
+            SessionSupervisorMessage::Resume(id) => {
+                if state.sessions.contains_key(&id) {
+                    return Ok(());
+                }
+                let sid = id.clone();
+                match state.ctx.store.call(move |c| store::session_info(c, &sid)).await {
+                    Ok(Some(info)) => {
+                        if let Err(e) = state.spawn(&myself, info).await {
+                            warn!(session = %id, error = %e, "resume failed");
+                            schedule_resume(&myself, state, id);
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => warn!(session = %id, error = %e, "resume: session lookup failed"),
+                }
+            }
+            SessionSupervisorMessage::List(reply) => {
+                let _ = reply.send(state.sessions.values().cloned().map(SessionHandle::new).collect());
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match event {
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                if let Some(id) = state.by_actor.remove(&cell.get_id()) {
+                    if state.sessions.get(&id).is_some_and(|a| a.get_id() == cell.get_id()) {
+                        state.sessions.remove(&id);
+                    }
+                    state.failures.remove(&id);
+                    tracing::debug!(session = %id, reason = ?reason, "session actor stopped");
+                }
+            }
+            SupervisionEvent::ActorFailed(cell, err) => {
+                if let Some(id) = state.by_actor.remove(&cell.get_id()) {
+                    if state.sessions.get(&id).is_some_and(|a| a.get_id() == cell.get_id()) {
+                        state.sessions.remove(&id);
+                    }
+                    warn!(session = %id, error = %err, "session actor failed; resuming after backoff");
+                    schedule_resume(&myself, state, id);
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let grace = state.ctx.config.container_stop_grace + Duration::from_secs(15);
+        let stops = state
+            .sessions
+            .drain()
+            .map(|(_, a)| async move { a.stop_and_wait(Some("shutdown".into()), Some(grace)).await });
+        futures_util::future::join_all(stops).await;
+        info!("sessions stopped");
+        Ok(())
+    }
+}
+
+fn schedule_resume(
+    myself: &ActorRef<SessionSupervisorMessage>,
+    state: &mut SessionSupervisorState,
+    id: String,
+) {
+    let n = state.failures.entry(id.clone()).or_insert(0);
+    *n += 1;
+    let delay = Duration::from_secs(1).saturating_mul(1 << (*n - 1).min(6)).min(Duration::from_secs(60));
+    myself.send_after(delay, move || SessionSupervisorMessage::Resume(id));
+}
+
+/// Typed handle over the session supervisor.
+#[derive(Debug, Clone)]
+pub struct SessionsHandle {
+    actor: ActorRef<SessionSupervisorMessage>,
+}
+
+impl SessionsHandle {
+    /// Wraps the actor.
+    pub fn new(actor: ActorRef<SessionSupervisorMessage>) -> Self {
+        Self { actor }
+    }
+
+    /// The live session actor of `session`, spawned if needed (60 s timeout: spawning prepares
+    /// the session's files).
+    pub async fn get(&self, session: SessionInfo) -> Result<SessionHandle, String> {
+        ractor::call_t!(self.actor, |reply| SessionSupervisorMessage::Get { session, reply }, 60_000)
+            .map_err(|e| format!("session supervisor: {e}"))?
+    }
+
+    /// Spawns the actor of a session id if it is not live.
+    pub fn resume(&self, session_id: String) {
+        let _ = self.actor.cast(SessionSupervisorMessage::Resume(session_id));
+    }
+
+    /// Live session actors (5 s timeout).
+    pub async fn list(&self) -> Result<Vec<SessionHandle>, String> {
+        ractor::call_t!(self.actor, SessionSupervisorMessage::List, 5_000).map_err(|e| e.to_string())
+    }
+}

@@ -1,0 +1,216 @@
+//! `Supervisor`: the root of the tree (DESIGN §4).
+//!
+//! `pre_start` sweeps orphaned containers first (nothing of this process runs yet, so every
+//! labelled container is an orphan), then spawns, in order: sweeper, session supervisor, approval
+//! supervisor, channel supervisor — channels last, so no message arrives before sessions can take
+//! it. `post_start` routes ledger entries a crash left unrouted and resumes sessions with work.
+//! A failed child is restarted with backoff; more than [`MAX_RESTARTS`] in [`RESTART_WINDOW`] stop
+//! the root (the service exits with an error rather than flapping). `post_stop` stops children in
+//! the fixed order channels → sessions (each stopping its container) → approvals → sweeper.
+
+use super::approval_supervisor::{ApprovalSupervisor, ApprovalSupervisorMessage};
+use super::channel_supervisor::{ChannelSupervisor, ChannelSupervisorArgs, ChannelSupervisorMessage};
+use super::session_supervisor::{SessionSupervisor, SessionSupervisorMessage, SessionsHandle};
+use super::sweeper::{Sweeper, SweeperMessage, sweep};
+use crate::context::ServiceContext;
+use crate::router::Router;
+use crate::session_files::{self, SessionPaths};
+use crate::store;
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tracing::{error, info, warn};
+
+/// Restarts of core children tolerated within [`RESTART_WINDOW`].
+pub const MAX_RESTARTS: usize = 5;
+/// Window of the restart budget.
+pub const RESTART_WINDOW: Duration = Duration::from_secs(60);
+
+/// The root supervisor (configuration only).
+pub struct Supervisor;
+
+/// Private state.
+pub struct SupervisorState {
+    ctx: Arc<ServiceContext>,
+    router: Router,
+    sweeper: ActorRef<SweeperMessage>,
+    sessions: ActorRef<SessionSupervisorMessage>,
+    approvals: ActorRef<ApprovalSupervisorMessage>,
+    channels: ActorRef<ChannelSupervisorMessage>,
+    restarts: Vec<Instant>,
+}
+
+/// Messages of [`Supervisor`].
+pub enum SupervisorMessage {
+    /// The router, for embedders that submit events directly.
+    Router(ractor::RpcReplyPort<Router>),
+    /// The current session supervisor.
+    Sessions(ractor::RpcReplyPort<SessionsHandle>),
+    /// Restart a core child by name (after backoff).
+    Restart(&'static str),
+}
+
+impl Actor for Supervisor {
+    type Msg = SupervisorMessage;
+    type State = SupervisorState;
+    type Arguments = Arc<ServiceContext>;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        ctx: Arc<ServiceContext>,
+    ) -> Result<SupervisorState, ActorProcessingErr> {
+        let removed = sweep(&ctx).await?;
+        if removed > 0 {
+            info!(removed, "removed orphaned containers of a previous run");
+        }
+        let cell = myself.get_cell();
+        let (sweeper, _) = Actor::spawn_linked(None, Sweeper, ctx.clone(), cell.clone()).await?;
+        let (sessions, _) = Actor::spawn_linked(None, SessionSupervisor, ctx.clone(), cell.clone()).await?;
+        let (approvals, _) = Actor::spawn_linked(None, ApprovalSupervisor, (), cell.clone()).await?;
+        let router = Router::new(ctx.store.clone(), SessionsHandle::new(sessions.clone()));
+        let (channels, _) = Actor::spawn_linked(
+            None,
+            ChannelSupervisor,
+            ChannelSupervisorArgs { ctx: ctx.clone(), router: router.clone() },
+            cell,
+        )
+        .await?;
+        Ok(SupervisorState { ctx, router, sweeper, sessions, approvals, channels, restarts: vec![] })
+    }
+
+    async fn post_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        match state.router.recover().await {
+            Ok(0) => {}
+            Ok(n) => {
+                info!(entries = n, "routed inbound messages a previous run had committed but not routed")
+            }
+            Err(e) => warn!(error = %e, "ledger recovery failed; will retry at next start"),
+        }
+        // Sessions with pending input or undelivered output get their actor back.
+        let sessions = state.ctx.store.call(|c| store::active_sessions(c)).await?;
+        let data_dir = state.ctx.config.data_dir.clone();
+        let with_work: Vec<String> = tokio::task::spawn_blocking(move || {
+            sessions
+                .into_iter()
+                .filter(|s| {
+                    let p = SessionPaths::new(&data_dir, &s.agent_group_folder, &s.id);
+                    let pending = session_files::pending_work(&p).map(|w| w.pending > 0).unwrap_or(false);
+                    pending || has_undelivered(&p)
+                })
+                .map(|s| s.id)
+                .collect()
+        })
+        .await?;
+        let handle = SessionsHandle::new(state.sessions.clone());
+        for id in with_work {
+            handle.resume(id);
+        }
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: SupervisorMessage,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            SupervisorMessage::Router(reply) => {
+                let _ = reply.send(state.router.clone());
+            }
+            SupervisorMessage::Sessions(reply) => {
+                let _ = reply.send(SessionsHandle::new(state.sessions.clone()));
+            }
+            SupervisorMessage::Restart(which) => {
+                let cell = myself.get_cell();
+                let ctx = state.ctx.clone();
+                match which {
+                    "sweeper" => state.sweeper = Actor::spawn_linked(None, Sweeper, ctx, cell).await?.0,
+                    "sessions" => {
+                        state.sessions = Actor::spawn_linked(None, SessionSupervisor, ctx, cell).await?.0;
+                        state.router =
+                            Router::new(state.ctx.store.clone(), SessionsHandle::new(state.sessions.clone()));
+                        // Channels route through the router: restart them onto the new one.
+                        state.channels.stop(Some("session supervisor replaced".into()));
+                    }
+                    "approvals" => {
+                        state.approvals = Actor::spawn_linked(None, ApprovalSupervisor, (), cell).await?.0
+                    }
+                    "channels" => {
+                        let args = ChannelSupervisorArgs { ctx, router: state.router.clone() };
+                        state.channels = Actor::spawn_linked(None, ChannelSupervisor, args, cell).await?.0;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        let (cell, why): (ActorCell, String) = match event {
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                (cell, reason.unwrap_or_else(|| "stopped".into()))
+            }
+            SupervisionEvent::ActorFailed(cell, err) => (cell, format!("failed: {err}")),
+            _ => return Ok(()),
+        };
+        let id = cell.get_id();
+        let which = if id == state.sweeper.get_id() {
+            "sweeper"
+        } else if id == state.sessions.get_id() {
+            "sessions"
+        } else if id == state.approvals.get_id() {
+            "approvals"
+        } else if id == state.channels.get_id() {
+            "channels"
+        } else {
+            return Ok(());
+        };
+        let now = Instant::now();
+        state.restarts.retain(|t| now.duration_since(*t) < RESTART_WINDOW);
+        state.restarts.push(now);
+        if state.restarts.len() > MAX_RESTARTS {
+            error!(child = which, reason = %why, "restart budget exhausted; stopping the service");
+            myself.stop(Some(format!("{which} keeps failing: {why}")));
+            return Ok(());
+        }
+        let delay = Duration::from_millis(200).saturating_mul(1 << state.restarts.len());
+        warn!(child = which, reason = %why, ?delay, "core actor ended; restarting");
+        myself.send_after(delay, move || SupervisorMessage::Restart(which));
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        let grace = state.ctx.config.container_stop_grace + Duration::from_secs(20);
+        state.channels.stop_and_wait(Some("shutdown".into()), Some(Duration::from_secs(15))).await.ok();
+        state.sessions.stop_and_wait(Some("shutdown".into()), Some(grace)).await.ok();
+        state.approvals.stop_and_wait(Some("shutdown".into()), Some(Duration::from_secs(5))).await.ok();
+        state.sweeper.stop_and_wait(Some("shutdown".into()), Some(Duration::from_secs(5))).await.ok();
+        info!("supervisor stopped");
+        Ok(())
+    }
+}
+
+fn has_undelivered(paths: &SessionPaths) -> bool {
+    let Ok(rows) = session_files::read_outbound(paths, 0) else { return false };
+    rows.iter().any(|r| match session_files::delivery_record(paths, &r.ledger_key()) {
+        Ok(Some(record)) => record.status == "retrying",
+        Ok(None) => true,
+        Err(_) => false,
+    })
+}

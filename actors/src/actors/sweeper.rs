@@ -1,0 +1,84 @@
+//! `Sweeper`: removes orphaned containers — labelled with this install, owned by no container
+//! actor — at start (before any session actor runs) and every [`SWEEP_INTERVAL`] after
+//! (DESIGN §7). It is the backstop for container actors killed without `post_stop`.
+
+use crate::context::ServiceContext;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::{info, warn};
+
+/// How often the periodic sweep runs.
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(300);
+
+/// The sweeper (configuration only).
+pub struct Sweeper;
+
+/// Messages of [`Sweeper`].
+#[derive(Debug)]
+pub enum SweeperMessage {
+    /// Sweep now; replies with how many containers were removed.
+    Sweep(Option<RpcReplyPort<Result<usize, String>>>),
+}
+
+/// Removes this install's containers not in the live set. Returns how many were removed.
+pub async fn sweep(ctx: &ServiceContext) -> Result<usize, String> {
+    let found = ctx.runtime.list_managed(&ctx.config.install_id).await.map_err(|e| e.to_string())?;
+    let mut removed = 0;
+    for c in found {
+        if ctx.live_containers.lock().contains(&c.name) {
+            continue;
+        }
+        match ctx.runtime.remove(&c.id).await {
+            Ok(()) => {
+                info!(container = %c.id, session = ?c.session_id, "removed orphaned container");
+                removed += 1;
+            }
+            Err(e) => warn!(container = %c.id, error = %e, "could not remove orphaned container"),
+        }
+    }
+    Ok(removed)
+}
+
+impl Actor for Sweeper {
+    type Msg = SweeperMessage;
+    type State = Arc<ServiceContext>;
+    type Arguments = Arc<ServiceContext>;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        ctx: Arc<ServiceContext>,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(ctx)
+    }
+
+    async fn post_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        _ctx: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        myself.send_interval(SWEEP_INTERVAL, || SweeperMessage::Sweep(None));
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        ctx: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            SweeperMessage::Sweep(reply) => {
+                let result = sweep(ctx).await;
+                if let Err(e) = &result {
+                    warn!(error = %e, "sweep failed");
+                }
+                if let Some(r) = reply {
+                    let _ = r.send(result);
+                }
+            }
+        }
+        Ok(())
+    }
+}

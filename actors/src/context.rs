@@ -1,0 +1,102 @@
+//! Configuration and shared context of a running service.
+
+use crate::ports::channel::ChannelAdapter;
+use crate::ports::runtime::ContainerRuntime;
+use crate::store::Store;
+use parking_lot::{Mutex, RwLock};
+use ractor::ActorRef;
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Tunables of the supervisor tree. [`ServiceConfig::new`] gives the defaults; each field says
+/// where its default comes from.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    /// Data directory (`nanoclaw.db`, `sessions/`, `groups/`, sockets). Created 0700.
+    pub data_dir: PathBuf,
+    /// Install id: label value that tells this install's containers from others' on one daemon.
+    pub install_id: String,
+    /// Owner (uid, gid) given to the folders a container writes, i.e. the container's user; `None`
+    /// leaves them to the host user.
+    pub container_owner: Option<(u32, u32)>,
+    /// Tries before an inbound message is failed (reference §1.10: 5).
+    pub max_tries: i64,
+    /// Base of the retry backoff `base × 2^(tries-1)` (reference §1.10: 5 s).
+    pub retry_backoff: Duration,
+    /// Delivery attempts of one outbound row before it is failed (reference §1.10: 3).
+    pub delivery_attempts: i64,
+    /// Base of the delivery retry backoff `base × 2^(attempt-1)`.
+    pub delivery_backoff: Duration,
+    /// Fallback poll of each live session (DESIGN §6: at most 1 s).
+    pub poll_interval: Duration,
+    /// Grace between SIGTERM and SIGKILL when a container is stopped.
+    pub container_stop_grace: Duration,
+    /// A container that has not said hello by then is killed.
+    pub container_start_timeout: Duration,
+    /// A container with no work for this long is stopped.
+    pub container_idle_timeout: Duration,
+    /// A session actor with no container and no work stops after this long.
+    pub session_linger: Duration,
+    /// A claim older than this with no heartbeat since is stuck (reference §1.10: 60 s).
+    pub claim_stuck_after: Duration,
+    /// A heartbeat older than this with work in flight is stuck (reference §1.10: 30 min).
+    pub heartbeat_ceiling: Duration,
+    /// Timeout of one channel delivery.
+    pub delivery_timeout: Duration,
+}
+
+impl ServiceConfig {
+    /// Defaults for a data directory and install id.
+    pub fn new(data_dir: impl Into<PathBuf>, install_id: impl Into<String>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            install_id: install_id.into(),
+            container_owner: None,
+            max_tries: 5,
+            retry_backoff: Duration::from_secs(5),
+            delivery_attempts: 3,
+            delivery_backoff: Duration::from_secs(1),
+            poll_interval: Duration::from_secs(1),
+            container_stop_grace: Duration::from_secs(5),
+            container_start_timeout: Duration::from_secs(60),
+            container_idle_timeout: Duration::from_secs(30 * 60),
+            session_linger: Duration::from_secs(60),
+            claim_stuck_after: Duration::from_secs(60),
+            heartbeat_ceiling: Duration::from_secs(30 * 60),
+            delivery_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The live channel actors by channel type, kept by the channel supervisor.
+pub type Channels = Arc<RwLock<HashMap<String, ActorRef<crate::actors::channel::ChannelMessage>>>>;
+
+/// Names of containers some container actor owns; the periodic sweep spares them.
+pub type LiveContainers = Arc<Mutex<HashSet<String>>>;
+
+/// What every actor of one service shares.
+pub struct ServiceContext {
+    /// Configuration.
+    pub config: ServiceConfig,
+    /// The central store.
+    pub store: Store,
+    /// The container runtime.
+    pub runtime: Arc<dyn ContainerRuntime>,
+    /// Channel adapters given at start.
+    pub adapters: Vec<Arc<dyn ChannelAdapter>>,
+    /// Live channel actors.
+    pub channels: Channels,
+    /// Containers owned by live container actors.
+    pub live_containers: LiveContainers,
+}
+
+impl std::fmt::Debug for ServiceContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceContext")
+            .field("config", &self.config)
+            .field("runtime", &self.runtime.name())
+            .finish()
+    }
+}

@@ -1,0 +1,159 @@
+//! The embeddable service: start the supervisor tree, submit messages, stop it in order.
+//!
+//! ```no_run
+//! # async fn demo(runtime: std::sync::Arc<dyn nanoclaw_actors::ports::runtime::ContainerRuntime>,
+//! #               adapter: std::sync::Arc<dyn nanoclaw_actors::ports::channel::ChannelAdapter>) {
+//! use nanoclaw_actors::{Service, ServiceConfig};
+//! let config = ServiceConfig::new("/tmp/nanoclaw-data", "demo");
+//! let service = Service::start(config, runtime, vec![adapter]).await.unwrap();
+//! // … adapters submit messages; replies come back through them …
+//! service.shutdown(std::time::Duration::from_secs(30)).await;
+//! # }
+//! ```
+
+use crate::actors::session::SessionStatus;
+use crate::actors::supervisor::{Supervisor, SupervisorMessage};
+use crate::context::{ServiceConfig, ServiceContext};
+use crate::ports::channel::ChannelAdapter;
+use crate::ports::runtime::{ContainerRuntime, RuntimeError};
+use crate::router::Router;
+use crate::store::{self, Store, StoreError};
+use ractor::{Actor, ActorRef, ActorStatus};
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::{info, warn};
+
+/// Why the service did not start. Display is one line.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The data directory could not be created or secured.
+    #[error("data directory {path}: {message}")]
+    DataDir {
+        /// The directory.
+        path: String,
+        /// What failed.
+        message: String,
+    },
+    /// The central store could not be opened or migrated.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The container runtime is not usable.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    /// The supervisor tree did not start.
+    #[error("supervisor: {0}")]
+    Spawn(String),
+}
+
+/// A running service.
+pub struct Service {
+    root: ActorRef<SupervisorMessage>,
+    join: tokio::task::JoinHandle<()>,
+    ctx: Arc<ServiceContext>,
+    router: Router,
+}
+
+impl Service {
+    /// Starts the service: creates the data directory (mode 0700), opens and migrates the
+    /// central store, bootstraps the first-run rows, prepares the runtime (the Docker runtime
+    /// builds its image here), then spawns the supervisor tree.
+    ///
+    /// Errors: see [`StartError`]; nothing keeps running after an error.
+    pub async fn start(
+        config: ServiceConfig,
+        runtime: Arc<dyn ContainerRuntime>,
+        adapters: Vec<Arc<dyn ChannelAdapter>>,
+    ) -> Result<Service, StartError> {
+        let dir = config.data_dir.clone();
+        let dir_err = |message: String| StartError::DataDir { path: dir.display().to_string(), message };
+        std::fs::create_dir_all(&dir).map_err(|e| dir_err(e.to_string()))?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| dir_err(e.to_string()))?;
+        }
+        let store = Store::open(&dir.join("nanoclaw.db")).await?;
+        if store.call(store::bootstrap).await?.created {
+            info!("first run: created agent group main, owner cli:local and the CLI wiring");
+        }
+        runtime.prepare().await?;
+        let ctx = Arc::new(ServiceContext {
+            config,
+            store,
+            runtime,
+            adapters,
+            channels: Default::default(),
+            live_containers: Default::default(),
+        });
+        let (root, join) = Actor::spawn(None, Supervisor, ctx.clone())
+            .await
+            .map_err(|e| StartError::Spawn(e.to_string()))?;
+        let router = ractor::call_t!(root, SupervisorMessage::Router, 10_000)
+            .map_err(|e| StartError::Spawn(e.to_string()))?;
+        Ok(Service { root, join, ctx, router })
+    }
+
+    /// The router, to submit events without a channel adapter.
+    pub fn router(&self) -> &Router {
+        &self.router
+    }
+
+    /// The shared context (store, runtime, configuration).
+    pub fn context(&self) -> &Arc<ServiceContext> {
+        &self.ctx
+    }
+
+    /// The central store.
+    pub fn store(&self) -> &Store {
+        &self.ctx.store
+    }
+
+    /// Status of every live session actor.
+    pub async fn session_statuses(&self) -> Vec<SessionStatus> {
+        let Ok(sessions) = ractor::call_t!(self.root, SupervisorMessage::Sessions, 5_000) else {
+            return vec![];
+        };
+        let mut out = vec![];
+        for s in sessions.list().await.unwrap_or_default() {
+            if let Ok(st) = s.status().await {
+                out.push(st);
+            }
+        }
+        out
+    }
+
+    /// True while the supervisor tree runs.
+    pub fn is_running(&self) -> bool {
+        matches!(
+            self.root.get_status(),
+            ActorStatus::Running | ActorStatus::Starting | ActorStatus::Upgrading
+        )
+    }
+
+    /// Resolves when the root supervisor stops on its own (restart budget exhausted).
+    pub async fn stopped(&mut self) {
+        let _ = (&mut self.join).await;
+    }
+
+    /// Stops everything in order — channels, sessions (each stopping its container), approvals,
+    /// sweeper, store — within `deadline`. Past the deadline the tree is killed and every
+    /// container of this install is removed by label.
+    pub async fn shutdown(self, deadline: Duration) {
+        let Service { root, join, ctx, router } = self;
+        drop(router);
+        match root.stop_and_wait(Some("shutdown".into()), Some(deadline)).await {
+            Ok(()) => info!("service stopped"),
+            Err(e) => {
+                warn!(error = %e, "graceful stop exceeded its deadline; forcing");
+                root.kill();
+                let _ = tokio::time::timeout(Duration::from_secs(2), join).await;
+                ctx.live_containers.lock().clear();
+                if let Err(e) =
+                    tokio::time::timeout(Duration::from_secs(10), crate::actors::sweeper::sweep(&ctx)).await
+                {
+                    warn!(error = %e, "forced container cleanup timed out");
+                }
+            }
+        }
+    }
+}

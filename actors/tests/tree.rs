@@ -1,0 +1,287 @@
+//! The supervisor tree with in-memory fakes of the ports (MemoryChannel, FakeRuntime) and the
+//! real agent runner as the fake container's process, over real SQLite files in temp dirs.
+
+use nanoclaw_actors::ports::channel::{DeliveryError, Notice};
+use nanoclaw_actors::ports::runtime::ContainerSpec;
+use nanoclaw_actors::session_files::SessionPaths;
+use nanoclaw_actors::store;
+use nanoclaw_actors::testing::{FakeRuntime, MemoryChannel};
+use nanoclaw_actors::{Service, ServiceConfig};
+use nanoclaw_agent::config::RunnerConfig;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+fn runner_runtime() -> FakeRuntime {
+    FakeRuntime::new(Arc::new(|spec: ContainerSpec, cancel: CancellationToken| {
+        Box::pin(async move {
+            let env: std::collections::HashMap<String, String> = spec.env.iter().cloned().collect();
+            let config = RunnerConfig {
+                session_dir: spec.session_host_dir.clone(),
+                workspace_dir: spec.session_workspace_dir.clone(),
+                generation: spec.generation,
+                provider: env.get("NANOCLAW_PROVIDER").cloned().unwrap_or_else(|| "echo".into()),
+                assistant_name: "Andy".into(),
+                poll_ms: 1000,
+                max_messages_per_prompt: 10,
+            };
+            tokio::select! {
+                r = nanoclaw_agent::runner::run(config) => r.map(|c| c as i64).unwrap_or(1),
+                _ = cancel.cancelled() => 0,
+            }
+        })
+    }))
+}
+
+fn config(dir: &std::path::Path) -> ServiceConfig {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let mut c = ServiceConfig::new(dir.join("data"), "test");
+    c.retry_backoff = Duration::from_millis(50);
+    c.delivery_backoff = Duration::from_millis(20);
+    c.poll_interval = Duration::from_millis(200);
+    c
+}
+
+/// Wires a memory channel `mem` chat `chat-1` to agent group main (engage on every message).
+async fn wire_memory_chat(service: &Service) {
+    service
+        .store()
+        .call(|c| {
+            c.execute_batch(
+                "INSERT INTO messaging_groups (id, channel_type, platform_id, name, created_at) VALUES ('mg-mem', 'mem', 'chat-1', 'mem', 't');
+                 INSERT INTO messaging_group_agents (id, messaging_group_id, agent_group_id, engage_mode, engage_pattern, created_at)
+                   VALUES ('w-mem', 'mg-mem', 'ag-main', 'pattern', '.', 't');
+                 INSERT INTO agent_destinations (agent_group_id, local_name, target_type, target_id, created_at) VALUES ('ag-main', 'mem', 'channel', 'mg-mem', 't');",
+            )
+            .map_err(|e| store::StoreError::Invalid(e.to_string()))
+        })
+        .await
+        .unwrap();
+}
+
+async fn start(dir: &std::path::Path, runtime: FakeRuntime, channel: &MemoryChannel) -> Service {
+    let service =
+        Service::start(config(dir), Arc::new(runtime), vec![Arc::new(channel.clone())]).await.unwrap();
+    wire_memory_chat(&service).await;
+    service
+}
+
+fn texts(channel: &MemoryChannel) -> Vec<String> {
+    channel.delivered().into_iter().map(|m| m.text).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_message_gets_exactly_one_reply_then_a_processed_notice() {
+    let dir = tempfile::tempdir().unwrap();
+    let channel = MemoryChannel::new("mem");
+    let service = start(dir.path(), runner_runtime(), &channel).await;
+    let ack = channel.submit("chat-1", "p1", "hello").await.unwrap();
+    assert!(!ack.duplicate && ack.dropped.is_none());
+    assert!(channel.wait_for(Duration::from_secs(20), |d| !d.is_empty()).await);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(texts(&channel), vec!["echo: hello".to_string()]);
+    assert_eq!(channel.delivered()[0].in_reply_to.as_deref(), Some("p1"));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !channel
+        .notices()
+        .iter()
+        .any(|n| matches!(n, Notice::Processed { platform_message_id, .. } if platform_message_id == "p1"))
+    {
+        assert!(tokio::time::Instant::now() < deadline, "no processed notice: {:?}", channel.notices());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The same platform message again is a duplicate and gets no second reply.
+    assert!(channel.submit("chat-1", "p1", "hello").await.unwrap().duplicate);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(texts(&channel).len(), 1);
+    service.shutdown(Duration::from_secs(20)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_messages_never_run_two_containers_for_one_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let channel = MemoryChannel::new("mem");
+    let runtime = runner_runtime();
+    let service = start(dir.path(), runtime.clone(), &channel).await;
+    let submits = (0..20).map(|i| {
+        let ch = channel.clone();
+        async move { ch.submit("chat-1", &format!("p{i}"), &format!("m{i}")).await.unwrap() }
+    });
+    futures_util::future::join_all(submits).await;
+    assert!(channel.wait_for(Duration::from_secs(30), |d| d.len() >= 20).await, "got {:?}", texts(&channel));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut got = texts(&channel);
+    got.sort();
+    let mut want: Vec<String> = (0..20).map(|i| format!("echo: m{i}")).collect();
+    want.sort();
+    assert_eq!(got, want, "each message answered exactly once");
+    let session = service
+        .store()
+        .call(|c| store::active_sessions(c))
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|s| s.channel_type.as_deref() == Some("mem"))
+        .unwrap();
+    assert_eq!(runtime.max_concurrent(&session.id), 1);
+    service.shutdown(Duration::from_secs(20)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_mid_turn_is_retried_and_after_five_tries_the_user_is_told() {
+    let dir = tempfile::tempdir().unwrap();
+    let channel = MemoryChannel::new("mem");
+    let runtime = runner_runtime();
+    let service = start(dir.path(), runtime.clone(), &channel).await;
+    channel.submit("chat-1", "p-crash", "!exit 3").await.unwrap();
+    assert!(
+        channel
+            .wait_for(Duration::from_secs(60), |d| d.iter().any(|m| m.text.contains("failed 5 times")))
+            .await,
+        "{:?}",
+        texts(&channel)
+    );
+    assert_eq!(runtime.created(), 5, "one container per try");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !channel
+        .notices()
+        .iter()
+        .any(|n| matches!(n, Notice::Failed { platform_message_id, .. } if platform_message_id == "p-crash"))
+    {
+        assert!(tokio::time::Instant::now() < deadline, "no failed notice: {:?}", channel.notices());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The session keeps working for the next message.
+    channel.submit("chat-1", "p-ok", "still there?").await.unwrap();
+    assert!(
+        channel.wait_for(Duration::from_secs(20), |d| d.iter().any(|m| m.text == "echo: still there?")).await
+    );
+    service.shutdown(Duration::from_secs(20)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_container_mid_turn_is_retried_and_answered_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let channel = MemoryChannel::new("mem");
+    let runtime = runner_runtime();
+    let service = start(dir.path(), runtime.clone(), &channel).await;
+    channel.submit("chat-1", "p-slow", "!sleep 1500 slow").await.unwrap();
+    let session = service
+        .store()
+        .call(|c| store::active_sessions(c))
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|s| s.channel_type.as_deref() == Some("mem"))
+        .unwrap();
+    let paths = SessionPaths::new(&dir.path().join("data"), "main", &session.id);
+    // Wait for the claim, then crash the container mid-turn.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while nanoclaw_actors::session_files::claims_of(&paths, 1).unwrap().is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "never claimed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(runtime.crash(&session.id, 137));
+    assert!(channel.wait_for(Duration::from_secs(30), |d| !d.is_empty()).await);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(texts(&channel), vec!["echo: !sleep 1500 slow".to_string()]);
+    let tries: i64 = rusqlite::Connection::open(paths.inbound_db())
+        .unwrap()
+        .query_row("SELECT tries FROM messages_in", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(tries, 1);
+    assert_eq!(runtime.max_concurrent(&session.id), 1);
+    service.shutdown(Duration::from_secs(20)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_delivery_failures_retry_then_fail_after_three_attempts() {
+    let dir = tempfile::tempdir().unwrap();
+    let channel = MemoryChannel::new("mem");
+    let service = start(dir.path(), runner_runtime(), &channel).await;
+    let transient = || DeliveryError { message: "platform busy".into(), retryable: true };
+    channel.fail_next(vec![transient(), transient()]);
+    channel.submit("chat-1", "p1", "first").await.unwrap();
+    assert!(channel.wait_for(Duration::from_secs(20), |d| d.len() == 1).await);
+    assert_eq!(texts(&channel), vec!["echo: first".to_string()]);
+    channel.fail_next(vec![transient(), transient(), transient()]);
+    channel.submit("chat-1", "p2", "second").await.unwrap();
+    let session = service
+        .store()
+        .call(|c| store::active_sessions(c))
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|s| s.channel_type.as_deref() == Some("mem"))
+        .unwrap();
+    let paths = SessionPaths::new(&dir.path().join("data"), "main", &session.id);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let c = rusqlite::Connection::open(paths.inbound_db()).unwrap();
+        let failed: Vec<(i64, String)> = c
+            .prepare("SELECT attempts, error FROM delivered WHERE status = 'failed'")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        if !failed.is_empty() {
+            assert_eq!(failed, vec![(3, "platform busy".to_string())]);
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "row never failed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let c = rusqlite::Connection::open(paths.inbound_db()).unwrap();
+    let undecided: i64 = c
+        .query_row("SELECT count(*) FROM delivered WHERE status NOT IN ('delivered','failed')", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(undecided, 0, "no row is left neither delivered nor failed");
+    assert_eq!(texts(&channel), vec!["echo: first".to_string()]);
+    service.shutdown(Duration::from_secs(20)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_that_loses_its_connection_is_restarted() {
+    let dir = tempfile::tempdir().unwrap();
+    let channel = MemoryChannel::new("mem");
+    let service = start(dir.path(), runner_runtime(), &channel).await;
+    assert_eq!(channel.starts(), 1);
+    channel.lose_connection("socket closed by peer");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while channel.starts() < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "channel not restarted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    channel.submit("chat-1", "after", "back").await.unwrap();
+    assert!(channel.wait_for(Duration::from_secs(20), |d| d.iter().any(|m| m.text == "echo: back")).await);
+    service.shutdown(Duration::from_secs(20)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unwired_chats_are_recorded_as_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let channel = MemoryChannel::new("mem");
+    let service = start(dir.path(), runner_runtime(), &channel).await;
+    let ack = channel.submit("stranger", "s1", "hi").await.unwrap();
+    assert_eq!(ack.dropped.as_deref(), Some("no_agent_wired"));
+    let n: i64 = service
+        .store()
+        .call(|c| {
+            c.query_row(
+                "SELECT message_count FROM unregistered_senders WHERE platform_id = 'stranger'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| store::StoreError::Invalid(e.to_string()))
+        })
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    service.shutdown(Duration::from_secs(20)).await;
+}
