@@ -1,1 +1,151 @@
-fn main() {}
+//! `nanoclaw`: the host service (`serve`) and its chat client (`chat`).
+//!
+//! `main` stays thin: parse flags → load config → init logs → run the command. All OS-signal
+//! handling is here: the first SIGINT/SIGTERM stops the service in order under a deadline, a
+//! second one exits at once (orphaned containers are swept at the next start).
+
+use clap::{Parser, Subcommand};
+use nanoclaw::config::{Config, FlagOverrides, LogFormat, RuntimeKind};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "nanoclaw",
+    version,
+    about = "Personal AI agents in per-session containers, behind your chat channels"
+)]
+struct Cli {
+    /// Configuration file (default: $NANOCLAW_CONFIG, else ./nanoclaw.toml if present).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Data directory (database, sessions, sockets).
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    /// Container runtime: docker (default) or process (no isolation; development only).
+    #[arg(long, global = true, value_enum)]
+    runtime: Option<RuntimeKind>,
+    /// Agent image repository name.
+    #[arg(long, global = true)]
+    image: Option<String>,
+    /// Log format.
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormat>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the service in the foreground until SIGINT/SIGTERM.
+    Serve,
+    /// Chat with the default agent (starts a service for its own duration if none is running).
+    Chat {
+        /// Send this one message, print the replies, exit.
+        #[arg(short = 'm', long = "message")]
+        message: Option<String>,
+        /// Seconds a one-turn chat waits for the agent.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
+}
+
+fn init_logs(config: &Config, quiet_default: bool) {
+    use tracing_subscriber::{EnvFilter, fmt, prelude::*};
+    let level = if quiet_default && std::env::var("NANOCLAW_LOG_LEVEL").is_err() {
+        "warn"
+    } else {
+        config.log_level.as_str()
+    };
+    let filter = EnvFilter::new(format!("{level},bollard=warn,hyper=warn"));
+    let registry = tracing_subscriber::registry().with(filter);
+    match config.log_format {
+        LogFormat::Text => registry.with(fmt::layer().with_writer(std::io::stderr)).init(),
+        LogFormat::Json => {
+            registry.with(fmt::layer().json().flatten_event(true).with_writer(std::io::stderr)).init()
+        }
+    }
+}
+
+async fn serve(config: Config) -> i32 {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
+        eprintln!("nanoclaw: cannot install signal handlers");
+        return 1;
+    };
+    let mut service = match nanoclaw::daemon::start(&config).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("nanoclaw: {e}");
+            return 1;
+        }
+    };
+    tracing::info!(socket = %nanoclaw::daemon::cli_socket(&config).display(), runtime = service.context().runtime.name(), "serving");
+    let crashed = tokio::select! {
+        _ = term.recv() => false,
+        _ = int.recv() => false,
+        _ = service.stopped() => true,
+    };
+    if crashed {
+        eprintln!("nanoclaw: the supervisor stopped after repeated failures");
+        return 1;
+    }
+    tracing::info!("stopping (a second signal forces)");
+    tokio::select! {
+        _ = service.shutdown(Duration::from_secs(30)) => 0,
+        _ = term.recv() => 130,
+        _ = int.recv() => 130,
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let flags = FlagOverrides {
+        config: cli.config,
+        data_dir: cli.data_dir,
+        runtime: cli.runtime,
+        image: cli.image,
+        log_format: cli.log_format,
+    };
+    let config = match Config::load(&flags, |k| std::env::var(k).ok()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("nanoclaw: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    init_logs(&config, matches!(cli.command, Command::Chat { .. }));
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("nanoclaw: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let code = runtime.block_on(async {
+        match cli.command {
+            Command::Serve => serve(config).await,
+            Command::Chat { message, timeout } => {
+                nanoclaw::chat::run(
+                    &config,
+                    nanoclaw::chat::ChatOptions { message, timeout: Duration::from_secs(timeout) },
+                )
+                .await
+            }
+        }
+    });
+    // Containers are stopped by now; do not wait for stray blocking tasks.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    ExitCode::from(code.clamp(0, 255) as u8)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cli_definition_is_valid() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}

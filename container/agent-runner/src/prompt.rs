@@ -149,11 +149,15 @@ pub fn replies_for(text: &str, snapshot: &Snapshot, id_prefix: &str) -> Replies 
         };
         let own_chat =
             channel_type == snapshot.routing.channel_type && platform_id == snapshot.routing.platform_id;
-        let in_reply_to = snapshot
-            .batch
-            .iter()
-            .rev()
-            .find(|r| r.trigger && r.channel_type == channel_type && r.platform_id == platform_id)
+        let named = block.reply_to.and_then(|seq| snapshot.batch.iter().find(|r| r.seq == seq));
+        let in_reply_to = named
+            .or_else(|| {
+                snapshot
+                    .batch
+                    .iter()
+                    .rev()
+                    .find(|r| r.trigger && r.channel_type == channel_type && r.platform_id == platform_id)
+            })
             .map(|r| r.id.clone());
         let content = OutboundContent::Text { text: block.text };
         out.rows.push(OutboundRow {

@@ -105,7 +105,7 @@ pub fn by_name(name: &str) -> Result<Box<dyn Provider>, String> {
 /// The offline default provider: deterministic, no model (DESIGN §8).
 ///
 /// Each triggering chat message gets one reply `echo: <text>` addressed to the chat it came
-/// from; a task gets `echo: task: <prompt>`. Accumulated context (`trigger = 0`) gets none.
+/// from (with `reply_to` naming it); a task gets `echo: task: <prompt>`. Accumulated context (`trigger = 0`) gets none.
 /// Directives at the start of a message make every host flow testable without a model:
 ///
 /// | directive | effect |
@@ -186,12 +186,12 @@ impl Provider for EchoProvider {
                     continue;
                 }
                 Some(("turns", _)) => {
-                    out.push_str(&message_block(&m.from, &format!("echo: turns={turns}")));
+                    out.push_str(&message_block(&m.from, Some(m.seq), &format!("echo: turns={turns}")));
                     continue;
                 }
                 _ => {}
             }
-            out.push_str(&message_block(&m.from, &format!("echo: {text}")));
+            out.push_str(&message_block(&m.from, Some(m.seq), &format!("echo: {text}")));
         }
         Ok(TurnOutput { text: out, continuation: Some(continuation) })
     }
@@ -238,7 +238,7 @@ mod tests {
             .run_turn(&turn(&[("context", false), ("hello", true)], Some("turns:4")), &mut sink)
             .await
             .unwrap();
-        assert_eq!(out.text, "<message to=\"cli\">echo: hello</message>");
+        assert_eq!(out.text, "<message to=\"cli\" reply_to=\"4\">echo: hello</message>");
         assert_eq!(out.continuation.as_deref(), Some("turns:5"));
         assert_eq!(sink.0[0], ProviderEvent::Init { continuation: "turns:5".into() });
         let out = p.run_turn(&turn(&[("!turns", true)], Some("turns:5")), &mut sink).await.unwrap();

@@ -189,6 +189,7 @@ mod tests {
             text: "hi".into(),
             sender: Some("Local".into()),
             sender_id: Some("cli:local".into()),
+            platform_message_id: Some("p1".into()),
         });
         round_trip(TaskContent { prompt: "water plants".into(), script: None });
         round_trip(SystemNotice::ActionResult {

@@ -1,7 +1,9 @@
 //! The agent output syntax (DESIGN §6).
 //!
 //! A provider's final text may contain any number of `<message to="destination">…</message>`
-//! blocks; each becomes one outbound message. `<internal>…</internal>` spans are removed
+//! blocks; each becomes one outbound message. An optional `reply_to="<seq>"` attribute names the
+//! message (by its `id` in the prompt) the block answers; without it the newest triggering
+//! message from the destination's chat is assumed (reference §5.3). `<internal>…</internal>` spans are removed
 //! everywhere (also inside blocks). Everything else is scratchpad: logged, never delivered.
 //! An unterminated `<message …>` block is not delivered (its text counts as scratchpad), so a
 //! truncated output can never send half a sentence.
@@ -11,6 +13,8 @@
 pub struct MessageBlock {
     /// The destination name from the `to` attribute.
     pub to: String,
+    /// The seq from the `reply_to` attribute, when present and numeric.
+    pub reply_to: Option<i64>,
     /// The block's text with `<internal>` spans removed, trimmed.
     pub text: String,
 }
@@ -47,7 +51,8 @@ pub fn parse_output(text: &str) -> ParsedOutput {
         if let Some(to) = attr_value(attrs, "to")
             && !body.is_empty()
         {
-            out.messages.push(MessageBlock { to: to.to_string(), text: body.to_string() });
+            let reply_to = attr_value(attrs, "reply_to").and_then(|v| v.trim().parse().ok());
+            out.messages.push(MessageBlock { to: to.to_string(), reply_to, text: body.to_string() });
         } else if !body.is_empty() {
             // A block without a destination is not deliverable; keep it visible in logs.
             scratch.push_str(body);
@@ -98,10 +103,13 @@ fn attr_value<'a>(attrs: &'a str, name: &str) -> Option<&'a str> {
     None
 }
 
-/// Wraps `text` in a message block addressed to `to` (what a provider that always answers its
-/// sender, like `echo`, emits).
-pub fn message_block(to: &str, text: &str) -> String {
-    format!("<message to=\"{to}\">{text}</message>")
+/// Wraps `text` in a message block addressed to `to`, answering message `reply_to` if given
+/// (what a provider that always answers its sender, like `echo`, emits).
+pub fn message_block(to: &str, reply_to: Option<i64>, text: &str) -> String {
+    match reply_to {
+        Some(seq) => format!("<message to=\"{to}\" reply_to=\"{seq}\">{text}</message>"),
+        None => format!("<message to=\"{to}\">{text}</message>"),
+    }
 }
 
 #[cfg(test)]
@@ -117,8 +125,8 @@ mod tests {
         assert_eq!(
             p.messages,
             vec![
-                MessageBlock { to: "cli".into(), text: "hello world".into() },
-                MessageBlock { to: "family".into(), text: "hi".into() },
+                MessageBlock { to: "cli".into(), reply_to: None, text: "hello world".into() },
+                MessageBlock { to: "family".into(), reply_to: None, text: "hi".into() },
             ]
         );
         assert_eq!(p.scratchpad, "thinking \nbetweentail");
@@ -137,12 +145,16 @@ mod tests {
     #[test]
     fn to_attribute_is_matched_as_a_whole_word() {
         let p = parse_output("<message into=\"x\" to=\"y\">t</message>");
-        assert_eq!(p.messages, vec![MessageBlock { to: "y".into(), text: "t".into() }]);
+        assert_eq!(p.messages, vec![MessageBlock { to: "y".into(), reply_to: None, text: "t".into() }]);
     }
 
     #[test]
     fn message_block_round_trips() {
-        let p = parse_output(&message_block("cli", "echo: hi"));
-        assert_eq!(p.messages, vec![MessageBlock { to: "cli".into(), text: "echo: hi".into() }]);
+        let p = parse_output(&message_block("cli", Some(4), "echo: hi"));
+        assert_eq!(
+            p.messages,
+            vec![MessageBlock { to: "cli".into(), reply_to: Some(4), text: "echo: hi".into() }]
+        );
+        assert_eq!(parse_output(&message_block("cli", None, "x")).messages[0].reply_to, None);
     }
 }

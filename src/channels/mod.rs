@@ -1,0 +1,3 @@
+//! Channel adapters of the host application.
+
+pub mod cli;

@@ -1,0 +1,179 @@
+//! `nanoclaw chat`: a client of the CLI channel.
+//!
+//! Connects to `data/cli.sock`; when no service answers there, it starts one in this process for
+//! its own duration (and stops it, containers included, on exit). Two modes:
+//! - one turn (`-m TEXT`, or text piped on stdin): sends the message, prints the replies to it,
+//!   exits 0 when the agent is done, 1 on failure or when `--timeout` passes first;
+//! - interactive (a terminal on stdin): each line is a message; replies print as they arrive;
+//!   Ctrl-D quits.
+
+use crate::channels::cli::{ClientFrame, ServerFrame};
+use crate::config::Config;
+use futures_util::{SinkExt, StreamExt};
+use std::io::IsTerminal;
+use std::time::Duration;
+use tokio::io::AsyncBufReadExt;
+use tokio::net::UnixStream;
+use tokio_util::codec::{FramedRead, FramedWrite, LinesCodec};
+
+/// Options of `nanoclaw chat`.
+#[derive(Debug, Clone)]
+pub struct ChatOptions {
+    /// The message for a one-turn chat.
+    pub message: Option<String>,
+    /// How long a one-turn chat waits for the agent.
+    pub timeout: Duration,
+}
+
+fn message_id() -> String {
+    use rand::Rng;
+    let n: u64 = rand::rng().random();
+    format!("cli-{}-{n:016x}", chrono::Utc::now().timestamp_millis())
+}
+
+/// Runs the chat; returns the process exit code.
+pub async fn run(config: &Config, options: ChatOptions) -> i32 {
+    let socket = crate::daemon::cli_socket(config);
+    let (stream, service) = match UnixStream::connect(&socket).await {
+        Ok(s) => (s, None),
+        Err(_) => {
+            let service = match crate::daemon::start(config).await {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("nanoclaw: {e}");
+                    return 1;
+                }
+            };
+            let mut stream = None;
+            for _ in 0..100 {
+                if let Ok(s) = UnixStream::connect(&socket).await {
+                    stream = Some(s);
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            match stream {
+                Some(s) => (s, Some(service)),
+                None => {
+                    eprintln!("nanoclaw: the service started but {} does not answer", socket.display());
+                    service.shutdown(Duration::from_secs(30)).await;
+                    return 1;
+                }
+            }
+        }
+    };
+    let text = match options.message {
+        Some(m) => Some(m),
+        None if !std::io::stdin().is_terminal() => {
+            let mut buf = String::new();
+            let mut stdin = tokio::io::BufReader::new(tokio::io::stdin());
+            let mut line = String::new();
+            while stdin.read_line(&mut line).await.unwrap_or(0) > 0 {
+                buf.push_str(&line);
+                line.clear();
+            }
+            Some(buf.trim_end_matches(['\n', '\r']).to_string())
+        }
+        None => None,
+    };
+    let code = match text {
+        Some(t) if t.trim().is_empty() => {
+            eprintln!("nanoclaw: nothing to send (empty message)");
+            1
+        }
+        Some(t) => one_turn(stream, t, options.timeout).await,
+        None => interactive(stream).await,
+    };
+    if let Some(service) = service {
+        service.shutdown(Duration::from_secs(30)).await;
+    }
+    code
+}
+
+async fn one_turn(stream: UnixStream, text: String, timeout: Duration) -> i32 {
+    let (read, write) = stream.into_split();
+    let mut frames = FramedRead::new(read, LinesCodec::new());
+    let mut out = FramedWrite::new(write, LinesCodec::new());
+    let id = message_id();
+    let frame =
+        serde_json::to_string(&ClientFrame::Message { id: id.clone(), text }).expect("frame serialises");
+    if let Err(e) = out.send(frame).await {
+        eprintln!("nanoclaw: sending failed: {e}");
+        return 1;
+    }
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let next = match tokio::time::timeout_at(deadline, frames.next()).await {
+            Err(_) => {
+                eprintln!("nanoclaw: no answer within {}s (--timeout)", timeout.as_secs());
+                return 1;
+            }
+            Ok(None) => {
+                eprintln!("nanoclaw: the service closed the connection");
+                return 1;
+            }
+            Ok(Some(Err(e))) => {
+                eprintln!("nanoclaw: {e}");
+                return 1;
+            }
+            Ok(Some(Ok(line))) => line,
+        };
+        match serde_json::from_str::<ServerFrame>(&next) {
+            Ok(ServerFrame::Reply { text, in_reply_to }) if in_reply_to.as_deref() == Some(id.as_str()) => {
+                println!("{text}")
+            }
+            Ok(ServerFrame::Done { id: done }) if done == id => return 0,
+            Ok(ServerFrame::Failed { id: failed, reason }) if failed == id => {
+                eprintln!("nanoclaw: {reason}");
+                return 1;
+            }
+            Ok(ServerFrame::Error { message }) => {
+                eprintln!("nanoclaw: {message}");
+                return 1;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                eprintln!("nanoclaw: unreadable frame from the service: {e}");
+                return 1;
+            }
+        }
+    }
+}
+
+async fn interactive(stream: UnixStream) -> i32 {
+    let (read, write) = stream.into_split();
+    let mut frames = FramedRead::new(read, LinesCodec::new());
+    let mut out = FramedWrite::new(write, LinesCodec::new());
+    eprintln!("nanoclaw chat — type a message and press Enter; Ctrl-D quits.");
+    let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    loop {
+        tokio::select! {
+            line = stdin.next_line() => match line {
+                Ok(Some(l)) if l.trim().is_empty() => {}
+                Ok(Some(l)) => {
+                    let frame = serde_json::to_string(&ClientFrame::Message { id: message_id(), text: l }).expect("frame serialises");
+                    if out.send(frame).await.is_err() {
+                        eprintln!("nanoclaw: the service closed the connection");
+                        return 1;
+                    }
+                }
+                Ok(None) | Err(_) => return 0,
+            },
+            frame = frames.next() => match frame {
+                Some(Ok(l)) => match serde_json::from_str::<ServerFrame>(&l) {
+                    Ok(ServerFrame::Reply { text, .. }) => println!("{text}"),
+                    Ok(ServerFrame::Failed { reason, .. }) => eprintln!("! {reason}"),
+                    Ok(ServerFrame::Error { message }) => {
+                        eprintln!("nanoclaw: {message}");
+                        return 1;
+                    }
+                    _ => {}
+                },
+                _ => {
+                    eprintln!("nanoclaw: the service closed the connection");
+                    return 1;
+                }
+            },
+        }
+    }
+}

@@ -1,0 +1,273 @@
+//! The Docker runtime: `ContainerRuntime` over bollard (DESIGN §7).
+//!
+//! Every container is hardened by default: a non-root user, `cap_drop ALL`,
+//! `no-new-privileges`, a read-only root filesystem with a tmpfs `/tmp`, memory (no swap), CPU
+//! and pids limits, no network, an init process, labels `nanoclaw.install` / `nanoclaw.session`,
+//! and no Docker socket. Mounts: the session's host folder read-only at `/session`, its workspace
+//! read-write at `/workspace`, the agent group's folder read-write at `/workspace/agent`.
+
+use super::image::{self, BuildContext};
+use async_trait::async_trait;
+use bollard::Docker;
+use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType};
+use bollard::query_parameters::{
+    BuildImageOptionsBuilder, CreateContainerOptionsBuilder, InspectContainerOptions,
+    ListContainersOptionsBuilder, RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
+    WaitContainerOptionsBuilder,
+};
+use futures_util::StreamExt;
+use nanoclaw_actors::ports::runtime::{
+    ContainerRuntime, ContainerSpec, ExitStatus, LABEL_GENERATION, LABEL_INSTALL, LABEL_SESSION,
+    ManagedContainer, RuntimeError,
+};
+use nanoclaw_protocol::layout;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+use tracing::{debug, info};
+
+/// Settings of the Docker runtime.
+#[derive(Debug, Clone)]
+pub struct DockerSettings {
+    /// Image repository (tagged with the content hash).
+    pub image: String,
+    /// The runner binary to put into the image.
+    pub agent_binary: PathBuf,
+    /// Memory limit in bytes.
+    pub memory_bytes: i64,
+    /// CPU limit in nano-CPUs (1e9 = one core).
+    pub nano_cpus: i64,
+    /// Process limit.
+    pub pids_limit: i64,
+    /// `uid:gid` the container runs as.
+    pub user: (u32, u32),
+}
+
+/// The Docker runtime.
+pub struct DockerRuntime {
+    docker: Docker,
+    settings: DockerSettings,
+    /// `repository:tag` of the built image, set by `prepare`.
+    image_ref: Mutex<Option<String>>,
+}
+
+fn op_err<'a>(
+    op: &'static str,
+    container: &'a str,
+) -> impl FnOnce(bollard::errors::Error) -> RuntimeError + 'a {
+    move |e| RuntimeError::Operation {
+        op,
+        container: container.to_string(),
+        message: one_line(&e.to_string()),
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.lines().next().unwrap_or("").trim().to_string()
+}
+
+fn is_not_found(e: &bollard::errors::Error) -> bool {
+    matches!(e, bollard::errors::Error::DockerResponseServerError { status_code: 404, .. })
+}
+
+impl DockerRuntime {
+    /// Connects to the local daemon (`DOCKER_HOST` or `/var/run/docker.sock`) and pings it.
+    ///
+    /// Errors with [`RuntimeError::Unavailable`] when the daemon does not answer within 5 s.
+    pub async fn connect(settings: DockerSettings) -> Result<Self, RuntimeError> {
+        let docker = Docker::connect_with_local_defaults()
+            .map_err(|e| RuntimeError::Unavailable(one_line(&e.to_string())))?;
+        match tokio::time::timeout(Duration::from_secs(5), docker.ping()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(RuntimeError::Unavailable(one_line(&e.to_string()))),
+            Err(_) => return Err(RuntimeError::Unavailable("no answer within 5 s".into())),
+        }
+        Ok(Self { docker, settings, image_ref: Mutex::new(None) })
+    }
+
+    /// The bollard client (tests use it to inspect containers).
+    pub fn client(&self) -> &Docker {
+        &self.docker
+    }
+
+    /// `repository:tag` of the agent image once prepared.
+    pub fn image_ref(&self) -> Option<String> {
+        self.image_ref.lock().clone()
+    }
+
+    /// Builds the minimal image unless an image with its content tag exists. Returns its ref.
+    pub async fn ensure_image(&self) -> Result<String, RuntimeError> {
+        let binary = self.settings.agent_binary.clone();
+        let BuildContext { tar, tag } = tokio::task::spawn_blocking(move || image::minimal_context(&binary))
+            .await
+            .map_err(|e| RuntimeError::Image(e.to_string()))?
+            .map_err(|e| RuntimeError::Image(e.to_string()))?;
+        let image_ref = format!("{}:{tag}", self.settings.image);
+        if self.docker.inspect_image(&image_ref).await.is_ok() {
+            debug!(image = %image_ref, "agent image present");
+            return Ok(image_ref);
+        }
+        info!(image = %image_ref, bytes = tar.len(), "building the agent image (offline, FROM scratch)");
+        let options = BuildImageOptionsBuilder::default()
+            .dockerfile("Dockerfile")
+            .t(&image_ref)
+            .rm(true)
+            .forcerm(true)
+            .build();
+        let mut stream = self.docker.build_image(options, None, Some(bollard::body_full(tar.into())));
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(info) => {
+                    if let Some(err) = info.error_detail.and_then(|d| d.message) {
+                        return Err(RuntimeError::Image(one_line(&err)));
+                    }
+                }
+                Err(e) => return Err(RuntimeError::Image(one_line(&e.to_string()))),
+            }
+        }
+        self.docker
+            .inspect_image(&image_ref)
+            .await
+            .map_err(|e| RuntimeError::Image(format!("built but not found: {}", one_line(&e.to_string()))))?;
+        Ok(image_ref)
+    }
+
+    fn create_body(&self, spec: &ContainerSpec, image_ref: &str) -> ContainerCreateBody {
+        let mut env: Vec<String> = vec![
+            format!("{}={}", layout::ENV_SESSION_DIR, layout::CONTAINER_SESSION_DIR),
+            format!("{}={}", layout::ENV_WORKSPACE_DIR, layout::CONTAINER_WORKSPACE_DIR),
+        ];
+        env.extend(spec.env.iter().map(|(k, v)| format!("{k}={v}")));
+        let bind = |source: &PathBuf, target: &str, read_only: bool| Mount {
+            target: Some(target.to_string()),
+            source: Some(source.display().to_string()),
+            typ: Some(MountType::BIND),
+            read_only: Some(read_only),
+            ..Default::default()
+        };
+        let labels = HashMap::from([
+            (LABEL_INSTALL.to_string(), spec.install_id.clone()),
+            (LABEL_SESSION.to_string(), spec.session_id.clone()),
+            (LABEL_GENERATION.to_string(), spec.generation.to_string()),
+        ]);
+        ContainerCreateBody {
+            image: Some(image_ref.to_string()),
+            env: Some(env),
+            user: Some(format!("{}:{}", self.settings.user.0, self.settings.user.1)),
+            labels: Some(labels),
+            network_disabled: Some(true),
+            host_config: Some(HostConfig {
+                mounts: Some(vec![
+                    bind(&spec.session_host_dir, layout::CONTAINER_SESSION_DIR, true),
+                    bind(&spec.session_workspace_dir, layout::CONTAINER_WORKSPACE_DIR, false),
+                    bind(&spec.agent_group_dir, layout::CONTAINER_AGENT_DIR, false),
+                ]),
+                network_mode: Some("none".into()),
+                cap_drop: Some(vec!["ALL".into()]),
+                security_opt: Some(vec!["no-new-privileges".into()]),
+                readonly_rootfs: Some(true),
+                tmpfs: Some(HashMap::from([(
+                    "/tmp".to_string(),
+                    "rw,noexec,nosuid,size=64m,mode=1777".to_string(),
+                )])),
+                memory: Some(self.settings.memory_bytes),
+                memory_swap: Some(self.settings.memory_bytes),
+                nano_cpus: Some(self.settings.nano_cpus),
+                pids_limit: Some(self.settings.pids_limit),
+                init: Some(true),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+}
+
+#[async_trait]
+impl ContainerRuntime for DockerRuntime {
+    fn name(&self) -> &'static str {
+        "docker"
+    }
+
+    async fn prepare(&self) -> Result<(), RuntimeError> {
+        let image_ref = self.ensure_image().await?;
+        *self.image_ref.lock() = Some(image_ref);
+        Ok(())
+    }
+
+    async fn create(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {
+        let image_ref = self.image_ref().ok_or_else(|| RuntimeError::Image("not prepared".into()))?;
+        let options = CreateContainerOptionsBuilder::default().name(&spec.name).build();
+        let created = self
+            .docker
+            .create_container(Some(options), self.create_body(spec, &image_ref))
+            .await
+            .map_err(op_err("create", &spec.name))?;
+        Ok(created.id)
+    }
+
+    async fn start(&self, id: &str) -> Result<(), RuntimeError> {
+        self.docker.start_container(id, None).await.map_err(op_err("start", id))
+    }
+
+    async fn wait(&self, id: &str) -> Result<ExitStatus, RuntimeError> {
+        // Condition not-running after start: next-exit can miss a fast exit (crates.md §2.2).
+        let options = WaitContainerOptionsBuilder::default().condition("not-running").build();
+        let mut stream = self.docker.wait_container(id, Some(options));
+        let code = match stream.next().await {
+            Some(Ok(r)) => Some(r.status_code),
+            // A non-zero exit arrives as an error (crates.md §2.2).
+            Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => Some(code),
+            Some(Err(e)) if is_not_found(&e) => None,
+            Some(Err(e)) => return Err(op_err("wait", id)(e)),
+            None => None,
+        };
+        let oom_killed = match self.docker.inspect_container(id, None::<InspectContainerOptions>).await {
+            Ok(info) => info.state.and_then(|s| s.oom_killed).unwrap_or(false),
+            Err(_) => false,
+        };
+        Ok(ExitStatus { code, oom_killed })
+    }
+
+    async fn stop(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
+        let options = StopContainerOptionsBuilder::default().t(grace.as_secs().clamp(1, 3600) as i32).build();
+        match self.docker.stop_container(id, Some(options)).await {
+            Ok(()) => Ok(()),
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 304 | 404, .. }) => Ok(()),
+            Err(e) => Err(op_err("stop", id)(e)),
+        }
+    }
+
+    async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
+        let options = RemoveContainerOptionsBuilder::default().force(true).v(true).build();
+        match self.docker.remove_container(id, Some(options)).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            // "removal already in progress"
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 409, .. }) => Ok(()),
+            Err(e) => Err(op_err("remove", id)(e)),
+        }
+    }
+
+    async fn list_managed(&self, install_id: &str) -> Result<Vec<ManagedContainer>, RuntimeError> {
+        let filters = HashMap::from([("label".to_string(), vec![format!("{LABEL_INSTALL}={install_id}")])]);
+        let options = ListContainersOptionsBuilder::default().all(true).filters(&filters).build();
+        let list = self.docker.list_containers(Some(options)).await.map_err(op_err("list", install_id))?;
+        Ok(list
+            .into_iter()
+            .map(|c| ManagedContainer {
+                id: c.id.unwrap_or_default(),
+                name: c
+                    .names
+                    .and_then(|n| n.into_iter().next())
+                    .map(|n| n.trim_start_matches('/').to_string())
+                    .unwrap_or_default(),
+                session_id: c.labels.and_then(|l| l.get(LABEL_SESSION).cloned()),
+                running: c
+                    .state
+                    .map(|s| format!("{s:?}").to_lowercase().contains("running"))
+                    .unwrap_or(false),
+            })
+            .collect())
+    }
+}

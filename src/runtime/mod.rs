@@ -1,0 +1,45 @@
+//! Container runtimes: Docker (the default) and the explicit process runtime.
+
+pub mod docker;
+pub mod image;
+pub mod process;
+
+use crate::config::{Config, RuntimeKind};
+use nanoclaw_actors::ports::runtime::ContainerRuntime;
+use std::sync::Arc;
+
+/// The runtime the configuration asks for, and the (uid, gid) that must own the folders its
+/// containers write (`None`: the host user's own).
+///
+/// Errors are one line. When Docker was not named explicitly and is unreachable, the error says
+/// so and names `--runtime process` — there is never a silent fallback to running on the host.
+pub async fn from_config(config: &Config) -> Result<(Arc<dyn ContainerRuntime>, Option<(u32, u32)>), String> {
+    let binary =
+        image::locate_agent_binary(config.container.agent_binary.as_deref()).map_err(|e| e.to_string())?;
+    match config.runtime {
+        RuntimeKind::Process => Ok((Arc::new(process::ProcessRuntime::new(binary)), None)),
+        RuntimeKind::Docker => {
+            let uid = nix::unistd::getuid().as_raw();
+            let gid = nix::unistd::getgid().as_raw();
+            // A non-root host runs containers as itself (it then owns what they write); a root host
+            // runs them as nobody and hands the writable folders to nobody.
+            let (user, owner) =
+                if uid == 0 { ((65534, 65534), Some((65534, 65534))) } else { ((uid, gid), None) };
+            let settings = docker::DockerSettings {
+                image: config.container.image.clone(),
+                agent_binary: binary,
+                memory_bytes: (config.container.memory_mb * 1024 * 1024) as i64,
+                nano_cpus: (config.container.cpus * 1e9) as i64,
+                pids_limit: config.container.pids_limit,
+                user,
+            };
+            match docker::DockerRuntime::connect(settings).await {
+                Ok(rt) => Ok((Arc::new(rt), owner)),
+                Err(e) if !config.runtime_named => Err(format!(
+                    "{e}; agents run in Docker containers and Docker is not reachable (start dockerd, or set DOCKER_HOST) — to run agents as plain host processes without isolation, pass --runtime process"
+                )),
+                Err(e) => Err(e.to_string()),
+            }
+        }
+    }
+}
