@@ -16,6 +16,10 @@
 //! cpus       = 1.0             # NANOCLAW_CONTAINER_CPUS
 //! pids_limit = 256             # NANOCLAW_CONTAINER_PIDS_LIMIT
 //! agent_binary = "…"           # NANOCLAW_AGENT_BINARY (default: nanoclaw-agent beside this program)
+//!
+//! [service]
+//! retry_backoff_ms = 5000      # NANOCLAW_RETRY_BACKOFF_MS: base of the retry backoff after a
+//!                              # container died mid-turn (5 s × 2^n, reference §1.10)
 //! ```
 //!
 //! The file is `--config PATH`, else `$NANOCLAW_CONFIG`, else `./nanoclaw.toml` when it exists;
@@ -74,6 +78,8 @@ pub struct Config {
     pub log_level: String,
     /// Container settings.
     pub container: ContainerConfig,
+    /// Base of the retry backoff in ms.
+    pub retry_backoff_ms: u64,
 }
 
 /// One-line configuration error naming where the bad value came from.
@@ -97,6 +103,14 @@ struct FileConfig {
     log: FileLog,
     #[serde(default)]
     container: FileContainer,
+    #[serde(default)]
+    service: FileService,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileService {
+    retry_backoff_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -245,6 +259,9 @@ impl Config {
                     .unwrap_or(256),
                 agent_binary: get("NANOCLAW_AGENT_BINARY").map(PathBuf::from).or(file.container.agent_binary),
             },
+            retry_backoff_ms: env_parse(&get, "NANOCLAW_RETRY_BACKOFF_MS", "a whole number of ms")?
+                .or(file.service.retry_backoff_ms)
+                .unwrap_or(5000),
         };
         config.validate(path.as_deref())?;
         let mut config = config;
@@ -285,6 +302,12 @@ impl Config {
             return Err(bad(
                 "container.image",
                 format!("{:?} is not a lowercase image repository name (no tag)", self.container.image),
+            ));
+        }
+        if !(1..=3_600_000).contains(&self.retry_backoff_ms) {
+            return Err(bad(
+                "service.retry_backoff_ms",
+                format!("{} not in 1..=3600000 ms", self.retry_backoff_ms),
             ));
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log_level).is_err() {

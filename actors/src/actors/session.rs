@@ -88,6 +88,9 @@ pub struct SessionState {
     last_activity: Instant,
     /// Container generations that exited, with their in-flight claims already counted.
     counted_generation: i64,
+    /// The last warning about the container's `outbound.db`, so a broken file is reported once,
+    /// not every tick.
+    last_outbound_warning: Option<String>,
 }
 
 /// A snapshot for `ncl` and tests.
@@ -335,7 +338,14 @@ impl SessionState {
         }
         self.counted_generation = generation;
         let paths = self.paths.clone();
-        let claims = blocking(move || files::claims_of(&paths, generation)).await?;
+        // outbound.db belongs to the untrusted container: an unreadable one means no claims.
+        let claims = match blocking(move || files::claims_of(&paths, generation)).await {
+            Ok(c) => c,
+            Err(e) => {
+                self.warn_outbound(&e);
+                vec![]
+            }
+        };
         if claims.is_empty() {
             return Ok(());
         }
@@ -427,12 +437,12 @@ impl SessionState {
         let finished = match blocking(move || files::sync_acks(&paths)).await {
             Ok(f) => f,
             Err(e) => {
-                warn!(session = %self.session.id, error = %e, "ack sync failed");
+                self.warn_outbound(&e);
                 vec![]
             }
         };
         if let Err(e) = self.deliver_outbound(myself).await {
-            warn!(session = %self.session.id, error = %e, "delivery pass failed");
+            self.warn_outbound(&e);
         }
         if !finished.is_empty() {
             self.last_activity = Instant::now();
@@ -671,6 +681,14 @@ impl SessionState {
         }
     }
 
+    /// Logs a problem with the container's files once per distinct message.
+    fn warn_outbound(&mut self, error: &str) {
+        if self.last_outbound_warning.as_deref() != Some(error) {
+            warn!(session = %self.session.id, %error, "cannot read the container's outbound.db; treated as empty");
+            self.last_outbound_warning = Some(error.to_string());
+        }
+    }
+
     /// Stuck and idle detection for a live, ready container.
     async fn check_container(&mut self) -> Result<(), String> {
         let Slot::Live { generation, since, ready, stopping: None, .. } = &self.slot else { return Ok(()) };
@@ -683,7 +701,7 @@ impl SessionState {
             return Ok(());
         }
         let paths = self.paths.clone();
-        let claims = blocking(move || files::claims_of(&paths, generation)).await?;
+        let claims = blocking(move || files::claims_of(&paths, generation)).await.unwrap_or_default();
         let heartbeat_age = files::heartbeat_age(&self.paths);
         if !claims.is_empty() {
             let oldest = claims
@@ -789,6 +807,7 @@ impl Actor for SessionActor {
             next_spawn_at: None,
             last_activity: Instant::now(),
             counted_generation: 0,
+            last_outbound_warning: None,
         })
     }
 

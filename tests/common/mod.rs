@@ -1,0 +1,264 @@
+//! Helpers of the integration tests: the real `nanoclaw` binary, temp data dirs, a CLI client.
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// True when the Docker daemon answers. In CI (`CI=true`) an unreachable daemon fails the test;
+/// elsewhere the test is skipped with a loud message.
+pub fn docker_available() -> bool {
+    let ok = Command::new("docker")
+        .args(["info", "--format", "{{.ServerVersion}}"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("the Docker daemon is unreachable, and CI=true requires the Docker tests to run");
+        }
+        eprintln!(
+            "\n!!! SKIPPED: the Docker daemon is unreachable; this test needs it (it runs, and must pass, in CI) !!!\n"
+        );
+    }
+    ok
+}
+
+/// The built `nanoclaw` binary.
+pub fn nanoclaw_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_nanoclaw"))
+}
+
+/// The built agent runner (beside the `nanoclaw` binary; `cargo nextest run --workspace` builds it).
+pub fn agent_bin() -> PathBuf {
+    let p = nanoclaw_bin().parent().unwrap().join("nanoclaw-agent");
+    assert!(p.is_file(), "{} is missing: build the workspace (cargo build --workspace)", p.display());
+    p
+}
+
+/// A short temp dir (Unix socket paths are limited to 107 bytes).
+pub fn short_tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new().prefix("nc").tempdir_in("/tmp").unwrap()
+}
+
+/// Where a test service's log goes: outside its temp dir, so it survives a failed test.
+pub fn log_path(data_dir: &Path) -> PathBuf {
+    let name = data_dir
+        .parent()
+        .and_then(|p| p.file_name())
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let dir = std::env::temp_dir().join("nanoclaw-test-logs");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(format!("{name}.log"))
+}
+
+/// A `nanoclaw` command with a data dir and the agent binary set.
+pub fn nanoclaw(data_dir: &Path) -> Command {
+    let mut c = Command::new(nanoclaw_bin());
+    c.arg("--data-dir")
+        .arg(data_dir)
+        .env("NANOCLAW_AGENT_BINARY", agent_bin())
+        .env_remove("NANOCLAW_RUNTIME")
+        .env_remove("NANOCLAW_CONFIG");
+    c
+}
+
+/// A running `nanoclaw serve`, killed (SIGKILL) on drop unless stopped.
+pub struct Server {
+    pub child: Child,
+    pub data_dir: PathBuf,
+}
+
+impl Server {
+    /// Starts `nanoclaw serve` with extra args/env and waits for `cli.sock` to answer.
+    pub fn start(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
+        let log = std::fs::File::create(log_path(data_dir)).unwrap();
+        let mut cmd = nanoclaw(data_dir);
+        cmd.args(args)
+            .arg("serve")
+            .env("NANOCLAW_LOG_LEVEL", "info,nanoclaw_actors=debug")
+            .stdout(Stdio::null())
+            .stderr(log);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().unwrap();
+        let server = Server { child, data_dir: data_dir.to_path_buf() };
+        let sock = data_dir.join("cli.sock");
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while UnixStream::connect(&sock).is_err() {
+            assert!(Instant::now() < deadline, "service did not come up; log: {}", server.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        server
+    }
+
+    /// The service's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(log_path(&self.data_dir)).unwrap_or_default()
+    }
+
+    /// SIGTERM and wait.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let status = self.child.wait().unwrap();
+        std::mem::forget(self);
+        status
+    }
+
+    /// SIGKILL and wait (a crash).
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::mem::forget(self);
+    }
+
+    /// A client of this server's CLI socket.
+    pub fn client(&self) -> Client {
+        Client::connect(&self.data_dir.join("cli.sock"))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A line-oriented CLI-socket client.
+pub struct Client {
+    pub stream: UnixStream,
+    reader: BufReader<UnixStream>,
+}
+
+impl Client {
+    /// Connects.
+    pub fn connect(path: &Path) -> Client {
+        let stream = UnixStream::connect(path).unwrap();
+        let reader = BufReader::new(stream.try_clone().unwrap());
+        Client { stream, reader }
+    }
+
+    /// Sends raw bytes. A write error is returned, not a panic: the service may close a
+    /// connection while a bad frame is still being written.
+    pub fn send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(bytes)
+    }
+
+    /// Sends a chat message.
+    pub fn send(&mut self, id: &str, text: &str) {
+        let frame = serde_json::json!({"type": "message", "id": id, "text": text});
+        self.send_raw(format!("{frame}\n").as_bytes()).unwrap();
+    }
+
+    /// The next frame, or `None` on timeout or end of stream.
+    pub fn next(&mut self, timeout: Duration) -> Option<Value> {
+        self.stream.set_read_timeout(Some(timeout)).unwrap();
+        let mut line = String::new();
+        match self.reader.read_line(&mut line) {
+            Ok(0) | Err(_) => None,
+            Ok(_) => Some(serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad frame {line:?}: {e}"))),
+        }
+    }
+
+    /// Frames until `pred` matches one (returned last), or panics after `timeout`.
+    pub fn until(&mut self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
+        let deadline = Instant::now() + timeout;
+        let mut seen = vec![];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "timed out; frames so far: {seen:?}");
+            if let Some(f) = self.next(left.min(Duration::from_millis(500))) {
+                let done = pred(&f);
+                seen.push(f);
+                if done {
+                    return seen;
+                }
+            }
+        }
+    }
+
+    /// Every frame that arrives within `window`.
+    pub fn drain(&mut self, window: Duration) -> Vec<Value> {
+        let deadline = Instant::now() + window;
+        let mut seen = vec![];
+        while Instant::now() < deadline {
+            if let Some(f) = self.next(Duration::from_millis(100)) {
+                seen.push(f);
+            }
+        }
+        seen
+    }
+}
+
+/// Replies among frames answering `id`.
+pub fn replies_to<'a>(frames: &'a [Value], id: &str) -> Vec<&'a str> {
+    frames
+        .iter()
+        .filter(|f| f["type"] == "reply" && f["in_reply_to"] == id)
+        .filter_map(|f| f["text"].as_str())
+        .collect()
+}
+
+/// Docker CLI output lines.
+pub fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker").args(args).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Running containers of an install (by label).
+pub fn containers_of(install_id: &str) -> Vec<String> {
+    docker(&["ps", "-q", "--filter", &format!("label=nanoclaw.install={install_id}")])
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// All containers (running or not) of an install.
+pub fn all_containers_of(install_id: &str) -> Vec<String> {
+    docker(&["ps", "-aq", "--filter", &format!("label=nanoclaw.install={install_id}")])
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Polls `f` until it returns true or `timeout` passes.
+pub fn eventually(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The session folder of the only session of agent group main.
+pub fn session_dir(data_dir: &Path) -> PathBuf {
+    let main = data_dir.join("sessions/main");
+    let entry = std::fs::read_dir(&main).unwrap().next().expect("a session").unwrap();
+    entry.path()
+}
+
+/// `processing` claims in a session's `outbound.db`, read-only (never creates the file: the
+/// container must be the one to create it).
+pub fn processing_claims(data_dir: &Path) -> i64 {
+    let Some(main) =
+        data_dir.join("sessions/main").read_dir().ok().and_then(|mut d| d.next()).and_then(Result::ok)
+    else {
+        return 0;
+    };
+    let path = main.path().join("workspace/outbound.db");
+    if !path.exists() {
+        return 0;
+    }
+    rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .and_then(|c| {
+            c.query_row("SELECT count(*) FROM processing_ack WHERE status='processing'", [], |r| r.get(0))
+        })
+        .unwrap_or(0)
+}
