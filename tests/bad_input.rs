@@ -48,7 +48,9 @@ fn check_hostile_outbound_rows(server: &Server) {
     let outbound = rusqlite::Connection::open(session.join("workspace/outbound.db")).unwrap();
     let ts = "2026-01-01T00:00:00.000Z";
     let huge = format!("{{\"type\":\"text\",\"text\":\"{}\"}}", "x".repeat(300 * 1024));
-    let rows: Vec<(&str, i64, &str, Option<&str>, Option<&str>, String)> = vec![
+    // (id, seq, kind, channel_type, platform_id, content)
+    type Row<'a> = (&'a str, i64, &'a str, Option<&'a str>, Option<&'a str>, String);
+    let rows: Vec<Row> = vec![
         (
             "evil-even-seq",
             100_002,

@@ -135,9 +135,7 @@ pub fn minimal_context(binary: &Path) -> Result<BuildContext, ImageError> {
         "FROM scratch\nCOPY rootfs/ /\nUSER 65534:65534\nWORKDIR /workspace\nENTRYPOINT [\"{AGENT_PATH}\"]\n"
     );
     add_file(&mut b, "Dockerfile", dockerfile.as_bytes(), 0o644)?;
-    for dir in ["rootfs/tmp"] {
-        add_dir(&mut b, dir, 0o1777)?;
-    }
+    add_dir(&mut b, "rootfs/tmp", 0o1777)?;
     for dir in [
         "rootfs/workspace",
         "rootfs/session",

@@ -1,5 +1,7 @@
 //! Helpers of the integration tests: the real `nanoclaw` binary, temp data dirs, a CLI client.
 #![allow(dead_code)]
+// These helpers drive a separate process from plain (non-async) tests; blocking is intended.
+#![allow(clippy::disallowed_methods)]
 
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Write};

@@ -30,7 +30,7 @@ pub enum SessionSupervisorMessage {
     /// The live session actor of a session, spawned if needed.
     Get {
         /// The session.
-        session: SessionInfo,
+        session: Box<SessionInfo>,
         /// Reply.
         reply: RpcReplyPort<Result<SessionHandle, String>>,
     },
@@ -92,7 +92,7 @@ impl Actor for SessionSupervisor {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             SessionSupervisorMessage::Get { session, reply } => {
-                let result = state.spawn(&myself, session).await;
+                let result = state.spawn(&myself, *session).await;
                 let _ = reply.send(result);
             }
             SessionSupervisorMessage::Resume(id) => {
@@ -190,8 +190,12 @@ impl SessionsHandle {
     /// The live session actor of `session`, spawned if needed (60 s timeout: spawning prepares
     /// the session's files).
     pub async fn get(&self, session: SessionInfo) -> Result<SessionHandle, String> {
-        ractor::call_t!(self.actor, |reply| SessionSupervisorMessage::Get { session, reply }, 60_000)
-            .map_err(|e| format!("session supervisor: {e}"))?
+        ractor::call_t!(
+            self.actor,
+            |reply| SessionSupervisorMessage::Get { session: Box::new(session), reply },
+            60_000
+        )
+        .map_err(|e| format!("session supervisor: {e}"))?
     }
 
     /// Spawns the actor of a session id if it is not live.

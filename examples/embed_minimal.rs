@@ -1,0 +1,136 @@
+//! Embedding the nanoclaw supervisor in another program.
+//!
+//! Starts the supervisor tree with a custom in-process channel adapter (`AppChannel`), wires that
+//! channel's one chat to the default agent group, sends one message through it and prints the
+//! agent's reply, then stops everything in order.
+//!
+//! ```text
+//! cargo run --example embed_minimal                       # agents in Docker containers
+//! NANOCLAW_RUNTIME=process cargo run --example embed_minimal   # agents as host processes (dev only)
+//! ```
+//!
+//! Exit code 0 when the reply arrived; 1 otherwise.
+
+use async_trait::async_trait;
+use nanoclaw::config::{Config, FlagOverrides};
+use nanoclaw_actors::ports::channel::{
+    ChannelAdapter, ChannelError, DeliveryError, InboundEvent, InboundSink, OutboundMessage,
+};
+use nanoclaw_actors::store::{MAIN_AGENT_GROUP_ID, StoreError};
+use nanoclaw_actors::{Service, ServiceConfig};
+use parking_lot::Mutex;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// A channel adapter living inside the host program: messages come from `send`, replies go to
+/// an mpsc receiver.
+struct AppChannel {
+    sink: Mutex<Option<InboundSink>>,
+    replies: mpsc::UnboundedSender<String>,
+}
+
+#[async_trait]
+impl ChannelAdapter for AppChannel {
+    fn channel_type(&self) -> &str {
+        "app"
+    }
+
+    fn supports_threads(&self) -> bool {
+        false
+    }
+
+    async fn start(&self, inbound: InboundSink) -> Result<(), ChannelError> {
+        *self.sink.lock() = Some(inbound);
+        Ok(())
+    }
+
+    async fn stop(&self) {
+        self.sink.lock().take();
+    }
+
+    async fn deliver(&self, message: &OutboundMessage) -> Result<Option<String>, DeliveryError> {
+        self.replies
+            .send(message.text.clone())
+            .map_err(|_| DeliveryError { message: "app closed".into(), retryable: false })?;
+        Ok(None)
+    }
+}
+
+async fn run() -> Result<String, String> {
+    // The host program's own configuration: the same file/env/flag rules as `nanoclaw`.
+    let config =
+        Config::load(&FlagOverrides::default(), |k| std::env::var(k).ok()).map_err(|e| e.to_string())?;
+    let data_dir =
+        tempfile::Builder::new().prefix("nc-embed").tempdir_in("/tmp").map_err(|e| e.to_string())?;
+    let (runtime, owner) = nanoclaw::runtime::from_config(&config).await?;
+    let mut service_config =
+        ServiceConfig::new(data_dir.path(), nanoclaw::daemon::install_id(data_dir.path()));
+    service_config.container_owner = owner;
+
+    let (replies_tx, mut replies) = mpsc::unbounded_channel();
+    let channel = Arc::new(AppChannel { sink: Mutex::new(None), replies: replies_tx });
+    let service =
+        Service::start(service_config, runtime, vec![channel.clone()]).await.map_err(|e| e.to_string())?;
+
+    // Wire the app's chat to the default agent group: a messaging group, a wiring that engages on
+    // every message, and a destination so the agent may answer there.
+    service
+        .store()
+        .call(|c| {
+            c.execute_batch(&format!(
+                "INSERT INTO messaging_groups (id, channel_type, platform_id, name, created_at) VALUES ('mg-app', 'app', 'main-window', 'app', 'now');
+                 INSERT INTO messaging_group_agents (id, messaging_group_id, agent_group_id, engage_mode, engage_pattern, created_at)
+                   VALUES ('wiring-app', 'mg-app', '{MAIN_AGENT_GROUP_ID}', 'pattern', '.', 'now');
+                 INSERT INTO agent_destinations (agent_group_id, local_name, target_type, target_id, created_at)
+                   VALUES ('{MAIN_AGENT_GROUP_ID}', 'app', 'channel', 'mg-app', 'now');"
+            ))
+            .map_err(|e| StoreError::Invalid(e.to_string()))
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+
+    // Wait for the channel actor to start the adapter, then send one message through it.
+    let sink = loop {
+        if let Some(s) = channel.sink.lock().clone() {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let ack = sink
+        .submit(InboundEvent {
+            channel_type: "app".into(),
+            platform_id: "main-window".into(),
+            thread_id: None,
+            platform_message_id: "app-msg-1".into(),
+            sender_id: Some("embedder".into()),
+            sender_name: Some("Embedder".into()),
+            text: "hello from the host program".into(),
+            is_mention: true,
+            is_group: false,
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    eprintln!("committed as {}", ack.ledger_id);
+
+    let reply = tokio::time::timeout(Duration::from_secs(60), replies.recv()).await;
+    service.shutdown(Duration::from_secs(30)).await;
+    match reply {
+        Ok(Some(text)) => Ok(text),
+        _ => Err("no reply within 60 s".into()),
+    }
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    match run().await {
+        Ok(reply) => {
+            println!("{reply}");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("embed_minimal: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
