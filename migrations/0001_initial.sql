@@ -102,6 +102,9 @@ CREATE TABLE sessions (
     status               TEXT NOT NULL DEFAULT 'active' CHECK (status IN ('active','closed')),
     container_status     TEXT NOT NULL DEFAULT 'stopped' CHECK (container_status IN ('starting','running','stopping','stopped')),
     container_generation INTEGER NOT NULL DEFAULT 0 CHECK (container_generation >= 0),
+    -- Highest generation whose leftover claims were already counted as failed tries, so a
+    -- restarted session actor never counts them twice.
+    tries_counted_generation INTEGER NOT NULL DEFAULT 0,
     last_active          TEXT,
     created_at           TEXT NOT NULL
 );

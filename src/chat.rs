@@ -31,8 +31,13 @@ fn message_id() -> String {
     format!("cli-{}-{n:016x}", chrono::Utc::now().timestamp_millis())
 }
 
-/// Runs the chat; returns the process exit code.
-pub async fn run(config: &Config, options: ChatOptions) -> i32 {
+/// Runs the chat until it ends or `shutdown` resolves (a signal, in `main`); returns the exit code
+/// (130 when interrupted). An in-process service is stopped in order either way.
+pub async fn run(
+    config: &Config,
+    options: ChatOptions,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> i32 {
     let socket = crate::daemon::cli_socket(config);
     let (stream, service) = match UnixStream::connect(&socket).await {
         Ok(s) => (s, None),
@@ -76,13 +81,19 @@ pub async fn run(config: &Config, options: ChatOptions) -> i32 {
         }
         None => None,
     };
-    let code = match text {
-        Some(t) if t.trim().is_empty() => {
-            eprintln!("nanoclaw: nothing to send (empty message)");
-            1
+    let chat = async {
+        match text {
+            Some(t) if t.trim().is_empty() => {
+                eprintln!("nanoclaw: nothing to send (empty message)");
+                1
+            }
+            Some(t) => one_turn(stream, t, options.timeout).await,
+            None => interactive(stream).await,
         }
-        Some(t) => one_turn(stream, t, options.timeout).await,
-        None => interactive(stream).await,
+    };
+    let code = tokio::select! {
+        code = chat => code,
+        _ = shutdown => 130,
     };
     if let Some(service) = service {
         service.shutdown(Duration::from_secs(30)).await;

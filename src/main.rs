@@ -100,6 +100,20 @@ async fn serve(config: Config) -> i32 {
     }
 }
 
+/// Resolves on the first SIGINT or SIGTERM (never, if the handlers cannot be installed).
+async fn stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => std::future::pending().await,
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let flags = FlagOverrides {
@@ -128,11 +142,8 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve => serve(config).await,
             Command::Chat { message, timeout } => {
-                nanoclaw::chat::run(
-                    &config,
-                    nanoclaw::chat::ChatOptions { message, timeout: Duration::from_secs(timeout) },
-                )
-                .await
+                let options = nanoclaw::chat::ChatOptions { message, timeout: Duration::from_secs(timeout) };
+                nanoclaw::chat::run(&config, options, stop_signal()).await
             }
         }
     });

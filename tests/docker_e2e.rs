@@ -265,3 +265,25 @@ fn after_five_failed_tries_the_message_fails_and_the_user_is_told() {
     let frames = c.until(Duration::from_secs(60), |f| f["type"] == "done" && f["id"] == "f-2");
     assert_eq!(replies_to(&frames, "f-2"), vec!["echo: next"]);
 }
+
+#[test]
+fn an_interrupted_chat_stops_its_in_process_service_and_its_containers() {
+    if !docker_available() {
+        return;
+    }
+    let dir = short_tempdir();
+    let data = dir.path().join("data");
+    let child = nanoclaw(&data)
+        .args(["chat", "-m", "!hang 60000 never answered in time"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    eventually(Duration::from_secs(60), "the data dir", || data.exists());
+    let install = nanoclaw::daemon::install_id(&data);
+    eventually(Duration::from_secs(60), "a running container", || !containers_of(&install).is_empty());
+    std::process::Command::new("kill").arg("-INT").arg(child.id().to_string()).status().unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(all_containers_of(&install).is_empty(), "the in-process service removed its container");
+}

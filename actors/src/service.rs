@@ -122,6 +122,24 @@ impl Service {
         out
     }
 
+    /// Kill-then-respawn (or stay) for a session's container (DESIGN §4); the replacement starts
+    /// only after the old container is gone. Errors when the session has no live actor.
+    pub async fn kill_container(
+        &self,
+        session_id: &str,
+        reason: &str,
+        then: crate::actors::session::Then,
+    ) -> Result<(), String> {
+        let sessions =
+            ractor::call_t!(self.root, SupervisorMessage::Sessions, 5_000).map_err(|e| e.to_string())?;
+        for s in sessions.list().await? {
+            if s.status().await.is_ok_and(|st| st.session_id == session_id) {
+                return s.kill(reason, then);
+            }
+        }
+        Err(format!("session {session_id} has no live actor"))
+    }
+
     /// True while the supervisor tree runs.
     pub fn is_running(&self) -> bool {
         matches!(

@@ -423,6 +423,33 @@ pub fn count_failed_try(
     Ok(out)
 }
 
+/// The agent cannot run at all (its container keeps failing to start): every pending triggering
+/// row is marked `failed`. Returns them, with their reply addresses, so the user can be told.
+pub fn fail_pending(paths: &SessionPaths) -> Result<Vec<RetryOutcome>, SessionFileError> {
+    let db = paths.inbound_db();
+    let conn = schema::open_inbound_writer(&db)?;
+    let mut st = conn
+        .prepare(
+            "UPDATE messages_in SET status = 'failed' WHERE status = 'pending' AND trigger = 1 AND kind <> 'system'
+             RETURNING id, tries, channel_type, platform_id",
+        )
+        .map_err(sq(&db, "prepare"))?;
+    let rows = st
+        .query_map([], |r| {
+            Ok(RetryOutcome {
+                id: r.get(0)?,
+                tries: r.get(1)?,
+                failed: true,
+                channel_type: r.get(2)?,
+                platform_id: r.get(3)?,
+            })
+        })
+        .map_err(sq(&db, "fail pending"))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(sq(&db, "fail pending"))?;
+    Ok(rows)
+}
+
 /// Pending work in `inbound.db`: whether a triggering row is due now, else when the next one is.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct PendingWork {

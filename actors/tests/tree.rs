@@ -285,3 +285,67 @@ async fn unwired_chats_are_recorded_as_dropped() {
     assert_eq!(n, 1);
     service.shutdown(Duration::from_secs(20)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_then_respawn_replaces_the_container_only_after_the_old_one_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let channel = MemoryChannel::new("mem");
+    let runtime = runner_runtime();
+    let service = start(dir.path(), runtime.clone(), &channel).await;
+    channel.submit("chat-1", "k1", "before").await.unwrap();
+    assert!(channel.wait_for(Duration::from_secs(20), |d| d.len() == 1).await);
+    let session = service
+        .store()
+        .call(|c| store::active_sessions(c))
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|s| s.channel_type.as_deref() == Some("mem"))
+        .unwrap();
+    service
+        .kill_container(&session.id, "test: replace", nanoclaw_actors::actors::session::Then::Respawn)
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let st = service.session_statuses().await.into_iter().find(|s| s.session_id == session.id).unwrap();
+        if st.container_generation == Some(2) && st.container_ready {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no replacement: {st:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(runtime.created(), 2);
+    assert_eq!(
+        runtime.max_concurrent(&session.id),
+        1,
+        "the replacement started only after the old container was gone"
+    );
+    channel.submit("chat-1", "k2", "after").await.unwrap();
+    assert!(channel.wait_for(Duration::from_secs(20), |d| d.iter().any(|m| m.text == "echo: after")).await);
+    assert_eq!(runtime.created(), 2, "the new container took the message");
+    service.shutdown(Duration::from_secs(20)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_that_never_starts_backs_off_and_then_the_user_is_told() {
+    let dir = tempfile::tempdir().unwrap();
+    let channel = MemoryChannel::new("mem");
+    // Exits at once with 1, before any hello: like a broken image or provider configuration.
+    let runtime = FakeRuntime::new(Arc::new(|_spec, _cancel| Box::pin(async { 1 })));
+    let service = start(dir.path(), runtime.clone(), &channel).await;
+    let started = tokio::time::Instant::now();
+    channel.submit("chat-1", "p-broken", "anyone there?").await.unwrap();
+    assert!(
+        channel
+            .wait_for(Duration::from_secs(60), |d| d
+                .iter()
+                .any(|m| m.text.contains("keeps failing to start")))
+            .await,
+        "{:?}",
+        texts(&channel)
+    );
+    assert_eq!(runtime.created(), 5, "gave up after max_tries spawn failures");
+    assert!(started.elapsed() > Duration::from_secs(5), "spawns were paced by a backoff, not a tight loop");
+    service.shutdown(Duration::from_secs(20)).await;
+}

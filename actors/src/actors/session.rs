@@ -86,8 +86,6 @@ pub struct SessionState {
     next_spawn_at: Option<Instant>,
     /// Last time something happened (input, output, container start).
     last_activity: Instant,
-    /// Container generations that exited, with their in-flight claims already counted.
-    counted_generation: i64,
     /// The last warning about the container's `outbound.db`, so a broken file is reported once,
     /// not every tick.
     last_outbound_warning: Option<String>,
@@ -293,8 +291,7 @@ impl SessionState {
         myself: &ActorRef<SessionMessage>,
         reason: String,
     ) -> Result<(), ActorProcessingErr> {
-        let Slot::Live { generation, stopping, ready, since, .. } =
-            std::mem::replace(&mut self.slot, Slot::Empty)
+        let Slot::Live { generation, stopping, ready, .. } = std::mem::replace(&mut self.slot, Slot::Empty)
         else {
             return Ok(());
         };
@@ -308,18 +305,32 @@ impl SessionState {
 
         // Whatever it finished is delivered and synced first, so only true leftovers count.
         self.pump(myself).await;
-        self.count_leftover_claims(generation).await?;
-        let clean = stopping.is_some()
-            || (ready && since.elapsed() > Duration::from_secs(10) && reason.ends_with("code 0"));
-        if clean {
+        let counted = self.count_leftover_claims(generation).await?;
+        let clean = stopping.is_some() || (ready && reason.ends_with("code 0"));
+        if clean || counted > 0 {
+            // A crash that cost its messages a try is paced by the try backoff already.
             self.spawn_failures = 0;
             self.next_spawn_at = None;
         } else {
+            // A container that died without costing any message a try (e.g. at startup) would
+            // otherwise respawn at once, forever: back off, and give up on the waiting messages.
             self.spawn_failures += 1;
             let delay = Duration::from_millis(500)
                 .saturating_mul(1 << self.spawn_failures.min(7))
                 .min(Duration::from_secs(60));
             self.next_spawn_at = Some(Instant::now() + delay);
+            warn!(session = %self.session.id, failures = self.spawn_failures, ?delay, %reason, "container failed without doing any work");
+            if i64::from(self.spawn_failures) >= self.ctx.config.max_tries {
+                let paths = self.paths.clone();
+                let failed = blocking(move || files::fail_pending(&paths)).await?;
+                for o in failed {
+                    let text = format!(
+                        "Sorry, I could not process your message: the agent's container keeps failing to start ({reason})."
+                    );
+                    self.tell_failed(&o.id, o.channel_type, o.platform_id, text).await;
+                }
+                self.spawn_failures = 0;
+            }
         }
         if stopping == Some(Then::Respawn) {
             self.next_spawn_at = None;
@@ -332,11 +343,13 @@ impl SessionState {
 
     /// Counts one failed try for every claim a dead container of `generation` left `processing`
     /// (each generation at most once), failing and telling the user at the limit.
-    async fn count_leftover_claims(&mut self, generation: i64) -> Result<(), String> {
-        if generation <= self.counted_generation {
-            return Ok(());
+    async fn count_leftover_claims(&mut self, generation: i64) -> Result<usize, String> {
+        let sid = self.session.id.clone();
+        let (_, counted) =
+            self.ctx.store.call(move |c| store::generations(c, &sid)).await.map_err(|e| e.to_string())?;
+        if generation <= counted {
+            return Ok(0);
         }
-        self.counted_generation = generation;
         let paths = self.paths.clone();
         // outbound.db belongs to the untrusted container: an unreadable one means no claims.
         let claims = match blocking(move || files::claims_of(&paths, generation)).await {
@@ -347,21 +360,33 @@ impl SessionState {
             }
         };
         if claims.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
         let ids: Vec<String> = claims.into_iter().map(|(id, _)| id).collect();
         let paths = self.paths.clone();
         let (max, base) = (self.ctx.config.max_tries, self.ctx.config.retry_backoff);
         let outcomes = blocking(move || files::count_failed_try(&paths, &ids, max, base)).await?;
+        // Recorded before telling anyone: a crash from here on must not count these claims again.
+        let sid = self.session.id.clone();
+        self.ctx
+            .store
+            .call(move |c| store::set_tries_counted(c, &sid, generation))
+            .await
+            .map_err(|e| e.to_string())?;
+        let counted_now = outcomes.len();
         for o in outcomes {
             if o.failed {
                 warn!(session = %self.session.id, message = %o.id, tries = o.tries, "message failed: out of tries");
-                self.tell_failed(&o.id, o.channel_type, o.platform_id, o.tries).await;
+                let text = format!(
+                    "Sorry, I could not process your message: the agent failed {} times. It will not be retried.",
+                    o.tries
+                );
+                self.tell_failed(&o.id, o.channel_type, o.platform_id, text).await;
             } else {
                 info!(session = %self.session.id, message = %o.id, tries = o.tries, "message will be retried");
             }
         }
-        Ok(())
+        Ok(counted_now)
     }
 
     async fn spawn_if_due(&mut self, myself: &ActorRef<SessionMessage>) -> Result<(), ActorProcessingErr> {
@@ -382,13 +407,10 @@ impl SessionState {
         message_id: &str,
         channel_type: Option<String>,
         platform_id: Option<String>,
-        tries: i64,
+        text: String,
     ) {
         let (Some(channel_type), Some(platform_id)) = (channel_type, platform_id) else { return };
         let Some(channel) = self.ctx.channels.read().get(&channel_type).cloned() else { return };
-        let text = format!(
-            "Sorry, I could not process your message: the agent failed {tries} times. It will not be retried."
-        );
         let msg = OutboundMessage {
             platform_id: platform_id.clone(),
             thread_id: self.session.thread_id.clone(),
@@ -806,7 +828,6 @@ impl Actor for SessionActor {
             spawn_failures: 0,
             next_spawn_at: None,
             last_activity: Instant::now(),
-            counted_generation: 0,
             last_outbound_warning: None,
         })
     }

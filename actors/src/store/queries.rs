@@ -167,6 +167,27 @@ pub fn next_generation(conn: &Connection, session_id: &str) -> Result<i64, Store
     .sql("next container generation")
 }
 
+/// The session's (current container generation, highest generation whose leftover claims were
+/// counted).
+pub fn generations(conn: &Connection, session_id: &str) -> Result<(i64, i64), StoreError> {
+    conn.query_row(
+        "SELECT container_generation, tries_counted_generation FROM sessions WHERE id = ?1",
+        [session_id],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+    .sql("read generations")
+}
+
+/// Records that the leftover claims of `generation` (and older) were counted.
+pub fn set_tries_counted(conn: &Connection, session_id: &str, generation: i64) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE sessions SET tries_counted_generation = max(tries_counted_generation, ?2) WHERE id = ?1",
+        params![session_id, generation],
+    )
+    .sql("record counted generation")?;
+    Ok(())
+}
+
 /// The destinations of an agent group, resolved to addresses, for `inbound.db`.
 pub fn destinations_of(conn: &Connection, agent_group_id: &str) -> Result<Vec<Destination>, StoreError> {
     let mut st = conn

@@ -1,0 +1,175 @@
+//! Benchmarks of issue 2, against the real binary and the real Docker daemon:
+//! warm round trip (p50/p99 over 300 messages), cold round trip beside a bare `docker run` of the
+//! same image, host RSS idle and with 100 idle sessions known, and the stripped binary size.
+//!
+//! ```sh
+//! cargo build --release --workspace && cargo bench --bench roundtrip
+//! ```
+//!
+//! Prints a Markdown report for BENCHMARKS.md. Informational: nothing here asserts a number.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::*;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx]
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+/// One message on an open connection; milliseconds until its reply frame.
+fn round_trip(c: &mut Client, id: &str) -> f64 {
+    let start = Instant::now();
+    c.send(id, "ping");
+    c.until(Duration::from_secs(60), |f| f["type"] == "reply" && f["in_reply_to"] == id);
+    let ms = start.elapsed().as_secs_f64() * 1000.0;
+    c.until(Duration::from_secs(60), |f| f["type"] == "done" && f["id"] == id);
+    ms
+}
+
+fn seed_idle_sessions(data: &Path, n: usize) {
+    let db = rusqlite::Connection::open(data.join("nanoclaw.db")).unwrap();
+    for i in 0..n {
+        db.execute_batch(&format!(
+            "INSERT INTO messaging_groups (id, channel_type, platform_id, name, created_at) VALUES ('mg-b{i}', 'bench', 'chat-{i}', 'b{i}', 't');
+             INSERT INTO messaging_group_agents (id, messaging_group_id, agent_group_id, engage_mode, engage_pattern, created_at)
+               VALUES ('w-b{i}', 'mg-b{i}', 'ag-main', 'pattern', '.', 't');
+             INSERT INTO sessions (id, agent_group_id, messaging_group_id, created_at) VALUES ('sess-bench-{i}', 'ag-main', 'mg-b{i}', 't');"
+        ))
+        .unwrap();
+        let host = data.join(format!("sessions/main/sess-bench-{i}/host"));
+        std::fs::create_dir_all(&host).unwrap();
+        nanoclaw_protocol::schema::open_inbound_writer(&host.join("inbound.db")).unwrap();
+    }
+}
+
+fn main() {
+    if !docker_available() {
+        return;
+    }
+    let machine = format!(
+        "{} cores ({}), kernel {}, Docker {}",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        std::fs::read_to_string("/proc/cpuinfo")
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.starts_with("model name"))
+            .and_then(|l| l.split(':').nth(1))
+            .unwrap_or("?")
+            .trim(),
+        docker(&["info", "--format", "{{.KernelVersion}}"]),
+        docker(&["version", "--format", "{{.Server.Version}}"]),
+    );
+    let dir = short_tempdir();
+    let data = dir.path().join("data");
+
+    // Idle RSS: a fresh service, image built, no session yet.
+    let server = Server::start(&data, &[], &[("NANOCLAW_LOG_LEVEL", "warn")]);
+    std::thread::sleep(Duration::from_secs(2));
+    let rss_idle = rss_kib(server.child.id());
+
+    // Warm round trip: one container, 300 messages after 20 of warm-up.
+    let mut c = server.client();
+    for i in 0..20 {
+        round_trip(&mut c, &format!("warmup-{i}"));
+    }
+    let mut warm: Vec<f64> = (0..300).map(|i| round_trip(&mut c, &format!("w-{i}"))).collect();
+    warm.sort_by(|a, b| a.partial_cmp(b).unwrap());
+
+    // Cold round trip: remove the container, then time the next message (create + start + runner
+    // start + turn + delivery).
+    let install = nanoclaw::daemon::install_id(&data);
+    let mut cold = vec![];
+    for i in 0..10 {
+        for id in all_containers_of(&install) {
+            docker(&["rm", "-f", &id]);
+        }
+        eventually(Duration::from_secs(30), "container gone", || all_containers_of(&install).is_empty());
+        std::thread::sleep(Duration::from_millis(300));
+        cold.push(round_trip(&mut c, &format!("cold-{i}")));
+    }
+    cold.sort_by(|a, b| a.partial_cmp(b).unwrap());
+
+    // The floor: a bare `docker run --rm` of the same image (the runner exits at once without its
+    // mounts), timed the same way, ten times.
+    let image = docker(&[
+        "ps",
+        "-a",
+        "--filter",
+        &format!("label=nanoclaw.install={install}"),
+        "--format",
+        "{{.Image}}",
+    ])
+    .lines()
+    .next()
+    .unwrap_or("")
+    .to_string();
+    let image = if image.is_empty() {
+        docker(&["images", "nanoclaw-agent", "--format", "{{.Repository}}:{{.Tag}}"])
+            .lines()
+            .next()
+            .unwrap()
+            .to_string()
+    } else {
+        image
+    };
+    let mut floor = vec![];
+    for _ in 0..10 {
+        let start = Instant::now();
+        let _ = std::process::Command::new("docker")
+            .args(["run", "--rm", "--network", "none", &image])
+            .output()
+            .unwrap();
+        floor.push(start.elapsed().as_secs_f64() * 1000.0);
+    }
+    floor.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    drop(c);
+    assert!(server.stop().success());
+
+    // RSS with 100 idle sessions known (rows and session DBs; no actor or container running).
+    seed_idle_sessions(&data, 100);
+    let server = Server::start(&data, &[], &[("NANOCLAW_LOG_LEVEL", "warn")]);
+    std::thread::sleep(Duration::from_secs(3));
+    let rss_100 = rss_kib(server.child.id());
+    assert!(server.stop().success());
+
+    let size = std::fs::metadata(nanoclaw_bin()).map(|m| m.len()).unwrap_or(0);
+    let agent_size = std::fs::metadata(agent_bin()).map(|m| m.len()).unwrap_or(0);
+    println!("## Run of {}\n", chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"));
+    println!("Machine: {machine}. Binary: {}.\n", nanoclaw_bin().display());
+    println!("| measure | result | target |");
+    println!("|---|---|---|");
+    println!(
+        "| warm round trip, 300 messages | p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms | p50 ≤ 50 ms |",
+        percentile(&warm, 0.5),
+        percentile(&warm, 0.99),
+        warm[warm.len() - 1]
+    );
+    println!(
+        "| cold round trip (container create + start + turn), 10 runs | p50 {:.0} ms, max {:.0} ms | ≤ 1.5 × floor |",
+        percentile(&cold, 0.5),
+        cold[cold.len() - 1]
+    );
+    println!(
+        "| floor: bare `docker run --rm` of the same image, 10 runs | p50 {:.0} ms | — |",
+        percentile(&floor, 0.5)
+    );
+    println!("| cold / floor (p50) | {:.2} × | ≤ 1.5 × |", percentile(&cold, 0.5) / percentile(&floor, 0.5));
+    println!("| host RSS idle after start | {:.1} MB | ≤ 20 MB |", rss_idle as f64 / 1024.0);
+    println!("| host RSS with 100 idle sessions known | {:.1} MB | ≤ 40 MB |", rss_100 as f64 / 1024.0);
+    println!("| `nanoclaw` binary, stripped release | {:.1} MB | — |", size as f64 / 1e6);
+    println!("| `nanoclaw-agent` binary (in the image) | {:.1} MB | — |", agent_size as f64 / 1e6);
+}
