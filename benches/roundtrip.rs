@@ -8,6 +8,9 @@
 //!
 //! Prints a Markdown report for BENCHMARKS.md. Informational: nothing here asserts a number.
 
+// A synchronous driver of a separate process: blocking sleeps are intended here.
+#![allow(clippy::disallowed_methods)]
+
 #[path = "../tests/common/mod.rs"]
 mod common;
 
