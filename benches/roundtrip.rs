@@ -92,43 +92,32 @@ fn main() {
     let mut warm: Vec<f64> = (0..300).map(|i| round_trip(&mut c, &format!("w-{i}"))).collect();
     warm.sort_by(|a, b| a.partial_cmp(b).unwrap());
 
-    // Cold round trip: remove the container, then time the next message (create + start + runner
-    // start + turn + delivery).
+    // Cold round trip, as a user meets it: the session has no container (the service was
+    // restarted; stopping removes containers). Timed from the message to its reply: session
+    // actor start, container create + start, runner start, the turn, delivery.
     let install = nanoclaw::daemon::install_id(&data);
+    // The image the service runs, for the floor below.
+    let image =
+        docker(&["ps", "--filter", &format!("label=nanoclaw.install={install}"), "--format", "{{.Image}}"])
+            .lines()
+            .next()
+            .expect("a running agent container")
+            .to_string();
+    drop(c);
+    assert!(server.stop().success());
     let mut cold = vec![];
     for i in 0..10 {
-        for id in all_containers_of(&install) {
-            docker(&["rm", "-f", &id]);
-        }
-        eventually(Duration::from_secs(30), "container gone", || all_containers_of(&install).is_empty());
-        std::thread::sleep(Duration::from_millis(300));
+        let server = Server::start(&data, &[], &[("NANOCLAW_LOG_LEVEL", "warn")]);
+        assert!(all_containers_of(&install).is_empty());
+        let mut c = server.client();
         cold.push(round_trip(&mut c, &format!("cold-{i}")));
+        drop(c);
+        assert!(server.stop().success());
     }
     cold.sort_by(|a, b| a.partial_cmp(b).unwrap());
 
     // The floor: a bare `docker run --rm` of the same image (the runner exits at once without its
     // mounts), timed the same way, ten times.
-    let image = docker(&[
-        "ps",
-        "-a",
-        "--filter",
-        &format!("label=nanoclaw.install={install}"),
-        "--format",
-        "{{.Image}}",
-    ])
-    .lines()
-    .next()
-    .unwrap_or("")
-    .to_string();
-    let image = if image.is_empty() {
-        docker(&["images", "nanoclaw-agent", "--format", "{{.Repository}}:{{.Tag}}"])
-            .lines()
-            .next()
-            .unwrap()
-            .to_string()
-    } else {
-        image
-    };
     let mut floor = vec![];
     for _ in 0..10 {
         let start = Instant::now();
@@ -139,8 +128,6 @@ fn main() {
         floor.push(start.elapsed().as_secs_f64() * 1000.0);
     }
     floor.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    drop(c);
-    assert!(server.stop().success());
 
     // RSS with 100 idle sessions known (rows and session DBs; no actor or container running).
     seed_idle_sessions(&data, 100);

@@ -38,6 +38,9 @@ fn one_message_in_gives_exactly_one_reply_through_serve() {
     let dir = short_tempdir();
     let data = dir.path().join("data");
     let server = Server::start(&data, &[], &[]);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(data.join("cli.sock")).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "cli.sock is for the owner only");
     let mut c = server.client();
     c.send("m-1", "hi there");
     let frames = c.until(Duration::from_secs(60), |f| f["type"] == "done" && f["id"] == "m-1");

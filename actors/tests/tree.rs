@@ -349,3 +349,62 @@ async fn a_container_that_never_starts_backs_off_and_then_the_user_is_told() {
     assert!(started.elapsed() > Duration::from_secs(5), "spawns were paced by a backoff, not a tight loop");
     service.shutdown(Duration::from_secs(20)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_committed_but_not_routed_before_a_crash_is_routed_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    {
+        // The previous run committed the platform message to the ledger, then died.
+        let store = store::Store::open(&data.join("nanoclaw.db")).await.unwrap();
+        store.call(store::bootstrap).await.unwrap();
+        store
+            .call(|c| {
+                c.execute_batch(
+                    "INSERT INTO messaging_groups (id, channel_type, platform_id, name, created_at) VALUES ('mg-mem', 'mem', 'chat-1', 'mem', 't');
+                     INSERT INTO messaging_group_agents (id, messaging_group_id, agent_group_id, engage_mode, engage_pattern, created_at)
+                       VALUES ('w-mem', 'mg-mem', 'ag-main', 'pattern', '.', 't');
+                     INSERT INTO agent_destinations (agent_group_id, local_name, target_type, target_id, created_at) VALUES ('ag-main', 'mem', 'channel', 'mg-mem', 't');",
+                )
+                .map_err(|e| store::StoreError::Invalid(e.to_string()))?;
+                let event = serde_json::json!({
+                    "channel_type": "mem", "platform_id": "chat-1", "platform_message_id": "lost-1",
+                    "sender_id": "tester", "text": "do not lose me", "is_mention": true
+                });
+                store::ledger_insert(
+                    c,
+                    &store::LedgerEntry {
+                        id: "in-crashed".into(),
+                        channel_type: "mem".into(),
+                        platform_message_id: "lost-1".into(),
+                        platform_id: "chat-1".into(),
+                        thread_id: None,
+                        sender_id: Some("mem:tester".into()),
+                        event: event.to_string(),
+                        trace_id: "tr-1".into(),
+                    },
+                )
+                .map(|_| ())
+            })
+            .await
+            .unwrap();
+    }
+    let channel = MemoryChannel::new("mem");
+    let service =
+        Service::start(config(dir.path()), Arc::new(runner_runtime()), vec![Arc::new(channel.clone())])
+            .await
+            .unwrap();
+    assert!(
+        channel
+            .wait_for(Duration::from_secs(20), |d| d.iter().any(|m| m.text == "echo: do not lose me"))
+            .await,
+        "{:?}",
+        texts(&channel)
+    );
+    // The platform redelivering it now (it was never acked) is a duplicate, not a second reply.
+    assert!(channel.submit("chat-1", "lost-1", "do not lose me").await.unwrap().duplicate);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(texts(&channel), vec!["echo: do not lose me".to_string()]);
+    service.shutdown(Duration::from_secs(20)).await;
+}

@@ -291,7 +291,8 @@ impl SessionState {
         myself: &ActorRef<SessionMessage>,
         reason: String,
     ) -> Result<(), ActorProcessingErr> {
-        let Slot::Live { generation, stopping, ready, .. } = std::mem::replace(&mut self.slot, Slot::Empty)
+        let Slot::Live { generation, stopping, ready, since, .. } =
+            std::mem::replace(&mut self.slot, Slot::Empty)
         else {
             return Ok(());
         };
@@ -306,7 +307,10 @@ impl SessionState {
         // Whatever it finished is delivered and synced first, so only true leftovers count.
         self.pump(myself).await;
         let counted = self.count_leftover_claims(generation).await?;
-        let clean = stopping.is_some() || (ready && reason.ends_with("code 0"));
+        // Asked to stop, or it came up and ran a while: not a crash loop, whatever the exit code
+        // (an idle container killed by an operator or the OOM killer is replaced at once).
+        let clean = stopping.is_some()
+            || (ready && (reason.ends_with("code 0") || since.elapsed() >= Duration::from_secs(10)));
         if clean || counted > 0 {
             // A crash that cost its messages a try is paced by the try backoff already.
             self.spawn_failures = 0;
