@@ -24,6 +24,7 @@ fn runner_runtime() -> FakeRuntime {
                 assistant_name: "Andy".into(),
                 poll_ms: 1000,
                 max_messages_per_prompt: 10,
+                host_lost_exit: None,
             };
             tokio::select! {
                 r = nanoclaw_agent::runner::run(config) => r.map(|c| c as i64).unwrap_or(1),

@@ -113,7 +113,8 @@ impl Server {
         status
     }
 
-    /// SIGKILL and wait (a crash).
+    /// SIGKILL and wait (a crash). Containers stay, as after a real crash; the next server on the
+    /// same data dir reaps them, and its drop removes whatever is left.
     pub fn kill(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -127,9 +128,25 @@ impl Server {
 }
 
 impl Drop for Server {
+    /// Stops the service gracefully (so it removes its containers), kills it after 20 s, and
+    /// removes any container of this install a crash test left behind.
     fn drop(&mut self) {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        remove_containers_of(&self.data_dir);
+    }
+}
+
+/// Removes every container labelled with the install id of `data_dir`.
+pub fn remove_containers_of(data_dir: &Path) {
+    let install = nanoclaw::daemon::install_id(data_dir);
+    for id in all_containers_of(&install) {
+        docker(&["rm", "-f", &id]);
     }
 }
 

@@ -20,6 +20,9 @@ pub struct RunnerConfig {
     pub poll_ms: u64,
     /// Most messages in one prompt.
     pub max_messages_per_prompt: usize,
+    /// Exit after the host has been unreachable this long, once it had been connected
+    /// (`None` = never). A host killed outright cannot stop its containers; they stop themselves.
+    pub host_lost_exit: Option<std::time::Duration>,
 }
 
 /// A variable that is set but unusable. Displays as one line naming the variable.
@@ -71,6 +74,10 @@ impl RunnerConfig {
             assistant_name: get(l::ENV_ASSISTANT_NAME).unwrap_or_else(|| "Andy".into()),
             poll_ms,
             max_messages_per_prompt,
+            host_lost_exit: match num(&get, l::ENV_HOST_LOST_EXIT_SECS, 60u64)? {
+                0 => None,
+                secs => Some(std::time::Duration::from_secs(secs)),
+            },
         })
     }
 

@@ -43,11 +43,26 @@ struct WakeLink {
     writer: Option<OwnedWriteHalf>,
     notify: Arc<Notify>,
     reader: Option<tokio::task::JoinHandle<()>>,
+    /// Since when the host has been unreachable, after having been connected once.
+    lost_since: Option<std::time::Instant>,
+    was_connected: bool,
 }
 
 impl WakeLink {
     fn new(path: PathBuf) -> Self {
-        Self { path, writer: None, notify: Arc::new(Notify::new()), reader: None }
+        Self {
+            path,
+            writer: None,
+            notify: Arc::new(Notify::new()),
+            reader: None,
+            lost_since: None,
+            was_connected: false,
+        }
+    }
+
+    /// How long the host has been gone (only after a first connection).
+    fn lost_for(&self) -> Option<Duration> {
+        self.lost_since.map(|t| t.elapsed())
     }
 
     /// Connects if not connected; a failure leaves the poll fallback in charge.
@@ -55,6 +70,7 @@ impl WakeLink {
         if self.reader.as_ref().is_some_and(|r| r.is_finished()) {
             self.writer = None;
             self.reader = None;
+            self.lost_since = Some(std::time::Instant::now());
         }
         if self.writer.is_some() {
             return;
@@ -81,9 +97,16 @@ impl WakeLink {
                     notify.notify_one();
                 }));
                 self.writer = Some(write);
+                self.was_connected = true;
+                self.lost_since = None;
                 debug!(path = %self.path.display(), "wake socket connected");
             }
-            Err(e) => debug!(path = %self.path.display(), error = %e, "wake socket unavailable; polling"),
+            Err(e) => {
+                if self.was_connected && self.lost_since.is_none() {
+                    self.lost_since = Some(std::time::Instant::now());
+                }
+                debug!(path = %self.path.display(), error = %e, "wake socket unavailable; polling");
+            }
         }
     }
 
@@ -194,6 +217,12 @@ pub async fn run_with(config: RunnerConfig, mut provider: Box<dyn Provider>) -> 
         first_read = false;
         if !snapshot.has_trigger() {
             link.ensure().await;
+            if let (Some(limit), Some(lost)) = (config.host_lost_exit, link.lost_for())
+                && lost >= limit
+            {
+                info!(?lost, "host unreachable; exiting");
+                return Ok(0);
+            }
             tokio::select! {
                 _ = link.wait(poll) => {}
                 _ = term.recv() => return Ok(0),

@@ -77,6 +77,7 @@ async fn answers_over_the_wake_socket_and_honours_trigger_and_on_wake() {
         assistant_name: "Andy".into(),
         poll_ms: 1000,
         max_messages_per_prompt: 10,
+        host_lost_exit: None,
     };
     let runner = tokio::spawn(nanoclaw_agent::runner::run(config));
     let (mut stream, _) =
@@ -139,6 +140,7 @@ async fn a_new_generation_clears_stale_claims_and_takes_on_wake_rows_first() {
         assistant_name: "Andy".into(),
         poll_ms: 50,
         max_messages_per_prompt: 10,
+        host_lost_exit: None,
     };
     // No wake socket at all: the poll fallback must carry the work.
     let runner = tokio::spawn(nanoclaw_agent::runner::run(config));
@@ -152,4 +154,35 @@ async fn a_new_generation_clears_stale_claims_and_takes_on_wake_rows_first() {
     let texts: Vec<String> = replies(&workspace).into_iter().map(|r| r.3).collect();
     assert!(texts[0].contains("echo: retry me") && texts[1].contains("echo: after restart"), "{texts:?}");
     runner.abort();
+}
+
+#[tokio::test]
+async fn a_runner_whose_host_is_gone_exits_by_itself() {
+    let tmp = tempfile::tempdir().unwrap();
+    let session = tmp.path().join("host");
+    let workspace = tmp.path().join("workspace");
+    std::fs::create_dir_all(&session).unwrap();
+    std::fs::create_dir_all(&workspace).unwrap();
+    let listener = UnixListener::bind(session.join("wake.sock")).unwrap();
+    let config = RunnerConfig {
+        session_dir: session.clone(),
+        workspace_dir: workspace.clone(),
+        generation: 1,
+        provider: "echo".into(),
+        assistant_name: "Andy".into(),
+        poll_ms: 50,
+        max_messages_per_prompt: 10,
+        host_lost_exit: Some(Duration::from_millis(500)),
+    };
+    let runner = tokio::spawn(nanoclaw_agent::runner::run(config));
+    let (mut stream, _) =
+        tokio::time::timeout(Duration::from_secs(10), listener.accept()).await.unwrap().unwrap();
+    read_until(&mut stream, wake::HELLO).await;
+    // The host dies: its socket and listener vanish.
+    drop(stream);
+    drop(listener);
+    std::fs::remove_file(session.join("wake.sock")).unwrap();
+    let code =
+        tokio::time::timeout(Duration::from_secs(10), runner).await.expect("runner exited").unwrap().unwrap();
+    assert_eq!(code, 0);
 }

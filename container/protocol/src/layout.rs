@@ -52,3 +52,6 @@ pub const ENV_ASSISTANT_NAME: &str = "NANOCLAW_ASSISTANT_NAME";
 pub const ENV_POLL_MS: &str = "NANOCLAW_POLL_MS";
 /// Environment variable: most messages the runner puts into one prompt (default 10).
 pub const ENV_MAX_MESSAGES_PER_PROMPT: &str = "NANOCLAW_MAX_MESSAGES_PER_PROMPT";
+/// Environment variable: seconds the runner keeps going after losing its wake connection to the
+/// host without being able to reconnect, before it exits by itself (default 60; 0 = never).
+pub const ENV_HOST_LOST_EXIT_SECS: &str = "NANOCLAW_HOST_LOST_EXIT_SECS";
