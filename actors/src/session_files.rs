@@ -482,6 +482,18 @@ pub fn pending_work(paths: &SessionPaths) -> Result<PendingWork, SessionFileErro
     Ok(PendingWork { pending, due_now: due > 0, next_due: next })
 }
 
+/// The declared timeout of the tool in flight (`container_state.tool_declared_timeout_ms`), if any.
+/// Untrusted: the caller caps it.
+pub fn declared_tool_timeout(paths: &SessionPaths) -> Option<std::time::Duration> {
+    let db = paths.outbound_db();
+    std::fs::symlink_metadata(&db).ok()?;
+    let conn = schema::open_outbound_reader(&db).ok()?;
+    let ms: Option<i64> = conn
+        .query_row("SELECT tool_declared_timeout_ms FROM container_state WHERE id = 1", [], |r| r.get(0))
+        .ok()?;
+    ms.filter(|m| *m > 0).map(|m| std::time::Duration::from_millis(m as u64))
+}
+
 /// The heartbeat's age, if the file exists (never follows a symlink).
 pub fn heartbeat_age(paths: &SessionPaths) -> Option<std::time::Duration> {
     let meta = std::fs::symlink_metadata(paths.heartbeat()).ok()?;

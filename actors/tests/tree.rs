@@ -409,3 +409,43 @@ async fn a_message_committed_but_not_routed_before_a_crash_is_routed_at_start() 
     assert_eq!(texts(&channel), vec!["echo: do not lose me".to_string()]);
     service.shutdown(Duration::from_secs(20)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turn_that_stops_making_progress_is_killed_and_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let channel = MemoryChannel::new("mem");
+    let runtime = runner_runtime();
+    let mut cfg = config(dir.path());
+    cfg.claim_stuck_after = Duration::from_millis(800);
+    let service =
+        Service::start(cfg, Arc::new(runtime.clone()), vec![Arc::new(channel.clone())]).await.unwrap();
+    wire_memory_chat(&service).await;
+    // `!hang` blocks without any provider event; `!sleep` of the same length keeps the heartbeat.
+    channel.submit("chat-1", "alive", "!sleep 2500 busy but alive").await.unwrap();
+    assert!(channel.wait_for(Duration::from_secs(20), |d| d.len() == 1).await);
+    assert_eq!(runtime.created(), 1, "a turn that keeps reporting activity is not stuck");
+    channel.submit("chat-1", "stuck", "!hang 60000 frozen").await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while runtime.created() < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "the stuck container was never replaced");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let session = service
+        .store()
+        .call(|c| store::active_sessions(c))
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|s| s.channel_type.as_deref() == Some("mem"))
+        .unwrap();
+    let paths = SessionPaths::new(&dir.path().join("data"), "main", &session.id);
+    let tries: i64 = rusqlite::Connection::open(paths.inbound_db())
+        .unwrap()
+        .query_row("SELECT tries FROM messages_in WHERE id LIKE '%' AND content LIKE '%frozen%'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert!(tries >= 1, "the kill counted a try");
+    assert_eq!(runtime.max_concurrent(&session.id), 1);
+    service.shutdown(Duration::from_secs(20)).await;
+}

@@ -730,22 +730,27 @@ impl SessionState {
         let claims = blocking(move || files::claims_of(&paths, generation)).await.unwrap_or_default();
         let heartbeat_age = files::heartbeat_age(&self.paths);
         if !claims.is_empty() {
-            let oldest = claims
+            // Stuck: work in flight and no sign of life for longer than the claim tolerance, or
+            // than the declared timeout of the tool in flight (an untrusted value, capped at the
+            // heartbeat ceiling). Reference §1.10's rule (a claim with no heartbeat since) misses a
+            // turn that hangs after its first provider event; this one does not.
+            // Silence: time since the latest sign of life, a heartbeat or a claim.
+            let newest_claim_age = claims
                 .iter()
                 .filter_map(|(_, t)| nanoclaw_protocol::time::parse_ts(t).ok())
+                .map(|t| (chrono::Utc::now() - t).to_std().unwrap_or_default())
                 .min()
-                .map(|t| (chrono::Utc::now() - t).to_std().unwrap_or_default());
-            let beat = heartbeat_age.unwrap_or(Duration::MAX);
-            if beat > cfg.heartbeat_ceiling {
-                self.kill(
-                    format!("heartbeat older than {:?} with work in flight", cfg.heartbeat_ceiling),
-                    Then::Respawn,
-                );
-            } else if let Some(age) = oldest
-                && age > cfg.claim_stuck_after
-                && beat >= age
-            {
-                self.kill(format!("claim stuck for {age:?} with no heartbeat since"), Then::Respawn);
+                .unwrap_or_default();
+            let silent_for = heartbeat_age.map_or(newest_claim_age, |beat| beat.min(newest_claim_age));
+            let paths = self.paths.clone();
+            let declared = tokio::task::spawn_blocking(move || files::declared_tool_timeout(&paths))
+                .await
+                .ok()
+                .flatten();
+            let tolerance =
+                declared.unwrap_or_default().max(cfg.claim_stuck_after).min(cfg.heartbeat_ceiling);
+            if silent_for > tolerance {
+                self.kill(format!("stuck: no agent activity for {silent_for:?} with work in flight (tolerance {tolerance:?})"), Then::Respawn);
             }
             return Ok(());
         }
