@@ -25,7 +25,11 @@ pub type Entrypoint = Arc<dyn Fn(ContainerSpec, CancellationToken) -> BoxFuture<
 
 struct FakeContainer {
     spec: ContainerSpec,
+    /// Cancelled by `stop`: the entrypoint should end and return its exit code (SIGTERM).
     cancel: CancellationToken,
+    /// Cancelled by `crash`, `remove` or the end of a stop's grace: the entrypoint is abandoned
+    /// (SIGKILL, exit 137 unless `crash` injected a code).
+    kill: CancellationToken,
     exit: watch::Receiver<Option<i64>>,
     exit_tx: Option<watch::Sender<Option<i64>>>,
     started: bool,
@@ -33,6 +37,8 @@ struct FakeContainer {
 
 #[derive(Default)]
 struct FakeState {
+    /// Exit codes injected by `crash`, by container name.
+    injected: Arc<Mutex<HashMap<String, i64>>>,
     containers: HashMap<String, FakeContainer>,
     next_id: u64,
     running_per_session: HashMap<String, usize>,
@@ -83,10 +89,8 @@ impl FakeRuntime {
         let st = self.state.lock();
         for c in st.containers.values() {
             if c.spec.session_id == session_id && c.started && c.exit.borrow().is_none() {
-                if let Some(tx) = &c.exit_tx {
-                    let _ = tx.send(Some(code));
-                }
-                c.cancel.cancel();
+                st.injected.lock().insert(c.spec.name.clone(), code);
+                c.kill.cancel();
                 return true;
             }
         }
@@ -115,6 +119,7 @@ impl ContainerRuntime for FakeRuntime {
             FakeContainer {
                 spec: spec.clone(),
                 cancel: CancellationToken::new(),
+                kill: CancellationToken::new(),
                 exit: rx,
                 exit_tx: Some(tx),
                 started: false,
@@ -124,7 +129,7 @@ impl ContainerRuntime for FakeRuntime {
     }
 
     async fn start(&self, id: &str) -> Result<(), RuntimeError> {
-        let (spec, cancel, tx) = {
+        let (spec, cancel, kill, tx) = {
             let mut st = self.state.lock();
             let c = st.containers.get_mut(id).ok_or_else(|| RuntimeError::Operation {
                 op: "start",
@@ -132,7 +137,7 @@ impl ContainerRuntime for FakeRuntime {
                 message: "no such container".into(),
             })?;
             c.started = true;
-            let out = (c.spec.clone(), c.cancel.clone(), c.exit_tx.take());
+            let out = (c.spec.clone(), c.cancel.clone(), c.kill.clone(), c.exit_tx.take());
             let session = out.0.session_id.clone();
             let n = st.running_per_session.entry(session.clone()).or_insert(0);
             *n += 1;
@@ -143,16 +148,16 @@ impl ContainerRuntime for FakeRuntime {
         };
         let fut = (self.entrypoint)(spec.clone(), cancel.clone());
         let state = self.state.clone();
+        let injected = self.state.lock().injected.clone();
         tokio::spawn(async move {
             let code = tokio::select! {
                 code = fut => code,
-                // A crash injected by `crash` or a stop: the entrypoint is abandoned.
-                _ = async { cancel.cancelled().await; tokio::time::sleep(Duration::from_millis(0)).await } => 137,
+                _ = kill.cancelled() => 137,
             };
+            // A code injected by `crash` wins over the abandoned entrypoint's.
+            let code = injected.lock().remove(&spec.name).unwrap_or(code);
             if let Some(tx) = tx {
-                // A code injected by `crash` wins over the abandoned entrypoint's.
-                let injected = *tx.borrow();
-                tx.send_replace(injected.or(Some(code)));
+                tx.send_replace(Some(code));
             }
             let mut st = state.lock();
             if let Some(n) = st.running_per_session.get_mut(&spec.session_id) {
@@ -175,16 +180,21 @@ impl ContainerRuntime for FakeRuntime {
         Ok(ExitStatus { code, oom_killed: false })
     }
 
-    async fn stop(&self, id: &str, _grace: Duration) -> Result<(), RuntimeError> {
+    async fn stop(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
         if let Some(c) = self.state.lock().containers.get(id) {
             c.cancel.cancel();
+            let kill = c.kill.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(grace).await;
+                kill.cancel();
+            });
         }
         Ok(())
     }
 
     async fn remove(&self, id: &str) -> Result<(), RuntimeError> {
         if let Some(c) = self.state.lock().containers.remove(id) {
-            c.cancel.cancel();
+            c.kill.cancel();
         }
         Ok(())
     }

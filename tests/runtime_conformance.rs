@@ -1,0 +1,129 @@
+//! One conformance suite for every `ContainerRuntime` (STYLE rule 5): the in-memory fake, the
+//! process runtime and Docker run the same checks, with the real agent runner as the workload.
+
+mod common;
+
+use common::*;
+use nanoclaw::runtime::docker::{DockerRuntime, DockerSettings};
+use nanoclaw::runtime::process::ProcessRuntime;
+use nanoclaw_actors::ports::runtime::{ContainerRuntime, ContainerSpec};
+use nanoclaw_actors::session_files::{self, SessionPaths};
+use nanoclaw_actors::testing::FakeRuntime;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The container user and folder owner, as `nanoclaw::runtime::from_config` chooses them.
+fn owner() -> (u32, u32) {
+    let uid = nix::unistd::getuid().as_raw();
+    if uid == 0 { (65534, 65534) } else { (uid, nix::unistd::getgid().as_raw()) }
+}
+
+fn spec(data: &Path, install: &str, session: &str, extra_env: &[(&str, &str)]) -> ContainerSpec {
+    let paths = SessionPaths::new(data, "main", session);
+    session_files::prepare(&paths, (nix::unistd::getuid().as_raw() == 0).then(owner)).unwrap();
+    let mut env = vec![
+        ("NANOCLAW_GENERATION".to_string(), "1".to_string()),
+        ("NANOCLAW_SESSION_ID".to_string(), session.to_string()),
+    ];
+    env.extend(extra_env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    ContainerSpec {
+        name: format!("nanoclaw-{install}-{session}-1"),
+        install_id: install.into(),
+        session_id: session.into(),
+        generation: 1,
+        session_host_dir: paths.host_dir.clone(),
+        session_workspace_dir: paths.workspace_dir.clone(),
+        agent_group_dir: paths.agent_group_dir.clone(),
+        env,
+    }
+}
+
+async fn conformance(runtime: Arc<dyn ContainerRuntime>) {
+    let dir = short_tempdir();
+    let data = dir.path().join("data");
+    let install = format!("conf{}", std::process::id());
+    runtime.prepare().await.unwrap();
+
+    // A long-running workload: listed while it runs; a stop ends it gracefully (exit 0).
+    let s = spec(&data, &install, "sess-long", &[]);
+    let id = runtime.create(&s).await.unwrap();
+    runtime.start(&id).await.unwrap();
+    let listed = runtime.list_managed(&install).await.unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].name, s.name);
+    assert_eq!(listed[0].session_id.as_deref(), Some("sess-long"));
+    assert!(runtime.list_managed("some-other-install").await.unwrap().iter().all(|c| c.name != s.name));
+    // The runner is up once it has created its outbound.db.
+    let outbound = s.session_workspace_dir.join("outbound.db");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !outbound.exists() {
+        assert!(tokio::time::Instant::now() < deadline, "{}: the workload never started", runtime.name());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    runtime.stop(&id, Duration::from_secs(5)).await.unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(30), runtime.wait(&id))
+        .await
+        .expect("wait returns after stop")
+        .unwrap();
+    assert_eq!(status.code, Some(0), "{}: a stopped runner exits 0", runtime.name());
+    runtime.stop(&id, Duration::from_secs(1)).await.expect("stopping a stopped container is not an error");
+    runtime.remove(&id).await.unwrap();
+    assert!(runtime.list_managed(&install).await.unwrap().is_empty());
+    runtime.remove(&id).await.expect("removing a removed container is not an error");
+
+    // A workload that ends by itself: its own exit code comes back (the runner exits 2 on a bad
+    // configuration).
+    let s = spec(&data, &install, "sess-exit", &[("NANOCLAW_POLL_MS", "0")]);
+    let id = runtime.create(&s).await.unwrap();
+    runtime.start(&id).await.unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(30), runtime.wait(&id))
+        .await
+        .expect("wait returns on exit")
+        .unwrap();
+    assert_eq!(status.code, Some(2), "{}", runtime.name());
+    assert!(!status.oom_killed);
+    runtime.remove(&id).await.unwrap();
+    assert!(runtime.list_managed(&install).await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fake_runtime_conforms() {
+    let fake = FakeRuntime::new(Arc::new(|spec: ContainerSpec, cancel| {
+        Box::pin(async move {
+            let mut env: std::collections::HashMap<String, String> = spec.env.iter().cloned().collect();
+            env.insert("NANOCLAW_SESSION_DIR".into(), spec.session_host_dir.display().to_string());
+            env.insert("NANOCLAW_WORKSPACE_DIR".into(), spec.session_workspace_dir.display().to_string());
+            let Ok(config) = nanoclaw_agent::config::RunnerConfig::from_lookup(|k| env.get(k).cloned())
+            else {
+                return 2;
+            };
+            tokio::select! {
+                r = nanoclaw_agent::runner::run(config) => r.map(i64::from).unwrap_or(1),
+                _ = cancel.cancelled() => 0,
+            }
+        })
+    }));
+    conformance(Arc::new(fake)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_process_runtime_conforms() {
+    conformance(Arc::new(ProcessRuntime::new(agent_bin()))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_docker_runtime_conforms() {
+    if !docker_available() {
+        return;
+    }
+    let settings = DockerSettings {
+        image: "nanoclaw-agent".into(),
+        agent_binary: agent_bin(),
+        memory_bytes: 256 * 1024 * 1024,
+        nano_cpus: 1_000_000_000,
+        pids_limit: 64,
+        user: owner(),
+    };
+    conformance(Arc::new(DockerRuntime::connect(settings).await.unwrap())).await;
+}
