@@ -70,6 +70,18 @@ async fn start(dir: &std::path::Path, runtime: FakeRuntime, channel: &MemoryChan
     service
 }
 
+/// The session of the memory chat.
+async fn mem_session(service: &Service) -> store::SessionInfo {
+    service
+        .store()
+        .call(|c| store::active_sessions(c))
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|s| s.channel_type.as_deref() == Some("mem"))
+        .unwrap()
+}
+
 fn texts(channel: &MemoryChannel) -> Vec<String> {
     channel.delivered().into_iter().map(|m| m.text).collect()
 }
@@ -119,14 +131,7 @@ async fn concurrent_messages_never_run_two_containers_for_one_session() {
     let mut want: Vec<String> = (0..20).map(|i| format!("echo: m{i}")).collect();
     want.sort();
     assert_eq!(got, want, "each message answered exactly once");
-    let session = service
-        .store()
-        .call(|c| store::active_sessions(c))
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|s| s.channel_type.as_deref() == Some("mem"))
-        .unwrap();
+    let session = mem_session(&service).await;
     assert_eq!(runtime.max_concurrent(&session.id), 1);
     service.shutdown(Duration::from_secs(20)).await;
 }
@@ -170,14 +175,7 @@ async fn a_killed_container_mid_turn_is_retried_and_answered_once() {
     let runtime = runner_runtime();
     let service = start(dir.path(), runtime.clone(), &channel).await;
     channel.submit("chat-1", "p-slow", "!sleep 1500 slow").await.unwrap();
-    let session = service
-        .store()
-        .call(|c| store::active_sessions(c))
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|s| s.channel_type.as_deref() == Some("mem"))
-        .unwrap();
+    let session = mem_session(&service).await;
     let paths = SessionPaths::new(&dir.path().join("data"), "main", &session.id);
     // Wait for the claim, then crash the container mid-turn.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
@@ -210,14 +208,7 @@ async fn transient_delivery_failures_retry_then_fail_after_three_attempts() {
     assert_eq!(texts(&channel), vec!["echo: first".to_string()]);
     channel.fail_next(vec![transient(), transient(), transient()]);
     channel.submit("chat-1", "p2", "second").await.unwrap();
-    let session = service
-        .store()
-        .call(|c| store::active_sessions(c))
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|s| s.channel_type.as_deref() == Some("mem"))
-        .unwrap();
+    let session = mem_session(&service).await;
     let paths = SessionPaths::new(&dir.path().join("data"), "main", &session.id);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
@@ -295,14 +286,7 @@ async fn kill_then_respawn_replaces_the_container_only_after_the_old_one_is_gone
     let service = start(dir.path(), runtime.clone(), &channel).await;
     channel.submit("chat-1", "k1", "before").await.unwrap();
     assert!(channel.wait_for(Duration::from_secs(20), |d| d.len() == 1).await);
-    let session = service
-        .store()
-        .call(|c| store::active_sessions(c))
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|s| s.channel_type.as_deref() == Some("mem"))
-        .unwrap();
+    let session = mem_session(&service).await;
     service
         .kill_container(&session.id, "test: replace", nanoclaw_actors::actors::session::Then::Respawn)
         .await
@@ -430,14 +414,7 @@ async fn a_turn_that_stops_making_progress_is_killed_and_retried() {
         assert!(tokio::time::Instant::now() < deadline, "the stuck container was never replaced");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let session = service
-        .store()
-        .call(|c| store::active_sessions(c))
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|s| s.channel_type.as_deref() == Some("mem"))
-        .unwrap();
+    let session = mem_session(&service).await;
     let paths = SessionPaths::new(&dir.path().join("data"), "main", &session.id);
     let tries: i64 = rusqlite::Connection::open(paths.inbound_db())
         .unwrap()
