@@ -263,6 +263,12 @@ fn after_five_failed_tries_the_message_fails_and_the_user_is_told() {
         .query_row("SELECT status, tries FROM messages_in", [], |r| Ok((r.get(0)?, r.get(1)?)))
         .unwrap();
     assert_eq!((status.as_str(), tries), ("failed", 5));
+    // Each crash was logged with the runner's last lines (its container is gone now).
+    let log = server.log();
+    assert!(
+        log.contains("container exited unexpectedly") && log.contains("exit requested mid-turn"),
+        "{log}"
+    );
     // The service keeps serving.
     c.send("f-2", "next");
     let frames = c.until(Duration::from_secs(60), |f| f["type"] == "done" && f["id"] == "f-2");

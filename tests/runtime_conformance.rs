@@ -83,6 +83,11 @@ async fn conformance(runtime: Arc<dyn ContainerRuntime>) {
         .unwrap();
     assert_eq!(status.code, Some(2), "{}", runtime.name());
     assert!(!status.oom_killed);
+    // Output is readable until removal where the runtime keeps it (Docker does).
+    let tail = runtime.logs_tail(&id, 20).await.unwrap();
+    if runtime.name() == "docker" {
+        assert!(tail.contains("NANOCLAW_POLL_MS"), "the runner's error line: {tail:?}");
+    }
     runtime.remove(&id).await.unwrap();
     assert!(runtime.list_managed(&install).await.unwrap().is_empty());
 }

@@ -12,8 +12,8 @@ use bollard::Docker;
 use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType};
 use bollard::query_parameters::{
     BuildImageOptionsBuilder, CreateContainerOptionsBuilder, InspectContainerOptions,
-    ListContainersOptionsBuilder, RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
-    WaitContainerOptionsBuilder,
+    ListContainersOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+    StopContainerOptionsBuilder, WaitContainerOptionsBuilder,
 };
 use futures_util::StreamExt;
 use nanoclaw_actors::ports::runtime::{
@@ -247,6 +247,21 @@ impl ContainerRuntime for DockerRuntime {
             Err(bollard::errors::Error::DockerResponseServerError { status_code: 409, .. }) => Ok(()),
             Err(e) => Err(op_err("remove", id)(e)),
         }
+    }
+
+    async fn logs_tail(&self, id: &str, lines: usize) -> Result<String, RuntimeError> {
+        let options =
+            LogsOptionsBuilder::default().stdout(true).stderr(true).tail(&lines.to_string()).build();
+        let mut stream = self.docker.logs(id, Some(options));
+        let mut out = String::new();
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(chunk) => out.push_str(&String::from_utf8_lossy(&chunk.into_bytes())),
+                Err(e) if is_not_found(&e) => break,
+                Err(e) => return Err(op_err("logs", id)(e)),
+            }
+        }
+        Ok(out)
     }
 
     async fn list_managed(&self, install_id: &str) -> Result<Vec<ManagedContainer>, RuntimeError> {

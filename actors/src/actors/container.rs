@@ -140,7 +140,18 @@ impl Actor for ContainerActor {
                     (Ok(_), None) => "exited".to_string(),
                     (Err(e), None) => format!("exited: wait failed: {e}"),
                 };
-                debug!(container = %state.spec.name, %reason, "container exited");
+                let unexpected =
+                    state.stopping.is_none() && !matches!(&result, Ok(ExitStatus { code: Some(0), .. }));
+                if unexpected {
+                    // The container is removed next, and its log with it: keep its last words.
+                    let tail = match &state.id {
+                        Some(id) => state.runtime.logs_tail(id, 20).await.unwrap_or_default(),
+                        None => String::new(),
+                    };
+                    warn!(container = %state.spec.name, session = %state.spec.session_id, %reason, log_tail = %tail.trim_end(), "container exited unexpectedly");
+                } else {
+                    debug!(container = %state.spec.name, %reason, "container exited");
+                }
                 state.remove().await;
                 myself.stop(Some(reason));
             }

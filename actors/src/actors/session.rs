@@ -727,14 +727,16 @@ impl SessionState {
             return Ok(());
         }
         let paths = self.paths.clone();
-        let claims = blocking(move || files::claims_of(&paths, generation)).await.unwrap_or_default();
-        let heartbeat_age = files::heartbeat_age(&self.paths);
+        let (claims, heartbeat_age, declared) = blocking(move || {
+            let claims = files::claims_of(&paths, generation).unwrap_or_default();
+            Ok((claims, files::heartbeat_age(&paths), files::declared_tool_timeout(&paths)))
+        })
+        .await?;
         if !claims.is_empty() {
-            // Stuck: work in flight and no sign of life for longer than the claim tolerance, or
-            // than the declared timeout of the tool in flight (an untrusted value, capped at the
-            // heartbeat ceiling). Reference §1.10's rule (a claim with no heartbeat since) misses a
-            // turn that hangs after its first provider event; this one does not.
-            // Silence: time since the latest sign of life, a heartbeat or a claim.
+            // Stuck: work in flight and no sign of life (a heartbeat or a claim) for longer than
+            // the claim tolerance, or than the declared timeout of the tool in flight (an untrusted
+            // value, capped at the heartbeat ceiling). Reference §1.10's rule (a claim with no
+            // heartbeat since) misses a turn that hangs after its first provider event.
             let newest_claim_age = claims
                 .iter()
                 .filter_map(|(_, t)| nanoclaw_protocol::time::parse_ts(t).ok())
@@ -742,11 +744,6 @@ impl SessionState {
                 .min()
                 .unwrap_or_default();
             let silent_for = heartbeat_age.map_or(newest_claim_age, |beat| beat.min(newest_claim_age));
-            let paths = self.paths.clone();
-            let declared = tokio::task::spawn_blocking(move || files::declared_tool_timeout(&paths))
-                .await
-                .ok()
-                .flatten();
             let tolerance =
                 declared.unwrap_or_default().max(cfg.claim_stuck_after).min(cfg.heartbeat_ceiling);
             if silent_for > tolerance {

@@ -109,4 +109,11 @@ pub trait ContainerRuntime: Send + Sync + 'static {
 
     /// Lists containers labelled with this install id, running or not.
     async fn list_managed(&self, install_id: &str) -> Result<Vec<ManagedContainer>, RuntimeError>;
+
+    /// The last `lines` lines of the container's output (the runner logs to stderr), for the
+    /// warning about an unexpected exit; read before the container is removed. Runtimes that keep
+    /// no output return an empty string.
+    async fn logs_tail(&self, _id: &str, _lines: usize) -> Result<String, RuntimeError> {
+        Ok(String::new())
+    }
 }
