@@ -61,7 +61,13 @@ fn init_logs(config: &Config, quiet_default: bool) {
     let filter = EnvFilter::new(format!("{level},bollard=warn,hyper=warn"));
     let registry = tracing_subscriber::registry().with(filter);
     match config.log_format {
-        LogFormat::Text => registry.with(fmt::layer().with_writer(std::io::stderr)).init(),
+        LogFormat::Text => {
+            use std::io::IsTerminal;
+            // Colour codes only for a person at a terminal, never in log files.
+            registry
+                .with(fmt::layer().with_ansi(std::io::stderr().is_terminal()).with_writer(std::io::stderr))
+                .init()
+        }
         LogFormat::Json => {
             registry.with(fmt::layer().json().flatten_event(true).with_writer(std::io::stderr)).init()
         }

@@ -88,7 +88,7 @@ impl Router {
             thread_id: event.thread_id.clone(),
             sender_id: sender_id.clone(),
             event: serde_json::to_string(&event).map_err(|e| e.to_string())?,
-            trace_id,
+            trace_id: trace_id.clone(),
         };
         let e = entry.clone();
         let ledger_id =
@@ -102,7 +102,7 @@ impl Router {
                 // messages_in ids make that idempotent.
                 LedgerInsert::Duplicate { id, finished: false } => id,
             };
-        self.route_entry(&ledger_id, &event, sender_id).await
+        self.route_entry(&ledger_id, &event, sender_id, &trace_id).await
     }
 
     /// Routes a ledger entry (new, or left `received` by a crash).
@@ -111,6 +111,7 @@ impl Router {
         ledger_id: &str,
         event: &InboundEvent,
         sender_id: Option<String>,
+        trace_id: &str,
     ) -> Result<InboundAck, String> {
         let (ct, pid) = (event.channel_type.clone(), event.platform_id.clone());
         let chat = self
@@ -167,6 +168,7 @@ impl Router {
                 sender: event.sender_name.clone(),
                 sender_id: sender_id.clone(),
                 platform_message_id: Some(event.platform_message_id.clone()),
+                trace_id: Some(trace_id.to_string()),
             };
             let row = NewInbound {
                 id: format!("{ledger_id}:{}", wiring.agent_group_id),
@@ -215,7 +217,7 @@ impl Router {
                     continue;
                 }
             };
-            self.route_entry(&entry.id, &event, entry.sender_id.clone()).await?;
+            self.route_entry(&entry.id, &event, entry.sender_id.clone(), &entry.trace_id).await?;
         }
         Ok(n)
     }

@@ -433,6 +433,11 @@ impl SessionState {
     }
 
     async fn platform_message_id(&self, message_id: &str) -> Option<String> {
+        self.message_meta(message_id).await.and_then(|c| c.platform_message_id)
+    }
+
+    /// The content of an inbound chat row: its platform message id and trace id.
+    async fn message_meta(&self, message_id: &str) -> Option<ChatContent> {
         let paths = self.paths.clone();
         let id = message_id.to_string();
         blocking(move || {
@@ -447,9 +452,7 @@ impl SessionState {
                 what: "read content",
                 source,
             })?;
-            Ok(content
-                .and_then(|c| serde_json::from_str::<ChatContent>(&c).ok())
-                .and_then(|c| c.platform_message_id))
+            Ok(content.and_then(|c| serde_json::from_str::<ChatContent>(&c).ok()))
         })
         .await
         .ok()
@@ -617,10 +620,12 @@ impl SessionState {
             }
         }
         let OutboundContent::Text { text } = content;
-        let in_reply_to = match &valid.in_reply_to {
-            Some(id) => self.platform_message_id(id).await,
+        let answered = match &valid.in_reply_to {
+            Some(id) => self.message_meta(id).await,
             None => None,
         };
+        let trace = answered.as_ref().and_then(|c| c.trace_id.clone()).unwrap_or_default();
+        let in_reply_to = answered.and_then(|c| c.platform_message_id);
         let message = OutboundMessage {
             platform_id: target.platform_id.clone(),
             thread_id: target.thread_id.clone(),
@@ -643,19 +648,19 @@ impl SessionState {
                 self.record(key, "delivered", platform_message_id.as_deref(), None, false).await?;
                 self.retry_at.remove(key);
                 self.last_activity = Instant::now();
-                debug!(session = %self.session.id, row = %key, "delivered");
+                info!(session = %self.session.id, row = %key, %trace, channel = %target.channel_type, "delivered");
                 Ok(true)
             }
             Err(e) if e.retryable && attempts < self.ctx.config.delivery_attempts => {
                 let delay = self.ctx.config.delivery_backoff.saturating_mul(1 << (attempts - 1).clamp(0, 10));
-                warn!(session = %self.session.id, row = %key, attempts, error = %e, ?delay, "delivery failed; will retry");
+                warn!(session = %self.session.id, row = %key, %trace, attempts, error = %e, ?delay, "delivery failed; will retry");
                 self.record(key, "retrying", None, Some(&e.message), false).await?;
                 self.retry_at.insert(key.to_string(), Instant::now() + delay);
                 myself.send_after(delay, || SessionMessage::Output);
                 Ok(false)
             }
             Err(e) => {
-                warn!(session = %self.session.id, row = %key, attempts, error = %e, "delivery failed for good");
+                warn!(session = %self.session.id, row = %key, %trace, attempts, error = %e, "delivery failed for good");
                 self.record(key, "failed", None, Some(&e.message), false).await?;
                 self.retry_at.remove(key);
                 Ok(true)

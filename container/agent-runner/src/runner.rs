@@ -234,7 +234,14 @@ pub async fn run_with(config: RunnerConfig, mut provider: Box<dyn Provider>) -> 
         db.claim(&ids)?;
         // The claim is output too: the host's stuck detection and `ncl` read it.
         link.output().await;
-        debug!(batch = ids.len(), "turn started");
+        let traces: Vec<String> = snapshot
+            .batch
+            .iter()
+            .filter_map(|r| {
+                serde_json::from_str::<nanoclaw_protocol::content::ChatContent>(&r.content).ok()?.trace_id
+            })
+            .collect();
+        info!(batch = ids.len(), traces = %traces.join(","), "turn started");
 
         let mut attempt = 0;
         let outcome = loop {

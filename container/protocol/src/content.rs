@@ -23,6 +23,9 @@ pub struct ChatContent {
     /// The platform's id of this message (for replies, edits and reactions).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub platform_message_id: Option<String>,
+    /// Trace id given by the router; logged by the runner and by delivery (DESIGN §13).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
 }
 
 /// Content of an inbound `task` row (a scheduled task that came due).
@@ -190,6 +193,7 @@ mod tests {
             sender: Some("Local".into()),
             sender_id: Some("cli:local".into()),
             platform_message_id: Some("p1".into()),
+            trace_id: Some("tr-1".into()),
         });
         round_trip(TaskContent { prompt: "water plants".into(), script: None });
         round_trip(SystemNotice::ActionResult {
