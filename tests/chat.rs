@@ -1,0 +1,42 @@
+//! `nanoclaw chat` against a service that is already running: it connects instead of starting
+//! its own (which would fail on the taken socket), and its exit code follows the turn.
+
+mod common;
+
+use common::*;
+
+#[test]
+fn chat_connects_to_a_running_service() {
+    let dir = short_tempdir();
+    let data = dir.path().join("data");
+    let server = Server::start(&data, &["--runtime", "process"], &[]);
+    let out = nanoclaw(&data).args(["chat", "-m", "via the running service"]).output().unwrap();
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "echo: via the running service\n");
+    // The running service answered (chat started none of its own): the ledger is the service's.
+    let db = rusqlite::Connection::open_with_flags(
+        data.join("nanoclaw.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let n: i64 = db
+        .query_row("SELECT count(*) FROM inbound_ledger WHERE status = 'routed'", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 1);
+    assert!(server.log().contains("delivered"), "{}", server.log());
+}
+
+#[test]
+fn a_one_turn_chat_that_gets_no_answer_in_time_exits_1() {
+    let dir = short_tempdir();
+    let data = dir.path().join("data");
+    let _server = Server::start(&data, &["--runtime", "process"], &[]);
+    let out = nanoclaw(&data).args(["chat", "--timeout", "1", "-m", "!hang 5000 too slow"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no answer within 1s"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.stdout.is_empty());
+}
