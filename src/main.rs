@@ -121,7 +121,25 @@ async fn stop_signal() {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e)
+            if matches!(
+                e.kind(),
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
+            ) =>
+        {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            // Bad arguments get one line naming the argument (clap's first line), exit 2.
+            let rendered = e.render().to_string();
+            let line = rendered.lines().next().unwrap_or("invalid arguments").trim_start_matches("error: ");
+            eprintln!("nanoclaw: {line} (see --help)");
+            return ExitCode::from(2);
+        }
+    };
     let flags = FlagOverrides {
         config: cli.config,
         data_dir: cli.data_dir,

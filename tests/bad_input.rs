@@ -198,3 +198,19 @@ fn unreachable_docker_fails_with_one_line_naming_the_flag() {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("--runtime process"), "{err}");
 }
+
+#[test]
+fn bad_arguments_exit_2_with_one_line_naming_the_argument() {
+    let dir = short_tempdir();
+    for (args, needle) in [
+        (&["chat", "--timeout", "abc"][..], "--timeout"),
+        (&["frobnicate"][..], "frobnicate"),
+        (&["--runtime", "vm", "serve"][..], "--runtime"),
+    ] {
+        let out = nanoclaw(&dir.path().join("data")).args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+}
