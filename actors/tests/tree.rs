@@ -82,6 +82,26 @@ async fn mem_session(service: &Service) -> store::SessionInfo {
         .unwrap()
 }
 
+/// Polls `check` every 20 ms until it holds; fails the test with `what` after `timeout`.
+async fn eventually<F, Fut>(timeout: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn has_notice(channel: &MemoryChannel, failed: bool, id: &str) -> bool {
+    channel.notices().iter().any(|n| match n {
+        Notice::Processed { platform_message_id, .. } => !failed && platform_message_id == id,
+        Notice::Failed { platform_message_id, .. } => failed && platform_message_id == id,
+    })
+}
+
 fn texts(channel: &MemoryChannel) -> Vec<String> {
     channel.delivered().into_iter().map(|m| m.text).collect()
 }
@@ -97,15 +117,10 @@ async fn one_message_gets_exactly_one_reply_then_a_processed_notice() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(texts(&channel), vec!["echo: hello".to_string()]);
     assert_eq!(channel.delivered()[0].in_reply_to.as_deref(), Some("p1"));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while !channel
-        .notices()
-        .iter()
-        .any(|n| matches!(n, Notice::Processed { platform_message_id, .. } if platform_message_id == "p1"))
-    {
-        assert!(tokio::time::Instant::now() < deadline, "no processed notice: {:?}", channel.notices());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(Duration::from_secs(5), "the processed notice", || async {
+        has_notice(&channel, false, "p1")
+    })
+    .await;
     // The same platform message again is a duplicate and gets no second reply.
     assert!(channel.submit("chat-1", "p1", "hello").await.unwrap().duplicate);
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -151,15 +166,10 @@ async fn a_crash_mid_turn_is_retried_and_after_five_tries_the_user_is_told() {
         texts(&channel)
     );
     assert_eq!(runtime.created(), 5, "one container per try");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while !channel
-        .notices()
-        .iter()
-        .any(|n| matches!(n, Notice::Failed { platform_message_id, .. } if platform_message_id == "p-crash"))
-    {
-        assert!(tokio::time::Instant::now() < deadline, "no failed notice: {:?}", channel.notices());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(Duration::from_secs(5), "the failed notice", || async {
+        has_notice(&channel, true, "p-crash")
+    })
+    .await;
     // The session keeps working for the next message.
     channel.submit("chat-1", "p-ok", "still there?").await.unwrap();
     assert!(
@@ -178,11 +188,10 @@ async fn a_killed_container_mid_turn_is_retried_and_answered_once() {
     let session = mem_session(&service).await;
     let paths = SessionPaths::new(&dir.path().join("data"), "main", &session.id);
     // Wait for the claim, then crash the container mid-turn.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while nanoclaw_actors::session_files::claims_of(&paths, 1).unwrap().is_empty() {
-        assert!(tokio::time::Instant::now() < deadline, "never claimed");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(Duration::from_secs(20), "the claim", || async {
+        !nanoclaw_actors::session_files::claims_of(&paths, 1).unwrap().is_empty()
+    })
+    .await;
     assert!(runtime.crash(&session.id, 137));
     assert!(channel.wait_for(Duration::from_secs(30), |d| !d.is_empty()).await);
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -245,11 +254,7 @@ async fn a_channel_that_loses_its_connection_is_restarted() {
     let service = start(dir.path(), runner_runtime(), &channel).await;
     assert_eq!(channel.starts(), 1);
     channel.lose_connection("socket closed by peer");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while channel.starts() < 2 {
-        assert!(tokio::time::Instant::now() < deadline, "channel not restarted");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(Duration::from_secs(10), "the channel's restart", || async { channel.starts() >= 2 }).await;
     channel.submit("chat-1", "after", "back").await.unwrap();
     assert!(channel.wait_for(Duration::from_secs(20), |d| d.iter().any(|m| m.text == "echo: back")).await);
     service.shutdown(Duration::from_secs(20)).await;
@@ -291,15 +296,11 @@ async fn kill_then_respawn_replaces_the_container_only_after_the_old_one_is_gone
         .kill_container(&session.id, "test: replace", nanoclaw_actors::actors::session::Then::Respawn)
         .await
         .unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
+    eventually(Duration::from_secs(20), "a ready replacement container", || async {
         let st = service.session_statuses().await.into_iter().find(|s| s.session_id == session.id).unwrap();
-        if st.container_generation == Some(2) && st.container_ready {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "no replacement: {st:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        st.container_generation == Some(2) && st.container_ready
+    })
+    .await;
     assert_eq!(runtime.created(), 2);
     assert_eq!(
         runtime.max_concurrent(&session.id),
@@ -409,11 +410,10 @@ async fn a_turn_that_stops_making_progress_is_killed_and_retried() {
     assert!(channel.wait_for(Duration::from_secs(20), |d| d.len() == 1).await);
     assert_eq!(runtime.created(), 1, "a turn that keeps reporting activity is not stuck");
     channel.submit("chat-1", "stuck", "!hang 60000 frozen").await.unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while runtime.created() < 2 {
-        assert!(tokio::time::Instant::now() < deadline, "the stuck container was never replaced");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(Duration::from_secs(20), "the stuck container's replacement", || async {
+        runtime.created() >= 2
+    })
+    .await;
     let session = mem_session(&service).await;
     let paths = SessionPaths::new(&dir.path().join("data"), "main", &session.id);
     let tries: i64 = rusqlite::Connection::open(paths.inbound_db())

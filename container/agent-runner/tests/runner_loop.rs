@@ -10,6 +10,26 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixListener;
 
+/// A runner configuration over a session's two folders.
+fn runner_config(
+    session: &Path,
+    workspace: &Path,
+    generation: i64,
+    poll_ms: u64,
+    host_lost_exit: Option<Duration>,
+) -> RunnerConfig {
+    RunnerConfig {
+        session_dir: session.to_path_buf(),
+        workspace_dir: workspace.to_path_buf(),
+        generation,
+        provider: "echo".into(),
+        assistant_name: "Andy".into(),
+        poll_ms,
+        max_messages_per_prompt: 10,
+        host_lost_exit,
+    }
+}
+
 fn host_write(dir: &Path, id: &str, seq: i64, text: &str, trigger: bool, on_wake: bool) {
     let c = open_inbound_writer(&dir.join("inbound.db")).unwrap();
     c.execute(
@@ -69,16 +89,7 @@ async fn answers_over_the_wake_socket_and_honours_trigger_and_on_wake() {
     // Context only (trigger=0): must not start a turn by itself.
     host_write(&session, "ctx:main", 2, "background", false, false);
 
-    let config = RunnerConfig {
-        session_dir: session.clone(),
-        workspace_dir: workspace.clone(),
-        generation: 7,
-        provider: "echo".into(),
-        assistant_name: "Andy".into(),
-        poll_ms: 1000,
-        max_messages_per_prompt: 10,
-        host_lost_exit: None,
-    };
+    let config = runner_config(&session, &workspace, 7, 1000, None);
     let runner = tokio::spawn(nanoclaw_agent::runner::run(config));
     let (mut stream, _) =
         tokio::time::timeout(Duration::from_secs(10), listener.accept()).await.unwrap().unwrap();
@@ -132,16 +143,7 @@ async fn a_new_generation_clears_stale_claims_and_takes_on_wake_rows_first() {
         .unwrap();
         db.claim(&["m1:main".to_string()]).unwrap();
     }
-    let config = RunnerConfig {
-        session_dir: session.clone(),
-        workspace_dir: workspace.clone(),
-        generation: 2,
-        provider: "echo".into(),
-        assistant_name: "Andy".into(),
-        poll_ms: 50,
-        max_messages_per_prompt: 10,
-        host_lost_exit: None,
-    };
+    let config = runner_config(&session, &workspace, 2, 50, None);
     // No wake socket at all: the poll fallback must carry the work.
     let runner = tokio::spawn(nanoclaw_agent::runner::run(config));
     tokio::time::timeout(Duration::from_secs(10), async {
@@ -164,16 +166,7 @@ async fn a_runner_whose_host_is_gone_exits_by_itself() {
     std::fs::create_dir_all(&session).unwrap();
     std::fs::create_dir_all(&workspace).unwrap();
     let listener = UnixListener::bind(session.join("wake.sock")).unwrap();
-    let config = RunnerConfig {
-        session_dir: session.clone(),
-        workspace_dir: workspace.clone(),
-        generation: 1,
-        provider: "echo".into(),
-        assistant_name: "Andy".into(),
-        poll_ms: 50,
-        max_messages_per_prompt: 10,
-        host_lost_exit: Some(Duration::from_millis(500)),
-    };
+    let config = runner_config(&session, &workspace, 1, 50, Some(Duration::from_millis(500)));
     let runner = tokio::spawn(nanoclaw_agent::runner::run(config));
     let (mut stream, _) =
         tokio::time::timeout(Duration::from_secs(10), listener.accept()).await.unwrap().unwrap();
