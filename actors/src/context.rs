@@ -73,6 +73,9 @@ impl ServiceConfig {
 /// The live channel actors by channel type, kept by the channel supervisor.
 pub type Channels = Arc<RwLock<HashMap<String, ActorRef<crate::actors::channel::ChannelMessage>>>>;
 
+/// Live health of every channel, by channel type, kept by the channel supervisor and actors.
+pub type ChannelHealthMap = Arc<RwLock<HashMap<String, crate::ports::channel::ChannelHealth>>>;
+
 /// Names of containers some container actor owns; the periodic sweep spares them.
 pub type LiveContainers = Arc<Mutex<HashSet<String>>>;
 
@@ -88,6 +91,8 @@ pub struct ServiceContext {
     pub adapters: Vec<Arc<dyn ChannelAdapter>>,
     /// Live channel actors.
     pub channels: Channels,
+    /// Health of every channel.
+    pub channel_health: ChannelHealthMap,
     /// Containers owned by live container actors.
     pub live_containers: LiveContainers,
 }

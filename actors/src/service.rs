@@ -83,6 +83,7 @@ impl Service {
             runtime,
             adapters,
             channels: Default::default(),
+            channel_health: Default::default(),
             live_containers: Default::default(),
         });
         let (root, join) = Actor::spawn(None, Supervisor, ctx.clone())
@@ -138,6 +139,13 @@ impl Service {
             }
         }
         Err(format!("session {session_id} has no live actor"))
+    }
+
+    /// Live health of every channel (connected / reconnecting / failed, last event, restarts).
+    pub fn channel_health(&self) -> Vec<crate::ports::channel::ChannelHealth> {
+        let mut all: Vec<_> = self.ctx.channel_health.read().values().cloned().collect();
+        all.sort_by(|a, b| a.channel_type.cmp(&b.channel_type));
+        all
     }
 
     /// True while the supervisor tree runs.

@@ -228,6 +228,7 @@ struct MemoryState {
 #[derive(Clone)]
 pub struct MemoryChannel {
     channel_type: String,
+    liveness: Option<Duration>,
     state: Arc<Mutex<MemoryState>>,
     changed: Arc<tokio::sync::Notify>,
 }
@@ -235,7 +236,25 @@ pub struct MemoryChannel {
 impl MemoryChannel {
     /// A channel of type `channel_type`.
     pub fn new(channel_type: &str) -> Self {
-        Self { channel_type: channel_type.into(), state: Default::default(), changed: Default::default() }
+        Self {
+            channel_type: channel_type.into(),
+            liveness: None,
+            state: Default::default(),
+            changed: Default::default(),
+        }
+    }
+
+    /// The same channel, presumed dead after `timeout` without events or keepalives.
+    pub fn with_liveness_timeout(mut self, timeout: Duration) -> Self {
+        self.liveness = Some(timeout);
+        self
+    }
+
+    /// A platform keepalive (a sign of life without a message).
+    pub fn keepalive(&self) {
+        if let Some(s) = &self.state.lock().sink {
+            s.alive();
+        }
     }
 
     /// Submits a text message from `platform_id` as the platform would.
@@ -342,5 +361,9 @@ impl ChannelAdapter for MemoryChannel {
     async fn notice(&self, notice: &Notice) {
         self.state.lock().notices.push(notice.clone());
         self.changed.notify_waiters();
+    }
+
+    fn liveness_timeout(&self) -> Option<Duration> {
+        self.liveness
     }
 }

@@ -261,6 +261,56 @@ async fn a_channel_that_loses_its_connection_is_restarted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channel_health_reports_connected_then_reconnecting_then_connected() {
+    use nanoclaw_actors::ports::channel::ChannelState;
+    let dir = tempfile::tempdir().unwrap();
+    let channel = MemoryChannel::new("mem");
+    let service = start(dir.path(), runner_runtime(), &channel).await;
+    let health = |s: &Service| s.channel_health().into_iter().find(|h| h.channel_type == "mem").unwrap();
+    eventually(Duration::from_secs(5), "connected", || async {
+        health(&service).state == ChannelState::Connected
+    })
+    .await;
+    assert!(health(&service).last_event.is_none());
+    channel.submit("chat-1", "h1", "hi").await.unwrap();
+    assert!(health(&service).last_event.is_some(), "an event is a sign of life");
+    channel.lose_connection("socket closed by peer");
+    eventually(Duration::from_secs(5), "reconnecting", || async {
+        health(&service).state == ChannelState::Reconnecting
+    })
+    .await;
+    let h = health(&service);
+    assert_eq!(h.restarts, 1);
+    assert!(h.last_error.as_deref().unwrap().contains("socket closed by peer"), "{h:?}");
+    eventually(Duration::from_secs(10), "connected again", || async {
+        health(&service).state == ChannelState::Connected
+    })
+    .await;
+    service.shutdown(Duration::from_secs(20)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_silent_while_connected_is_restarted_and_keepalives_prevent_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let channel = MemoryChannel::new("mem").with_liveness_timeout(Duration::from_millis(400));
+    let service = start(dir.path(), runner_runtime(), &channel).await;
+    // Keepalives more often than the timeout: no restart.
+    for _ in 0..8 {
+        channel.keepalive();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(channel.starts(), 1, "a channel that shows signs of life is left alone");
+    // Silence: presumed dead, restarted.
+    eventually(Duration::from_secs(10), "a restart of the silent channel", || async {
+        channel.starts() >= 2
+    })
+    .await;
+    let h = service.channel_health().into_iter().find(|h| h.channel_type == "mem").unwrap();
+    assert!(h.restarts >= 1 && h.last_error.as_deref().unwrap_or("").contains("no sign of life"), "{h:?}");
+    service.shutdown(Duration::from_secs(20)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unwired_chats_are_recorded_as_dropped() {
     let dir = tempfile::tempdir().unwrap();
     let channel = MemoryChannel::new("mem");

@@ -25,6 +25,8 @@ pub struct ChannelArgs {
     pub adapter: Arc<dyn ChannelAdapter>,
     /// Where inbound messages go.
     pub router: Router,
+    /// Where this channel's last sign of life is published.
+    pub health: crate::context::ChannelHealthMap,
 }
 
 /// Private state.
@@ -32,6 +34,10 @@ pub struct ChannelState {
     adapter: Arc<dyn ChannelAdapter>,
     routing: tokio::task::JoinHandle<()>,
     failures: tokio::task::JoinHandle<()>,
+    /// The adapter's sink: its last sign of life.
+    sink: InboundSink,
+    health: crate::context::ChannelHealthMap,
+    started: chrono::DateTime<chrono::Utc>,
 }
 
 /// Messages of [`ChannelActor`].
@@ -47,6 +53,8 @@ pub enum ChannelMessage {
     Notice(Notice),
     /// The adapter lost its platform for good.
     AdapterFailed(String),
+    /// Check the platform's sign of life against the adapter's liveness timeout.
+    CheckLiveness,
 }
 
 /// Delivers through a channel actor with a timeout. A timeout is not retryable: the platform may
@@ -79,10 +87,15 @@ impl Actor for ChannelActor {
         args: ChannelArgs,
     ) -> Result<ChannelState, ActorProcessingErr> {
         let (sink, mut submissions, mut fail_rx) = InboundSink::new(256);
+        let adapter_sink = sink.clone();
         let router = args.router;
         let supports_threads = args.adapter.supports_threads();
+        let (health, channel_type) = (args.health.clone(), args.adapter.channel_type().to_string());
         let routing = tokio::spawn(async move {
             while let Some(sub) = submissions.recv().await {
+                if let Some(h) = health.write().get_mut(&channel_type) {
+                    h.last_event = Some(chrono::Utc::now());
+                }
                 let mut event = sub.event;
                 if !supports_threads {
                     event.thread_id = None;
@@ -97,13 +110,25 @@ impl Actor for ChannelActor {
                 let _ = me.cast(ChannelMessage::AdapterFailed(reason));
             }
         });
-        if let Err(e) = args.adapter.start(sink).await {
+        if let Err(e) = args.adapter.start(adapter_sink).await {
             routing.abort();
             failures.abort();
             return Err(format!("channel {}: start failed: {e}", args.adapter.channel_type()).into());
         }
         info!(channel = args.adapter.channel_type(), "channel started");
-        Ok(ChannelState { adapter: args.adapter, routing, failures })
+        if let Some(timeout) = args.adapter.liveness_timeout() {
+            myself.send_interval((timeout / 4).max(Duration::from_millis(10)), || {
+                ChannelMessage::CheckLiveness
+            });
+        }
+        Ok(ChannelState {
+            adapter: args.adapter,
+            routing,
+            failures,
+            sink,
+            health: args.health,
+            started: chrono::Utc::now(),
+        })
     }
 
     async fn handle(
@@ -118,6 +143,28 @@ impl Actor for ChannelActor {
                 let _ = reply.send(result);
             }
             ChannelMessage::Notice(notice) => state.adapter.notice(&notice).await,
+            ChannelMessage::CheckLiveness => {
+                let last = state.sink.last_sign_of_life();
+                if let Some(h) = state.health.write().get_mut(state.adapter.channel_type()) {
+                    h.last_event = last;
+                }
+                if let Some(timeout) = state.adapter.liveness_timeout() {
+                    let silent =
+                        (chrono::Utc::now() - last.unwrap_or(state.started)).to_std().unwrap_or_default();
+                    if silent > timeout {
+                        warn!(
+                            channel = state.adapter.channel_type(),
+                            ?silent,
+                            "channel silent while connected; restarting it"
+                        );
+                        return Err(format!(
+                            "channel {}: no sign of life for {silent:?}",
+                            state.adapter.channel_type()
+                        )
+                        .into());
+                    }
+                }
+            }
             ChannelMessage::AdapterFailed(reason) => {
                 warn!(channel = state.adapter.channel_type(), %reason, "channel adapter failed");
                 return Err(format!("channel {}: {reason}", state.adapter.channel_type()).into());

@@ -4,7 +4,7 @@
 
 use super::channel::{ChannelActor, ChannelArgs, ChannelMessage};
 use crate::context::ServiceContext;
-use crate::ports::channel::ChannelAdapter;
+use crate::ports::channel::{ChannelAdapter, ChannelHealth, ChannelState};
 use crate::router::Router;
 use backon::BackoffBuilder;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
@@ -55,16 +55,41 @@ impl ChannelSupervisorState {
 
     async fn start(&mut self, myself: &ActorRef<ChannelSupervisorMessage>, channel_type: &str) {
         let Some(adapter) = self.adapter(channel_type) else { return };
-        let args = ChannelArgs { adapter, router: self.router.clone() };
+        let args =
+            ChannelArgs { adapter, router: self.router.clone(), health: self.ctx.channel_health.clone() };
         match Actor::spawn_linked(None, ChannelActor, args, myself.get_cell()).await {
             Ok((actor, _)) => {
                 self.by_actor.insert(actor.get_id(), channel_type.to_string());
                 self.ctx.channels.write().insert(channel_type.to_string(), actor);
+                self.set_state(channel_type, ChannelState::Connected, None);
             }
             Err(e) => {
                 warn!(channel = channel_type, error = %e, "channel start failed");
+                self.set_state(channel_type, ChannelState::Failed, Some(e.to_string()));
                 self.retry(myself, channel_type);
             }
+        }
+    }
+
+    fn set_state(&self, channel_type: &str, state: ChannelState, error: Option<String>) {
+        let mut health = self.ctx.channel_health.write();
+        let h = health.entry(channel_type.to_string()).or_insert_with(|| ChannelHealth {
+            channel_type: channel_type.to_string(),
+            state,
+            since: chrono::Utc::now(),
+            last_event: None,
+            restarts: 0,
+            last_error: None,
+        });
+        if h.state != state {
+            h.state = state;
+            h.since = chrono::Utc::now();
+        }
+        if state == ChannelState::Reconnecting {
+            h.restarts += 1;
+        }
+        if error.is_some() {
+            h.last_error = error;
         }
     }
 
@@ -143,6 +168,7 @@ impl Actor for ChannelSupervisor {
         if let Some(t) = state.by_actor.remove(&cell.get_id()) {
             state.ctx.channels.write().remove(&t);
             warn!(channel = %t, reason = %why, "channel actor ended");
+            state.set_state(&t, ChannelState::Reconnecting, Some(why));
             state.retry(&myself, &t);
         }
         Ok(())

@@ -76,6 +76,8 @@ pub struct Submission {
 pub struct InboundSink {
     tx: mpsc::Sender<Submission>,
     fail_tx: mpsc::UnboundedSender<String>,
+    /// Unix ms of the last sign of life from the platform (an event or a keepalive); 0 = none.
+    last_sign: std::sync::Arc<std::sync::atomic::AtomicI64>,
 }
 
 impl InboundSink {
@@ -85,7 +87,7 @@ impl InboundSink {
     ) -> (InboundSink, mpsc::Receiver<Submission>, mpsc::UnboundedReceiver<String>) {
         let (tx, rx) = mpsc::channel(capacity);
         let (fail_tx, fail_rx) = mpsc::unbounded_channel();
-        (InboundSink { tx, fail_tx }, rx, fail_rx)
+        (InboundSink { tx, fail_tx, last_sign: Default::default() }, rx, fail_rx)
     }
 
     /// Submits an event and waits until it is committed to the ledger and routed.
@@ -93,9 +95,25 @@ impl InboundSink {
     /// Errors: [`SubmitError::Closed`] when the channel is stopping, [`SubmitError::Route`] when
     /// the store failed. Either way the platform must not be acknowledged.
     pub async fn submit(&self, event: InboundEvent) -> Result<InboundAck, SubmitError> {
+        self.alive();
         let (ack, rx) = oneshot::channel();
         self.tx.send(Submission { event, ack }).await.map_err(|_| SubmitError::Closed)?;
         rx.await.map_err(|_| SubmitError::Closed)?
+    }
+
+    /// Records a sign of life without an event (a platform keepalive or successful poll). An
+    /// adapter with a [`ChannelAdapter::liveness_timeout`] must call this (or submit events) more
+    /// often than that timeout, or it is considered dead and restarted.
+    pub fn alive(&self) {
+        self.last_sign.store(chrono::Utc::now().timestamp_millis(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The last sign of life, if any.
+    pub fn last_sign_of_life(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        match self.last_sign.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => None,
+            ms => chrono::DateTime::from_timestamp_millis(ms),
+        }
     }
 
     /// Reports that the adapter lost its platform connection for good; the channel actor fails
@@ -178,4 +196,40 @@ pub trait ChannelAdapter: Send + Sync + 'static {
 
     /// A progress note about an inbound message. The default ignores it.
     async fn notice(&self, _notice: &Notice) {}
+
+    /// How long the platform may stay silent (no event, no [`InboundSink::alive`]) before the
+    /// connection is presumed dead while claiming to be up, and the channel is restarted
+    /// (DESIGN §4; user-problems R3). `None` (the default): never presumed dead.
+    fn liveness_timeout(&self) -> Option<std::time::Duration> {
+        None
+    }
+}
+
+/// The connection state of a channel, as `ncl status` will show it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChannelState {
+    /// The adapter is started and receiving.
+    Connected,
+    /// It ended or went silent; a restart is scheduled.
+    Reconnecting,
+    /// Its last start failed; another attempt is scheduled.
+    Failed,
+}
+
+/// Live health of one channel (DESIGN §4).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelHealth {
+    /// The channel type.
+    pub channel_type: String,
+    /// Connection state.
+    pub state: ChannelState,
+    /// When the state last changed.
+    pub since: chrono::DateTime<chrono::Utc>,
+    /// The last sign of life from the platform (an event or a keepalive).
+    pub last_event: Option<chrono::DateTime<chrono::Utc>>,
+    /// Restarts since the service started.
+    pub restarts: u32,
+    /// Why it last ended or failed.
+    pub last_error: Option<String>,
 }
