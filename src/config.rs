@@ -15,6 +15,7 @@
 //! memory_mb  = 512             # NANOCLAW_CONTAINER_MEMORY_MB
 //! cpus       = 1.0             # NANOCLAW_CONTAINER_CPUS
 //! pids_limit = 256             # NANOCLAW_CONTAINER_PIDS_LIMIT
+//! max_concurrent = 10          # NANOCLAW_CONTAINER_MAX_CONCURRENT (over all sessions; more queue)
 //! agent_binary = "…"           # NANOCLAW_AGENT_BINARY (default: nanoclaw-agent beside this program)
 //!
 //! [service]
@@ -59,6 +60,8 @@ pub struct ContainerConfig {
     pub cpus: f64,
     /// Process limit.
     pub pids_limit: i64,
+    /// Most containers at once over all sessions; more sessions wait in a fair queue.
+    pub max_concurrent: usize,
     /// The agent runner binary put into the image (and run by the process runtime).
     pub agent_binary: Option<PathBuf>,
 }
@@ -127,6 +130,7 @@ struct FileContainer {
     memory_mb: Option<u64>,
     cpus: Option<f64>,
     pids_limit: Option<i64>,
+    max_concurrent: Option<usize>,
     agent_binary: Option<PathBuf>,
 }
 
@@ -257,6 +261,9 @@ impl Config {
                 pids_limit: env_parse(&get, "NANOCLAW_CONTAINER_PIDS_LIMIT", "a whole number")?
                     .or(file.container.pids_limit)
                     .unwrap_or(256),
+                max_concurrent: env_parse(&get, "NANOCLAW_CONTAINER_MAX_CONCURRENT", "a whole number")?
+                    .or(file.container.max_concurrent)
+                    .unwrap_or(10),
                 agent_binary: get("NANOCLAW_AGENT_BINARY").map(PathBuf::from).or(file.container.agent_binary),
             },
             retry_backoff_ms: env_parse(&get, "NANOCLAW_RETRY_BACKOFF_MS", "a whole number of ms")?
@@ -302,6 +309,12 @@ impl Config {
             return Err(bad(
                 "container.image",
                 format!("{:?} is not a lowercase image repository name (no tag)", self.container.image),
+            ));
+        }
+        if !(1..=10_000).contains(&self.container.max_concurrent) {
+            return Err(bad(
+                "container.max_concurrent",
+                format!("{} not in 1..=10000", self.container.max_concurrent),
             ));
         }
         if !(1..=3_600_000).contains(&self.retry_backoff_ms) {

@@ -31,6 +31,7 @@ pub async fn start(config: &Config) -> Result<Service, String> {
     let mut service_config = ServiceConfig::new(&config.data_dir, install_id(&config.data_dir));
     service_config.container_owner = owner;
     service_config.retry_backoff = std::time::Duration::from_millis(config.retry_backoff_ms);
+    service_config.max_containers = config.container.max_concurrent;
     let cli = CliChannel::new(cli_socket(config));
     Service::start(service_config, runtime, vec![Arc::new(cli)]).await.map_err(|e| e.to_string())
 }

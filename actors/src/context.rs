@@ -45,6 +45,8 @@ pub struct ServiceConfig {
     pub heartbeat_ceiling: Duration,
     /// Timeout of one channel delivery.
     pub delivery_timeout: Duration,
+    /// Most containers running at once, over all sessions (DESIGN §7); more wait in a fair queue.
+    pub max_containers: usize,
 }
 
 impl ServiceConfig {
@@ -66,6 +68,7 @@ impl ServiceConfig {
             claim_stuck_after: Duration::from_secs(60),
             heartbeat_ceiling: Duration::from_secs(30 * 60),
             delivery_timeout: Duration::from_secs(30),
+            max_containers: 10,
         }
     }
 }
@@ -95,6 +98,8 @@ pub struct ServiceContext {
     pub channel_health: ChannelHealthMap,
     /// Containers owned by live container actors.
     pub live_containers: LiveContainers,
+    /// The global container cap and its queue.
+    pub slots: crate::slots::ContainerSlots,
 }
 
 impl std::fmt::Debug for ServiceContext {

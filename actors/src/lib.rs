@@ -25,6 +25,7 @@ pub mod ports;
 pub mod router;
 pub mod service;
 pub mod session_files;
+pub mod slots;
 pub mod store;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

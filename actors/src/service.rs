@@ -77,7 +77,9 @@ impl Service {
             info!("first run: created agent group main, owner cli:local and the CLI wiring");
         }
         runtime.prepare().await?;
+        let slots = crate::slots::ContainerSlots::new(config.max_containers);
         let ctx = Arc::new(ServiceContext {
+            slots,
             config,
             store,
             runtime,

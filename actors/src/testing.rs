@@ -43,6 +43,7 @@ struct FakeState {
     next_id: u64,
     running_per_session: HashMap<String, usize>,
     max_running_per_session: HashMap<String, usize>,
+    max_running_total: usize,
     created: usize,
 }
 
@@ -72,6 +73,11 @@ impl FakeRuntime {
     /// The most containers of `session_id` that were running at the same time.
     pub fn max_concurrent(&self, session_id: &str) -> usize {
         self.state.lock().max_running_per_session.get(session_id).copied().unwrap_or(0)
+    }
+
+    /// The most containers of all sessions that were running at the same time.
+    pub fn max_concurrent_total(&self) -> usize {
+        self.state.lock().max_running_total
     }
 
     /// Containers created so far.
@@ -144,6 +150,8 @@ impl ContainerRuntime for FakeRuntime {
             let now = *n;
             let max = st.max_running_per_session.entry(session).or_insert(0);
             *max = (*max).max(now);
+            let total: usize = st.running_per_session.values().sum();
+            st.max_running_total = st.max_running_total.max(total);
             out
         };
         let fut = (self.entrypoint)(spec.clone(), cancel.clone());

@@ -476,3 +476,50 @@ async fn a_turn_that_stops_making_progress_is_killed_and_retried() {
     assert_eq!(runtime.max_concurrent(&session.id), 1);
     service.shutdown(Duration::from_secs(20)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_container_cap_queues_sessions_fairly_and_tells_the_waiting_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let channel = MemoryChannel::new("mem");
+    let runtime = runner_runtime();
+    let mut cfg = config(dir.path());
+    cfg.max_containers = 1;
+    let service =
+        Service::start(cfg, Arc::new(runtime.clone()), vec![Arc::new(channel.clone())]).await.unwrap();
+    wire_memory_chat(&service).await;
+    service
+        .store()
+        .call(|c| {
+            c.execute_batch(
+                "INSERT INTO messaging_groups (id, channel_type, platform_id, name, created_at) VALUES ('mg-mem2', 'mem', 'chat-2', 'mem2', 't');
+                 INSERT INTO messaging_group_agents (id, messaging_group_id, agent_group_id, engage_mode, engage_pattern, created_at)
+                   VALUES ('w-mem2', 'mg-mem2', 'ag-main', 'pattern', '.', 't');
+                 INSERT INTO agent_destinations (agent_group_id, local_name, target_type, target_id, created_at) VALUES ('ag-main', 'mem2', 'channel', 'mg-mem2', 't');",
+            )
+            .map_err(|e| store::StoreError::Invalid(e.to_string()))
+        })
+        .await
+        .unwrap();
+    channel.submit("chat-1", "a1", "!sleep 1000 first").await.unwrap();
+    eventually(Duration::from_secs(10), "the first container", || async { runtime.running() == 1 }).await;
+    channel.submit("chat-2", "b1", "second").await.unwrap();
+    // Chat 2 is told it waits, then both are answered, never with two containers at once.
+    assert!(
+        channel
+            .wait_for(Duration::from_secs(30), |d| {
+                d.iter().any(|m| m.platform_id == "chat-2" && m.text.starts_with("Queued:"))
+                    && d.iter().any(|m| m.text == "echo: !sleep 1000 first")
+                    && d.iter().any(|m| m.text == "echo: second")
+            })
+            .await,
+        "{:?}",
+        channel.delivered()
+    );
+    let order: Vec<String> = channel.delivered().into_iter().map(|m| m.text).collect();
+    let queued = order.iter().position(|t| t.starts_with("Queued:")).unwrap();
+    let second = order.iter().position(|t| t == "echo: second").unwrap();
+    assert!(queued < second, "{order:?}");
+    assert_eq!(order.iter().filter(|t| t.starts_with("Queued:")).count(), 1, "told once: {order:?}");
+    assert_eq!(runtime.max_concurrent_total(), 1, "the cap held");
+    service.shutdown(Duration::from_secs(20)).await;
+}

@@ -17,6 +17,7 @@ use crate::context::ServiceContext;
 use crate::ports::channel::{Notice, OutboundMessage};
 use crate::ports::runtime::ContainerSpec;
 use crate::session_files::{self as files, NewInbound, SessionPaths};
+use crate::slots::Acquire;
 use crate::store::{self, SessionInfo};
 use nanoclaw_protocol::content::{ChatContent, OutboundContent, SystemNotice};
 use nanoclaw_protocol::layout;
@@ -86,6 +87,10 @@ pub struct SessionState {
     next_spawn_at: Option<Instant>,
     /// Last time something happened (input, output, container start).
     last_activity: Instant,
+    /// Holds one of the global container slots.
+    has_slot: bool,
+    /// The user was told this session waits for a slot (once per wait).
+    queued_noted: bool,
     /// The last warning about the container's `outbound.db`, so a broken file is reported once,
     /// not every tick.
     last_outbound_warning: Option<String>,
@@ -131,6 +136,8 @@ pub enum SessionMessage {
     Tick,
     /// A snapshot.
     Status(RpcReplyPort<SessionStatus>),
+    /// A container slot was freed for this queued session ([`crate::slots`]).
+    SlotGranted,
 }
 
 impl std::fmt::Debug for SessionMessage {
@@ -143,6 +150,7 @@ impl std::fmt::Debug for SessionMessage {
             SessionMessage::Output => f.write_str("Output"),
             SessionMessage::Tick => f.write_str("Tick"),
             SessionMessage::Status(_) => f.write_str("Status"),
+            SessionMessage::SlotGranted => f.write_str("SlotGranted"),
         }
     }
 }
@@ -224,6 +232,19 @@ impl SessionState {
         if self.next_spawn_at.is_some_and(|t| Instant::now() < t) {
             return Ok(());
         }
+        if !self.has_slot {
+            match self.ctx.slots.acquire(&self.session.id, myself) {
+                Acquire::Granted => self.has_slot = true,
+                Acquire::Queued { ahead } => {
+                    if !self.queued_noted {
+                        self.queued_noted = true;
+                        self.tell_queued(ahead).await;
+                    }
+                    return Ok(());
+                }
+            }
+        }
+        self.queued_noted = false;
         let sid = self.session.id.clone();
         let generation = self.ctx.store.call(move |c| store::next_generation(c, &sid)).await?;
         let agent_group = self.session.agent_group_id.clone();
@@ -336,6 +357,10 @@ impl SessionState {
                 self.spawn_failures = 0;
             }
         }
+        if stopping != Some(Then::Respawn) {
+            // Others may be waiting: the slot goes back, and this session queues like anyone else.
+            self.release_slot();
+        }
         if stopping == Some(Then::Respawn) {
             self.next_spawn_at = None;
             self.spawn_container(myself).await?;
@@ -403,6 +428,37 @@ impl SessionState {
             self.spawn_container(myself).await?;
         }
         Ok(())
+    }
+
+    /// Tells the session's chat that its message waits for a container slot.
+    async fn tell_queued(&self, ahead: usize) {
+        let (Some(channel_type), Some(platform_id)) =
+            (self.session.channel_type.clone(), self.session.platform_id.clone())
+        else {
+            return;
+        };
+        let Some(channel) = self.ctx.channels.read().get(&channel_type).cloned() else { return };
+        let cap = self.ctx.slots.cap();
+        info!(session = %self.session.id, ahead, cap, "queued for a container slot");
+        let msg = OutboundMessage {
+            platform_id,
+            thread_id: self.session.thread_id.clone(),
+            text: format!(
+                "Queued: all {cap} agent containers are busy; {} conversation(s) ahead of yours. I will answer as soon as one is free.",
+                ahead
+            ),
+            in_reply_to: None,
+            message_out_id: format!("host-queued-{}", self.session.id),
+        };
+        let _ = super::channel::deliver(&channel, msg, self.ctx.config.delivery_timeout).await;
+    }
+
+    /// Gives the container slot back (after the container is gone).
+    fn release_slot(&mut self) {
+        if self.has_slot {
+            self.ctx.slots.release(&self.session.id);
+            self.has_slot = false;
+        }
     }
 
     /// Tells the user a message will not be answered, and notifies the channel.
@@ -760,6 +816,11 @@ impl SessionState {
         let work = blocking(move || files::pending_work(&paths)).await?;
         if work.pending == 0 && self.last_activity.elapsed() > cfg.container_idle_timeout {
             self.kill(format!("idle for {:?}", cfg.container_idle_timeout), Then::Stay);
+        } else if work.pending == 0
+            && self.ctx.slots.waiting() > 0
+            && self.last_activity.elapsed() > cfg.poll_interval * 2
+        {
+            self.kill("idle while other sessions wait for a container slot".into(), Then::Stay);
         }
         Ok(())
     }
@@ -840,6 +901,8 @@ impl Actor for SessionActor {
             next_spawn_at: None,
             last_activity: Instant::now(),
             last_outbound_warning: None,
+            has_slot: false,
+            queued_noted: false,
         })
     }
 
@@ -952,6 +1015,14 @@ impl Actor for SessionActor {
                     }
                 }
             }
+            SessionMessage::SlotGranted => {
+                state.has_slot = true;
+                state.spawn_if_due(&myself).await?;
+                if matches!(state.slot, Slot::Empty) {
+                    // Nothing to do any more (or spawning is backing off): pass the slot on.
+                    state.release_slot();
+                }
+            }
             SessionMessage::Status(reply) => {
                 let paths = state.paths.clone();
                 let pending =
@@ -1002,6 +1073,9 @@ impl Actor for SessionActor {
             actor.stop_and_wait(Some("session stopping".into()), Some(grace)).await.ok();
         }
         let _ = std::fs::remove_file(state.paths.wake_socket());
+        state.release_slot();
+        // Also leaves the queue if it was waiting.
+        state.ctx.slots.release(&state.session.id);
         let sid = state.session.id.clone();
         let _ = state.ctx.store.call(move |c| store::set_container_status(c, &sid, "stopped")).await;
         Ok(())

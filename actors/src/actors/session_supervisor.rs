@@ -140,6 +140,8 @@ impl Actor for SessionSupervisor {
                         state.sessions.remove(&id);
                     }
                     warn!(session = %id, error = %err, "session actor failed; resuming after backoff");
+                    // A failed actor skips post_stop: give its container slot (or queue place) back.
+                    state.ctx.slots.release(&id);
                     schedule_resume(&myself, state, id);
                 }
             }
