@@ -46,21 +46,21 @@ fn config(dir: &std::path::Path) -> ServiceConfig {
     c
 }
 
-/// Wires a memory channel `mem` chat `chat-1` to agent group main (engage on every message).
+/// Wires memory chat `chat` (messaging group `mg-<name>`, destination `<name>`) to agent group
+/// main, engaging on every message.
+fn wire_chat(c: &rusqlite::Connection, name: &str, chat: &str) -> Result<(), store::StoreError> {
+    c.execute_batch(&format!(
+        "INSERT INTO messaging_groups (id, channel_type, platform_id, name, created_at) VALUES ('mg-{name}', 'mem', '{chat}', '{name}', 't');
+         INSERT INTO messaging_group_agents (id, messaging_group_id, agent_group_id, engage_mode, engage_pattern, created_at)
+           VALUES ('w-{name}', 'mg-{name}', 'ag-main', 'pattern', '.', 't');
+         INSERT INTO agent_destinations (agent_group_id, local_name, target_type, target_id, created_at) VALUES ('ag-main', '{name}', 'channel', 'mg-{name}', 't');"
+    ))
+    .map_err(|e| store::StoreError::Invalid(e.to_string()))
+}
+
+/// Wires the memory chat `chat-1` to agent group main.
 async fn wire_memory_chat(service: &Service) {
-    service
-        .store()
-        .call(|c| {
-            c.execute_batch(
-                "INSERT INTO messaging_groups (id, channel_type, platform_id, name, created_at) VALUES ('mg-mem', 'mem', 'chat-1', 'mem', 't');
-                 INSERT INTO messaging_group_agents (id, messaging_group_id, agent_group_id, engage_mode, engage_pattern, created_at)
-                   VALUES ('w-mem', 'mg-mem', 'ag-main', 'pattern', '.', 't');
-                 INSERT INTO agent_destinations (agent_group_id, local_name, target_type, target_id, created_at) VALUES ('ag-main', 'mem', 'channel', 'mg-mem', 't');",
-            )
-            .map_err(|e| store::StoreError::Invalid(e.to_string()))
-        })
-        .await
-        .unwrap();
+    service.store().call(|c| wire_chat(c, "mem", "chat-1")).await.unwrap();
 }
 
 async fn start(dir: &std::path::Path, runtime: FakeRuntime, channel: &MemoryChannel) -> Service {
@@ -397,13 +397,7 @@ async fn a_message_committed_but_not_routed_before_a_crash_is_routed_at_start() 
         store.call(store::bootstrap).await.unwrap();
         store
             .call(|c| {
-                c.execute_batch(
-                    "INSERT INTO messaging_groups (id, channel_type, platform_id, name, created_at) VALUES ('mg-mem', 'mem', 'chat-1', 'mem', 't');
-                     INSERT INTO messaging_group_agents (id, messaging_group_id, agent_group_id, engage_mode, engage_pattern, created_at)
-                       VALUES ('w-mem', 'mg-mem', 'ag-main', 'pattern', '.', 't');
-                     INSERT INTO agent_destinations (agent_group_id, local_name, target_type, target_id, created_at) VALUES ('ag-main', 'mem', 'channel', 'mg-mem', 't');",
-                )
-                .map_err(|e| store::StoreError::Invalid(e.to_string()))?;
+                wire_chat(c, "mem", "chat-1")?;
                 let event = serde_json::json!({
                     "channel_type": "mem", "platform_id": "chat-1", "platform_message_id": "lost-1",
                     "sender_id": "tester", "text": "do not lose me", "is_mention": true
@@ -487,19 +481,7 @@ async fn the_container_cap_queues_sessions_fairly_and_tells_the_waiting_user() {
     let service =
         Service::start(cfg, Arc::new(runtime.clone()), vec![Arc::new(channel.clone())]).await.unwrap();
     wire_memory_chat(&service).await;
-    service
-        .store()
-        .call(|c| {
-            c.execute_batch(
-                "INSERT INTO messaging_groups (id, channel_type, platform_id, name, created_at) VALUES ('mg-mem2', 'mem', 'chat-2', 'mem2', 't');
-                 INSERT INTO messaging_group_agents (id, messaging_group_id, agent_group_id, engage_mode, engage_pattern, created_at)
-                   VALUES ('w-mem2', 'mg-mem2', 'ag-main', 'pattern', '.', 't');
-                 INSERT INTO agent_destinations (agent_group_id, local_name, target_type, target_id, created_at) VALUES ('ag-main', 'mem2', 'channel', 'mg-mem2', 't');",
-            )
-            .map_err(|e| store::StoreError::Invalid(e.to_string()))
-        })
-        .await
-        .unwrap();
+    service.store().call(|c| wire_chat(c, "mem2", "chat-2")).await.unwrap();
     channel.submit("chat-1", "a1", "!sleep 1000 first").await.unwrap();
     eventually(Duration::from_secs(10), "the first container", || async { runtime.running() == 1 }).await;
     channel.submit("chat-2", "b1", "second").await.unwrap();

@@ -10,6 +10,15 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixListener;
 
+/// A temp dir with a session's host and workspace folders (the dir lives as long as the guard).
+fn session_dirs() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let (session, workspace) = (tmp.path().join("host"), tmp.path().join("workspace"));
+    std::fs::create_dir_all(&session).unwrap();
+    std::fs::create_dir_all(&workspace).unwrap();
+    (tmp, session, workspace)
+}
+
 /// A runner configuration over a session's two folders.
 fn runner_config(
     session: &Path,
@@ -80,11 +89,7 @@ async fn read_until(stream: &mut tokio::net::UnixStream, byte: u8) {
 
 #[tokio::test]
 async fn answers_over_the_wake_socket_and_honours_trigger_and_on_wake() {
-    let tmp = tempfile::tempdir().unwrap();
-    let session = tmp.path().join("host");
-    let workspace = tmp.path().join("workspace");
-    std::fs::create_dir_all(&session).unwrap();
-    std::fs::create_dir_all(&workspace).unwrap();
+    let (_tmp, session, workspace) = session_dirs();
     let listener = UnixListener::bind(session.join("wake.sock")).unwrap();
     // Context only (trigger=0): must not start a turn by itself.
     host_write(&session, "ctx:main", 2, "background", false, false);
@@ -126,11 +131,7 @@ async fn answers_over_the_wake_socket_and_honours_trigger_and_on_wake() {
 
 #[tokio::test]
 async fn a_new_generation_clears_stale_claims_and_takes_on_wake_rows_first() {
-    let tmp = tempfile::tempdir().unwrap();
-    let session = tmp.path().join("host");
-    let workspace = tmp.path().join("workspace");
-    std::fs::create_dir_all(&session).unwrap();
-    std::fs::create_dir_all(&workspace).unwrap();
+    let (_tmp, session, workspace) = session_dirs();
     host_write(&session, "m1:main", 2, "retry me", true, false);
     host_write(&session, "w1:main", 4, "after restart", true, true);
     {
@@ -160,11 +161,7 @@ async fn a_new_generation_clears_stale_claims_and_takes_on_wake_rows_first() {
 
 #[tokio::test]
 async fn a_runner_whose_host_is_gone_exits_by_itself() {
-    let tmp = tempfile::tempdir().unwrap();
-    let session = tmp.path().join("host");
-    let workspace = tmp.path().join("workspace");
-    std::fs::create_dir_all(&session).unwrap();
-    std::fs::create_dir_all(&workspace).unwrap();
+    let (_tmp, session, workspace) = session_dirs();
     let listener = UnixListener::bind(session.join("wake.sock")).unwrap();
     let config = runner_config(&session, &workspace, 1, 50, Some(Duration::from_millis(500)));
     let runner = tokio::spawn(nanoclaw_agent::runner::run(config));
