@@ -91,6 +91,10 @@ fn check_hostile_outbound_rows(server: &Server) {
             .unwrap();
     }
     drop(outbound);
+    // A container that writes without a wake byte is read at the next pass: a turn's output
+    // signal, or the slow fallback. Another turn brings the pass now.
+    c.send("b-poke", "second");
+    c.until(Duration::from_secs(60), |f| f["type"] == "done" && f["id"] == "b-poke");
     let inbound = session.join("host/inbound.db");
     eventually(Duration::from_secs(30), "every hostile row recorded as failed", || {
         rusqlite::Connection::open(&inbound)

@@ -29,8 +29,8 @@ pub struct ServiceConfig {
     pub delivery_attempts: i64,
     /// Base of the delivery retry backoff `base × 2^(attempt-1)`.
     pub delivery_backoff: Duration,
-    /// Fallback poll of each live session (DESIGN §6: at most 1 s).
-    pub poll_interval: Duration,
+    /// An idle container gives its slot up after this long when other sessions wait for one.
+    pub yield_slot_after: Duration,
     /// Grace between SIGTERM and SIGKILL when a container is stopped.
     pub container_stop_grace: Duration,
     /// A container that has not said hello by then is killed.
@@ -47,6 +47,12 @@ pub struct ServiceConfig {
     pub delivery_timeout: Duration,
     /// Most containers running at once, over all sessions (DESIGN §7); more wait in a fair queue.
     pub max_containers: usize,
+    /// Largest `outbound.db` the host reads, in bytes (`container.outbound_max_mb`, 256 MiB);
+    /// a bigger one quarantines its session.
+    pub outbound_max_bytes: u64,
+    /// Slow fallback check of a live session when no event or timer is due (DESIGN §6: wake
+    /// signals and timers first; at least 30 s).
+    pub fallback_check: Duration,
 }
 
 impl ServiceConfig {
@@ -60,7 +66,7 @@ impl ServiceConfig {
             retry_backoff: Duration::from_secs(5),
             delivery_attempts: 3,
             delivery_backoff: Duration::from_secs(1),
-            poll_interval: Duration::from_secs(1),
+            yield_slot_after: Duration::from_secs(2),
             container_stop_grace: Duration::from_secs(5),
             container_start_timeout: Duration::from_secs(60),
             container_idle_timeout: Duration::from_secs(30 * 60),
@@ -69,6 +75,8 @@ impl ServiceConfig {
             heartbeat_ceiling: Duration::from_secs(30 * 60),
             delivery_timeout: Duration::from_secs(30),
             max_containers: 10,
+            outbound_max_bytes: 256 << 20,
+            fallback_check: Duration::from_secs(30),
         }
     }
 }

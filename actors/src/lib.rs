@@ -20,10 +20,12 @@
 //! any actor — or of the host — loses nothing.
 
 pub mod actors;
+pub mod container_files;
 pub mod context;
 pub mod ports;
 pub mod router;
 pub mod service;
+pub mod session;
 pub mod session_files;
 pub mod slots;
 pub mod store;

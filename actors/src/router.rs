@@ -194,7 +194,7 @@ impl Router {
             let handle = self.sessions.get(session.clone()).await?;
             match handle.enqueue(vec![row.clone()]).await {
                 Ok(_) => return Ok(()),
-                Err(e) => last = e,
+                Err(e) => last = e.to_string(),
             }
         }
         Err(last)

@@ -137,7 +137,7 @@ impl Service {
             ractor::call_t!(self.root, SupervisorMessage::Sessions, 5_000).map_err(|e| e.to_string())?;
         for s in sessions.list().await? {
             if s.status().await.is_ok_and(|st| st.session_id == session_id) {
-                return s.kill(reason, then);
+                return s.kill(reason, then).map_err(|e| e.to_string());
             }
         }
         Err(format!("session {session_id} has no live actor"))

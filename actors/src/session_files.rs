@@ -207,6 +207,105 @@ pub fn read_outbound(paths: &SessionPaths, from_rowid: i64) -> Result<Vec<RawOut
     Ok(rows)
 }
 
+/// How far the host has read each table of `outbound.db` (rowids; every row below is final).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Cursors {
+    /// Low-water mark over `messages_out`: every row below is delivered or failed.
+    pub messages_out: i64,
+    /// Low-water mark over `processing_ack`: every row below is completed or failed and synced.
+    pub processing_ack: i64,
+}
+
+/// Reads the persisted [`Cursors`] (zero when never written).
+pub fn read_cursors(paths: &SessionPaths) -> Result<Cursors, SessionFileError> {
+    let db = paths.inbound_db();
+    let conn = schema::open_inbound_writer(&db)?;
+    let mut st = conn.prepare("SELECT name, rowid FROM host_cursors").map_err(sq(&db, "read cursors"))?;
+    let mut cursors = Cursors::default();
+    let rows = st
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+        .map_err(sq(&db, "read cursors"))?;
+    for row in rows {
+        let (name, rowid) = row.map_err(sq(&db, "read cursors"))?;
+        match name.as_str() {
+            "messages_out" => cursors.messages_out = rowid,
+            "processing_ack" => cursors.processing_ack = rowid,
+            _ => {}
+        }
+    }
+    Ok(cursors)
+}
+
+/// Persists the cursors (only ever forward: a lower value than the stored one is ignored).
+pub fn write_cursors(paths: &SessionPaths, cursors: Cursors) -> Result<(), SessionFileError> {
+    let db = paths.inbound_db();
+    let conn = schema::open_inbound_writer(&db)?;
+    conn.execute(
+        "INSERT INTO host_cursors (name, rowid) VALUES ('messages_out', ?1), ('processing_ack', ?2)
+         ON CONFLICT (name) DO UPDATE SET rowid = max(rowid, excluded.rowid)",
+        params![cursors.messages_out.max(0), cursors.processing_ack.max(0)],
+    )
+    .map_err(sq(&db, "write cursors"))?;
+    Ok(())
+}
+
+/// Copies finished acks (`completed`, `failed`) into `messages_in.status`, each as itself — a
+/// failed claim stays failed (DESIGN §5 invariant 5). Returns the rows that changed, with their
+/// new status and reply address. Acks of unknown ids and repeated acks change nothing.
+pub fn apply_acks(
+    paths: &SessionPaths,
+    acks: &[(String, AckStatus)],
+) -> Result<Vec<FinishedMessage>, SessionFileError> {
+    if acks.is_empty() {
+        return Ok(vec![]);
+    }
+    let db = paths.inbound_db();
+    let mut conn = schema::open_inbound_writer(&db)?;
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sq(&db, "begin"))?;
+    let mut changed = Vec::new();
+    for (id, status) in acks {
+        let new_status = match status {
+            AckStatus::Completed => "completed",
+            AckStatus::Failed => "failed",
+            AckStatus::Processing => continue,
+        };
+        let row: Option<(Option<String>, Option<String>, String)> = tx
+            .query_row(
+                "UPDATE messages_in SET status = ?2 WHERE id = ?1 AND status = 'pending' RETURNING channel_type, platform_id, kind",
+                params![id, new_status],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()
+            .map_err(sq(&db, "sync ack"))?;
+        if let Some((channel_type, platform_id, kind)) = row {
+            changed.push(FinishedMessage {
+                id: id.clone(),
+                failed: new_status == "failed",
+                channel_type,
+                platform_id,
+                kind,
+            });
+        }
+    }
+    tx.commit().map_err(sq(&db, "commit"))?;
+    Ok(changed)
+}
+
+/// The content of an inbound row parsed as chat content (platform message id, trace id), if the
+/// row exists and is chat content.
+pub fn chat_content(
+    paths: &SessionPaths,
+    message_id: &str,
+) -> Result<Option<nanoclaw_protocol::content::ChatContent>, SessionFileError> {
+    let db = paths.inbound_db();
+    let conn = schema::open_inbound_writer(&db)?;
+    let content: Option<String> = conn
+        .query_row("SELECT content FROM messages_in WHERE id = ?1", [message_id], |r| r.get(0))
+        .optional()
+        .map_err(sq(&db, "read content"))?;
+    Ok(content.and_then(|c| serde_json::from_str(&c).ok()))
+}
+
 /// A `delivered` row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeliveryRecord {
@@ -461,7 +560,8 @@ pub struct PendingWork {
     pub next_due: Option<String>,
 }
 
-/// Reads [`PendingWork`].
+/// Reads [`PendingWork`]. Only triggering rows count: notes to the agent and accumulated context
+/// (`trigger = 0`) ride along with the next turn and never keep a session busy on their own.
 pub fn pending_work(paths: &SessionPaths) -> Result<PendingWork, SessionFileError> {
     let db = paths.inbound_db();
     if !db.exists() {
@@ -472,9 +572,9 @@ pub fn pending_work(paths: &SessionPaths) -> Result<PendingWork, SessionFileErro
     let (pending, due, next): (i64, i64, Option<String>) = conn
         .query_row(
             "SELECT count(*),
-                    coalesce(sum(trigger = 1 AND kind <> 'system' AND (process_after IS NULL OR process_after <= ?1)), 0),
-                    min(CASE WHEN trigger = 1 AND kind <> 'system' AND process_after > ?1 THEN process_after END)
-               FROM messages_in WHERE status = 'pending'",
+                    coalesce(sum(kind <> 'system' AND (process_after IS NULL OR process_after <= ?1)), 0),
+                    min(CASE WHEN kind <> 'system' AND process_after > ?1 THEN process_after END)
+               FROM messages_in WHERE status = 'pending' AND trigger = 1",
             [&now],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )

@@ -42,7 +42,6 @@ fn config(dir: &std::path::Path) -> ServiceConfig {
     let mut c = ServiceConfig::new(dir.join("data"), "test");
     c.retry_backoff = Duration::from_millis(50);
     c.delivery_backoff = Duration::from_millis(20);
-    c.poll_interval = Duration::from_millis(200);
     c
 }
 

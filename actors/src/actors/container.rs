@@ -7,14 +7,20 @@
 //! session actor sends it for `Kill { reason, then }` and spawns a replacement only after this
 //! actor's termination event — after the old container is gone.
 //!
-//! If this actor is killed without `post_stop` (its parent failed), its container outlives it; the
-//! replacement session actor and the sweeper remove it by label.
+//! The exit is typed: the actor's final state carries a [`ContainerExit`] (code, signal, OOM, and
+//! who asked for the stop), which the session takes from the termination event.
+//!
+//! If this actor is killed without `post_stop` (its parent failed), its container outlives it: its
+//! entry in the registry of live containers is a drop guard, so the sweeper may then remove the
+//! container by label, and the replacement session actor removes it before starting another.
 
 use crate::context::LiveContainers;
 use crate::ports::runtime::{ContainerRuntime, ContainerSpec, ExitStatus, RuntimeError};
+use crate::session::lifecycle::{ContainerExit, StopCause};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio_util::task::AbortOnDropHandle;
 use tracing::{debug, info, warn};
 
 /// The container actor (configuration only).
@@ -32,35 +38,52 @@ pub struct ContainerArgs {
     pub live: LiveContainers,
 }
 
+/// The container's entry in the registry of live containers, removed however the actor ends.
+struct LiveEntry {
+    live: LiveContainers,
+    name: String,
+}
+
+impl LiveEntry {
+    fn new(live: LiveContainers, name: String) -> Self {
+        live.lock().insert(name.clone());
+        Self { live, name }
+    }
+}
+
+impl Drop for LiveEntry {
+    fn drop(&mut self) {
+        self.live.lock().remove(&self.name);
+    }
+}
+
 /// Private state.
 pub struct ContainerState {
     runtime: Arc<dyn ContainerRuntime>,
     spec: ContainerSpec,
     stop_grace: Duration,
     live: LiveContainers,
+    /// Registered before create so a concurrent sweep never removes a container being born;
+    /// dropped (unregistered) once the container is removed or the actor ends.
+    entry: Option<LiveEntry>,
     /// Runtime id once created.
     id: Option<String>,
-    /// The wait task; aborted when the actor stops.
-    waiter: Option<tokio::task::JoinHandle<()>>,
+    /// The wait task; aborted when the state drops.
+    waiter: Option<AbortOnDropHandle<()>>,
     /// Set once the container is removed, so `post_stop` does not do it twice.
     removed: bool,
     /// A stop was requested (and why).
-    stopping: Option<String>,
-}
-
-/// Messages of [`ContainerActor`].
-#[derive(Debug)]
-pub enum ContainerMessage {
-    /// The container's process exited (from the wait task), or the wait failed.
-    Exited(Result<ExitStatus, RuntimeError>),
-    /// Stop the container: SIGTERM, SIGKILL after the grace; the exit follows as `Exited`.
-    Stop {
-        /// Why (logged, and the actor's stop reason).
-        reason: String,
-    },
+    stopping: Option<StopCause>,
+    /// How the container ended; read by the session from the termination event.
+    exit: Option<ContainerExit>,
 }
 
 impl ContainerState {
+    /// How the container ended (set before the actor stops on an exit).
+    pub fn exit(&self) -> Option<&ContainerExit> {
+        self.exit.as_ref()
+    }
+
     async fn remove(&mut self) {
         if self.removed {
             return;
@@ -71,8 +94,20 @@ impl ContainerState {
             warn!(container = %self.spec.name, error = %e, "remove failed; the sweeper will retry");
         }
         self.removed = true;
-        self.live.lock().remove(&self.spec.name);
+        self.entry = None;
     }
+}
+
+/// Messages of [`ContainerActor`].
+#[derive(Debug)]
+pub enum ContainerMessage {
+    /// The container's process exited (from the wait task), or the wait failed.
+    Exited(Result<ExitStatus, RuntimeError>),
+    /// Stop the container: SIGTERM, SIGKILL after the grace; the exit follows as `Exited`.
+    Stop {
+        /// Why (logged, and part of the typed exit).
+        cause: StopCause,
+    },
 }
 
 impl Actor for ContainerActor {
@@ -90,10 +125,12 @@ impl Actor for ContainerActor {
             spec: args.spec,
             stop_grace: args.stop_grace,
             live: args.live,
+            entry: None,
             id: None,
             waiter: None,
             removed: false,
             stopping: None,
+            exit: None,
         })
     }
 
@@ -102,15 +139,8 @@ impl Actor for ContainerActor {
         myself: ActorRef<Self::Msg>,
         state: &mut ContainerState,
     ) -> Result<(), ActorProcessingErr> {
-        // Registered before create so a concurrent sweep never removes a container being born.
-        state.live.lock().insert(state.spec.name.clone());
-        let id = match state.runtime.create(&state.spec).await {
-            Ok(id) => id,
-            Err(e) => {
-                state.live.lock().remove(&state.spec.name);
-                return Err(e.into());
-            }
-        };
+        state.entry = Some(LiveEntry::new(state.live.clone(), state.spec.name.clone()));
+        let id = state.runtime.create(&state.spec).await?;
         state.id = Some(id.clone());
         if let Err(e) = state.runtime.start(&id).await {
             state.remove().await;
@@ -118,10 +148,10 @@ impl Actor for ContainerActor {
         }
         info!(container = %state.spec.name, session = %state.spec.session_id, generation = state.spec.generation, "container started");
         let runtime = state.runtime.clone();
-        state.waiter = Some(tokio::spawn(async move {
+        state.waiter = Some(AbortOnDropHandle::new(tokio::spawn(async move {
             let result = runtime.wait(&id).await;
             let _ = myself.cast(ContainerMessage::Exited(result));
-        }));
+        })));
         Ok(())
     }
 
@@ -133,12 +163,12 @@ impl Actor for ContainerActor {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             ContainerMessage::Exited(result) => {
-                let reason = match (&result, &state.stopping) {
-                    (_, Some(why)) => format!("stopped: {why}"),
-                    (Ok(s), None) if s.oom_killed => "exited: killed by the OOM killer".to_string(),
-                    (Ok(ExitStatus { code: Some(c), .. }), None) => format!("exited: code {c}"),
-                    (Ok(_), None) => "exited".to_string(),
-                    (Err(e), None) => format!("exited: wait failed: {e}"),
+                if state.exit.is_some() {
+                    return Ok(());
+                }
+                let exit = match &result {
+                    Ok(s) => ContainerExit::ended(s.code, s.oom_killed, state.stopping.clone()),
+                    Err(e) => ContainerExit::Lost(e.to_string()),
                 };
                 let unexpected =
                     state.stopping.is_none() && !matches!(&result, Ok(ExitStatus { code: Some(0), .. }));
@@ -148,25 +178,28 @@ impl Actor for ContainerActor {
                         Some(id) => state.runtime.logs_tail(id, 20).await.unwrap_or_default(),
                         None => String::new(),
                     };
-                    warn!(container = %state.spec.name, session = %state.spec.session_id, %reason, log_tail = %tail.trim_end(), "container exited unexpectedly");
+                    warn!(container = %state.spec.name, session = %state.spec.session_id, %exit, log_tail = %tail.trim_end(), "container exited unexpectedly");
                 } else {
-                    debug!(container = %state.spec.name, %reason, "container exited");
+                    debug!(container = %state.spec.name, %exit, "container exited");
                 }
                 state.remove().await;
+                let reason = exit.to_string();
+                state.exit = Some(exit);
                 myself.stop(Some(reason));
             }
-            ContainerMessage::Stop { reason } => {
+            ContainerMessage::Stop { cause } => {
                 if state.stopping.is_some() {
                     return Ok(());
                 }
-                state.stopping = Some(reason.clone());
-                info!(container = %state.spec.name, %reason, "stopping container");
+                info!(container = %state.spec.name, %cause, "stopping container");
+                state.stopping = Some(cause.clone());
                 if let Some(id) = &state.id
                     && let Err(e) = state.runtime.stop(id, state.stop_grace).await
                 {
                     warn!(container = %state.spec.name, error = %e, "stop failed; removing by force");
                     state.remove().await;
-                    myself.stop(Some(format!("stopped: {reason}")));
+                    state.exit = Some(ContainerExit::ended(None, false, Some(cause)));
+                    myself.stop(Some("stopped".into()));
                     return Ok(());
                 }
                 // Backstop: if the wait never reports, end anyway once the grace has surely passed.
@@ -188,9 +221,7 @@ impl Actor for ContainerActor {
         _myself: ActorRef<Self::Msg>,
         state: &mut ContainerState,
     ) -> Result<(), ActorProcessingErr> {
-        if let Some(w) = state.waiter.take() {
-            w.abort();
-        }
+        state.waiter = None;
         if !state.removed {
             // Stopped by the parent (shutdown): the container must not outlive its actor.
             if let Some(id) = &state.id {
@@ -200,6 +231,7 @@ impl Actor for ContainerActor {
                         .await;
             }
             state.remove().await;
+            state.exit = Some(ContainerExit::ended(None, false, Some(StopCause::Shutdown)));
         }
         Ok(())
     }

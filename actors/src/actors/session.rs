@@ -2,44 +2,60 @@
 //!
 //! Spawned on demand by the [`super::session_supervisor::SessionSupervisor`] and stopped when
 //! idle; everything it knows is rebuilt from the session DBs and the central store, so a restart
-//! loses nothing. It is the only writer of `inbound.db`; it wakes or spawns the session's one
-//! container ([`ContainerActor`], linked), delivers `messages_out` with a reservation committed
-//! before each send, counts tries when a container dies mid-turn, and runs stuck and idle
-//! detection on its own tick.
+//! loses nothing. Its start reads no file of the container's: `pre_start` binds the wake socket
+//! and starts the outbox, and the rest of the resumption runs as its first message, under
+//! deadlines — so a hostile workspace can neither hang nor slow the host's start.
 //!
-//! At most one container per session (DESIGN §5 invariant 4) holds because only this actor spawns
-//! containers for the session, its mailbox is serial, it spawns only when its slot is empty, and it
-//! empties the slot only on the old container actor's termination event (after removal). A
+//! It wires the parts of [`crate::session`] together:
+//! - the container slot ([`Phase`], a pure state machine) and its one [`ContainerActor`], linked;
+//!   kill-then-respawn waits for the old container's termination event;
+//! - the [`WakeLink`] (host end of `wake.sock`) and the [`Outbox`] task (output, acks,
+//!   delivery), both drop guards in this actor's state;
+//! - the liveness [`verdict`], evaluated when the outbox reports and when the one timer armed for
+//!   the next due instant fires (plus a slow fallback, [`ServiceConfig::fallback_check`]);
+//! - the container slot permit ([`SlotPermit`], released by drop) and quarantine.
+//!
+//! It is the only writer of `inbound.db` besides its own outbox task. At most one container per
+//! session (DESIGN §5 invariant 4) holds because only this actor spawns containers for the
+//! session, its mailbox is serial, [`Phase`] allows a spawn only from `Gone`, and `Gone` is
+//! re-entered only on the old container actor's termination event (after removal). A
 //! replacement session actor first removes any container still labelled with the session.
+//!
+//! [`ServiceConfig::fallback_check`]: crate::context::ServiceConfig::fallback_check
 
-use super::container::{ContainerActor, ContainerArgs, ContainerMessage};
+use super::container::{ContainerActor, ContainerArgs, ContainerMessage, ContainerState};
+use crate::container_files;
 use crate::context::ServiceContext;
-use crate::ports::channel::{Notice, OutboundMessage};
 use crate::ports::runtime::ContainerSpec;
+use crate::session::lifecycle::{Action, ContainerExit, Phase, StopCause};
+use crate::session::liveness::{Signs, Tolerances, Verdict, verdict};
+use crate::session::notices;
+use crate::session::outbox::{Outbox, OutboxReport};
+use crate::session::wake::{WakeConnection, WakeLink};
 use crate::session_files::{self as files, NewInbound, SessionPaths};
-use crate::slots::Acquire;
-use crate::store::{self, SessionInfo};
-use nanoclaw_protocol::content::{ChatContent, OutboundContent, SystemNotice};
+use crate::slots::SlotPermit;
+use crate::store::{self, SessionHold, SessionInfo};
 use nanoclaw_protocol::layout;
 use nanoclaw_protocol::rows::SessionRouting;
-use nanoclaw_protocol::validate::{OutboundBody, ValidOutbound, validate_outbound};
-use nanoclaw_protocol::wake;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::unix::OwnedWriteHalf;
-use tokio::net::{UnixListener, UnixStream};
-use tracing::{debug, info, warn};
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::task::AbortOnDropHandle;
+use tracing::{debug, error, info, warn};
 
-/// What happens after a killed container is gone.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Then {
-    /// Start a replacement (after the old one is removed).
-    Respawn,
-    /// Stay without a container until work arrives.
-    Stay,
+pub use crate::session::lifecycle::Then;
+
+/// Errors a session actor answers with. Display is one line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SessionError {
+    /// Writing or reading the session's host files failed.
+    #[error("session files: {0}")]
+    Files(String),
+    /// The actor is gone or did not answer in time (it was stopping: ask the supervisor again).
+    #[error("session actor: {0}")]
+    Unavailable(String),
 }
 
 /// The session actor (configuration only).
@@ -53,47 +69,48 @@ pub struct SessionArgs {
     pub session: SessionInfo,
 }
 
-/// The container slot: empty, or one container in some phase.
-enum Slot {
-    Empty,
-    Live {
-        actor: ActorRef<ContainerMessage>,
-        generation: i64,
-        since: Instant,
-        ready: bool,
-        stopping: Option<Then>,
-    },
-}
+/// The armed timer's task (its message is sent when it fires; aborted on drop).
+type TimerHandle = AbortOnDropHandle<Result<(), ractor::MessagingErr<SessionMessage>>>;
 
 /// Private state.
 pub struct SessionState {
     ctx: Arc<ServiceContext>,
     session: SessionInfo,
     paths: SessionPaths,
-    slot: Slot,
-    /// Write half of the current container's wake connection.
-    wake: Option<OwnedWriteHalf>,
-    /// Accept loop of `wake.sock` (aborted on stop).
-    listener: tokio::task::JoinHandle<()>,
-    /// Reader of the current wake connection.
-    wake_reader: Option<tokio::task::JoinHandle<()>>,
-    /// Every `messages_out` row below this rowid is final (delivered or failed).
-    low_water: i64,
-    /// When rows waiting for a delivery retry may be tried again.
-    retry_at: HashMap<String, Instant>,
-    /// Consecutive container failures, for spawn backoff.
+    /// The container slot.
+    phase: Phase,
+    /// The container actor of the slot, while `phase` is not `Gone`.
+    container: Option<ActorRef<ContainerMessage>>,
+    /// Host end of `wake.sock` (drop guard: its tasks and the socket file go with the state).
+    wake: WakeLink,
+    /// The outbox task (drop guard).
+    outbox: Outbox,
+    /// One of the global container slots, held from before a spawn until the container is gone.
+    permit: Option<SlotPermit>,
+    /// Waiting in the slot queue (drop guard: dropping it leaves the queue).
+    slot_wait: Option<AbortOnDropHandle<()>>,
+    /// The chat was told it waits for a slot (once per wait).
+    queued_noted: bool,
+    /// Quarantined or paused: input is kept, no container runs.
+    hold: Option<SessionHold>,
+    /// The first message (resumption from the files) was handled.
+    resumed: bool,
+    /// Consecutive container failures that cost no message a try, for spawn backoff.
     spawn_failures: u32,
     /// No spawn before this instant.
     next_spawn_at: Option<Instant>,
-    /// Last time something happened (input, output, container start).
+    /// Last time something happened (input, output, a container start).
     last_activity: Instant,
-    /// Holds one of the global container slots.
-    has_slot: bool,
-    /// The user was told this session waits for a slot (once per wait).
-    queued_noted: bool,
-    /// The last warning about the container's `outbound.db`, so a broken file is reported once,
-    /// not every tick.
-    last_outbound_warning: Option<String>,
+    /// From the outbox: when the newest claim of the current container was first seen.
+    newest_claim_seen: Option<Instant>,
+    /// From the outbox: declared timeout of the tool in flight (untrusted).
+    declared_timeout: Option<Duration>,
+    /// From the outbox: output rows not yet final remain.
+    outstanding: bool,
+    /// `sessions.work_pending` as last written.
+    work_flag: Option<bool>,
+    /// The one timer armed for the next due instant (drop guard).
+    timer: Option<(Instant, TimerHandle)>,
 }
 
 /// A snapshot for `ncl` and tests.
@@ -105,19 +122,23 @@ pub struct SessionStatus {
     pub container_generation: Option<i64>,
     /// The live container said hello.
     pub container_ready: bool,
-    /// Pending inbound rows.
+    /// Pending triggering inbound rows (-1 when unreadable).
     pub pending: i64,
+    /// `quarantined` / `paused` with its reason, when held.
+    pub hold: Option<SessionHold>,
 }
 
 /// Messages of [`SessionActor`].
 pub enum SessionMessage {
+    /// Resume from the files (the first message after start).
+    Resume,
     /// Write rows into `inbound.db` and wake or spawn the container. Replies with how many rows
     /// were new (0 for a repeat).
     Enqueue {
         /// The rows.
         rows: Vec<NewInbound>,
         /// Reply.
-        reply: RpcReplyPort<Result<usize, String>>,
+        reply: RpcReplyPort<Result<usize, SessionError>>,
     },
     /// Replace or stop the container: DESIGN §4's kill-then-respawn.
     Kill {
@@ -126,31 +147,29 @@ pub enum SessionMessage {
         /// What to do once it is gone.
         then: Then,
     },
-    /// A runner connected to `wake.sock`.
-    WakeConnected(UnixStream),
-    /// The runner said hello (its stale claims are cleared).
-    Hello,
-    /// The runner committed output.
-    Output,
-    /// The periodic tick (poll fallback, stuck and idle detection).
-    Tick,
+    /// A runner said hello on `wake.sock` (one per container generation at most).
+    WakeConnected(WakeConnection),
+    /// The outbox finished a pass.
+    Outbox(OutboxReport),
+    /// The armed timer or the slow fallback fired.
+    Timer,
     /// A snapshot.
     Status(RpcReplyPort<SessionStatus>),
-    /// A container slot was freed for this queued session ([`crate::slots`]).
-    SlotGranted,
+    /// A container slot was granted to this queued session.
+    SlotGranted(SlotPermit),
 }
 
 impl std::fmt::Debug for SessionMessage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            SessionMessage::Resume => f.write_str("Resume"),
             SessionMessage::Enqueue { rows, .. } => write!(f, "Enqueue({} rows)", rows.len()),
             SessionMessage::Kill { reason, then } => write!(f, "Kill({reason}, {then:?})"),
-            SessionMessage::WakeConnected(_) => f.write_str("WakeConnected"),
-            SessionMessage::Hello => f.write_str("Hello"),
-            SessionMessage::Output => f.write_str("Output"),
-            SessionMessage::Tick => f.write_str("Tick"),
+            SessionMessage::WakeConnected(c) => write!(f, "WakeConnected({})", c.generation),
+            SessionMessage::Outbox(r) => write!(f, "Outbox({r:?})"),
+            SessionMessage::Timer => f.write_str("Timer"),
             SessionMessage::Status(_) => f.write_str("Status"),
-            SessionMessage::SlotGranted => f.write_str("SlotGranted"),
+            SessionMessage::SlotGranted(_) => f.write_str("SlotGranted"),
         }
     }
 }
@@ -175,28 +194,34 @@ impl SessionHandle {
     /// Writes rows into `inbound.db` and wakes the agent (30 s timeout).
     ///
     /// Errors when the actor is gone (it was stopping: ask the supervisor again) or the write failed.
-    pub async fn enqueue(&self, rows: Vec<NewInbound>) -> Result<usize, String> {
+    pub async fn enqueue(&self, rows: Vec<NewInbound>) -> Result<usize, SessionError> {
         ractor::call_t!(self.actor, |reply| SessionMessage::Enqueue { rows, reply }, 30_000)
-            .map_err(|e| format!("session actor: {e}"))?
+            .map_err(|e| SessionError::Unavailable(e.to_string()))?
     }
 
     /// Kill-then-respawn (or stay).
-    pub fn kill(&self, reason: impl Into<String>, then: Then) -> Result<(), String> {
-        self.actor.cast(SessionMessage::Kill { reason: reason.into(), then }).map_err(|e| e.to_string())
+    pub fn kill(&self, reason: impl Into<String>, then: Then) -> Result<(), SessionError> {
+        self.actor
+            .cast(SessionMessage::Kill { reason: reason.into(), then })
+            .map_err(|e| SessionError::Unavailable(e.to_string()))
     }
 
     /// A status snapshot (5 s timeout).
-    pub async fn status(&self) -> Result<SessionStatus, String> {
-        ractor::call_t!(self.actor, SessionMessage::Status, 5_000).map_err(|e| e.to_string())
+    pub async fn status(&self) -> Result<SessionStatus, SessionError> {
+        ractor::call_t!(self.actor, SessionMessage::Status, 5_000)
+            .map_err(|e| SessionError::Unavailable(e.to_string()))
     }
 }
 
+/// Runs a host-file operation on the blocking pool.
 async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, files::SessionFileError> + Send + 'static,
-) -> Result<T, String> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(r) => r.map_err(|e| e.to_string()),
-        Err(e) => Err(format!("blocking task failed: {e}")),
+    paths: &SessionPaths,
+    f: impl FnOnce(&SessionPaths) -> Result<T, files::SessionFileError> + Send + 'static,
+) -> Result<T, SessionError> {
+    let paths = paths.clone();
+    match tokio::task::spawn_blocking(move || f(&paths)).await {
+        Ok(r) => r.map_err(|e| SessionError::Files(e.to_string())),
+        Err(e) => Err(SessionError::Files(format!("blocking task failed: {e}"))),
     }
 }
 
@@ -209,36 +234,80 @@ fn routing_of(session: &SessionInfo) -> SessionRouting {
 }
 
 impl SessionState {
-    fn generation(&self) -> Option<i64> {
-        match &self.slot {
-            Slot::Live { generation, .. } => Some(*generation),
-            Slot::Empty => None,
-        }
+    fn now() -> Instant {
+        Instant::now()
     }
 
-    async fn wake_container(&mut self) {
-        if let Some(w) = self.wake.as_mut()
-            && w.write_all(&[wake::INPUT]).await.is_err()
-        {
-            self.wake = None;
+    /// Resumes from the files: the first message after start (see the module doc).
+    async fn resume(&mut self, myself: &ActorRef<SessionMessage>) -> Result<(), ActorProcessingErr> {
+        let ctx = self.ctx.clone();
+        let sid = self.session.id.clone();
+        self.hold = ctx.store.call(move |c| store::session_hold(c, &sid)).await?;
+        // A container of this session that no actor owns (its previous actor failed) must go
+        // before this actor may start one: one container per session, always.
+        let list =
+            tokio::time::timeout(Duration::from_secs(30), ctx.runtime.list_managed(&ctx.config.install_id))
+                .await
+                .map_err(|_| "listing containers timed out")??;
+        for c in list {
+            if c.session_id.as_deref() == Some(self.session.id.as_str()) {
+                warn!(session = %self.session.id, container = %c.id, "removing a container left by a previous session actor");
+                ctx.runtime.remove(&c.id).await?;
+            }
         }
+        let owner = ctx.config.container_owner;
+        let interrupted = blocking(&self.paths, move |p| {
+            files::prepare(p, owner)?;
+            files::fail_interrupted_sends(p)
+        })
+        .await?;
+        for key in interrupted {
+            warn!(session = %self.session.id, row = %key, "delivery outcome unknown after a host stop; marked failed, not re-sent");
+        }
+        // Claims of the container that died with the previous actor (or host) cost a try.
+        let sid = self.session.id.clone();
+        let (previous, _) = ctx.store.call(move |c| store::generations(c, &sid)).await?;
+        self.count_leftover_claims(previous).await?;
+        self.resumed = true;
+        self.outbox.poke();
+        self.check(myself).await
     }
 
-    /// Spawns a container if the slot is empty and the spawn backoff allows.
+    /// Marks `sessions.work_pending` (only when it changes).
+    async fn set_work_flag(&mut self, pending: bool) -> Result<(), ActorProcessingErr> {
+        if self.work_flag == Some(pending) {
+            return Ok(());
+        }
+        let sid = self.session.id.clone();
+        self.ctx.store.call(move |c| store::set_work_pending(c, &sid, pending)).await?;
+        self.work_flag = Some(pending);
+        Ok(())
+    }
+
+    /// Takes a slot and spawns a container, or joins the slot queue.
     async fn spawn_container(&mut self, myself: &ActorRef<SessionMessage>) -> Result<(), ActorProcessingErr> {
-        if !matches!(self.slot, Slot::Empty) {
+        if !matches!(self.phase, Phase::Gone) || self.hold.is_some() || !self.resumed {
             return Ok(());
         }
-        if self.next_spawn_at.is_some_and(|t| Instant::now() < t) {
+        if self.next_spawn_at.is_some_and(|t| Self::now() < t) {
             return Ok(());
         }
-        if !self.has_slot {
-            match self.ctx.slots.acquire(&self.session.id, myself) {
-                Acquire::Granted => self.has_slot = true,
-                Acquire::Queued { ahead } => {
-                    if !self.queued_noted {
-                        self.queued_noted = true;
-                        self.tell_queued(ahead).await;
+        if self.permit.is_none() {
+            match self.ctx.slots.try_acquire() {
+                Some(p) => self.permit = Some(p),
+                None => {
+                    if self.slot_wait.is_none() {
+                        let (ahead, granted) = self.ctx.slots.acquire();
+                        let me = myself.clone();
+                        self.slot_wait = Some(AbortOnDropHandle::new(tokio::spawn(async move {
+                            let permit = granted.await;
+                            // A session that is gone drops the permit here: the next waiter gets it.
+                            let _ = me.cast(SessionMessage::SlotGranted(permit));
+                        })));
+                        if !self.queued_noted {
+                            self.queued_noted = true;
+                            notices::tell_queued(&self.ctx, &self.session, ahead).await;
+                        }
                     }
                     return Ok(());
                 }
@@ -250,10 +319,9 @@ impl SessionState {
         let agent_group = self.session.agent_group_id.clone();
         let destinations = self.ctx.store.call(move |c| store::destinations_of(c, &agent_group)).await?;
         let routing = routing_of(&self.session);
-        let paths = self.paths.clone();
-        blocking(move || {
-            files::clear_heartbeat(&paths);
-            files::project(&paths, &destinations, &routing)
+        blocking(&self.paths, move |p| {
+            files::clear_heartbeat(p);
+            files::project(p, &destinations, &routing)
         })
         .await?;
         let spec = ContainerSpec {
@@ -281,27 +349,36 @@ impl SessionState {
             stop_grace: self.ctx.config.container_stop_grace,
             live: self.ctx.live_containers.clone(),
         };
+        self.wake.expect(generation);
+        self.outbox.set_generation(generation);
+        self.newest_claim_seen = None;
+        self.declared_timeout = None;
         let (actor, _) = Actor::spawn_linked(None, ContainerActor, args, myself.get_cell()).await?;
-        self.slot = Slot::Live { actor, generation, since: Instant::now(), ready: false, stopping: None };
-        self.last_activity = Instant::now();
+        self.container = Some(actor);
+        self.phase.spawned(generation, Self::now().into_std());
+        self.last_activity = Self::now();
         let sid = self.session.id.clone();
         self.ctx.store.call(move |c| store::set_container_status(c, &sid, "starting")).await?;
         Ok(())
     }
 
-    fn kill(&mut self, reason: String, then: Then) {
-        if let Slot::Live { actor, stopping, .. } = &mut self.slot {
-            match stopping {
-                // A second kill can only upgrade Stay to Respawn.
-                Some(t) => {
-                    if then == Then::Respawn {
-                        *t = Then::Respawn;
-                    }
+    /// Carries out a lifecycle action.
+    async fn act(
+        &mut self,
+        myself: &ActorRef<SessionMessage>,
+        action: Action,
+    ) -> Result<(), ActorProcessingErr> {
+        match action {
+            Action::None => Ok(()),
+            Action::Stop(cause) => {
+                if let Some(c) = &self.container {
+                    let _ = c.cast(ContainerMessage::Stop { cause });
                 }
-                None => {
-                    *stopping = Some(then);
-                    let _ = actor.cast(ContainerMessage::Stop { reason });
-                }
+                Ok(())
+            }
+            Action::Spawn => {
+                self.next_spawn_at = None;
+                self.spawn_container(myself).await
             }
         }
     }
@@ -310,98 +387,101 @@ impl SessionState {
     async fn container_gone(
         &mut self,
         myself: &ActorRef<SessionMessage>,
-        reason: String,
+        exit: ContainerExit,
     ) -> Result<(), ActorProcessingErr> {
-        let Slot::Live { generation, stopping, ready, since, .. } =
-            std::mem::replace(&mut self.slot, Slot::Empty)
-        else {
-            return Ok(());
-        };
-        self.wake = None;
-        if let Some(r) = self.wake_reader.take() {
-            r.abort();
-        }
-        info!(session = %self.session.id, generation, %reason, "container gone");
+        let Some(generation) = self.phase.generation() else { return Ok(()) };
+        let Some(gone) = self.phase.gone(generation, &exit, Self::now().into_std()) else { return Ok(()) };
+        self.container = None;
+        self.wake.disconnect();
+        info!(session = %self.session.id, generation, %exit, "container gone");
         let sid = self.session.id.clone();
         self.ctx.store.call(move |c| store::set_container_status(c, &sid, "stopped")).await?;
-
-        // Whatever it finished is delivered and synced first, so only true leftovers count.
-        self.pump(myself).await;
+        // Whatever it finished is delivered by the outbox; only true leftovers count.
+        self.outbox.poke();
         let counted = self.count_leftover_claims(generation).await?;
-        // Asked to stop, or it came up and ran a while: not a crash loop, whatever the exit code
-        // (an idle container killed by an operator or the OOM killer is replaced at once).
-        let clean = stopping.is_some()
-            || (ready && (reason.ends_with("code 0") || since.elapsed() >= Duration::from_secs(10)));
-        if clean || counted > 0 {
+        if gone.clean || counted > 0 {
             // A crash that cost its messages a try is paced by the try backoff already.
             self.spawn_failures = 0;
             self.next_spawn_at = None;
         } else {
-            // A container that died without costing any message a try (e.g. at startup) would
-            // otherwise respawn at once, forever: back off, and give up on the waiting messages.
+            // A container that died without costing any message a try (e.g. at startup, or it
+            // never said hello) would otherwise respawn at once, forever: back off, and give up
+            // on the waiting messages after `max_tries`.
             self.spawn_failures += 1;
             let delay = Duration::from_millis(500)
                 .saturating_mul(1 << self.spawn_failures.min(7))
                 .min(Duration::from_secs(60));
-            self.next_spawn_at = Some(Instant::now() + delay);
-            warn!(session = %self.session.id, failures = self.spawn_failures, ?delay, %reason, "container failed without doing any work");
+            self.next_spawn_at = Some(Self::now() + delay);
+            warn!(session = %self.session.id, failures = self.spawn_failures, ?delay, %exit, "container failed without doing any work");
             if i64::from(self.spawn_failures) >= self.ctx.config.max_tries {
-                let paths = self.paths.clone();
-                let failed = blocking(move || files::fail_pending(&paths)).await?;
+                let failed = blocking(&self.paths, files::fail_pending).await?;
                 for o in failed {
                     let text = format!(
-                        "Sorry, I could not process your message: the agent's container keeps failing to start ({reason})."
+                        "Sorry, I could not process your message: the agent's container keeps failing to start ({exit})."
                     );
-                    self.tell_failed(&o.id, o.channel_type, o.platform_id, text).await;
+                    notices::tell_failed(
+                        &self.ctx,
+                        &self.session,
+                        &self.paths,
+                        &o.id,
+                        o.channel_type,
+                        o.platform_id,
+                        text,
+                    )
+                    .await;
                 }
                 self.spawn_failures = 0;
             }
         }
-        if stopping != Some(Then::Respawn) {
-            // Others may be waiting: the slot goes back, and this session queues like anyone else.
-            self.release_slot();
-        }
-        if stopping == Some(Then::Respawn) {
+        if gone.then == Some(Then::Respawn) && self.hold.is_none() {
             self.next_spawn_at = None;
             self.spawn_container(myself).await?;
         } else {
-            self.spawn_if_due(myself).await?;
+            // Others may be waiting: the slot goes back, and this session queues like anyone else.
+            self.permit = None;
         }
-        Ok(())
+        self.check(myself).await
     }
 
     /// Counts one failed try for every claim a dead container of `generation` left `processing`
     /// (each generation at most once), failing and telling the user at the limit.
-    async fn count_leftover_claims(&mut self, generation: i64) -> Result<usize, String> {
+    async fn count_leftover_claims(&mut self, generation: i64) -> Result<usize, ActorProcessingErr> {
         let sid = self.session.id.clone();
-        let (_, counted) =
-            self.ctx.store.call(move |c| store::generations(c, &sid)).await.map_err(|e| e.to_string())?;
-        if generation <= counted {
+        let (_, counted) = self.ctx.store.call(move |c| store::generations(c, &sid)).await?;
+        if generation <= counted || generation == 0 {
             return Ok(0);
         }
-        let paths = self.paths.clone();
-        // outbound.db belongs to the untrusted container: an unreadable one means no claims.
-        let claims = match blocking(move || files::claims_of(&paths, generation)).await {
-            Ok(c) => c,
-            Err(e) => {
-                self.warn_outbound(&e);
+        let req = container_files::OutboundRequest {
+            claims_of_generation: Some(generation),
+            max_rows: 1000,
+            ..Default::default()
+        };
+        let limits = container_files::ReadLimits {
+            max_file_bytes: self.ctx.config.outbound_max_bytes,
+            ..Default::default()
+        };
+        let claims = match container_files::read(self.paths.clone(), limits, req).await {
+            Ok(s) => s.claims,
+            Err(container_files::ReadError::Violation(v)) => {
+                self.quarantine(v.to_string()).await?;
                 vec![]
             }
+            // Unreadable now: counted at the next container exit or start (never twice).
+            Err(e) => {
+                warn!(session = %self.session.id, error = %e, "claims of the dead container not readable; not counted now");
+                return Ok(0);
+            }
         };
-        if claims.is_empty() {
-            return Ok(0);
-        }
-        let ids: Vec<String> = claims.into_iter().map(|(id, _)| id).collect();
-        let paths = self.paths.clone();
+        let ids: Vec<String> = claims.into_iter().map(|c| c.message_id).collect();
         let (max, base) = (self.ctx.config.max_tries, self.ctx.config.retry_backoff);
-        let outcomes = blocking(move || files::count_failed_try(&paths, &ids, max, base)).await?;
+        let outcomes = if ids.is_empty() {
+            vec![]
+        } else {
+            blocking(&self.paths, move |p| files::count_failed_try(p, &ids, max, base)).await?
+        };
         // Recorded before telling anyone: a crash from here on must not count these claims again.
         let sid = self.session.id.clone();
-        self.ctx
-            .store
-            .call(move |c| store::set_tries_counted(c, &sid, generation))
-            .await
-            .map_err(|e| e.to_string())?;
+        self.ctx.store.call(move |c| store::set_tries_counted(c, &sid, generation)).await?;
         let counted_now = outcomes.len();
         for o in outcomes {
             if o.failed {
@@ -410,7 +490,16 @@ impl SessionState {
                     "Sorry, I could not process your message: the agent failed {} times. It will not be retried.",
                     o.tries
                 );
-                self.tell_failed(&o.id, o.channel_type, o.platform_id, text).await;
+                notices::tell_failed(
+                    &self.ctx,
+                    &self.session,
+                    &self.paths,
+                    &o.id,
+                    o.channel_type,
+                    o.platform_id,
+                    text,
+                )
+                .await;
             } else {
                 info!(session = %self.session.id, message = %o.id, tries = o.tries, "message will be retried");
             }
@@ -418,431 +507,127 @@ impl SessionState {
         Ok(counted_now)
     }
 
-    async fn spawn_if_due(&mut self, myself: &ActorRef<SessionMessage>) -> Result<(), ActorProcessingErr> {
-        if !matches!(self.slot, Slot::Empty) {
+    /// Quarantines the session: container killed, status and reason recorded, chat and owner
+    /// told once, slot freed when the container is gone. Other sessions are unaffected.
+    async fn quarantine(&mut self, reason: String) -> Result<(), ActorProcessingErr> {
+        if self.hold.is_some() {
             return Ok(());
         }
-        let paths = self.paths.clone();
-        let work = blocking(move || files::pending_work(&paths)).await?;
-        if work.due_now {
-            self.spawn_container(myself).await?;
+        let hold = SessionHold::Quarantined(reason);
+        error!(session = %self.session.id, reason = %hold.reason(), "session quarantined: its container broke the rules for container files");
+        let (sid, h) = (self.session.id.clone(), hold.clone());
+        let first = self.ctx.store.call(move |c| store::hold_session(c, &sid, &h)).await?;
+        self.hold = Some(hold.clone());
+        self.work_flag = Some(true);
+        let action = self.phase.kill(StopCause::Hold(hold.reason().to_string()), Then::Stay);
+        if let (Action::Stop(cause), Some(c)) = (action, &self.container) {
+            let _ = c.cast(ContainerMessage::Stop { cause });
+        }
+        self.slot_wait = None;
+        if first {
+            notices::tell_held(&self.ctx, &self.session, &hold).await;
         }
         Ok(())
     }
 
-    /// Tells the session's chat that its message waits for a container slot.
-    async fn tell_queued(&self, ahead: usize) {
-        let (Some(channel_type), Some(platform_id)) =
-            (self.session.channel_type.clone(), self.session.platform_id.clone())
-        else {
-            return;
-        };
-        let Some(channel) = self.ctx.channels.read().get(&channel_type).cloned() else { return };
-        let cap = self.ctx.slots.cap();
-        info!(session = %self.session.id, ahead, cap, "queued for a container slot");
-        let msg = OutboundMessage {
-            platform_id,
-            thread_id: self.session.thread_id.clone(),
-            text: format!(
-                "Queued: all {cap} agent containers are busy; {} conversation(s) ahead of yours. I will answer as soon as one is free.",
-                ahead
-            ),
-            in_reply_to: None,
-            message_out_id: format!("host-queued-{}", self.session.id),
-        };
-        let _ = super::channel::deliver(&channel, msg, self.ctx.config.delivery_timeout).await;
-    }
-
-    /// Gives the container slot back (after the container is gone).
-    fn release_slot(&mut self) {
-        if self.has_slot {
-            self.ctx.slots.release(&self.session.id);
-            self.has_slot = false;
+    /// Evaluates the session now and arms the timer for the next due instant. The only place
+    /// that decides to spawn, judge a running container, or stop the actor.
+    async fn check(&mut self, myself: &ActorRef<SessionMessage>) -> Result<(), ActorProcessingErr> {
+        if !self.resumed {
+            return Ok(());
         }
-    }
-
-    /// Tells the user a message will not be answered, and notifies the channel.
-    async fn tell_failed(
-        &mut self,
-        message_id: &str,
-        channel_type: Option<String>,
-        platform_id: Option<String>,
-        text: String,
-    ) {
-        let (Some(channel_type), Some(platform_id)) = (channel_type, platform_id) else { return };
-        let Some(channel) = self.ctx.channels.read().get(&channel_type).cloned() else { return };
-        let msg = OutboundMessage {
-            platform_id: platform_id.clone(),
-            thread_id: self.session.thread_id.clone(),
-            text: text.clone(),
-            in_reply_to: None,
-            message_out_id: format!("host-failed-{message_id}"),
-        };
-        let _ = super::channel::deliver(&channel, msg, self.ctx.config.delivery_timeout).await;
-        if let Some(pmid) = self.platform_message_id(message_id).await {
-            let _ = channel.cast(super::channel::ChannelMessage::Notice(Notice::Failed {
-                platform_id,
-                platform_message_id: pmid,
-                reason: text,
-            }));
-        }
-    }
-
-    async fn platform_message_id(&self, message_id: &str) -> Option<String> {
-        self.message_meta(message_id).await.and_then(|c| c.platform_message_id)
-    }
-
-    /// The content of an inbound chat row: its platform message id and trace id.
-    async fn message_meta(&self, message_id: &str) -> Option<ChatContent> {
-        let paths = self.paths.clone();
-        let id = message_id.to_string();
-        blocking(move || {
-            let conn = nanoclaw_protocol::schema::open_inbound_writer(&paths.inbound_db())?;
-            let content: Option<String> = rusqlite::OptionalExtension::optional(conn.query_row(
-                "SELECT content FROM messages_in WHERE id = ?1",
-                [&id],
-                |r| r.get(0),
-            ))
-            .map_err(|source| files::SessionFileError::Sqlite {
-                path: id.clone(),
-                what: "read content",
-                source,
-            })?;
-            Ok(content.and_then(|c| serde_json::from_str::<ChatContent>(&c).ok()))
-        })
-        .await
-        .ok()
-        .flatten()
-    }
-
-    /// Syncs acks, delivers due output, then sends notices for the finished messages — in that
-    /// order, so a "processed" notice never overtakes the replies committed with its ack.
-    async fn pump(&mut self, myself: &ActorRef<SessionMessage>) {
-        let paths = self.paths.clone();
-        let finished = match blocking(move || files::sync_acks(&paths)).await {
-            Ok(f) => f,
-            Err(e) => {
-                self.warn_outbound(&e);
-                vec![]
+        let cfg = self.ctx.config.clone();
+        let now = Self::now();
+        let mut next: Option<Instant> = None;
+        let mut at = |t: Instant| next = Some(next.map_or(t, |n: Instant| n.min(t)));
+        match &self.phase {
+            Phase::Spawning { .. } | Phase::Starting { .. } => {
+                let action = self.phase.check_hello(now.into_std(), cfg.container_start_timeout);
+                if let Some(d) = self.phase.hello_deadline(cfg.container_start_timeout) {
+                    at(Instant::from_std(d));
+                }
+                self.act(myself, action).await?;
             }
-        };
-        if let Err(e) = self.deliver_outbound(myself).await {
-            self.warn_outbound(&e);
-        }
-        if !finished.is_empty() {
-            self.last_activity = Instant::now();
-            self.spawn_failures = 0;
-        }
-        for f in finished {
-            if f.kind != "chat" {
-                continue;
-            }
-            let (Some(ct), Some(pid)) = (f.channel_type.clone(), f.platform_id.clone()) else { continue };
-            let Some(channel) = self.ctx.channels.read().get(&ct).cloned() else { continue };
-            if let Some(pmid) = self.platform_message_id(&f.id).await {
-                let notice = if f.failed {
-                    Notice::Failed {
-                        platform_id: pid,
-                        platform_message_id: pmid,
-                        reason: "the agent failed to answer".into(),
-                    }
-                } else {
-                    Notice::Processed { platform_id: pid, platform_message_id: pmid }
+            Phase::Ready { .. } => {
+                let work = blocking(&self.paths, files::pending_work).await?;
+                let heartbeat_age = container_files::heartbeat_age(&self.paths);
+                let signs = Signs {
+                    newest_claim_age: self.newest_claim_seen.map(|t| now.duration_since(t)),
+                    heartbeat_age,
+                    declared_timeout: self.declared_timeout,
+                    idle_for: now.duration_since(self.last_activity),
+                    pending: work.pending,
+                    slot_waiters: self.ctx.slots.waiting(),
                 };
-                let _ = channel.cast(super::channel::ChannelMessage::Notice(notice));
+                let tolerances = Tolerances {
+                    claim_stuck_after: cfg.claim_stuck_after,
+                    heartbeat_ceiling: cfg.heartbeat_ceiling,
+                    idle_timeout: cfg.container_idle_timeout,
+                    yield_after: cfg.yield_slot_after,
+                };
+                let action = match verdict(&signs, &tolerances) {
+                    Verdict::Alive { check_in } => {
+                        at(now + check_in);
+                        Action::None
+                    }
+                    Verdict::Stuck { silent_for, tolerance } => {
+                        self.phase.kill(StopCause::Stuck { silent_for, tolerance }, Then::Respawn)
+                    }
+                    Verdict::Idle => self.phase.kill(StopCause::Idle, Then::Stay),
+                    Verdict::YieldSlot => self.phase.kill(StopCause::YieldSlot, Then::Stay),
+                };
+                self.act(myself, action).await?;
             }
-        }
-    }
-
-    /// One delivery pass over `messages_out` (DESIGN §5 invariant 3 and 5).
-    async fn deliver_outbound(&mut self, myself: &ActorRef<SessionMessage>) -> Result<(), String> {
-        loop {
-            let paths = self.paths.clone();
-            let from = self.low_water;
-            let rows = blocking(move || files::read_outbound(&paths, from)).await?;
-            if rows.is_empty() {
-                return Ok(());
-            }
-            let full_page = rows.len() == 256;
-            let mut all_final = true;
-            let last_rowid = rows.last().map(|r| r.rowid).unwrap_or(from);
-            for raw in rows {
-                let key = raw.ledger_key();
-                let paths = self.paths.clone();
-                let k = key.clone();
-                let record = blocking(move || files::delivery_record(&paths, &k)).await?;
-                let is_final = match record.as_ref().map(|r| r.status.as_str()) {
-                    Some("delivered") | Some("failed") | Some("sending") => true,
-                    Some("retrying") => {
-                        if self.retry_at.get(&key).is_some_and(|t| Instant::now() < *t) {
-                            false
-                        } else {
-                            self.deliver_one(myself, &key, &raw).await?
+            Phase::Stopping { .. } => {}
+            Phase::Gone => {
+                let work = blocking(&self.paths, files::pending_work).await?;
+                if self.hold.is_none() {
+                    if work.due_now {
+                        self.set_work_flag(true).await?;
+                        self.spawn_container(myself).await?;
+                        if let Some(t) = self.next_spawn_at {
+                            at(t);
                         }
+                    } else if let Some(Ok(due)) =
+                        work.next_due.as_deref().map(nanoclaw_protocol::time::parse_ts)
+                    {
+                        let wait = (due - chrono::Utc::now()).to_std().unwrap_or_default();
+                        at(now + wait + Duration::from_millis(10));
                     }
-                    _ => self.deliver_one(myself, &key, &raw).await?,
-                };
-                if is_final && all_final {
-                    self.low_water = raw.rowid + 1;
-                } else {
-                    all_final = false;
+                }
+                let quiet = matches!(self.phase, Phase::Gone)
+                    && self.slot_wait.is_none()
+                    && (work.pending == 0 || self.hold.is_some())
+                    && !self.outstanding;
+                if quiet {
+                    let linger_end = self.last_activity + cfg.session_linger;
+                    if now >= linger_end {
+                        if self.hold.is_none() {
+                            self.set_work_flag(false).await?;
+                        }
+                        debug!(session = %self.session.id, "idle; session actor stops");
+                        myself.stop(Some("idle".into()));
+                        return Ok(());
+                    }
+                    at(linger_end);
                 }
             }
-            if !full_page || !all_final {
-                if all_final {
-                    self.low_water = last_rowid + 1;
-                }
-                return Ok(());
-            }
         }
-    }
-
-    /// Handles one row; returns whether it is now final.
-    async fn deliver_one(
-        &mut self,
-        myself: &ActorRef<SessionMessage>,
-        key: &str,
-        raw: &nanoclaw_protocol::validate::RawOutboundRow,
-    ) -> Result<bool, String> {
-        let valid = match validate_outbound(raw) {
-            Ok(v) => v,
-            Err(e) => {
-                warn!(session = %self.session.id, row = %key, reason = %e, "outbound row rejected");
-                self.reject(key, &e.to_string()).await?;
-                return Ok(true);
-            }
-        };
-        if valid.deliver_after.is_some_and(|t| t > chrono::Utc::now()) {
-            return Ok(false);
-        }
-        match &valid.body {
-            OutboundBody::System(action) => {
-                let reason = format!("system action {} is not supported by this host yet", action.name());
-                warn!(session = %self.session.id, row = %key, %reason, "system action refused");
-                self.record(key, "failed", None, Some(&reason), false).await?;
-                self.note_to_agent(
-                    key,
-                    SystemNotice::ActionResult {
-                        message_out_id: valid.id.clone(),
-                        action: action.name().into(),
-                        ok: false,
-                        message: reason,
-                    },
-                )
-                .await;
-                Ok(true)
-            }
-            OutboundBody::Chat(content) => self.deliver_chat(myself, key, &valid, content).await,
-        }
-    }
-
-    async fn deliver_chat(
-        &mut self,
-        myself: &ActorRef<SessionMessage>,
-        key: &str,
-        valid: &ValidOutbound,
-        content: &OutboundContent,
-    ) -> Result<bool, String> {
-        let target = valid.target.clone().expect("chat rows have a target");
-        if target.channel_type == "agent" {
-            self.reject(key, "messages_out.channel_type: agent-to-agent delivery is not available yet")
-                .await?;
-            return Ok(true);
-        }
-        let own_chat = Some(&target.channel_type) == self.session.channel_type.as_ref()
-            && Some(&target.platform_id) == self.session.platform_id.as_ref();
-        if !own_chat {
-            let (ag, ct, pid) = (
-                self.session.agent_group_id.clone(),
-                target.channel_type.clone(),
-                target.platform_id.clone(),
-            );
-            let allowed = self
-                .ctx
-                .store
-                .call(move |c| store::may_send_to_chat(c, &ag, &ct, &pid))
-                .await
-                .map_err(|e| e.to_string())?;
-            if !allowed {
-                self.reject(
-                    key,
-                    &format!(
-                        "messages_out.platform_id: {}:{} is not a destination of this agent",
-                        target.channel_type, target.platform_id
-                    ),
-                )
-                .await?;
-                return Ok(true);
-            }
-        }
-        let OutboundContent::Text { text } = content;
-        let answered = match &valid.in_reply_to {
-            Some(id) => self.message_meta(id).await,
-            None => None,
-        };
-        let trace = answered.as_ref().and_then(|c| c.trace_id.clone()).unwrap_or_default();
-        let in_reply_to = answered.and_then(|c| c.platform_message_id);
-        let message = OutboundMessage {
-            platform_id: target.platform_id.clone(),
-            thread_id: target.thread_id.clone(),
-            text: text.clone(),
-            in_reply_to,
-            message_out_id: valid.id.clone(),
-        };
-        // The reservation is committed before the send (invariant 3).
-        let attempts = self.record(key, "sending", None, None, true).await?;
-        let channel = self.ctx.channels.read().get(&target.channel_type).cloned();
-        let result = match channel {
-            Some(ch) => super::channel::deliver(&ch, message, self.ctx.config.delivery_timeout).await,
-            None => Err(crate::ports::channel::DeliveryError {
-                message: format!("channel {} is not running", target.channel_type),
-                retryable: true,
-            }),
-        };
-        match result {
-            Ok(platform_message_id) => {
-                self.record(key, "delivered", platform_message_id.as_deref(), None, false).await?;
-                self.retry_at.remove(key);
-                self.last_activity = Instant::now();
-                info!(session = %self.session.id, row = %key, %trace, channel = %target.channel_type, "delivered");
-                Ok(true)
-            }
-            Err(e) if e.retryable && attempts < self.ctx.config.delivery_attempts => {
-                let delay = self.ctx.config.delivery_backoff.saturating_mul(1 << (attempts - 1).clamp(0, 10));
-                warn!(session = %self.session.id, row = %key, %trace, attempts, error = %e, ?delay, "delivery failed; will retry");
-                self.record(key, "retrying", None, Some(&e.message), false).await?;
-                self.retry_at.insert(key.to_string(), Instant::now() + delay);
-                myself.send_after(delay, || SessionMessage::Output);
-                Ok(false)
-            }
-            Err(e) => {
-                warn!(session = %self.session.id, row = %key, %trace, attempts, error = %e, "delivery failed for good");
-                self.record(key, "failed", None, Some(&e.message), false).await?;
-                self.retry_at.remove(key);
-                Ok(true)
-            }
-        }
-    }
-
-    async fn record(
-        &self,
-        key: &str,
-        status: &'static str,
-        pmid: Option<&str>,
-        error: Option<&str>,
-        bump: bool,
-    ) -> Result<i64, String> {
-        let paths = self.paths.clone();
-        let (key, pmid, error) = (key.to_string(), pmid.map(str::to_string), error.map(str::to_string));
-        blocking(move || {
-            files::record_delivery(&paths, &key, status, pmid.as_deref(), error.as_deref(), bump)
-        })
-        .await
-    }
-
-    /// Marks a row failed with a reason and tells the agent why (a note, `trigger = 0`).
-    async fn reject(&mut self, key: &str, reason: &str) -> Result<(), String> {
-        self.record(key, "failed", None, Some(reason), false).await?;
-        self.note_to_agent(
-            key,
-            SystemNotice::Rejected { message_out_id: key.to_string(), reason: reason.to_string() },
-        )
-        .await;
+        self.arm(myself, next);
         Ok(())
     }
 
-    async fn note_to_agent(&self, key: &str, notice: SystemNotice) {
-        let row = NewInbound {
-            id: format!("note-{key}"),
-            kind: "system",
-            trigger: false,
-            on_wake: false,
-            channel_type: None,
-            platform_id: None,
-            thread_id: None,
-            content: serde_json::to_string(&notice).expect("notice serialises"),
-        };
-        let paths = self.paths.clone();
-        if let Err(e) = blocking(move || files::write_inbound(&paths, &[row])).await {
-            warn!(session = %self.session.id, error = %e, "note to agent not written");
+    /// Arms the one timer for `at` (or the slow fallback), replacing an earlier one.
+    fn arm(&mut self, myself: &ActorRef<SessionMessage>, at: Option<Instant>) {
+        let now = Self::now();
+        let at = at.unwrap_or(now + self.ctx.config.fallback_check).min(now + self.ctx.config.fallback_check);
+        if self.timer.as_ref().is_some_and(|(t, h)| *t == at && !h.is_finished()) {
+            return;
         }
+        let delay = at.saturating_duration_since(now);
+        let handle = myself.send_after(delay, || SessionMessage::Timer);
+        self.timer = Some((at, AbortOnDropHandle::new(handle)));
     }
-
-    /// Logs a problem with the container's files once per distinct message.
-    fn warn_outbound(&mut self, error: &str) {
-        if self.last_outbound_warning.as_deref() != Some(error) {
-            warn!(session = %self.session.id, %error, "cannot read the container's outbound.db; treated as empty");
-            self.last_outbound_warning = Some(error.to_string());
-        }
-    }
-
-    /// Stuck and idle detection for a live, ready container.
-    async fn check_container(&mut self) -> Result<(), String> {
-        let Slot::Live { generation, since, ready, stopping: None, .. } = &self.slot else { return Ok(()) };
-        let (generation, since, ready) = (*generation, *since, *ready);
-        let cfg = &self.ctx.config;
-        if !ready {
-            if since.elapsed() > cfg.container_start_timeout {
-                self.kill(format!("no hello within {:?}", cfg.container_start_timeout), Then::Stay);
-            }
-            return Ok(());
-        }
-        let paths = self.paths.clone();
-        let (claims, heartbeat_age, declared) = blocking(move || {
-            let claims = files::claims_of(&paths, generation).unwrap_or_default();
-            Ok((claims, files::heartbeat_age(&paths), files::declared_tool_timeout(&paths)))
-        })
-        .await?;
-        if !claims.is_empty() {
-            // Stuck: work in flight and no sign of life (a heartbeat or a claim) for longer than
-            // the claim tolerance, or than the declared timeout of the tool in flight (an untrusted
-            // value, capped at the heartbeat ceiling). Reference §1.10's rule (a claim with no
-            // heartbeat since) misses a turn that hangs after its first provider event.
-            let newest_claim_age = claims
-                .iter()
-                .filter_map(|(_, t)| nanoclaw_protocol::time::parse_ts(t).ok())
-                .map(|t| (chrono::Utc::now() - t).to_std().unwrap_or_default())
-                .min()
-                .unwrap_or_default();
-            let silent_for = heartbeat_age.map_or(newest_claim_age, |beat| beat.min(newest_claim_age));
-            let tolerance =
-                declared.unwrap_or_default().max(cfg.claim_stuck_after).min(cfg.heartbeat_ceiling);
-            if silent_for > tolerance {
-                self.kill(format!("stuck: no agent activity for {silent_for:?} with work in flight (tolerance {tolerance:?})"), Then::Respawn);
-            }
-            return Ok(());
-        }
-        let paths = self.paths.clone();
-        let work = blocking(move || files::pending_work(&paths)).await?;
-        if work.pending == 0 && self.last_activity.elapsed() > cfg.container_idle_timeout {
-            self.kill(format!("idle for {:?}", cfg.container_idle_timeout), Then::Stay);
-        } else if work.pending == 0
-            && self.ctx.slots.waiting() > 0
-            && self.last_activity.elapsed() > cfg.poll_interval * 2
-        {
-            self.kill("idle while other sessions wait for a container slot".into(), Then::Stay);
-        }
-        Ok(())
-    }
-}
-
-/// Accepts runner connections on `wake.sock` and hands each to the session actor.
-fn accept_loop(listener: UnixListener, myself: ActorRef<SessionMessage>) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        loop {
-            match listener.accept().await {
-                Ok((stream, _)) => {
-                    if myself.cast(SessionMessage::WakeConnected(stream)).is_err() {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    warn!(error = %e, "wake socket accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        }
-    })
 }
 
 impl Actor for SessionActor {
@@ -857,52 +642,39 @@ impl Actor for SessionActor {
     ) -> Result<SessionState, ActorProcessingErr> {
         let SessionArgs { ctx, session } = args;
         let paths = SessionPaths::new(&ctx.config.data_dir, &session.agent_group_folder, &session.id);
-        // A container of this session that no actor owns (its previous actor failed) must go
-        // before this actor may start one: one container per session, always.
-        for c in ctx.runtime.list_managed(&ctx.config.install_id).await? {
-            if c.session_id.as_deref() == Some(session.id.as_str()) {
-                warn!(session = %session.id, container = %c.id, "removing a container left by a previous session actor");
-                ctx.runtime.remove(&c.id).await?;
-            }
-        }
-        let owner = ctx.config.container_owner;
-        let p = paths.clone();
-        let interrupted = blocking(move || {
-            files::prepare(&p, owner)?;
-            files::fail_interrupted_sends(&p)
-        })
-        .await?;
-        for key in interrupted {
-            warn!(session = %session.id, row = %key, "delivery outcome unknown after a host stop; marked failed, not re-sent");
-        }
-        let socket = paths.wake_socket();
-        let _ = std::fs::remove_file(&socket);
-        let listener = UnixListener::bind(&socket).map_err(|e| format!("{}: bind: {e}", socket.display()))?;
-        {
-            use std::os::unix::fs::PermissionsExt;
-            // The container user must be able to connect; the folder above is not reachable by
-            // other host users (data dir 0700), only through the container's mount.
-            std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666))?;
-        }
-        let listener = accept_loop(listener, myself.clone());
-        let sid = session.id.clone();
-        ctx.store.call(move |c| store::set_container_status(c, &sid, "stopped")).await?;
+        // Only host-written folders here: the host folder is created (0755) and the socket bound;
+        // nothing the container writes is read before the first message, under deadlines.
+        std::fs::create_dir_all(&paths.host_dir).map_err(|e| format!("{}: {e}", paths.host_dir.display()))?;
+        let notify = Arc::new(Notify::new());
+        let me = myself.clone();
+        let wake = WakeLink::bind(&paths.wake_socket(), notify.clone(), move |conn| {
+            me.cast(SessionMessage::WakeConnected(conn)).is_ok()
+        })?;
+        let me = myself.clone();
+        let outbox = Outbox::spawn(ctx.clone(), session.clone(), paths.clone(), notify, move |report| {
+            me.cast(SessionMessage::Outbox(report)).is_ok()
+        });
         Ok(SessionState {
             ctx,
             session,
             paths,
-            slot: Slot::Empty,
-            wake: None,
-            listener,
-            wake_reader: None,
-            low_water: 0,
-            retry_at: HashMap::new(),
+            phase: Phase::Gone,
+            container: None,
+            wake,
+            outbox,
+            permit: None,
+            slot_wait: None,
+            queued_noted: false,
+            hold: None,
+            resumed: false,
             spawn_failures: 0,
             next_spawn_at: None,
             last_activity: Instant::now(),
-            last_outbound_warning: None,
-            has_slot: false,
-            queued_noted: false,
+            newest_claim_seen: None,
+            declared_timeout: None,
+            outstanding: false,
+            work_flag: None,
+            timer: None,
         })
     }
 
@@ -911,24 +683,9 @@ impl Actor for SessionActor {
         myself: ActorRef<Self::Msg>,
         state: &mut SessionState,
     ) -> Result<(), ActorProcessingErr> {
-        myself.send_interval(state.ctx.config.poll_interval, || SessionMessage::Tick);
-        // Work left from before this actor: deliver what was written, count a try for claims of
-        // the container that died with the previous actor (or host), then wake for what is due.
-        state.pump(&myself).await;
-        let sid = state.session.id.clone();
-        let previous: i64 = state
-            .ctx
-            .store
-            .call(move |c| {
-                c.query_row("SELECT container_generation FROM sessions WHERE id = ?1", [&sid], |r| r.get(0))
-                    .map_err(|e| crate::store::StoreError::Sqlite {
-                        what: "read generation".into(),
-                        source: e,
-                    })
-            })
-            .await?;
-        state.count_leftover_claims(previous).await?;
-        state.spawn_if_due(&myself).await?;
+        // The slow fallback: stops by itself with the actor.
+        myself.send_interval(state.ctx.config.fallback_check, || SessionMessage::Timer);
+        myself.cast(SessionMessage::Resume)?;
         Ok(())
     }
 
@@ -939,99 +696,79 @@ impl Actor for SessionActor {
         state: &mut SessionState,
     ) -> Result<(), ActorProcessingErr> {
         match message {
+            SessionMessage::Resume => state.resume(&myself).await?,
             SessionMessage::Enqueue { rows, reply } => {
-                let paths = state.paths.clone();
-                let result = blocking(move || files::write_inbound(&paths, &rows)).await;
+                let owner = state.ctx.config.container_owner;
+                let resumed = state.resumed;
+                let result = blocking(&state.paths, move |p| {
+                    if !resumed {
+                        files::prepare(p, owner)?;
+                    }
+                    files::write_inbound(p, &rows)
+                })
+                .await;
                 let added = result.as_ref().map(|n| *n).unwrap_or(0);
                 let _ = reply.send(result);
                 if added > 0 {
-                    state.last_activity = Instant::now();
-                    match &state.slot {
-                        Slot::Empty => state.spawn_container(&myself).await?,
-                        Slot::Live { ready: true, stopping: None, .. } => state.wake_container().await,
-                        Slot::Live { .. } => {}
+                    state.last_activity = SessionState::now();
+                    state.set_work_flag(true).await?;
+                    match &state.phase {
+                        Phase::Gone => state.check(&myself).await?,
+                        Phase::Ready { .. } => state.wake.wake(),
+                        _ => {}
                     }
                 }
             }
-            SessionMessage::Kill { reason, then } => match state.slot {
-                Slot::Empty if then == Then::Respawn => state.spawn_container(&myself).await?,
-                Slot::Empty => {}
-                Slot::Live { .. } => state.kill(reason, then),
-            },
-            SessionMessage::WakeConnected(stream) => {
-                let (mut read, write) = stream.into_split();
-                state.wake = Some(write);
-                if let Some(r) = state.wake_reader.take() {
-                    r.abort();
-                }
-                let me = myself.clone();
-                state.wake_reader = Some(tokio::spawn(async move {
-                    let mut buf = [0u8; 64];
-                    while let Ok(n) = read.read(&mut buf).await {
-                        if n == 0 {
-                            break;
-                        }
-                        let bytes = &buf[..n];
-                        if bytes.contains(&wake::HELLO) && me.cast(SessionMessage::Hello).is_err() {
-                            break;
-                        }
-                        if bytes.contains(&wake::OUTPUT) && me.cast(SessionMessage::Output).is_err() {
-                            break;
-                        }
-                    }
-                }));
+            SessionMessage::Kill { reason, then } => {
+                let action = state.phase.kill(StopCause::Requested(reason), then);
+                state.act(&myself, action).await?;
             }
-            SessionMessage::Hello => {
-                if let Slot::Live { ready, .. } = &mut state.slot {
-                    *ready = true;
+            SessionMessage::WakeConnected(conn) => {
+                let generation = conn.generation;
+                if state.phase.hello(generation, SessionState::now().into_std()) {
+                    state.wake.connect(conn);
+                    state.last_activity = SessionState::now();
                     let sid = state.session.id.clone();
                     state.ctx.store.call(move |c| store::set_container_status(c, &sid, "running")).await?;
+                    state.check(&myself).await?;
                 }
             }
-            SessionMessage::Output => {
-                state.last_activity = Instant::now();
-                state.pump(&myself).await;
-            }
-            SessionMessage::Tick => {
-                state.pump(&myself).await;
-                match state.slot {
-                    Slot::Empty => {
-                        let paths = state.paths.clone();
-                        let work = blocking(move || files::pending_work(&paths)).await?;
-                        if work.due_now {
-                            state.spawn_container(&myself).await?;
-                        } else if work.pending == 0
-                            && state.retry_at.is_empty()
-                            && state.last_activity.elapsed() > state.ctx.config.session_linger
-                        {
-                            debug!(session = %state.session.id, "idle; session actor stops");
-                            myself.stop(Some("idle".into()));
-                        }
-                    }
-                    Slot::Live { .. } => {
-                        if let Err(e) = state.check_container().await {
-                            warn!(session = %state.session.id, error = %e, "container check failed");
-                        }
-                    }
+            SessionMessage::Outbox(OutboxReport::Violation(reason)) => state.quarantine(reason).await?,
+            SessionMessage::Outbox(OutboxReport::Progress {
+                finished,
+                delivered,
+                newest_claim_seen,
+                declared_timeout,
+                outstanding,
+            }) => {
+                if finished > 0 || delivered > 0 {
+                    state.last_activity = SessionState::now();
+                    state.spawn_failures = 0;
                 }
+                state.newest_claim_seen = newest_claim_seen;
+                state.declared_timeout = declared_timeout;
+                state.outstanding = outstanding;
+                state.check(&myself).await?;
             }
-            SessionMessage::SlotGranted => {
-                state.has_slot = true;
-                state.spawn_if_due(&myself).await?;
-                if matches!(state.slot, Slot::Empty) {
+            SessionMessage::Timer => state.check(&myself).await?,
+            SessionMessage::SlotGranted(permit) => {
+                state.slot_wait = None;
+                state.permit = Some(permit);
+                state.check(&myself).await?;
+                if matches!(state.phase, Phase::Gone) {
                     // Nothing to do any more (or spawning is backing off): pass the slot on.
-                    state.release_slot();
+                    state.permit = None;
                 }
             }
             SessionMessage::Status(reply) => {
-                let paths = state.paths.clone();
                 let pending =
-                    blocking(move || files::pending_work(&paths)).await.map(|w| w.pending).unwrap_or(-1);
+                    blocking(&state.paths, files::pending_work).await.map(|w| w.pending).unwrap_or(-1);
                 let _ = reply.send(SessionStatus {
                     session_id: state.session.id.clone(),
-                    container_generation: state.generation(),
-                    container_ready: matches!(state.slot, Slot::Live { ready: true, .. }),
+                    container_generation: state.phase.generation(),
+                    container_ready: state.phase.is_ready(),
                     pending,
+                    hold: state.hold.clone(),
                 });
             }
         }
@@ -1044,16 +781,20 @@ impl Actor for SessionActor {
         event: SupervisionEvent,
         state: &mut SessionState,
     ) -> Result<(), ActorProcessingErr> {
-        let (cell, reason) = match event {
-            SupervisionEvent::ActorTerminated(cell, _, reason) => {
-                (cell, reason.unwrap_or_else(|| "stopped".into()))
+        let is_current = |id: ractor::ActorId| state.container.as_ref().is_some_and(|c| c.get_id() == id);
+        match event {
+            SupervisionEvent::ActorStarted(cell) if is_current(cell.get_id()) => state.phase.started(),
+            SupervisionEvent::ActorTerminated(cell, boxed, reason) if is_current(cell.get_id()) => {
+                let exit = boxed
+                    .and_then(|mut b| b.take::<ContainerState>().ok())
+                    .and_then(|s| s.exit().cloned())
+                    .unwrap_or_else(|| ContainerExit::Lost(reason.unwrap_or_else(|| "stopped".into())));
+                state.container_gone(&myself, exit).await?;
             }
-            SupervisionEvent::ActorFailed(cell, err) => (cell, format!("failed: {err}")),
-            _ => return Ok(()),
-        };
-        let is_current = matches!(&state.slot, Slot::Live { actor, .. } if actor.get_id() == cell.get_id());
-        if is_current {
-            state.container_gone(&myself, reason).await?;
+            SupervisionEvent::ActorFailed(cell, err) if is_current(cell.get_id()) => {
+                state.container_gone(&myself, ContainerExit::StartFailed(err.to_string())).await?;
+            }
+            _ => {}
         }
         Ok(())
     }
@@ -1063,19 +804,12 @@ impl Actor for SessionActor {
         _myself: ActorRef<Self::Msg>,
         state: &mut SessionState,
     ) -> Result<(), ActorProcessingErr> {
-        state.listener.abort();
-        if let Some(r) = state.wake_reader.take() {
-            r.abort();
-        }
-        // Stop the container gracefully (ractor would only kill its actor, leaving the container).
-        if let Slot::Live { actor, .. } = &state.slot {
+        // Stop the container gracefully (ractor would only kill its actor, leaving the container;
+        // the registry entry and the sweeper cover the case where this is skipped).
+        if let Some(actor) = state.container.take() {
             let grace = state.ctx.config.container_stop_grace + Duration::from_secs(10);
             actor.stop_and_wait(Some("session stopping".into()), Some(grace)).await.ok();
         }
-        let _ = std::fs::remove_file(state.paths.wake_socket());
-        state.release_slot();
-        // Also leaves the queue if it was waiting.
-        state.ctx.slots.release(&state.session.id);
         let sid = state.session.id.clone();
         let _ = state.ctx.store.call(move |c| store::set_container_status(c, &sid, "stopped")).await;
         Ok(())

@@ -4,6 +4,11 @@
 //! that stops when idle is forgotten; one that fails is forgotten and resumed after a backoff
 //! (1 s × 2^n, at most 60 s) — its state lives in the DBs, so the replacement continues where it
 //! left off. Stopping this actor stops every session actor gracefully (each stops its container).
+//!
+//! At its start (the host's, or its own restart) it resumes every session flagged with pending
+//! work in the central store (`sessions.work_pending`): one indexed query, however many sessions
+//! exist, and no session file is read here — each session actor reads its own files in its own
+//! first message, under its own deadlines, so the sessions resume concurrently.
 
 use super::session::{SessionActor, SessionArgs, SessionHandle, SessionMessage};
 use crate::context::ServiceContext;
@@ -84,6 +89,21 @@ impl Actor for SessionSupervisor {
         })
     }
 
+    async fn post_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let ids = state.ctx.store.call(|c| store::sessions_with_work(c)).await?;
+        if !ids.is_empty() {
+            info!(sessions = ids.len(), "resuming sessions with pending work");
+        }
+        for id in ids {
+            myself.cast(SessionSupervisorMessage::Resume(id))?;
+        }
+        Ok(())
+    }
+
     async fn handle(
         &self,
         myself: ActorRef<Self::Msg>,
@@ -140,8 +160,7 @@ impl Actor for SessionSupervisor {
                         state.sessions.remove(&id);
                     }
                     warn!(session = %id, error = %err, "session actor failed; resuming after backoff");
-                    // A failed actor skips post_stop: give its container slot (or queue place) back.
-                    state.ctx.slots.release(&id);
+                    // Its container slot (or queue place) went back when its state was dropped.
                     schedule_resume(&myself, state, id);
                 }
             }

@@ -14,8 +14,6 @@ use super::session_supervisor::{SessionSupervisor, SessionSupervisorMessage, Ses
 use super::sweeper::{Sweeper, SweeperMessage, sweep};
 use crate::context::ServiceContext;
 use crate::router::Router;
-use crate::session_files::{self, SessionPaths};
-use crate::store;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -90,25 +88,6 @@ impl Actor for Supervisor {
                 info!(entries = n, "routed inbound messages a previous run had committed but not routed")
             }
             Err(e) => warn!(error = %e, "ledger recovery failed; will retry at next start"),
-        }
-        // Sessions with pending input or undelivered output get their actor back.
-        let sessions = state.ctx.store.call(|c| store::active_sessions(c)).await?;
-        let data_dir = state.ctx.config.data_dir.clone();
-        let with_work: Vec<String> = tokio::task::spawn_blocking(move || {
-            sessions
-                .into_iter()
-                .filter(|s| {
-                    let p = SessionPaths::new(&data_dir, &s.agent_group_folder, &s.id);
-                    let pending = session_files::pending_work(&p).map(|w| w.pending > 0).unwrap_or(false);
-                    pending || has_undelivered(&p)
-                })
-                .map(|s| s.id)
-                .collect()
-        })
-        .await?;
-        let handle = SessionsHandle::new(state.sessions.clone());
-        for id in with_work {
-            handle.resume(id);
         }
         Ok(())
     }
@@ -204,13 +183,4 @@ impl Actor for Supervisor {
         info!("supervisor stopped");
         Ok(())
     }
-}
-
-fn has_undelivered(paths: &SessionPaths) -> bool {
-    let Ok(rows) = session_files::read_outbound(paths, 0) else { return false };
-    rows.iter().any(|r| match session_files::delivery_record(paths, &r.ledger_key()) {
-        Ok(Some(record)) => record.status == "retrying",
-        Ok(None) => true,
-        Err(_) => false,
-    })
 }

@@ -9,14 +9,17 @@ mod queries;
 
 pub use queries::*;
 
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension};
 use rusqlite_migration::{M, Migrations};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use tokio::sync::oneshot;
 
 /// The central-DB migrations, in order. Each file is `migrations/NNNN_name.sql`.
-pub const MIGRATIONS: &[M<'static>] = &[M::up(include_str!("../../../migrations/0001_initial.sql"))];
+pub const MIGRATIONS: &[M<'static>] = &[
+    M::up(include_str!("../../../migrations/0001_initial.sql")),
+    M::up(include_str!("../../../migrations/0002_session_holds.sql")),
+];
 
 /// Errors of the central store.
 #[derive(Debug, thiserror::Error)]
@@ -135,11 +138,20 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     let mut conn = Connection::open(path).sql(format!("opening {}", path.display()))?;
     conn.pragma_update(None, "journal_mode", "WAL").sql("journal_mode=WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL").sql("synchronous=NORMAL")?;
-    conn.pragma_update(None, "foreign_keys", "ON").sql("foreign_keys=ON")?;
     conn.busy_timeout(std::time::Duration::from_secs(5)).sql("busy_timeout")?;
+    // Migrations that rebuild a table (SQLite cannot alter a CHECK) drop it; with foreign keys on,
+    // that would cascade into every referencing row. So they run with foreign keys off (the pragma
+    // is a no-op inside their transactions), and the references are checked before turning them on.
+    conn.pragma_update(None, "foreign_keys", "OFF").sql("foreign_keys=OFF")?;
     Migrations::from_slice(MIGRATIONS)
         .to_latest(&mut conn)
         .map_err(|source| StoreError::Migration { path: path.display().to_string(), source })?;
+    let broken: Option<String> =
+        conn.query_row("PRAGMA foreign_key_check", [], |r| r.get(0)).optional().sql("foreign_key_check")?;
+    if let Some(table) = broken {
+        return Err(StoreError::Invalid(format!("{}: broken foreign key in table {table}", path.display())));
+    }
+    conn.pragma_update(None, "foreign_keys", "ON").sql("foreign_keys=ON")?;
     Ok(conn)
 }
 

@@ -139,6 +139,113 @@ pub fn session_info(conn: &Connection, session_id: &str) -> Result<Option<Sessio
         .sql(format!("load session {session_id}"))
 }
 
+/// Why a session is held: its container is not started until an operator releases it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionHold {
+    /// The container's files broke the rules of the container-file reader (a file that is not a
+    /// regular file, a foreign schema, an oversize file) or its reads kept passing their deadline.
+    Quarantined(String),
+    /// The session's workspace is over `container.workspace_max_mb`.
+    Paused(String),
+}
+
+impl SessionHold {
+    /// The `sessions.status` value.
+    pub fn status(&self) -> &'static str {
+        match self {
+            SessionHold::Quarantined(_) => "quarantined",
+            SessionHold::Paused(_) => "paused",
+        }
+    }
+
+    /// The reason given.
+    pub fn reason(&self) -> &str {
+        match self {
+            SessionHold::Quarantined(r) | SessionHold::Paused(r) => r,
+        }
+    }
+}
+
+/// The hold of a session, if it is quarantined or paused.
+pub fn session_hold(conn: &Connection, session_id: &str) -> Result<Option<SessionHold>, StoreError> {
+    let row: Option<(String, Option<String>)> = conn
+        .query_row("SELECT status, status_reason FROM sessions WHERE id = ?1", [session_id], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .optional()
+        .sql("read session status")?;
+    Ok(row.and_then(|(status, reason)| {
+        let reason = reason.unwrap_or_default();
+        match status.as_str() {
+            "quarantined" => Some(SessionHold::Quarantined(reason)),
+            "paused" => Some(SessionHold::Paused(reason)),
+            _ => None,
+        }
+    }))
+}
+
+/// Puts an open session on hold. Returns false when it was already held (so the chat and the
+/// owner are told once) or is closed.
+pub fn hold_session(conn: &Connection, session_id: &str, hold: &SessionHold) -> Result<bool, StoreError> {
+    let n = conn
+        .execute(
+            "UPDATE sessions SET status = ?2, status_reason = ?3, status_since = ?4, work_pending = 1
+              WHERE id = ?1 AND status = 'active'",
+            params![session_id, hold.status(), hold.reason(), now_ts()],
+        )
+        .sql("hold session")?;
+    Ok(n == 1)
+}
+
+/// What [`release_session`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Release {
+    /// The session was held and is active again.
+    Released(SessionHold),
+    /// The session is not held (active or closed).
+    NotHeld(String),
+    /// No session has that id.
+    NotFound,
+}
+
+/// Makes a quarantined or paused session active again (after its files were fixed or reset).
+pub fn release_session(conn: &mut Connection, session_id: &str) -> Result<Release, StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).sql("begin release")?;
+    let status: Option<String> = tx
+        .query_row("SELECT status FROM sessions WHERE id = ?1", [session_id], |r| r.get(0))
+        .optional()
+        .sql("read session status")?;
+    let Some(status) = status else { return Ok(Release::NotFound) };
+    let Some(hold) = session_hold(&tx, session_id)? else { return Ok(Release::NotHeld(status)) };
+    tx.execute(
+        "UPDATE sessions SET status = 'active', status_reason = NULL, status_since = NULL, work_pending = 1 WHERE id = ?1",
+        [session_id],
+    )
+    .sql("release session")?;
+    tx.commit().sql("commit release")?;
+    Ok(Release::Released(hold))
+}
+
+/// Records whether a session has work the host must come back to after a restart (pending
+/// inbound rows, output not yet final). Start-up resumes exactly the sessions with the flag.
+pub fn set_work_pending(conn: &Connection, session_id: &str, pending: bool) -> Result<(), StoreError> {
+    conn.execute("UPDATE sessions SET work_pending = ?2 WHERE id = ?1", params![session_id, pending])
+        .sql("set work pending")?;
+    Ok(())
+}
+
+/// Ids of the active sessions flagged with pending work, in creation order. Uses the partial
+/// index `sessions_work`, so its cost follows the flagged sessions, not all sessions.
+pub fn sessions_with_work(conn: &Connection) -> Result<Vec<String>, StoreError> {
+    let mut st = conn
+        .prepare("SELECT id FROM sessions WHERE work_pending = 1 AND status = 'active' ORDER BY created_at")
+        .sql("list sessions with work")?;
+    st.query_map([], |r| r.get(0))
+        .sql("list sessions with work")?
+        .collect::<Result<_, _>>()
+        .sql("list sessions with work")
+}
+
 /// Every active session.
 pub fn active_sessions(conn: &Connection) -> Result<Vec<SessionInfo>, StoreError> {
     let mut st = conn
@@ -414,7 +521,7 @@ pub fn resolve_session(
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).sql("begin resolve session")?;
     let existing: Option<String> = tx
         .query_row(
-            "SELECT id FROM sessions WHERE status = 'active' AND agent_group_id = ?1 AND messaging_group_id = ?2
+            "SELECT id FROM sessions WHERE status <> 'closed' AND agent_group_id = ?1 AND messaging_group_id = ?2
                AND coalesce(thread_id, '') = coalesce(?3, '')",
             params![agent_group_id, messaging_group_id, thread_id],
             |r| r.get(0),

@@ -40,6 +40,8 @@ const PROVIDER_ATTEMPTS: u32 = 3;
 /// bytes (and a closed socket) into notifications.
 struct WakeLink {
     path: PathBuf,
+    /// This container's generation, sent in the hello so the host can tell it from a stale one.
+    generation: i64,
     writer: Option<OwnedWriteHalf>,
     notify: Arc<Notify>,
     reader: Option<tokio::task::JoinHandle<()>>,
@@ -49,9 +51,10 @@ struct WakeLink {
 }
 
 impl WakeLink {
-    fn new(path: PathBuf) -> Self {
+    fn new(path: PathBuf, generation: i64) -> Self {
         Self {
             path,
+            generation,
             writer: None,
             notify: Arc::new(Notify::new()),
             reader: None,
@@ -78,7 +81,7 @@ impl WakeLink {
         match UnixStream::connect(&self.path).await {
             Ok(stream) => {
                 let (mut read, mut write) = stream.into_split();
-                if write.write_all(&[wake::HELLO]).await.is_err() {
+                if write.write_all(&wake::hello_frame(self.generation)).await.is_err() {
                     return;
                 }
                 let notify = self.notify.clone();
@@ -206,7 +209,7 @@ pub async fn run_with(config: RunnerConfig, mut provider: Box<dyn Provider>) -> 
     let heartbeat = config.heartbeat();
     touch(&heartbeat);
     let key = continuation_key(provider.name());
-    let mut link = WakeLink::new(config.wake_socket());
+    let mut link = WakeLink::new(config.wake_socket(), config.generation);
     link.ensure().await;
     info!(generation = config.generation, provider = provider.name(), "runner started");
     let poll = Duration::from_millis(config.poll_ms);

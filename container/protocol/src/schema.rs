@@ -13,7 +13,7 @@ use std::path::Path;
 use std::time::Duration;
 
 /// Version of both session-DB schemas, stored in `PRAGMA user_version`.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// How long a connection waits for the other side's lock before `SQLITE_BUSY`, in milliseconds.
 pub const BUSY_TIMEOUT_MS: u64 = 5000;
@@ -57,6 +57,14 @@ CREATE TABLE IF NOT EXISTS destinations (
     channel_type   TEXT,
     platform_id    TEXT,
     agent_group_id TEXT
+);
+
+-- How far the host has read the container's outbound.db: every row below `rowid` of that table
+-- is final on the host's side (version 2). Start-up and each pass resume from here instead of
+-- walking the whole table.
+CREATE TABLE IF NOT EXISTS host_cursors (
+    name  TEXT PRIMARY KEY CHECK (name IN ('messages_out','processing_ack')),
+    rowid INTEGER NOT NULL CHECK (rowid >= 0)
 );
 
 CREATE TABLE IF NOT EXISTS session_routing (

@@ -7,7 +7,7 @@
 //! |---|---|---|
 //! | [`INPUT`] | host → container | `inbound.db` has new or changed rows: read now |
 //! | [`OUTPUT`] | container → host | `outbound.db` has new committed rows or acks: deliver now |
-//! | [`HELLO`] | container → host | first byte after connect: the runner is up and has cleared stale claims |
+//! | [`HELLO`] | container → host | first frame after connect: `h<generation>\n` (see [`hello_frame`]): the runner of that container generation is up and has cleared stale claims |
 //!
 //! Bytes coalesce: several `INPUT`s before a read mean one read. Unknown bytes are ignored by
 //! both sides (the container is untrusted; the host never does more than re-read its DBs).
@@ -22,5 +22,39 @@ pub const OUTPUT: u8 = b'o';
 /// Container → host: the runner is ready (stale claims cleared, generation recorded).
 pub const HELLO: u8 = b'h';
 
+/// Longest hello frame the host reads (`h`, up to 20 digits, `\n`), in bytes. A connection that
+/// sends more, or nothing within the host's hello deadline, is closed.
+pub const MAX_HELLO_BYTES: usize = 22;
+
+/// The hello frame of the runner of container `generation`: `h<generation>\n`. The host accepts
+/// a connection only when the generation is that of the container it is waiting for, so a
+/// connection left by an older container (or opened by anything else) is ignored.
+pub fn hello_frame(generation: i64) -> Vec<u8> {
+    format!("h{generation}\n").into_bytes()
+}
+
+/// Parses a complete hello frame (including the `\n`); `None` for anything else.
+pub fn parse_hello(frame: &[u8]) -> Option<i64> {
+    let body = frame.strip_prefix(&[HELLO])?.strip_suffix(b"\n")?;
+    if body.is_empty() || body.len() > 19 || !body.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(body).ok()?.parse().ok()
+}
+
 /// The longest poll interval either side may use as a fallback, in milliseconds.
 pub const MAX_POLL_MS: u64 = 1000;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hello_frames_round_trip_and_junk_is_refused() {
+        assert_eq!(parse_hello(&hello_frame(42)), Some(42));
+        assert!(hello_frame(i64::MAX).len() <= MAX_HELLO_BYTES);
+        for junk in [&b"h\n"[..], b"h12", b"x12\n", b"h-1\n", b"h1a\n", b"h99999999999999999999\n", b""] {
+            assert_eq!(parse_hello(junk), None, "{junk:?}");
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! What a session tells people: replies and notes to its chat, progress notices, and the owner.
+//!
+//! Every send goes through the channel registry of the service; a channel that is not running
+//! makes a note undeliverable (logged), never an error of the session. Host notes carry a
+//! `host-…` key so idempotent channels can deduplicate them too.
+
+use crate::context::ServiceContext;
+use crate::ports::channel::{DeliveryError, Notice, OutboundMessage};
+use crate::session_files::{self as files, SessionPaths};
+use crate::store::{self, SessionHold, SessionInfo};
+use nanoclaw_protocol::content::ChatContent;
+use tracing::{info, warn};
+
+/// Sends one message through the channel of `channel_type` (delivery timeout from the config).
+pub async fn send(
+    ctx: &ServiceContext,
+    channel_type: &str,
+    message: OutboundMessage,
+) -> Result<Option<String>, DeliveryError> {
+    let channel = ctx.channels.read().get(channel_type).cloned();
+    match channel {
+        Some(ch) => crate::actors::channel::deliver(&ch, message, ctx.config.delivery_timeout).await,
+        None => {
+            Err(DeliveryError { message: format!("channel {channel_type} is not running"), retryable: true })
+        }
+    }
+}
+
+/// Passes a progress notice to the channel of `channel_type`, if it runs.
+pub fn notice(ctx: &ServiceContext, channel_type: &str, notice: Notice) {
+    if let Some(ch) = ctx.channels.read().get(channel_type).cloned() {
+        let _ = ch.cast(crate::actors::channel::ChannelMessage::Notice(notice));
+    }
+}
+
+/// A host note to the session's own chat (best effort, logged when undeliverable).
+pub async fn tell_chat(ctx: &ServiceContext, session: &SessionInfo, key: String, text: String) {
+    let (Some(channel_type), Some(platform_id)) = (session.channel_type.clone(), session.platform_id.clone())
+    else {
+        return;
+    };
+    let message = OutboundMessage {
+        platform_id,
+        thread_id: session.thread_id.clone(),
+        text,
+        in_reply_to: None,
+        message_out_id: key,
+    };
+    if let Err(e) = send(ctx, &channel_type, message).await {
+        warn!(session = %session.id, error = %e, "note to the chat not delivered");
+    }
+}
+
+/// Tells the session's chat that its message waits for a container slot.
+pub async fn tell_queued(ctx: &ServiceContext, session: &SessionInfo, ahead: usize) {
+    let cap = ctx.slots.cap();
+    info!(session = %session.id, ahead, cap, "queued for a container slot");
+    let text = format!(
+        "Queued: all {cap} agent containers are busy; {ahead} conversation(s) ahead of yours. I will answer as soon as one is free."
+    );
+    tell_chat(ctx, session, format!("host-queued-{}", session.id), text).await;
+}
+
+/// Tells the chat and the owner (once, by the caller) that the session is held, and how to
+/// release it.
+pub async fn tell_held(ctx: &ServiceContext, session: &SessionInfo, hold: &SessionHold) {
+    let what = match hold {
+        SessionHold::Quarantined(_) => "quarantined: its container broke the host's rules for its files",
+        SessionHold::Paused(_) => "paused: its workspace is over its size limit",
+    };
+    let text = format!(
+        "This conversation's agent is {what} ({}). Your messages are kept and will be answered after an operator runs `nanoclaw sessions release {}`.",
+        hold.reason(),
+        session.id
+    );
+    tell_chat(ctx, session, format!("host-held-{}", session.id), text.clone()).await;
+    // The owner's chat is the local CLI chat; tell it too unless it is the same chat.
+    let own = session.channel_type.as_deref() == Some("cli")
+        && session.platform_id.as_deref() == Some(store::CLI_PLATFORM_ID);
+    if !own {
+        let message = OutboundMessage {
+            platform_id: store::CLI_PLATFORM_ID.to_string(),
+            thread_id: None,
+            text: format!(
+                "Session {} ({}) is {what}: {}",
+                session.id,
+                session.agent_group_name,
+                hold.reason()
+            ),
+            in_reply_to: None,
+            message_out_id: format!("host-held-owner-{}", session.id),
+        };
+        if let Err(e) = send(ctx, "cli", message).await {
+            warn!(session = %session.id, error = %e, "note to the owner not delivered");
+        }
+    }
+}
+
+/// The content of an inbound chat row (its platform message id and trace id), if any.
+pub async fn chat_content(paths: &SessionPaths, message_id: &str) -> Option<ChatContent> {
+    let (paths, id) = (paths.clone(), message_id.to_string());
+    tokio::task::spawn_blocking(move || files::chat_content(&paths, &id).ok().flatten()).await.ok().flatten()
+}
+
+/// Tells the user a message will not be answered, and marks it failed on the channel.
+pub async fn tell_failed(
+    ctx: &ServiceContext,
+    session: &SessionInfo,
+    paths: &SessionPaths,
+    message_id: &str,
+    channel_type: Option<String>,
+    platform_id: Option<String>,
+    text: String,
+) {
+    let (Some(channel_type), Some(platform_id)) = (channel_type, platform_id) else { return };
+    let message = OutboundMessage {
+        platform_id: platform_id.clone(),
+        thread_id: session.thread_id.clone(),
+        text: text.clone(),
+        in_reply_to: None,
+        message_out_id: format!("host-failed-{message_id}"),
+    };
+    if let Err(e) = send(ctx, &channel_type, message).await {
+        warn!(session = %session.id, error = %e, "failure note not delivered");
+    }
+    if let Some(pmid) = chat_content(paths, message_id).await.and_then(|c| c.platform_message_id) {
+        notice(ctx, &channel_type, Notice::Failed { platform_id, platform_message_id: pmid, reason: text });
+    }
+}

@@ -1,0 +1,521 @@
+//! The outbox of one session: reads what the container wrote, syncs its acks, delivers its
+//! messages, and sends the notices of finished turns — in a task of its own, off the session
+//! actor's mailbox, so a slow channel or a slow (or hostile) `outbound.db` never delays `Kill`,
+//! stuck detection or shutdown.
+//!
+//! Driven by one coalescing notification ([`Outbox::poke`]: wake bytes from the container, new
+//! input, the session's timers) and by timers armed for the next due instant (a delivery retry,
+//! a scheduled `deliver_after`), with a slow fallback pass ([`FALLBACK`]). Every pass reads one
+//! page of `messages_out` and one of `processing_ack` through [`crate::container_files`] (the one
+//! door for container files), starting at cursors persisted in `inbound.db` — so a pass costs the
+//! same after 100,000 messages as after 10.
+//!
+//! Delivery keeps DESIGN §5 invariant 3: a reservation (`sending`) is committed before each send
+//! and the platform message id after it. The "processed" notice of a turn goes out only when every
+//! reply read so far is final. A row the validator refuses is failed with its reason and the agent
+//! told with a note (`trigger = 0`, which never counts as pending work).
+//!
+//! The outbox reports to the session actor through a callback (one report per pass, so reports
+//! are as coalesced as passes): progress, and rule violations that call for quarantine.
+
+use crate::container_files::{self, OutboundRequest, ReadError, ReadLimits};
+use crate::context::ServiceContext;
+use crate::ports::channel::{Notice, OutboundMessage};
+use crate::session_files::{self as files, Cursors, FinishedMessage, NewInbound, SessionPaths};
+use crate::store::{self, SessionInfo};
+use nanoclaw_protocol::content::{OutboundContent, SystemNotice};
+use nanoclaw_protocol::rows::AckStatus;
+use nanoclaw_protocol::validate::{OutboundBody, RawOutboundRow, ValidOutbound, validate_outbound};
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::task::AbortOnDropHandle;
+use tracing::{debug, info, warn};
+
+use super::notices;
+
+/// The slow fallback pass when nothing pokes the outbox (DESIGN §6: wake signals first).
+pub const FALLBACK: Duration = Duration::from_secs(30);
+
+/// Consecutive reads past their deadline before the session is quarantined.
+pub const DEADLINE_STRIKES: u32 = 3;
+
+/// Most finished turns whose notices wait for their replies.
+const MAX_WAITING_NOTICES: usize = 1024;
+
+/// What a pass tells the session actor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutboxReport {
+    /// A pass completed.
+    Progress {
+        /// Inbound rows that reached a final status in this pass.
+        finished: usize,
+        /// Messages delivered in this pass.
+        delivered: usize,
+        /// When the newest claim of the current container still in flight was first seen by the
+        /// host (host clock: the container's timestamps are not trusted); `None`: no claims.
+        newest_claim_seen: Option<Instant>,
+        /// Declared timeout of the tool in flight (untrusted; the liveness verdict caps it).
+        declared_timeout: Option<Duration>,
+        /// Rows not yet final remain (retries, scheduled messages, unread pages).
+        outstanding: bool,
+    },
+    /// The container's files break the rules: quarantine the session.
+    Violation(String),
+}
+
+/// Handle to the outbox task; dropping it stops the task.
+pub struct Outbox {
+    notify: Arc<Notify>,
+    generation: Arc<AtomicI64>,
+    _task: AbortOnDropHandle<()>,
+}
+
+impl std::fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outbox").field("generation", &self.generation.load(Ordering::Relaxed)).finish()
+    }
+}
+
+impl Outbox {
+    /// Starts the outbox of `session`. `notify` is shared with the wake link (its `OUTPUT`
+    /// bytes poke the outbox directly); `report` receives one report per pass and returns false
+    /// when the session is gone.
+    pub fn spawn(
+        ctx: Arc<ServiceContext>,
+        session: SessionInfo,
+        paths: SessionPaths,
+        notify: Arc<Notify>,
+        report: impl Fn(OutboxReport) -> bool + Send + Sync + 'static,
+    ) -> Outbox {
+        let generation = Arc::new(AtomicI64::new(0));
+        let limits = ReadLimits { max_file_bytes: ctx.config.outbound_max_bytes, ..ReadLimits::default() };
+        let worker = Worker {
+            ctx,
+            session,
+            paths,
+            limits,
+            notify: notify.clone(),
+            generation: generation.clone(),
+            report: Box::new(report),
+            cursors: None,
+            retry_at: HashMap::new(),
+            scheduled: None,
+            claims_seen: HashMap::new(),
+            waiting_notices: VecDeque::new(),
+            strikes: 0,
+            unavailable: None,
+            last_warning: None,
+        };
+        Outbox { notify, generation, _task: AbortOnDropHandle::new(tokio::spawn(worker.run())) }
+    }
+
+    /// Asks for a pass soon (coalesces with any pending request).
+    pub fn poke(&self) {
+        self.notify.notify_one();
+    }
+
+    /// Sets the generation of the current container (its claims are the ones that count).
+    pub fn set_generation(&self, generation: i64) {
+        self.generation.store(generation, Ordering::SeqCst);
+    }
+}
+
+struct Worker {
+    ctx: Arc<ServiceContext>,
+    session: SessionInfo,
+    paths: SessionPaths,
+    limits: ReadLimits,
+    notify: Arc<Notify>,
+    generation: Arc<AtomicI64>,
+    report: Box<dyn Fn(OutboxReport) -> bool + Send + Sync>,
+    /// Persisted cursors, loaded at the first pass.
+    cursors: Option<Cursors>,
+    /// Rows waiting for a delivery retry, and when.
+    retry_at: HashMap<String, Instant>,
+    /// The earliest `deliver_after` of a scheduled row.
+    scheduled: Option<Instant>,
+    /// Claims of the current container, with when the host first saw each.
+    claims_seen: HashMap<String, (i64, Instant)>,
+    /// Finished turns whose notices wait until every reply read so far is final.
+    waiting_notices: VecDeque<FinishedMessage>,
+    /// Consecutive reads past their deadline.
+    strikes: u32,
+    /// Retry after a transient read error, with its backoff.
+    unavailable: Option<(Instant, Duration)>,
+    /// The last warning logged, so a broken state is logged once, not every pass.
+    last_warning: Option<String>,
+}
+
+/// Why a pass stopped early.
+enum PassError {
+    /// The session is to be quarantined; the worker waits to be dropped.
+    Violation(String),
+    /// A transient problem; retry later.
+    Retry(String),
+}
+
+impl Worker {
+    async fn run(mut self) {
+        loop {
+            let next = self.next_due();
+            tokio::select! {
+                _ = self.notify.notified() => {}
+                _ = tokio::time::sleep_until(next) => {}
+            }
+            match self.pass().await {
+                Ok(report) => {
+                    self.unavailable = None;
+                    self.last_warning = None;
+                    if !(self.report)(report) {
+                        return;
+                    }
+                }
+                Err(PassError::Violation(reason)) => {
+                    let _ = (self.report)(OutboxReport::Violation(reason));
+                    // The session kills its container and drops this task.
+                    std::future::pending::<()>().await;
+                }
+                Err(PassError::Retry(why)) => {
+                    let backoff =
+                        self.unavailable.map_or(Duration::from_secs(1), |(_, d)| (d * 2).min(FALLBACK));
+                    self.unavailable = Some((Instant::now() + backoff, backoff));
+                    if self.last_warning.as_deref() != Some(why.as_str()) {
+                        warn!(session = %self.session.id, error = %why, ?backoff, "outbox pass failed; will retry");
+                        self.last_warning = Some(why);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The next instant a pass is due without a poke.
+    fn next_due(&self) -> Instant {
+        let mut next = Instant::now() + FALLBACK;
+        for t in self.retry_at.values().chain(self.scheduled.iter()) {
+            next = next.min(*t);
+        }
+        if let Some((t, _)) = self.unavailable {
+            next = next.min(t);
+        }
+        next
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&SessionPaths) -> Result<T, files::SessionFileError> + Send + 'static,
+    ) -> Result<T, PassError> {
+        let paths = self.paths.clone();
+        match tokio::task::spawn_blocking(move || f(&paths)).await {
+            Ok(r) => r.map_err(|e| PassError::Retry(e.to_string())),
+            Err(e) => Err(PassError::Retry(format!("blocking task failed: {e}"))),
+        }
+    }
+
+    async fn pass(&mut self) -> Result<OutboxReport, PassError> {
+        let cursors = match self.cursors {
+            Some(c) => c,
+            None => {
+                let c = self.blocking(files::read_cursors).await?;
+                self.cursors = Some(c);
+                c
+            }
+        };
+        let req = OutboundRequest {
+            messages_from_rowid: Some(cursors.messages_out),
+            acks_from_rowid: Some(cursors.processing_ack),
+            max_rows: self.limits.max_rows,
+            claims_of_generation: None,
+            container_state: true,
+        };
+        let snapshot = match container_files::read(self.paths.clone(), self.limits.clone(), req).await {
+            Ok(s) => {
+                self.strikes = 0;
+                s
+            }
+            Err(ReadError::Violation(v)) => return Err(PassError::Violation(v.to_string())),
+            Err(ReadError::Deadline { what }) => {
+                self.strikes += 1;
+                warn!(session = %self.session.id, %what, strikes = self.strikes, "reading the container's files passed its deadline");
+                if self.strikes >= DEADLINE_STRIKES {
+                    return Err(PassError::Violation(format!(
+                        "{what}: {} reads in a row passed their deadline",
+                        self.strikes
+                    )));
+                }
+                return Err(PassError::Retry(format!("{what}: deadline passed")));
+            }
+            Err(ReadError::Unavailable(e)) => return Err(PassError::Retry(e)),
+        };
+        let mut next = cursors;
+
+        // Acks: sync the final ones, note the current container's claims, advance the low water
+        // over the contiguous final prefix.
+        let generation = self.generation.load(Ordering::SeqCst);
+        let now = Instant::now();
+        let mut final_acks = Vec::new();
+        let mut blocked = false;
+        let mut current_claims = HashMap::new();
+        for ack in &snapshot.acks {
+            match ack.status {
+                AckStatus::Completed | AckStatus::Failed => {
+                    final_acks.push((ack.message_id.clone(), ack.status));
+                    if !blocked {
+                        next.processing_ack = ack.rowid + 1;
+                    }
+                }
+                AckStatus::Processing => {
+                    blocked = true;
+                    if ack.generation == generation {
+                        let seen = self.claims_seen.get(&ack.message_id).filter(|(r, _)| *r == ack.rowid);
+                        current_claims
+                            .insert(ack.message_id.clone(), (ack.rowid, seen.map_or(now, |(_, t)| *t)));
+                    }
+                }
+            }
+        }
+        self.claims_seen = current_claims;
+        let finished = self.blocking(move |p| files::apply_acks(p, &final_acks)).await?;
+        let finished_count = finished.len();
+        for f in finished {
+            if f.kind == "chat" && self.waiting_notices.len() < MAX_WAITING_NOTICES {
+                self.waiting_notices.push_back(f);
+            }
+        }
+
+        // Messages: deliver in order; advance the low water over the contiguous final prefix.
+        let mut delivered = 0;
+        let mut all_final = true;
+        self.scheduled = None;
+        let page_full = snapshot.messages.len() >= self.limits.max_rows;
+        for raw in &snapshot.messages {
+            let key = raw.ledger_key();
+            let (is_final, sent) = self.handle_row(&key, raw).await?;
+            delivered += usize::from(sent);
+            if is_final && all_final {
+                next.messages_out = raw.rowid + 1;
+            } else if !is_final {
+                all_final = false;
+            }
+        }
+        if next != cursors {
+            self.blocking(move |p| files::write_cursors(p, next)).await?;
+            self.cursors = Some(next);
+        }
+        let more_pages =
+            (page_full && all_final) || (snapshot.acks.len() >= self.limits.max_rows && !blocked);
+        if more_pages {
+            // Read on at once: the page was full.
+            self.notify.notify_one();
+        }
+        let outstanding = !all_final || more_pages;
+        if !outstanding {
+            self.send_notices().await;
+        }
+        let declared_timeout = snapshot.container_state.as_ref().and_then(|s| s.declared_timeout);
+        Ok(OutboxReport::Progress {
+            finished: finished_count,
+            delivered,
+            newest_claim_seen: self.claims_seen.values().map(|(_, t)| *t).max(),
+            declared_timeout,
+            outstanding,
+        })
+    }
+
+    /// Notices of finished turns: every reply read so far is final.
+    async fn send_notices(&mut self) {
+        while let Some(f) = self.waiting_notices.pop_front() {
+            let (Some(ct), Some(pid)) = (f.channel_type.clone(), f.platform_id.clone()) else { continue };
+            let Some(pmid) =
+                notices::chat_content(&self.paths, &f.id).await.and_then(|c| c.platform_message_id)
+            else {
+                continue;
+            };
+            let notice = if f.failed {
+                Notice::Failed {
+                    platform_id: pid,
+                    platform_message_id: pmid,
+                    reason: "the agent failed to answer".into(),
+                }
+            } else {
+                Notice::Processed { platform_id: pid, platform_message_id: pmid }
+            };
+            notices::notice(&self.ctx, &ct, notice);
+        }
+    }
+
+    /// Handles one row; returns (final now, delivered now).
+    async fn handle_row(&mut self, key: &str, raw: &RawOutboundRow) -> Result<(bool, bool), PassError> {
+        let k = key.to_string();
+        let record = self.blocking(move |p| files::delivery_record(p, &k)).await?;
+        match record.as_ref().map(|r| r.status.as_str()) {
+            Some("delivered") | Some("failed") | Some("sending") => return Ok((true, false)),
+            Some("retrying") if self.retry_at.get(key).is_some_and(|t| Instant::now() < *t) => {
+                return Ok((false, false));
+            }
+            _ => {}
+        }
+        let valid = match validate_outbound(raw) {
+            Ok(v) => v,
+            Err(e) => {
+                warn!(session = %self.session.id, row = %key, reason = %e, "outbound row rejected");
+                self.reject(key, &e.to_string()).await?;
+                return Ok((true, false));
+            }
+        };
+        if let Some(after) = valid.deliver_after {
+            let wait = (after - chrono::Utc::now()).to_std().unwrap_or_default();
+            if !wait.is_zero() {
+                let at = Instant::now() + wait;
+                self.scheduled = Some(self.scheduled.map_or(at, |s| s.min(at)));
+                return Ok((false, false));
+            }
+        }
+        match &valid.body {
+            OutboundBody::System(action) => {
+                let reason = format!("system action {} is not supported by this host yet", action.name());
+                warn!(session = %self.session.id, row = %key, %reason, "system action refused");
+                self.record(key, "failed", None, Some(&reason), false).await?;
+                self.note_to_agent(
+                    key,
+                    SystemNotice::ActionResult {
+                        message_out_id: valid.id.clone(),
+                        action: action.name().into(),
+                        ok: false,
+                        message: reason,
+                    },
+                )
+                .await;
+                Ok((true, false))
+            }
+            OutboundBody::Chat(content) => self.deliver_chat(key, &valid, content).await,
+        }
+    }
+
+    async fn deliver_chat(
+        &mut self,
+        key: &str,
+        valid: &ValidOutbound,
+        content: &OutboundContent,
+    ) -> Result<(bool, bool), PassError> {
+        let Some(target) = valid.target.clone() else {
+            self.reject(key, "messages_out.platform_id: a chat row needs a target").await?;
+            return Ok((true, false));
+        };
+        if target.channel_type == "agent" {
+            self.reject(key, "messages_out.channel_type: agent-to-agent delivery is not available yet")
+                .await?;
+            return Ok((true, false));
+        }
+        let own_chat = Some(&target.channel_type) == self.session.channel_type.as_ref()
+            && Some(&target.platform_id) == self.session.platform_id.as_ref();
+        if !own_chat {
+            let (ag, ct, pid) = (
+                self.session.agent_group_id.clone(),
+                target.channel_type.clone(),
+                target.platform_id.clone(),
+            );
+            let allowed = self
+                .ctx
+                .store
+                .call(move |c| store::may_send_to_chat(c, &ag, &ct, &pid))
+                .await
+                .map_err(|e| PassError::Retry(e.to_string()))?;
+            if !allowed {
+                let reason = format!(
+                    "messages_out.platform_id: {}:{} is not a destination of this agent",
+                    target.channel_type, target.platform_id
+                );
+                self.reject(key, &reason).await?;
+                return Ok((true, false));
+            }
+        }
+        let OutboundContent::Text { text } = content;
+        let answered = match &valid.in_reply_to {
+            Some(id) => notices::chat_content(&self.paths, id).await,
+            None => None,
+        };
+        let trace = answered.as_ref().and_then(|c| c.trace_id.clone()).unwrap_or_default();
+        let message = OutboundMessage {
+            platform_id: target.platform_id.clone(),
+            thread_id: target.thread_id.clone(),
+            text: text.clone(),
+            in_reply_to: answered.and_then(|c| c.platform_message_id),
+            message_out_id: valid.id.clone(),
+        };
+        // The reservation is committed before the send (invariant 3).
+        let attempts = self.record(key, "sending", None, None, true).await?;
+        match notices::send(&self.ctx, &target.channel_type, message).await {
+            Ok(platform_message_id) => {
+                self.record(key, "delivered", platform_message_id.as_deref(), None, false).await?;
+                self.retry_at.remove(key);
+                info!(session = %self.session.id, row = %key, %trace, channel = %target.channel_type, "delivered");
+                Ok((true, true))
+            }
+            Err(e) if e.retryable && attempts < self.ctx.config.delivery_attempts => {
+                let delay = self.ctx.config.delivery_backoff.saturating_mul(1 << (attempts - 1).clamp(0, 10));
+                warn!(session = %self.session.id, row = %key, %trace, attempts, error = %e, ?delay, "delivery failed; will retry");
+                self.record(key, "retrying", None, Some(&e.message), false).await?;
+                self.retry_at.insert(key.to_string(), Instant::now() + delay);
+                Ok((false, false))
+            }
+            Err(e) => {
+                warn!(session = %self.session.id, row = %key, %trace, attempts, error = %e, "delivery failed for good");
+                self.record(key, "failed", None, Some(&e.message), false).await?;
+                self.retry_at.remove(key);
+                Ok((true, false))
+            }
+        }
+    }
+
+    async fn record(
+        &self,
+        key: &str,
+        status: &'static str,
+        pmid: Option<&str>,
+        error: Option<&str>,
+        bump: bool,
+    ) -> Result<i64, PassError> {
+        let (key, pmid, error) = (key.to_string(), pmid.map(str::to_string), error.map(str::to_string));
+        self.blocking(move |p| {
+            files::record_delivery(p, &key, status, pmid.as_deref(), error.as_deref(), bump)
+        })
+        .await
+    }
+
+    /// Marks a row failed with a reason and tells the agent why.
+    async fn reject(&self, key: &str, reason: &str) -> Result<(), PassError> {
+        self.record(key, "failed", None, Some(reason), false).await?;
+        self.note_to_agent(
+            key,
+            SystemNotice::Rejected { message_out_id: key.to_string(), reason: reason.to_string() },
+        )
+        .await;
+        Ok(())
+    }
+
+    /// A note to the agent (`trigger = 0`: it rides along with the next turn and never counts as
+    /// pending work).
+    async fn note_to_agent(&self, key: &str, notice: SystemNotice) {
+        let row = NewInbound {
+            id: format!("note-{key}"),
+            kind: "system",
+            trigger: false,
+            on_wake: false,
+            channel_type: None,
+            platform_id: None,
+            thread_id: None,
+            content: serde_json::to_string(&notice).expect("notice serialises"),
+        };
+        if let Err(PassError::Retry(e) | PassError::Violation(e)) =
+            self.blocking(move |p| files::write_inbound(p, &[row])).await
+        {
+            warn!(session = %self.session.id, error = %e, "note to agent not written");
+        } else {
+            debug!(session = %self.session.id, row = %key, "note to agent written");
+        }
+    }
+}
