@@ -129,6 +129,7 @@ async fn the_docker_runtime_conforms() {
         nano_cpus: 1_000_000_000,
         pids_limit: 64,
         user: owner(),
+        nofile: 1024,
     };
     conformance(Arc::new(DockerRuntime::connect(settings).await.unwrap())).await;
 }

@@ -21,6 +21,7 @@
 
 pub mod actors;
 pub mod context;
+pub mod disk;
 pub mod ports;
 pub mod router;
 pub mod service;
