@@ -66,7 +66,8 @@ impl From<LockError> for StartError {
     }
 }
 
-/// A running service.
+/// A running service. It holds its data directory's lock until [`Service::shutdown`] completes;
+/// dropping it without a shutdown releases the lock while the tree may still be stopping.
 pub struct Service {
     root: ActorRef<SupervisorMessage>,
     join: tokio::task::JoinHandle<()>,
