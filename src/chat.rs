@@ -1,7 +1,9 @@
 //! `nanoclaw chat`: a client of the CLI channel.
 //!
 //! Connects to `data/cli.sock`; when no service answers there, it starts one in this process for
-//! its own duration (and stops it, containers included, on exit). Two modes:
+//! its own duration (and stops it, containers included, on exit). When another service holds the
+//! data directory but its socket is not up yet (it is still starting), it waits for the socket
+//! up to `--timeout`, then fails with one line naming the holder's PID. Two modes:
 //! - one turn (`-m TEXT`, or text piped on stdin): sends the message, prints the replies to it,
 //!   exits 0 when the agent is done, 1 on failure or when `--timeout` passes first;
 //! - interactive (a terminal on stdin): each line is a message; replies print as they arrive;
@@ -9,7 +11,9 @@
 
 use crate::channels::cli::{ClientFrame, ServerFrame};
 use crate::config::Config;
+use crate::daemon::DaemonError;
 use futures_util::{SinkExt, StreamExt};
+use nanoclaw_actors::StartError;
 use std::io::IsTerminal;
 use std::time::Duration;
 use tokio::io::AsyncBufReadExt;
@@ -21,7 +25,8 @@ use tokio_util::codec::{FramedRead, FramedWrite, LinesCodec};
 pub struct ChatOptions {
     /// The message for a one-turn chat.
     pub message: Option<String>,
-    /// How long a one-turn chat waits for the agent.
+    /// How long a one-turn chat waits for the agent; also how long any chat waits for the socket
+    /// of a service that holds the data directory but is still starting.
     pub timeout: Duration,
 }
 
@@ -44,6 +49,27 @@ pub async fn run(
         Err(_) => {
             let service = match crate::daemon::start(config).await {
                 Ok(s) => s,
+                // Another service holds the data directory but its socket is not up yet (it is
+                // starting, e.g. building the image): wait for it, boundedly.
+                Err(DaemonError::Start(StartError::Locked { data_dir, pid })) => {
+                    let holder = nanoclaw_actors::disk::pid_text(pid);
+                    eprintln!(
+                        "nanoclaw: waiting for the service starting on {} ({holder})",
+                        data_dir.display()
+                    );
+                    match wait_for_socket(&socket, options.timeout).await {
+                        Some(s) => return talk(s, None, options, shutdown).await,
+                        None => {
+                            eprintln!(
+                                "nanoclaw: data directory {} is in use by another nanoclaw service ({holder}), but {} did not answer within {}s (--timeout)",
+                                data_dir.display(),
+                                socket.display(),
+                                options.timeout.as_secs()
+                            );
+                            return 1;
+                        }
+                    }
+                }
                 Err(e) => {
                     eprintln!("nanoclaw: {e}");
                     return 1;
@@ -67,6 +93,31 @@ pub async fn run(
             }
         }
     };
+    talk(stream, service, options, shutdown).await
+}
+
+/// Polls `socket` until it answers or `wait` passes.
+async fn wait_for_socket(socket: &std::path::Path, wait: Duration) -> Option<UnixStream> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        if let Ok(s) = UnixStream::connect(socket).await {
+            return Some(s);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The chat itself over a connected socket; `service` is the in-process one, if this chat started
+/// it, stopped in order at the end.
+async fn talk(
+    stream: UnixStream,
+    service: Option<nanoclaw_actors::Service>,
+    options: ChatOptions,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> i32 {
     let text = match options.message {
         Some(m) => Some(m),
         None if !std::io::stdin().is_terminal() => {

@@ -17,10 +17,15 @@
 //! pids_limit = 256             # NANOCLAW_CONTAINER_PIDS_LIMIT
 //! max_concurrent = 10          # NANOCLAW_CONTAINER_MAX_CONCURRENT (over all sessions; more queue)
 //! agent_binary = "…"           # NANOCLAW_AGENT_BINARY (default: nanoclaw-agent beside this program)
+//! nofile     = 1024            # NANOCLAW_CONTAINER_NOFILE (open-file limit, soft = hard)
+//! workspace_max_mb = 1024      # NANOCLAW_CONTAINER_WORKSPACE_MAX_MB (a session's workspace/)
+//! outbound_max_mb  = 256       # NANOCLAW_CONTAINER_OUTBOUND_MAX_MB (largest outbound.db read)
 //!
 //! [service]
 //! retry_backoff_ms = 5000      # NANOCLAW_RETRY_BACKOFF_MS: base of the retry backoff after a
 //!                              # container died mid-turn (5 s × 2^n, reference §1.10)
+//! min_free_mb = 512            # NANOCLAW_MIN_FREE_MB: under this much free space on the data
+//!                              # dir's filesystem no new work is accepted (0: no floor)
 //! ```
 //!
 //! The file is `--config PATH`, else `$NANOCLAW_CONFIG`, else `./nanoclaw.toml` when it exists;
@@ -28,6 +33,12 @@
 
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
+
+/// Largest size setting in MiB (1 TiB): keeps every `× 1024 × 1024` far from overflow.
+const MAX_MIB: u64 = 1024 * 1024;
+
+/// Bytes in one MiB, the unit of every `*_mb` key.
+pub const MIB: u64 = 1024 * 1024;
 
 /// Which container runtime runs agents.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -64,6 +75,12 @@ pub struct ContainerConfig {
     pub max_concurrent: usize,
     /// The agent runner binary put into the image (and run by the process runtime).
     pub agent_binary: Option<PathBuf>,
+    /// Open-file limit (`nofile`, soft and hard) of every container.
+    pub nofile: u64,
+    /// Most MiB a session's `workspace/` may take.
+    pub workspace_max_mb: u64,
+    /// Largest `outbound.db` the host reads, in MiB.
+    pub outbound_max_mb: u64,
 }
 
 /// The validated configuration.
@@ -83,6 +100,8 @@ pub struct Config {
     pub container: ContainerConfig,
     /// Base of the retry backoff in ms.
     pub retry_backoff_ms: u64,
+    /// Free-space floor of the data directory's filesystem in MiB; 0 disables it.
+    pub min_free_mb: u64,
 }
 
 /// One-line configuration error naming where the bad value came from.
@@ -114,6 +133,7 @@ struct FileConfig {
 #[serde(deny_unknown_fields)]
 struct FileService {
     retry_backoff_ms: Option<u64>,
+    min_free_mb: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -132,6 +152,9 @@ struct FileContainer {
     pids_limit: Option<i64>,
     max_concurrent: Option<usize>,
     agent_binary: Option<PathBuf>,
+    nofile: Option<u64>,
+    workspace_max_mb: Option<u64>,
+    outbound_max_mb: Option<u64>,
 }
 
 /// Values given as flags (each `None` when absent).
@@ -265,10 +288,30 @@ impl Config {
                     .or(file.container.max_concurrent)
                     .unwrap_or(10),
                 agent_binary: get("NANOCLAW_AGENT_BINARY").map(PathBuf::from).or(file.container.agent_binary),
+                nofile: env_parse(&get, "NANOCLAW_CONTAINER_NOFILE", "a whole number")?
+                    .or(file.container.nofile)
+                    .unwrap_or(1024),
+                workspace_max_mb: env_parse(
+                    &get,
+                    "NANOCLAW_CONTAINER_WORKSPACE_MAX_MB",
+                    "a whole number of MiB",
+                )?
+                .or(file.container.workspace_max_mb)
+                .unwrap_or(1024),
+                outbound_max_mb: env_parse(
+                    &get,
+                    "NANOCLAW_CONTAINER_OUTBOUND_MAX_MB",
+                    "a whole number of MiB",
+                )?
+                .or(file.container.outbound_max_mb)
+                .unwrap_or(256),
             },
             retry_backoff_ms: env_parse(&get, "NANOCLAW_RETRY_BACKOFF_MS", "a whole number of ms")?
                 .or(file.service.retry_backoff_ms)
                 .unwrap_or(5000),
+            min_free_mb: env_parse(&get, "NANOCLAW_MIN_FREE_MB", "a whole number of MiB")?
+                .or(file.service.min_free_mb)
+                .unwrap_or(512),
         };
         config.validate(path.as_deref())?;
         let mut config = config;
@@ -316,6 +359,25 @@ impl Config {
                 "container.max_concurrent",
                 format!("{} not in 1..=10000", self.container.max_concurrent),
             ));
+        }
+        // The runner needs a few dozen descriptors (SQLite files and journals, sockets, stdio).
+        if !(64..=1_048_576).contains(&self.container.nofile) {
+            return Err(bad("container.nofile", format!("{} not in 64..=1048576", self.container.nofile)));
+        }
+        if !(1..=MAX_MIB).contains(&self.container.workspace_max_mb) {
+            return Err(bad(
+                "container.workspace_max_mb",
+                format!("{} not in 1..={MAX_MIB} MiB", self.container.workspace_max_mb),
+            ));
+        }
+        if !(1..=MAX_MIB).contains(&self.container.outbound_max_mb) {
+            return Err(bad(
+                "container.outbound_max_mb",
+                format!("{} not in 1..={MAX_MIB} MiB", self.container.outbound_max_mb),
+            ));
+        }
+        if self.min_free_mb > MAX_MIB {
+            return Err(bad("service.min_free_mb", format!("{} not in 0..={MAX_MIB} MiB", self.min_free_mb)));
         }
         if !(1..=3_600_000).contains(&self.retry_backoff_ms) {
             return Err(bad(
@@ -388,6 +450,45 @@ mod tests {
         let c = load(Some(file), &[("NANOCLAW_DATA_DIR", "from-env")], flags).unwrap();
         assert!(c.data_dir.ends_with("from-flag"));
         assert_eq!(c.runtime, RuntimeKind::Docker);
+    }
+
+    #[test]
+    fn disk_and_descriptor_limits_have_defaults_and_follow_file_then_env() {
+        let c = load(None, &[], FlagOverrides::default()).unwrap();
+        assert_eq!(
+            (c.container.workspace_max_mb, c.container.outbound_max_mb, c.min_free_mb, c.container.nofile),
+            (1024, 256, 512, 1024)
+        );
+        let file = "[container]\nworkspace_max_mb = 10\noutbound_max_mb = 20\nnofile = 4096\n[service]\nmin_free_mb = 0\n";
+        let c = load(Some(file), &[], FlagOverrides::default()).unwrap();
+        assert_eq!(
+            (c.container.workspace_max_mb, c.container.outbound_max_mb, c.min_free_mb, c.container.nofile),
+            (10, 20, 0, 4096)
+        );
+        let env = [
+            ("NANOCLAW_CONTAINER_WORKSPACE_MAX_MB", "11"),
+            ("NANOCLAW_CONTAINER_OUTBOUND_MAX_MB", "21"),
+            ("NANOCLAW_MIN_FREE_MB", "1"),
+            ("NANOCLAW_CONTAINER_NOFILE", "2048"),
+        ];
+        let c = load(Some(file), &env, FlagOverrides::default()).unwrap();
+        assert_eq!(
+            (c.container.workspace_max_mb, c.container.outbound_max_mb, c.min_free_mb, c.container.nofile),
+            (11, 21, 1, 2048)
+        );
+        for (text, key) in [
+            ("[container]\nworkspace_max_mb = 0\n", "container.workspace_max_mb"),
+            ("[container]\noutbound_max_mb = 0\n", "container.outbound_max_mb"),
+            ("[container]\nnofile = 8\n", "container.nofile"),
+            ("[service]\nmin_free_mb = 99999999\n", "service.min_free_mb"),
+            ("[service]\nmin_free_mb = -1\n", "service.min_free_mb"),
+        ] {
+            let e = load(Some(text), &[], FlagOverrides::default()).unwrap_err();
+            assert_eq!(e.key, key, "{e}");
+            assert!(!e.to_string().contains('\n'));
+        }
+        let e = load(None, &[("NANOCLAW_MIN_FREE_MB", "lots")], FlagOverrides::default()).unwrap_err();
+        assert_eq!(e.key, "NANOCLAW_MIN_FREE_MB");
     }
 
     #[test]

@@ -1,8 +1,8 @@
-//! Building the service from a [`Config`]: runtime, CLI channel, install id.
+//! Building the service from a [`Config`]: data-directory lock, runtime, CLI channel, install id.
 
 use crate::channels::cli::CliChannel;
-use crate::config::Config;
-use nanoclaw_actors::{Service, ServiceConfig};
+use crate::config::{Config, MIB};
+use nanoclaw_actors::{Service, ServiceConfig, StartError};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -19,19 +19,36 @@ pub fn cli_socket(config: &Config) -> PathBuf {
     config.data_dir.join("cli.sock")
 }
 
-/// Starts the service with the configured runtime and the CLI channel. One-line errors.
-pub async fn start(config: &Config) -> Result<Service, String> {
-    std::fs::create_dir_all(&config.data_dir)
-        .map_err(|e| format!("data directory {}: {e}", config.data_dir.display()))?;
-    let socket = cli_socket(config);
-    if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
-        return Err(format!("a nanoclaw service is already running on {}", socket.display()));
-    }
-    let (runtime, owner) = crate::runtime::from_config(config).await?;
+/// Why [`start`] failed. Display is one line.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The service did not start; [`StartError::Locked`] when another service holds the data
+    /// directory.
+    #[error(transparent)]
+    Start(#[from] StartError),
+    /// The configured container runtime is not usable.
+    #[error("{0}")]
+    Runtime(String),
+}
+
+/// The service settings a [`Config`] gives for a data directory.
+pub fn service_config(config: &Config, container_owner: Option<(u32, u32)>) -> ServiceConfig {
     let mut service_config = ServiceConfig::new(&config.data_dir, install_id(&config.data_dir));
-    service_config.container_owner = owner;
+    service_config.container_owner = container_owner;
     service_config.retry_backoff = std::time::Duration::from_millis(config.retry_backoff_ms);
     service_config.max_containers = config.container.max_concurrent;
+    service_config.workspace_max_bytes = config.container.workspace_max_mb * MIB;
+    service_config.outbound_max_bytes = config.container.outbound_max_mb * MIB;
+    service_config.min_free_bytes = config.min_free_mb * MIB;
+    service_config
+}
+
+/// Starts the service with the configured runtime and the CLI channel. The data directory's lock
+/// is taken first, before the runtime is built, so a second service on the same directory fails
+/// at once with [`StartError::Locked`] whatever the state of Docker.
+pub async fn start(config: &Config) -> Result<Service, DaemonError> {
+    let lock = Service::lock_data_dir(&config.data_dir).await?;
+    let (runtime, owner) = crate::runtime::from_config(config).await.map_err(DaemonError::Runtime)?;
     let cli = CliChannel::new(cli_socket(config));
-    Service::start(service_config, runtime, vec![Arc::new(cli)]).await.map_err(|e| e.to_string())
+    Ok(Service::start_with_lock(lock, service_config(config, owner), runtime, vec![Arc::new(cli)]).await?)
 }

@@ -45,7 +45,7 @@ enum Command {
         /// Send this one message, print the replies, exit.
         #[arg(short = 'm', long = "message")]
         message: Option<String>,
-        /// Seconds a one-turn chat waits for the agent.
+        /// Seconds a one-turn chat waits for the agent (and any chat for a starting service's socket).
         #[arg(long, default_value_t = 60)]
         timeout: u64,
     },

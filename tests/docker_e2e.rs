@@ -1,5 +1,6 @@
 //! The main job end to end against the real Docker daemon and the real binary
-//! (issue 2, "Must hold"). In CI these fail when Docker is unreachable; locally they skip loudly.
+//! (issue 2, "Must hold"). They fail when Docker is unreachable (`NANOCLAW_SKIP_DOCKER=1` skips
+//! them, loudly).
 
 mod common;
 

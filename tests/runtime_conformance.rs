@@ -129,6 +129,62 @@ async fn the_docker_runtime_conforms() {
         nano_cpus: 1_000_000_000,
         pids_limit: 64,
         user: owner(),
+        nofile: 1024,
     };
     conformance(Arc::new(DockerRuntime::connect(settings).await.unwrap())).await;
+}
+
+/// Containers cannot fill the host (issue part 11): every container Docker creates has size-capped
+/// logs and a `nofile` limit, on top of the hardening — read back from the daemon, and the limit
+/// as the kernel applies it to the running container's processes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_containers_have_capped_logs_a_nofile_limit_and_the_hardening() {
+    use nanoclaw::runtime::docker::{LOG_DRIVER, LOG_MAX_FILES, LOG_MAX_SIZE};
+    if !docker_available() {
+        return;
+    }
+    let settings = DockerSettings {
+        image: "nanoclaw-agent".into(),
+        agent_binary: agent_bin(),
+        memory_bytes: 256 * 1024 * 1024,
+        nano_cpus: 1_000_000_000,
+        pids_limit: 64,
+        user: owner(),
+        nofile: 2048,
+    };
+    let runtime = DockerRuntime::connect(settings).await.unwrap();
+    runtime.prepare().await.unwrap();
+    let dir = short_tempdir();
+    let install = format!("limits{}", std::process::id());
+    let s = spec(&dir.path().join("data"), &install, "sess-limits", &[]);
+    let id = runtime.create(&s).await.unwrap();
+    runtime.start(&id).await.unwrap();
+    let info = runtime
+        .client()
+        .inspect_container(&id, None::<bollard::query_parameters::InspectContainerOptions>)
+        .await
+        .unwrap();
+    let host = info.host_config.clone().unwrap();
+    let log = host.log_config.clone().unwrap();
+    assert_eq!(log.typ.as_deref(), Some(LOG_DRIVER));
+    let log_options = log.config.unwrap_or_default();
+    assert_eq!(log_options.get("max-size").map(String::as_str), Some(LOG_MAX_SIZE), "{log_options:?}");
+    assert_eq!(log_options.get("max-file").map(String::as_str), Some(LOG_MAX_FILES), "{log_options:?}");
+    let ulimits = host.ulimits.clone().unwrap_or_default();
+    let nofile = ulimits.iter().find(|u| u.name.as_deref() == Some("nofile")).expect("a nofile ulimit");
+    assert_eq!((nofile.soft, nofile.hard), (Some(2048), Some(2048)));
+    // The existing hardening stays.
+    assert_eq!(host.cap_drop, Some(vec!["ALL".to_string()]));
+    assert_eq!(host.readonly_rootfs, Some(true));
+    assert_eq!(host.network_mode.as_deref(), Some("none"));
+    assert!(host.security_opt.unwrap_or_default().iter().any(|o| o.starts_with("no-new-privileges")));
+    assert_eq!(host.pids_limit, Some(64));
+    assert_eq!(host.memory, Some(256 * 1024 * 1024));
+    // What the kernel enforces on the container's first process.
+    let pid = info.state.and_then(|st| st.pid).filter(|p| *p > 0).expect("a running container has a pid");
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let open_files = limits.lines().find(|l| l.starts_with("Max open files")).unwrap();
+    assert_eq!(open_files.split_whitespace().collect::<Vec<_>>()[3..5], ["2048", "2048"], "{open_files}");
+    runtime.stop(&id, Duration::from_secs(5)).await.unwrap();
+    runtime.remove(&id).await.unwrap();
 }

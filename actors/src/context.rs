@@ -47,12 +47,20 @@ pub struct ServiceConfig {
     pub delivery_timeout: Duration,
     /// Most containers running at once, over all sessions (DESIGN §7); more wait in a fair queue.
     pub max_containers: usize,
-    /// Largest `outbound.db` the host reads, in bytes (`container.outbound_max_mb`, 256 MiB);
-    /// a bigger one quarantines its session.
-    pub outbound_max_bytes: u64,
     /// Slow fallback check of a live session when no event or timer is due (DESIGN §6: wake
     /// signals and timers first; at least 30 s).
     pub fallback_check: Duration,
+    // --- Disk limits (issue part 11: containers cannot fill the host). ---
+    /// Most bytes a session's `workspace/` may take (allocated blocks, see
+    /// [`crate::disk::workspace_usage`]); config `container.workspace_max_mb`, default 1 GiB.
+    pub workspace_max_bytes: u64,
+    /// Largest `outbound.db` the host reads; config `container.outbound_max_mb`, default 256 MiB.
+    /// A bigger one quarantines its session.
+    pub outbound_max_bytes: u64,
+    /// Free-space floor of the data directory's filesystem: under it the host accepts no new work
+    /// ([`crate::disk::disk_ok`]); 0 disables the check. Config `service.min_free_mb`, default
+    /// 512 MiB. A data dir under the floor at start still starts, with a warning.
+    pub min_free_bytes: u64,
 }
 
 impl ServiceConfig {
@@ -75,8 +83,10 @@ impl ServiceConfig {
             heartbeat_ceiling: Duration::from_secs(30 * 60),
             delivery_timeout: Duration::from_secs(30),
             max_containers: 10,
-            outbound_max_bytes: 256 << 20,
             fallback_check: Duration::from_secs(30),
+            workspace_max_bytes: 1024 * 1024 * 1024,
+            outbound_max_bytes: 256 * 1024 * 1024,
+            min_free_bytes: 512 * 1024 * 1024,
         }
     }
 }

@@ -22,6 +22,7 @@
 pub mod actors;
 pub mod container_files;
 pub mod context;
+pub mod disk;
 pub mod ports;
 pub mod router;
 pub mod service;

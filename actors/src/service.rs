@@ -14,6 +14,7 @@
 use crate::actors::session::SessionStatus;
 use crate::actors::supervisor::{Supervisor, SupervisorMessage};
 use crate::context::{ServiceConfig, ServiceContext};
+use crate::disk::{self, DataDirLock, LockError};
 use crate::ports::channel::ChannelAdapter;
 use crate::ports::runtime::{ContainerRuntime, RuntimeError};
 use crate::router::Router;
@@ -43,34 +44,93 @@ pub enum StartError {
     /// The supervisor tree did not start.
     #[error("supervisor: {0}")]
     Spawn(String),
+    /// Another process (another `nanoclaw serve`, or an embedder) runs a service on this data
+    /// directory: it holds `data/nanoclaw.lock` (issue part 7: one service per data directory).
+    #[error("data directory {} is in use by another nanoclaw service ({})", data_dir.display(), disk::pid_text(*pid))]
+    Locked {
+        /// The data directory.
+        data_dir: std::path::PathBuf,
+        /// The holder's PID, read from the lock file (`None` if it has not written it yet).
+        pid: Option<u32>,
+    },
 }
 
-/// A running service.
+impl From<LockError> for StartError {
+    fn from(e: LockError) -> Self {
+        match e {
+            LockError::Held { data_dir, pid } => StartError::Locked { data_dir, pid },
+            LockError::Io { path, source } => {
+                StartError::DataDir { path: path.display().to_string(), message: source.to_string() }
+            }
+        }
+    }
+}
+
+/// A running service. It holds its data directory's lock until [`Service::shutdown`] completes;
+/// dropping it without a shutdown releases the lock while the tree may still be stopping.
 pub struct Service {
     root: ActorRef<SupervisorMessage>,
     join: tokio::task::JoinHandle<()>,
     ctx: Arc<ServiceContext>,
     router: Router,
+    /// Held for the life of the service and released only after [`Service::shutdown`] completes,
+    /// so a second service can never overlap with this one's stop.
+    lock: DataDirLock,
 }
 
 impl Service {
-    /// Starts the service: creates the data directory (mode 0700), opens and migrates the
-    /// central store, bootstraps the first-run rows, prepares the runtime (the Docker runtime
-    /// builds its image here), then spawns the supervisor tree.
+    /// Starts the service: first takes the data directory's lock (creating the directory, mode
+    /// 0700) — one service per data directory — then opens and migrates the central store,
+    /// bootstraps the first-run rows, prepares the runtime (the Docker runtime builds its image
+    /// here), then spawns the supervisor tree. A data directory under the free-space floor
+    /// ([`ServiceConfig::min_free_bytes`]) still starts, with a warning: new work is refused
+    /// until space is freed.
     ///
-    /// Errors: see [`StartError`]; nothing keeps running after an error.
+    /// Errors: [`StartError::Locked`] when another process holds the data directory; see
+    /// [`StartError`] for the rest. Nothing keeps running (and the lock is released) after an
+    /// error.
     pub async fn start(
         config: ServiceConfig,
         runtime: Arc<dyn ContainerRuntime>,
         adapters: Vec<Arc<dyn ChannelAdapter>>,
     ) -> Result<Service, StartError> {
+        let lock = Self::lock_data_dir(&config.data_dir).await?;
+        Self::start_with_lock(lock, config, runtime, adapters).await
+    }
+
+    /// Takes the data directory's lock off the executor (see [`DataDirLock::acquire`]). For a
+    /// caller that must know the directory is free before building the runtime; it then calls
+    /// [`Service::start_with_lock`].
+    pub async fn lock_data_dir(data_dir: &std::path::Path) -> Result<DataDirLock, StartError> {
+        let dir = data_dir.to_path_buf();
+        tokio::task::spawn_blocking(move || DataDirLock::acquire(&dir))
+            .await
+            .map_err(|e| StartError::DataDir {
+                path: data_dir.display().to_string(),
+                message: e.to_string(),
+            })?
+            .map_err(StartError::from)
+    }
+
+    /// [`Service::start`] with the data directory's lock already taken.
+    ///
+    /// Errors: [`StartError::DataDir`] when `lock` is not for `config.data_dir`; otherwise as
+    /// [`Service::start`].
+    pub async fn start_with_lock(
+        lock: DataDirLock,
+        config: ServiceConfig,
+        runtime: Arc<dyn ContainerRuntime>,
+        adapters: Vec<Arc<dyn ChannelAdapter>>,
+    ) -> Result<Service, StartError> {
         let dir = config.data_dir.clone();
-        let dir_err = |message: String| StartError::DataDir { path: dir.display().to_string(), message };
-        std::fs::create_dir_all(&dir).map_err(|e| dir_err(e.to_string()))?;
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
-                .map_err(|e| dir_err(e.to_string()))?;
+        if lock.data_dir() != dir {
+            return Err(StartError::DataDir {
+                path: dir.display().to_string(),
+                message: format!("the lock given is for {}", lock.data_dir().display()),
+            });
+        }
+        if let Err(e) = disk::disk_ok_async(&config).await {
+            warn!(error = %e, "starting anyway; new work is refused until disk space is freed");
         }
         let store = Store::open(&dir.join("nanoclaw.db")).await?;
         if store.call(store::bootstrap).await?.created {
@@ -93,7 +153,7 @@ impl Service {
             .map_err(|e| StartError::Spawn(e.to_string()))?;
         let router = ractor::call_t!(root, SupervisorMessage::Router, 10_000)
             .map_err(|e| StartError::Spawn(e.to_string()))?;
-        Ok(Service { root, join, ctx, router })
+        Ok(Service { root, join, ctx, router, lock })
     }
 
     /// The router, to submit events without a channel adapter.
@@ -167,7 +227,7 @@ impl Service {
     /// sweeper, store — within `deadline`. Past the deadline the tree is killed and every
     /// container of this install is removed by label.
     pub async fn shutdown(self, deadline: Duration) {
-        let Service { root, join, ctx, router } = self;
+        let Service { root, join, ctx, router, lock } = self;
         drop(router);
         match root.stop_and_wait(Some("shutdown".into()), Some(deadline)).await {
             Ok(()) => info!("service stopped"),
@@ -183,5 +243,7 @@ impl Service {
                 }
             }
         }
+        // Only now may another service take the data directory.
+        drop(lock);
     }
 }

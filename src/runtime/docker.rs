@@ -2,14 +2,16 @@
 //!
 //! Every container is hardened by default: a non-root user, `cap_drop ALL`,
 //! `no-new-privileges`, a read-only root filesystem with a tmpfs `/tmp`, memory (no swap), CPU
-//! and pids limits, no network, an init process, labels `nanoclaw.install` / `nanoclaw.session`,
-//! and no Docker socket. Mounts: the session's host folder read-only at `/session`, its workspace
+//! and pids limits, an open-file (`nofile`) limit, size-capped logs, no network, an init process,
+//! labels `nanoclaw.install` / `nanoclaw.session`, and no Docker socket. Mounts: the session's host folder read-only at `/session`, its workspace
 //! read-write at `/workspace`, the agent group's folder read-write at `/workspace/agent`.
 
 use super::image::{self, BuildContext};
 use async_trait::async_trait;
 use bollard::Docker;
-use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType};
+use bollard::models::{
+    ContainerCreateBody, HostConfig, HostConfigLogConfig, Mount, MountType, ResourcesUlimits,
+};
 use bollard::query_parameters::{
     BuildImageOptionsBuilder, CreateContainerOptionsBuilder, InspectContainerOptions,
     ListContainersOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
@@ -42,7 +44,20 @@ pub struct DockerSettings {
     pub pids_limit: i64,
     /// `uid:gid` the container runs as.
     pub user: (u32, u32),
+    /// Open-file limit (`nofile` ulimit, soft = hard): a container cannot exhaust the host's file
+    /// table.
+    pub nofile: u64,
 }
+
+/// Log driver of every container: `json-file`, Docker's default (so `docker logs` and
+/// [`ContainerRuntime::logs_tail`] work as before; Podman's compatible API accepts it too), with
+/// its rotation options set so a chatty or hostile agent cannot fill the host's disk through its
+/// stdout/stderr. An explicit driver overrides a daemon-wide default on purpose.
+pub const LOG_DRIVER: &str = "json-file";
+/// Size of one log file before rotation (`max-size`).
+pub const LOG_MAX_SIZE: &str = "5m";
+/// Log files kept per container (`max-file`): at most 2 × 5 MB of logs per container.
+pub const LOG_MAX_FILES: &str = "2";
 
 /// The Docker runtime.
 pub struct DockerRuntime {
@@ -151,6 +166,7 @@ impl DockerRuntime {
             (LABEL_SESSION.to_string(), spec.session_id.clone()),
             (LABEL_GENERATION.to_string(), spec.generation.to_string()),
         ]);
+        let nofile = i64::try_from(self.settings.nofile).unwrap_or(i64::MAX);
         ContainerCreateBody {
             image: Some(image_ref.to_string()),
             env: Some(env),
@@ -175,6 +191,18 @@ impl DockerRuntime {
                 memory_swap: Some(self.settings.memory_bytes),
                 nano_cpus: Some(self.settings.nano_cpus),
                 pids_limit: Some(self.settings.pids_limit),
+                ulimits: Some(vec![ResourcesUlimits {
+                    name: Some("nofile".into()),
+                    soft: Some(nofile),
+                    hard: Some(nofile),
+                }]),
+                log_config: Some(HostConfigLogConfig {
+                    typ: Some(LOG_DRIVER.into()),
+                    config: Some(HashMap::from([
+                        ("max-size".to_string(), LOG_MAX_SIZE.to_string()),
+                        ("max-file".to_string(), LOG_MAX_FILES.to_string()),
+                    ])),
+                }),
                 init: Some(true),
                 ..Default::default()
             }),

@@ -32,6 +32,7 @@ pub async fn from_config(config: &Config) -> Result<(Arc<dyn ContainerRuntime>, 
                 nano_cpus: (config.container.cpus * 1e9) as i64,
                 pids_limit: config.container.pids_limit,
                 user,
+                nofile: config.container.nofile,
             };
             match docker::DockerRuntime::connect(settings).await {
                 Ok(rt) => Ok((Arc::new(rt), owner)),

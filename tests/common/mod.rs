@@ -10,8 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// True when the Docker daemon answers. In CI (`CI=true`) an unreachable daemon fails the test;
-/// elsewhere the test is skipped with a loud message.
+/// True when the Docker daemon answers. An unreachable daemon FAILS the test (Docker tests never
+/// pass by skipping), unless `NANOCLAW_SKIP_DOCKER=1` is set: then it prints a loud line and
+/// returns false, and the caller returns early.
 pub fn docker_available() -> bool {
     let ok = Command::new("docker")
         .args(["info", "--format", "{{.ServerVersion}}"])
@@ -20,12 +21,15 @@ pub fn docker_available() -> bool {
         .status()
         .is_ok_and(|s| s.success());
     if !ok {
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("the Docker daemon is unreachable, and CI=true requires the Docker tests to run");
+        if std::env::var("NANOCLAW_SKIP_DOCKER").is_ok_and(|v| v == "1") {
+            eprintln!(
+                "\n!!! SKIPPED (NANOCLAW_SKIP_DOCKER=1): the Docker daemon is unreachable; this test did NOT run !!!\n"
+            );
+        } else {
+            panic!(
+                "the Docker daemon is unreachable (`docker info` failed); start dockerd or set DOCKER_HOST, or set NANOCLAW_SKIP_DOCKER=1 to skip the Docker tests knowingly"
+            );
         }
-        eprintln!(
-            "\n!!! SKIPPED: the Docker daemon is unreachable; this test needs it (it runs, and must pass, in CI) !!!\n"
-        );
     }
     ok
 }
