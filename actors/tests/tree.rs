@@ -210,7 +210,7 @@ async fn transient_delivery_failures_retry_then_fail_after_three_attempts() {
     let dir = tempfile::tempdir().unwrap();
     let channel = MemoryChannel::new("mem");
     let service = start(dir.path(), runner_runtime(), &channel).await;
-    let transient = || DeliveryError { message: "platform busy".into(), retryable: true };
+    let transient = || DeliveryError::transient("platform busy");
     channel.fail_next(vec![transient(), transient()]);
     channel.submit("chat-1", "p1", "first").await.unwrap();
     assert!(channel.wait_for(Duration::from_secs(20), |d| d.len() == 1).await);

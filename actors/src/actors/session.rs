@@ -437,7 +437,7 @@ impl SessionState {
         else {
             return;
         };
-        let Some(channel) = self.ctx.channels.read().get(&channel_type).cloned() else { return };
+        let Some(channel) = self.ctx.channels.for_channel_type(&channel_type) else { return };
         let cap = self.ctx.slots.cap();
         info!(session = %self.session.id, ahead, cap, "queued for a container slot");
         let msg = OutboundMessage {
@@ -450,7 +450,7 @@ impl SessionState {
             in_reply_to: None,
             message_out_id: format!("host-queued-{}", self.session.id),
         };
-        let _ = super::channel::deliver(&channel, msg, self.ctx.config.delivery_timeout).await;
+        let _ = channel.deliver(msg, self.ctx.config.delivery_timeout).await;
     }
 
     /// Gives the container slot back (after the container is gone).
@@ -470,7 +470,7 @@ impl SessionState {
         text: String,
     ) {
         let (Some(channel_type), Some(platform_id)) = (channel_type, platform_id) else { return };
-        let Some(channel) = self.ctx.channels.read().get(&channel_type).cloned() else { return };
+        let Some(channel) = self.ctx.channels.for_channel_type(&channel_type) else { return };
         let msg = OutboundMessage {
             platform_id: platform_id.clone(),
             thread_id: self.session.thread_id.clone(),
@@ -478,13 +478,9 @@ impl SessionState {
             in_reply_to: None,
             message_out_id: format!("host-failed-{message_id}"),
         };
-        let _ = super::channel::deliver(&channel, msg, self.ctx.config.delivery_timeout).await;
+        let _ = channel.deliver(msg, self.ctx.config.delivery_timeout).await;
         if let Some(pmid) = self.platform_message_id(message_id).await {
-            let _ = channel.cast(super::channel::ChannelMessage::Notice(Notice::Failed {
-                platform_id,
-                platform_message_id: pmid,
-                reason: text,
-            }));
+            channel.notice(Notice::Failed { platform_id, platform_message_id: pmid, reason: text });
         }
     }
 
@@ -538,7 +534,7 @@ impl SessionState {
                 continue;
             }
             let (Some(ct), Some(pid)) = (f.channel_type.clone(), f.platform_id.clone()) else { continue };
-            let Some(channel) = self.ctx.channels.read().get(&ct).cloned() else { continue };
+            let Some(channel) = self.ctx.channels.for_channel_type(&ct) else { continue };
             if let Some(pmid) = self.platform_message_id(&f.id).await {
                 let notice = if f.failed {
                     Notice::Failed {
@@ -549,7 +545,7 @@ impl SessionState {
                 } else {
                     Notice::Processed { platform_id: pid, platform_message_id: pmid }
                 };
-                let _ = channel.cast(super::channel::ChannelMessage::Notice(notice));
+                channel.notice(notice);
             }
         }
     }
@@ -691,13 +687,14 @@ impl SessionState {
         };
         // The reservation is committed before the send (invariant 3).
         let attempts = self.record(key, "sending", None, None, true).await?;
-        let channel = self.ctx.channels.read().get(&target.channel_type).cloned();
+        let channel = self.ctx.channels.for_channel_type(&target.channel_type);
+        let idempotent = channel.as_ref().is_some_and(|ch| ch.idempotent_sends());
         let result = match channel {
-            Some(ch) => super::channel::deliver(&ch, message, self.ctx.config.delivery_timeout).await,
-            None => Err(crate::ports::channel::DeliveryError {
-                message: format!("channel {} is not running", target.channel_type),
-                retryable: true,
-            }),
+            Some(ch) => ch.deliver(message, self.ctx.config.delivery_timeout).await,
+            None => Err(crate::ports::channel::DeliveryError::transient(format!(
+                "channel {} is not running",
+                target.channel_type
+            ))),
         };
         match result {
             Ok(platform_message_id) => {
@@ -707,17 +704,17 @@ impl SessionState {
                 info!(session = %self.session.id, row = %key, %trace, channel = %target.channel_type, "delivered");
                 Ok(true)
             }
-            Err(e) if e.retryable && attempts < self.ctx.config.delivery_attempts => {
+            Err(e) if e.may_retry(idempotent) && attempts < self.ctx.config.delivery_attempts => {
                 let delay = self.ctx.config.delivery_backoff.saturating_mul(1 << (attempts - 1).clamp(0, 10));
                 warn!(session = %self.session.id, row = %key, %trace, attempts, error = %e, ?delay, "delivery failed; will retry");
-                self.record(key, "retrying", None, Some(&e.message), false).await?;
+                self.record(key, "retrying", None, Some(&e.to_string()), false).await?;
                 self.retry_at.insert(key.to_string(), Instant::now() + delay);
                 myself.send_after(delay, || SessionMessage::Output);
                 Ok(false)
             }
             Err(e) => {
                 warn!(session = %self.session.id, row = %key, %trace, attempts, error = %e, "delivery failed for good");
-                self.record(key, "failed", None, Some(&e.message), false).await?;
+                self.record(key, "failed", None, Some(&e.to_string()), false).await?;
                 self.retry_at.remove(key);
                 Ok(true)
             }
