@@ -206,3 +206,20 @@ async fn interactive(stream: UnixStream) -> i32 {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reply_key_seen_before_is_not_shown_again_and_keyless_replies_always_are() {
+        let mut seen = RecentIds::new(RECENT_REPLY_IDS);
+        assert!(first_showing(&mut seen, Some("out-1")));
+        assert!(!first_showing(&mut seen, Some("out-1")), "a repeat after a restart is dropped");
+        assert!(first_showing(&mut seen, Some("out-2")));
+        assert!(
+            first_showing(&mut seen, None) && first_showing(&mut seen, None),
+            "older services send no key"
+        );
+    }
+}

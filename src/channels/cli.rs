@@ -440,3 +440,196 @@ impl ChannelAdapter for CliChannel {
         self.broadcast(frame, false);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nanoclaw_actors::testing::{Failable, FakeRuntime};
+    use std::time::Duration;
+
+    fn socket_dir() -> tempfile::TempDir {
+        // Unix socket paths are limited to 108 bytes: keep them short.
+        tempfile::Builder::new().prefix("nc-cli").tempdir_in("/tmp").unwrap()
+    }
+
+    struct Client {
+        frames: FramedRead<tokio::net::unix::OwnedReadHalf, LinesCodec>,
+        out: FramedWrite<tokio::net::unix::OwnedWriteHalf, LinesCodec>,
+    }
+
+    impl Client {
+        async fn connect(path: &Path) -> std::io::Result<Client> {
+            let (read, write) = UnixStream::connect(path).await?.into_split();
+            Ok(Client {
+                frames: FramedRead::new(read, LinesCodec::new()),
+                out: FramedWrite::new(write, LinesCodec::new()),
+            })
+        }
+
+        async fn send(&mut self, id: &str, text: &str) {
+            let frame = ClientFrame::Message { id: id.into(), text: text.into() };
+            self.out.send(serde_json::to_string(&frame).unwrap()).await.unwrap();
+        }
+
+        /// The next frame; `None` at the end of the stream. Fails the test after 10 s.
+        async fn next(&mut self) -> Option<ServerFrame> {
+            let line = tokio::time::timeout(Duration::from_secs(10), self.frames.next())
+                .await
+                .expect("a frame or the end of the stream within 10 s")?
+                .ok()?;
+            Some(serde_json::from_str(&line).unwrap())
+        }
+    }
+
+    fn reply(key: &str) -> OutboundMessage {
+        OutboundMessage {
+            platform_id: CLI_PLATFORM_ID.into(),
+            thread_id: None,
+            text: format!("reply {key}"),
+            in_reply_to: Some("m1".into()),
+            message_out_id: key.into(),
+        }
+    }
+
+    /// Polls `check` every 20 ms until it holds; fails with `what` after 20 s.
+    async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while !check() {
+            assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[test]
+    fn recent_ids_remember_the_last_ones_only() {
+        let mut recent = RecentIds::new(2);
+        assert!(recent.insert("a") && recent.insert("b"));
+        assert!(!recent.insert("a"), "a repeat is not new");
+        assert!(recent.insert("c"), "c pushes out a");
+        assert!(recent.insert("a"), "a was forgotten");
+        assert!(!recent.insert("c"));
+    }
+
+    #[tokio::test]
+    async fn dropping_a_run_closes_its_socket_and_connections_and_a_new_run_binds_again() {
+        let dir = socket_dir();
+        let path = dir.path().join("cli.sock");
+        let channel = CliChannel::new(path.clone());
+        let (sink, _submissions, _fail) = InboundSink::new(8);
+        let run = channel.start(sink.clone()).await.unwrap();
+        let mut old = Client::connect(&path).await.unwrap();
+        // The accept loop registers the client; a reply reaches it.
+        eventually("the client registered", || !channel.inner.lock().clients.is_empty()).await;
+        channel.deliver(&reply("o1")).await.unwrap();
+        assert!(matches!(old.next().await, Some(ServerFrame::Reply { .. })));
+        // A second start while the run lives is refused: the socket is in use.
+        let err = channel.start(sink.clone()).await.unwrap_err();
+        assert!(err.0.contains("another nanoclaw service"), "{err}");
+        drop(run);
+        assert!(!path.exists(), "the socket file goes with the run");
+        assert!(old.next().await.is_none(), "the run's connections are closed");
+        let _run = channel.start(sink).await.unwrap();
+        let mut new = Client::connect(&path).await.unwrap();
+        eventually("the new client registered", || channel.inner.lock().clients.len() == 1).await;
+        channel.deliver(&reply("o2")).await.unwrap();
+        assert!(matches!(new.next().await, Some(ServerFrame::Reply { .. })));
+    }
+
+    #[tokio::test]
+    async fn a_repeated_key_is_sent_once_and_each_reply_carries_its_key() {
+        let dir = socket_dir();
+        let path = dir.path().join("cli.sock");
+        let channel = CliChannel::new(path.clone()).with_idempotent_sends(true);
+        assert!(channel.idempotent_sends());
+        let (sink, _submissions, _fail) = InboundSink::new(8);
+        let _run = channel.start(sink).await.unwrap();
+        let mut client = Client::connect(&path).await.unwrap();
+        eventually("the client registered", || !channel.inner.lock().clients.is_empty()).await;
+        let first = channel.deliver(&reply("k1")).await.unwrap();
+        assert_eq!(
+            channel.deliver(&reply("k1")).await.unwrap(),
+            first,
+            "a repeat answers like the first send"
+        );
+        channel.deliver(&reply("k2")).await.unwrap();
+        let keys: Vec<Option<String>> = [client.next().await, client.next().await]
+            .into_iter()
+            .map(|f| match f {
+                Some(ServerFrame::Reply { message_out_id, .. }) => message_out_id,
+                other => panic!("expected a reply, got {other:?}"),
+            })
+            .collect();
+        assert_eq!(keys, vec![Some("k1".to_string()), Some("k2".to_string())], "k1 once, then k2");
+    }
+
+    #[tokio::test]
+    async fn a_non_idempotent_cli_channel_sends_repeats_without_keys() {
+        let dir = socket_dir();
+        let path = dir.path().join("cli.sock");
+        let channel = CliChannel::new(path.clone()).with_idempotent_sends(false);
+        assert!(!channel.idempotent_sends());
+        let (sink, _submissions, _fail) = InboundSink::new(8);
+        let _run = channel.start(sink).await.unwrap();
+        let mut client = Client::connect(&path).await.unwrap();
+        eventually("the client registered", || !channel.inner.lock().clients.is_empty()).await;
+        channel.deliver(&reply("k1")).await.unwrap();
+        channel.deliver(&reply("k1")).await.unwrap();
+        for _ in 0..2 {
+            match client.next().await {
+                Some(ServerFrame::Reply { message_out_id: None, .. }) => {}
+                other => panic!("expected a reply without key, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn reply_frames_without_a_key_still_parse_and_keys_are_left_out_when_absent() {
+        let old: ServerFrame =
+            serde_json::from_str(r#"{"type":"reply","text":"hi","in_reply_to":"m1"}"#).unwrap();
+        assert_eq!(
+            old,
+            ServerFrame::Reply { text: "hi".into(), in_reply_to: Some("m1".into()), message_out_id: None }
+        );
+        let line = serde_json::to_string(&old).unwrap();
+        assert!(!line.contains("message_out_id"), "{line}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_cli_channel_actor_releases_its_socket_and_its_restart_answers_again() {
+        let dir = socket_dir();
+        let data = dir.path().join("data");
+        let path = data.join("cli.sock");
+        let cli = Failable::new(CliChannel::new(path.clone()));
+        let config = nanoclaw_actors::ServiceConfig::new(&data, "test-cli");
+        let service = nanoclaw_actors::Service::start(
+            config,
+            Arc::new(FakeRuntime::idle()),
+            vec![Arc::new(cli.clone())],
+        )
+        .await
+        .unwrap();
+        let accepted = |f: Option<ServerFrame>, id: &str| {
+            assert_eq!(f, Some(ServerFrame::Accepted { id: id.into(), duplicate: false }));
+        };
+        let mut client = Client::connect(&path).await.unwrap();
+        client.send("before", "hello").await;
+        accepted(client.next().await, "before");
+        // The channel actor fails (a handler returns an error): ractor skips its post_stop.
+        assert!(cli.fail("test: connection lost"));
+        assert!(client.next().await.is_none(), "the failed run's connections close");
+        let health = |s: &nanoclaw_actors::Service| {
+            s.channel_health().into_iter().find(|h| h.account == "cli").unwrap()
+        };
+        eventually("the restarted channel connected", || {
+            let h = health(&service);
+            h.restarts == 1 && h.state == nanoclaw_actors::ports::channel::ChannelState::Connected
+        })
+        .await;
+        let mut client = Client::connect(&path).await.unwrap();
+        client.send("after", "hello again").await;
+        accepted(client.next().await, "after");
+        assert!(health(&service).last_error.unwrap().contains("test: connection lost"));
+        service.shutdown(Duration::from_secs(20)).await;
+        assert!(!path.exists(), "shutdown removes the socket");
+    }
+}
