@@ -357,6 +357,23 @@ fn claim_socket(path: &Path) -> Result<(), ChannelError> {
     Ok(())
 }
 
+/// Claims `path` and binds a non-blocking listener on it, mode 0600. Blocking: file-system calls.
+fn bind_socket(path: PathBuf) -> Result<(std::os::unix::net::UnixListener, SocketFile), ChannelError> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    claim_socket(&path)?;
+    let listener = std::os::unix::net::UnixListener::bind(&path)
+        .map_err(|e| ChannelError(format!("{}: bind: {e}", path.display())))?;
+    let identity = std::fs::symlink_metadata(&path).ok().map(|m| (m.dev(), m.ino()));
+    // From here on the file is this run's: an error below removes it again.
+    let socket = SocketFile { path, identity };
+    std::fs::set_permissions(&socket.path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| ChannelError(format!("{}: chmod: {e}", socket.path.display())))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| ChannelError(format!("{}: non-blocking: {e}", socket.path.display())))?;
+    Ok((listener, socket))
+}
+
 #[async_trait]
 impl ChannelAdapter for CliChannel {
     fn channel_type(&self) -> &str {
@@ -372,19 +389,13 @@ impl ChannelAdapter for CliChannel {
     }
 
     async fn start(&self, inbound: InboundSink) -> Result<AdapterGuard, ChannelError> {
-        claim_socket(&self.path)?;
-        let listener = UnixListener::bind(&self.path)
-            .map_err(|e| ChannelError(format!("{}: bind: {e}", self.path.display())))?;
-        let socket = {
-            use std::os::unix::fs::{MetadataExt, PermissionsExt};
-            let socket = SocketFile {
-                path: self.path.clone(),
-                identity: std::fs::symlink_metadata(&self.path).ok().map(|m| (m.dev(), m.ino())),
-            };
-            std::fs::set_permissions(&self.path, std::fs::Permissions::from_mode(0o600))
-                .map_err(|e| ChannelError(format!("{}: chmod: {e}", self.path.display())))?;
-            socket
-        };
+        let path = self.path.clone();
+        // File-system work (probe, unlink, bind, chmod) off the executor.
+        let (listener, socket) = tokio::task::spawn_blocking(move || bind_socket(path))
+            .await
+            .map_err(|e| ChannelError(format!("cli socket: bind task: {e}")))??;
+        let listener = UnixListener::from_std(listener)
+            .map_err(|e| ChannelError(format!("{}: listen: {e}", self.path.display())))?;
         let channel = self.clone();
         let accept = AbortOnDropHandle::new(tokio::spawn(async move {
             let mut connections = tokio::task::JoinSet::new();
