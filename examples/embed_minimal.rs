@@ -14,7 +14,7 @@
 use async_trait::async_trait;
 use nanoclaw::config::{Config, FlagOverrides};
 use nanoclaw_actors::ports::channel::{
-    ChannelAdapter, ChannelError, DeliveryError, InboundEvent, InboundSink, OutboundMessage,
+    AdapterGuard, ChannelAdapter, ChannelError, DeliveryError, InboundEvent, InboundSink, OutboundMessage,
 };
 use nanoclaw_actors::store::{MAIN_AGENT_GROUP_ID, StoreError};
 use nanoclaw_actors::{Service, ServiceConfig};
@@ -40,9 +40,11 @@ impl ChannelAdapter for AppChannel {
         false
     }
 
-    async fn start(&self, inbound: InboundSink) -> Result<(), ChannelError> {
+    async fn start(&self, inbound: InboundSink) -> Result<AdapterGuard, ChannelError> {
+        // No task, socket or connection per run: each start replaces the sink, so there is
+        // nothing for the guard to release.
         *self.sink.lock() = Some(inbound);
-        Ok(())
+        Ok(AdapterGuard::none())
     }
 
     async fn stop(&self) {
@@ -50,9 +52,7 @@ impl ChannelAdapter for AppChannel {
     }
 
     async fn deliver(&self, message: &OutboundMessage) -> Result<Option<String>, DeliveryError> {
-        self.replies
-            .send(message.text.clone())
-            .map_err(|_| DeliveryError { message: "app closed".into(), retryable: false })?;
+        self.replies.send(message.text.clone()).map_err(|_| DeliveryError::rejected("app closed"))?;
         Ok(None)
     }
 }

@@ -8,8 +8,12 @@
 //!   exits 0 when the agent is done, 1 on failure or when `--timeout` passes first;
 //! - interactive (a terminal on stdin): each line is a message; replies print as they arrive;
 //!   Ctrl-D quits.
+//!
+//! A reply is printed once even if the service sends it again (a send repeated after a restart):
+//! replies carry their key (`message_out_id`) and the last [`RECENT_REPLY_IDS`] keys are
+//! remembered.
 
-use crate::channels::cli::{ClientFrame, ServerFrame};
+use crate::channels::cli::{ClientFrame, RECENT_REPLY_IDS, RecentIds, ServerFrame};
 use crate::config::Config;
 use crate::daemon::DaemonError;
 use futures_util::{SinkExt, StreamExt};
@@ -152,6 +156,11 @@ async fn talk(
     code
 }
 
+/// True when a reply frame should be shown: it has no key, or its key is new.
+fn first_showing(seen: &mut RecentIds, message_out_id: Option<&str>) -> bool {
+    message_out_id.is_none_or(|id| seen.insert(id))
+}
+
 async fn one_turn(stream: UnixStream, text: String, timeout: Duration) -> i32 {
     let (read, write) = stream.into_split();
     let mut frames = FramedRead::new(read, LinesCodec::new());
@@ -164,6 +173,7 @@ async fn one_turn(stream: UnixStream, text: String, timeout: Duration) -> i32 {
         return 1;
     }
     let deadline = tokio::time::Instant::now() + timeout;
+    let mut seen = RecentIds::new(RECENT_REPLY_IDS);
     loop {
         let next = match tokio::time::timeout_at(deadline, frames.next()).await {
             Err(_) => {
@@ -181,7 +191,10 @@ async fn one_turn(stream: UnixStream, text: String, timeout: Duration) -> i32 {
             Ok(Some(Ok(line))) => line,
         };
         match serde_json::from_str::<ServerFrame>(&next) {
-            Ok(ServerFrame::Reply { text, in_reply_to }) if in_reply_to.as_deref() == Some(id.as_str()) => {
+            Ok(ServerFrame::Reply { text, in_reply_to, message_out_id })
+                if in_reply_to.as_deref() == Some(id.as_str())
+                    && first_showing(&mut seen, message_out_id.as_deref()) =>
+            {
                 println!("{text}")
             }
             Ok(ServerFrame::Done { id: done }) if done == id => return 0,
@@ -208,6 +221,7 @@ async fn interactive(stream: UnixStream) -> i32 {
     let mut out = FramedWrite::new(write, LinesCodec::new());
     eprintln!("nanoclaw chat — type a message and press Enter; Ctrl-D quits.");
     let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let mut seen = RecentIds::new(RECENT_REPLY_IDS);
     loop {
         tokio::select! {
             line = stdin.next_line() => match line {
@@ -223,7 +237,11 @@ async fn interactive(stream: UnixStream) -> i32 {
             },
             frame = frames.next() => match frame {
                 Some(Ok(l)) => match serde_json::from_str::<ServerFrame>(&l) {
-                    Ok(ServerFrame::Reply { text, .. }) => println!("{text}"),
+                    Ok(ServerFrame::Reply { text, message_out_id, .. })
+                        if first_showing(&mut seen, message_out_id.as_deref()) =>
+                    {
+                        println!("{text}")
+                    }
                     Ok(ServerFrame::Failed { reason, .. }) => eprintln!("! {reason}"),
                     Ok(ServerFrame::Error { message }) => {
                         eprintln!("nanoclaw: {message}");
@@ -237,5 +255,22 @@ async fn interactive(stream: UnixStream) -> i32 {
                 }
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reply_key_seen_before_is_not_shown_again_and_keyless_replies_always_are() {
+        let mut seen = RecentIds::new(RECENT_REPLY_IDS);
+        assert!(first_showing(&mut seen, Some("out-1")));
+        assert!(!first_showing(&mut seen, Some("out-1")), "a repeat after a restart is dropped");
+        assert!(first_showing(&mut seen, Some("out-2")));
+        assert!(
+            first_showing(&mut seen, None) && first_showing(&mut seen, None),
+            "older services send no key"
+        );
     }
 }

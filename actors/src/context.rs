@@ -1,11 +1,11 @@
 //! Configuration and shared context of a running service.
 
+use crate::actors::channel::ChannelHandle;
 use crate::ports::channel::ChannelAdapter;
 use crate::ports::runtime::ContainerRuntime;
 use crate::store::Store;
 use parking_lot::{Mutex, RwLock};
-use ractor::ActorRef;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -91,11 +91,55 @@ impl ServiceConfig {
     }
 }
 
-/// The live channel actors by channel type, kept by the channel supervisor.
-pub type Channels = Arc<RwLock<HashMap<String, ActorRef<crate::actors::channel::ChannelMessage>>>>;
+/// The live channel actors by channel account ([`ChannelAdapter::account`]), kept by the channel
+/// supervisor; sessions look their channel up here to deliver. Cheap to clone (one shared map).
+#[derive(Debug, Clone, Default)]
+pub struct Channels {
+    /// By account; a `BTreeMap` so lookups by channel type pick deterministically.
+    by_account: Arc<RwLock<BTreeMap<String, ChannelHandle>>>,
+}
 
-/// Live health of every channel, by channel type, kept by the channel supervisor and actors.
-pub type ChannelHealthMap = Arc<RwLock<HashMap<String, crate::ports::channel::ChannelHealth>>>;
+impl Channels {
+    /// Registers a live channel under its account, replacing an earlier one of that account.
+    pub fn insert(&self, channel: ChannelHandle) {
+        self.by_account.write().insert(channel.account().to_string(), channel);
+    }
+
+    /// Unregisters the channel of `account`, if it is still the actor `actor` (a late event about
+    /// an old actor must not unregister its replacement).
+    pub fn remove(&self, account: &str, actor: ractor::ActorId) -> Option<ChannelHandle> {
+        let mut map = self.by_account.write();
+        if map.get(account).is_some_and(|c| c.actor().get_id() == actor) { map.remove(account) } else { None }
+    }
+
+    /// Unregisters every channel and returns them (shutdown).
+    pub fn drain(&self) -> Vec<ChannelHandle> {
+        std::mem::take(&mut *self.by_account.write()).into_values().collect()
+    }
+
+    /// The live channel of `account`.
+    pub fn get(&self, account: &str) -> Option<ChannelHandle> {
+        self.by_account.read().get(account).cloned()
+    }
+
+    /// The live channel to deliver to a chat of `channel_type` (a session knows its chat's
+    /// channel type and platform id, not the account). With one account per channel type — all
+    /// adapters today — that is the account. With several, this picks the first live account in
+    /// sorted order; once messaging groups record the account they were seen on, deliveries
+    /// should use [`Channels::get`] with that account instead.
+    pub fn for_channel_type(&self, channel_type: &str) -> Option<ChannelHandle> {
+        self.by_account.read().values().find(|c| c.channel_type() == channel_type).cloned()
+    }
+
+    /// Whether a channel of `account` is live.
+    pub fn contains(&self, account: &str) -> bool {
+        self.by_account.read().contains_key(account)
+    }
+}
+
+/// Live health of every channel, by channel account (sorted), kept by the channel supervisor and
+/// actors.
+pub type ChannelHealthMap = Arc<RwLock<BTreeMap<String, crate::ports::channel::ChannelHealth>>>;
 
 /// Names of containers some container actor owns; the periodic sweep spares them.
 pub type LiveContainers = Arc<Mutex<HashSet<String>>>;

@@ -8,12 +8,14 @@
 //! │       └── ContainerActor(<container>)   create → start → wait → remove; exit = supervision event
 //! ├── ApprovalSupervisor                    (approval actors arrive with approvals)
 //! └── ChannelSupervisor                     restarts channels with backoff + jitter
-//!     └── ChannelActor(<channel type>)      adapter → Router; deliveries and notices
+//!     └── ChannelActor(<channel account>)   adapter → Router; deliveries and notices
 //! ```
 //!
 //! Start it with [`Service::start`], giving a [`ports::runtime::ContainerRuntime`] and the
 //! [`ports::channel::ChannelAdapter`]s; stop it with [`Service::shutdown`], which stops channels,
 //! then sessions (each stopping its container), then the rest, under a deadline.
+//!
+//! Every supervisor paces restarts with one [`restart::RestartPolicy`].
 //!
 //! State lives in SQLite: the central [`store`] and each session's DBs
 //! ([`session_files`], [`nanoclaw_protocol`]). Actors rebuild themselves from it, so a restart of
@@ -24,6 +26,7 @@ pub mod container_files;
 pub mod context;
 pub mod disk;
 pub mod ports;
+pub mod restart;
 pub mod router;
 pub mod service;
 pub mod session;

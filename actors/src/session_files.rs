@@ -352,29 +352,6 @@ pub fn record_delivery(
     .map_err(sq(&db, "record delivery"))
 }
 
-/// The crash rule of DESIGN §5 invariant 3: a row still `sending` when a session actor starts
-/// was reserved by a host that stopped mid-send, so whether the platform got it is unknown.
-/// It is marked `failed` (never re-sent), with that reason. Returns the affected keys.
-pub fn fail_interrupted_sends(paths: &SessionPaths) -> Result<Vec<String>, SessionFileError> {
-    let db = paths.inbound_db();
-    if !db.exists() {
-        return Ok(vec![]);
-    }
-    let conn = schema::open_inbound_writer(&db)?;
-    let mut st = conn
-        .prepare(
-            "UPDATE delivered SET status = 'failed', error = 'delivery outcome unknown: the host stopped during the send; not re-sent to avoid a duplicate', updated_at = ?1
-             WHERE status = 'sending' RETURNING message_out_id",
-        )
-        .map_err(sq(&db, "prepare"))?;
-    let keys = st
-        .query_map([now_ts()], |r| r.get(0))
-        .map_err(sq(&db, "fail interrupted sends"))?
-        .collect::<Result<Vec<String>, _>>()
-        .map_err(sq(&db, "fail interrupted sends"))?;
-    Ok(keys)
-}
-
 /// Copies finished acks (`completed`, `failed`) from `outbound.db` into `messages_in.status`,
 /// each as itself — a failed claim stays failed (DESIGN §5 invariant 5). Returns the rows that
 /// changed, with their new status and reply address.
@@ -666,13 +643,12 @@ mod tests {
     }
 
     #[test]
-    fn interrupted_sends_become_failed_and_deliveries_count_attempts() {
+    fn deliveries_count_attempts_and_keep_the_platform_id() {
         let (_d, p) = paths();
         assert_eq!(record_delivery(&p, "o1", "sending", None, None, true).unwrap(), 1);
         assert_eq!(record_delivery(&p, "o2", "sending", None, None, true).unwrap(), 1);
         record_delivery(&p, "o2", "delivered", Some("p-9"), None, false).unwrap();
-        assert_eq!(fail_interrupted_sends(&p).unwrap(), vec!["o1".to_string()]);
-        assert_eq!(delivery_record(&p, "o1").unwrap().unwrap().status, "failed");
+        assert_eq!(delivery_record(&p, "o1").unwrap().unwrap().status, "sending");
         assert_eq!(
             delivery_record(&p, "o2").unwrap().unwrap(),
             DeliveryRecord { status: "delivered".into(), attempts: 1 }

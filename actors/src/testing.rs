@@ -3,18 +3,21 @@
 //! - [`FakeRuntime`]: a container is a tokio task running an entrypoint the test supplies (for
 //!   example the real agent runner with host paths). It tracks, per session, how many containers
 //!   were alive at once — the quantity DESIGN §5 invariant 4 bounds.
-//! - [`MemoryChannel`]: records deliveries and notices, lets a test submit messages, and can be told
-//!   to fail the next deliveries.
+//! - [`MemoryChannel`]: records every send (with its key), the deliveries the user saw and the
+//!   notices; lets a test submit messages; can be told to fail, lose the answer of, delay or panic
+//!   in the next deliveries; declares idempotent sends or not, as configured; holds an exclusive
+//!   per-run resource (like a socket path) that its guard releases.
+//! - [`Failable`]: wraps any adapter so a test can make its channel actor fail.
 
 use crate::ports::channel::{
-    ChannelAdapter, ChannelError, DeliveryError, InboundAck, InboundEvent, InboundSink, Notice,
+    AdapterGuard, ChannelAdapter, ChannelError, DeliveryError, InboundAck, InboundEvent, InboundSink, Notice,
     OutboundMessage, SubmitError,
 };
 use crate::ports::runtime::{ContainerRuntime, ContainerSpec, ExitStatus, ManagedContainer, RuntimeError};
 use async_trait::async_trait;
 use futures_util::future::BoxFuture;
 use parking_lot::Mutex;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -223,29 +226,81 @@ impl ContainerRuntime for FakeRuntime {
     }
 }
 
+/// One call of [`ChannelAdapter::deliver`] on a [`MemoryChannel`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendAttempt {
+    /// The idempotency key ([`OutboundMessage::message_out_id`]).
+    pub message_out_id: String,
+    /// The user saw the message because of this call (false for an injected failure, and for a
+    /// repeat an idempotent channel suppressed).
+    pub shown: bool,
+    /// What the call returned, when it failed.
+    pub error: Option<DeliveryError>,
+}
+
+/// What the next delivery does instead of succeeding.
+#[derive(Debug, Clone)]
+enum Fault {
+    /// Return the error; the platform did not show the message.
+    Fail(DeliveryError),
+    /// Show the message, then return the error (the platform's answer was lost).
+    FailAfterShowing(DeliveryError),
+    /// Show the message, then panic (the channel actor fails mid-send).
+    PanicAfterShowing,
+}
+
 #[derive(Default)]
 struct MemoryState {
     sink: Option<InboundSink>,
+    /// Messages the user saw, in order.
     delivered: Vec<OutboundMessage>,
+    /// Every deliver call.
+    sends: Vec<SendAttempt>,
     notices: Vec<Notice>,
-    fail_next: Vec<DeliveryError>,
+    faults: VecDeque<Fault>,
+    delay: Option<Duration>,
     starts: usize,
+    /// The current run's number; a guard of an older run does not touch a newer run's sink.
+    run: u64,
+    /// A run's guard is alive: the exclusive resource (think `cli.sock`) is taken.
+    held: bool,
 }
 
 /// An in-memory [`ChannelAdapter`] with channel type chosen at construction.
 #[derive(Clone)]
 pub struct MemoryChannel {
     channel_type: String,
+    account: String,
+    idempotent: bool,
     liveness: Option<Duration>,
     state: Arc<Mutex<MemoryState>>,
     changed: Arc<tokio::sync::Notify>,
 }
 
+/// The resources of one [`MemoryChannel`] run: dropping it disconnects the sink and frees the
+/// exclusive resource.
+struct MemoryRun {
+    state: Arc<Mutex<MemoryState>>,
+    run: u64,
+}
+
+impl Drop for MemoryRun {
+    fn drop(&mut self) {
+        let mut st = self.state.lock();
+        if st.run == self.run {
+            st.sink = None;
+            st.held = false;
+        }
+    }
+}
+
 impl MemoryChannel {
-    /// A channel of type `channel_type`.
+    /// A channel of type (and account) `channel_type`, not idempotent.
     pub fn new(channel_type: &str) -> Self {
         Self {
             channel_type: channel_type.into(),
+            account: channel_type.into(),
+            idempotent: false,
             liveness: None,
             state: Default::default(),
             changed: Default::default(),
@@ -255,6 +310,20 @@ impl MemoryChannel {
     /// The same channel, presumed dead after `timeout` without events or keepalives.
     pub fn with_liveness_timeout(mut self, timeout: Duration) -> Self {
         self.liveness = Some(timeout);
+        self
+    }
+
+    /// The same channel under another account (`<channel_type>:<name>`).
+    pub fn with_account(mut self, account: &str) -> Self {
+        self.account = account.into();
+        self
+    }
+
+    /// The same channel, declaring [`ChannelAdapter::idempotent_sends`] as given. When true it
+    /// keeps the promise: a key it showed before is not shown again (the repeat returns the first
+    /// platform id), across restarts too.
+    pub fn with_idempotent_sends(mut self, idempotent: bool) -> Self {
+        self.idempotent = idempotent;
         self
     }
 
@@ -289,9 +358,19 @@ impl MemoryChannel {
         .await
     }
 
-    /// Everything delivered so far.
+    /// Everything the user saw so far, in order.
     pub fn delivered(&self) -> Vec<OutboundMessage> {
         self.state.lock().delivered.clone()
+    }
+
+    /// Every deliver call so far, in order, failed ones included.
+    pub fn sends(&self) -> Vec<SendAttempt> {
+        self.state.lock().sends.clone()
+    }
+
+    /// How many deliver calls carried `message_out_id` ("never a second send" is `<= 1`).
+    pub fn sends_of(&self, message_out_id: &str) -> usize {
+        self.state.lock().sends.iter().filter(|s| s.message_out_id == message_out_id).count()
     }
 
     /// Every notice so far.
@@ -304,12 +383,37 @@ impl MemoryChannel {
         self.state.lock().starts
     }
 
-    /// Fails the next deliveries with these errors, in order.
-    pub fn fail_next(&self, errors: Vec<DeliveryError>) {
-        self.state.lock().fail_next = errors;
+    /// Whether a run's guard is alive (its exclusive resource taken).
+    pub fn is_held(&self) -> bool {
+        self.state.lock().held
     }
 
-    /// Reports a lost connection, as an adapter whose platform went away would.
+    /// Fails the next deliveries with these errors, in order (after faults queued before); the
+    /// user sees nothing.
+    pub fn fail_next(&self, errors: Vec<DeliveryError>) {
+        self.state.lock().faults.extend(errors.into_iter().map(Fault::Fail));
+    }
+
+    /// The next deliveries (after faults queued before) show their message, then return these
+    /// errors, in order: the platform
+    /// accepted the message but its answer was lost (use `OutcomeUnknown` or `Timeout`).
+    pub fn fail_next_after_showing(&self, errors: Vec<DeliveryError>) {
+        self.state.lock().faults.extend(errors.into_iter().map(Fault::FailAfterShowing));
+    }
+
+    /// The next delivery shows its message, then panics: the channel actor fails mid-send and the
+    /// caller learns nothing of the outcome.
+    pub fn panic_next_delivery(&self) {
+        self.state.lock().faults.push_back(Fault::PanicAfterShowing);
+    }
+
+    /// Every delivery first waits `delay` (`None`: no wait), to provoke delivery timeouts.
+    pub fn set_delivery_delay(&self, delay: Option<Duration>) {
+        self.state.lock().delay = delay;
+    }
+
+    /// Reports a lost connection, as an adapter whose platform went away would: its channel
+    /// actor's handler returns an error (the actor fails; ractor skips its `post_stop`).
     pub fn lose_connection(&self, reason: &str) {
         if let Some(s) = &self.state.lock().sink {
             s.fail(reason);
@@ -329,6 +433,18 @@ impl MemoryChannel {
             }
         }
     }
+
+    /// Shows `message` unless the channel is idempotent and showed its key already; returns the
+    /// platform id and whether it was shown now.
+    fn show(&self, st: &mut MemoryState, message: &OutboundMessage) -> (String, bool) {
+        if self.idempotent
+            && let Some(i) = st.delivered.iter().position(|m| m.message_out_id == message.message_out_id)
+        {
+            return (format!("mem-{}", i + 1), false);
+        }
+        st.delivered.push(message.clone());
+        (format!("mem-{}", st.delivered.len()), true)
+    }
 }
 
 #[async_trait]
@@ -337,30 +453,62 @@ impl ChannelAdapter for MemoryChannel {
         &self.channel_type
     }
 
+    fn account(&self) -> &str {
+        &self.account
+    }
+
     fn supports_threads(&self) -> bool {
         false
     }
 
-    async fn start(&self, inbound: InboundSink) -> Result<(), ChannelError> {
-        let mut st = self.state.lock();
-        st.sink = Some(inbound);
-        st.starts += 1;
-        Ok(())
+    fn idempotent_sends(&self) -> bool {
+        self.idempotent
     }
 
-    async fn stop(&self) {
-        self.state.lock().sink = None;
+    async fn start(&self, inbound: InboundSink) -> Result<AdapterGuard, ChannelError> {
+        let mut st = self.state.lock();
+        if st.held {
+            return Err(ChannelError(format!(
+                "memory channel {}: still held by a previous run that was never released",
+                self.account
+            )));
+        }
+        st.sink = Some(inbound);
+        st.starts += 1;
+        st.run += 1;
+        st.held = true;
+        Ok(AdapterGuard::new(MemoryRun { state: self.state.clone(), run: st.run }))
     }
 
     async fn deliver(&self, message: &OutboundMessage) -> Result<Option<String>, DeliveryError> {
+        let delay = self.state.lock().delay;
+        if let Some(d) = delay {
+            tokio::time::sleep(d).await;
+        }
         let result = {
             let mut st = self.state.lock();
-            if st.fail_next.is_empty() {
-                st.delivered.push(message.clone());
-                Ok(Some(format!("mem-{}", st.delivered.len())))
-            } else {
-                Err(st.fail_next.remove(0))
-            }
+            let fault = st.faults.pop_front();
+            let key = message.message_out_id.clone();
+            let (result, shown) = match fault {
+                None => {
+                    let (id, shown) = self.show(&mut st, message);
+                    (Ok(Some(id)), shown)
+                }
+                Some(Fault::Fail(e)) => (Err(e), false),
+                Some(Fault::FailAfterShowing(e)) => {
+                    let (_, shown) = self.show(&mut st, message);
+                    (Err(e), shown)
+                }
+                Some(Fault::PanicAfterShowing) => {
+                    let (_, shown) = self.show(&mut st, message);
+                    st.sends.push(SendAttempt { message_out_id: key, shown, error: None });
+                    drop(st);
+                    self.changed.notify_waiters();
+                    panic!("memory channel {}: injected panic mid-send", self.account);
+                }
+            };
+            st.sends.push(SendAttempt { message_out_id: key, shown, error: result.clone().err() });
+            result
         };
         self.changed.notify_waiters();
         result
@@ -373,5 +521,77 @@ impl ChannelAdapter for MemoryChannel {
 
     fn liveness_timeout(&self) -> Option<Duration> {
         self.liveness
+    }
+}
+
+/// Wraps any adapter so a test can make its channel actor fail ([`Failable::fail`]) as a lost
+/// connection would — for adapters, like the CLI's, that have no failure of their own to inject.
+#[derive(Clone)]
+pub struct Failable<A> {
+    inner: A,
+    sink: Arc<Mutex<Option<InboundSink>>>,
+}
+
+impl<A: ChannelAdapter> Failable<A> {
+    /// Wraps `inner`.
+    pub fn new(inner: A) -> Self {
+        Self { inner, sink: Default::default() }
+    }
+
+    /// The wrapped adapter.
+    pub fn inner(&self) -> &A {
+        &self.inner
+    }
+
+    /// Makes the current run's channel actor fail with `reason` (a handler returns an error).
+    /// Returns false when the adapter was never started.
+    pub fn fail(&self, reason: &str) -> bool {
+        match &*self.sink.lock() {
+            Some(s) => {
+                s.fail(reason);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+#[async_trait]
+impl<A: ChannelAdapter> ChannelAdapter for Failable<A> {
+    fn channel_type(&self) -> &str {
+        self.inner.channel_type()
+    }
+
+    fn account(&self) -> &str {
+        self.inner.account()
+    }
+
+    fn supports_threads(&self) -> bool {
+        self.inner.supports_threads()
+    }
+
+    fn idempotent_sends(&self) -> bool {
+        self.inner.idempotent_sends()
+    }
+
+    async fn start(&self, inbound: InboundSink) -> Result<AdapterGuard, ChannelError> {
+        *self.sink.lock() = Some(inbound.clone());
+        self.inner.start(inbound).await
+    }
+
+    async fn stop(&self) {
+        self.inner.stop().await
+    }
+
+    async fn deliver(&self, message: &OutboundMessage) -> Result<Option<String>, DeliveryError> {
+        self.inner.deliver(message).await
+    }
+
+    async fn notice(&self, notice: &Notice) {
+        self.inner.notice(notice).await
+    }
+
+    fn liveness_timeout(&self) -> Option<Duration> {
+        self.inner.liveness_timeout()
     }
 }

@@ -209,7 +209,7 @@ async fn transient_delivery_failures_retry_then_fail_after_three_attempts() {
     let dir = tempfile::tempdir().unwrap();
     let channel = MemoryChannel::new("mem");
     let service = start(dir.path(), runner_runtime(), &channel).await;
-    let transient = || DeliveryError { message: "platform busy".into(), retryable: true };
+    let transient = || DeliveryError::transient("platform busy");
     channel.fail_next(vec![transient(), transient()]);
     channel.submit("chat-1", "p1", "first").await.unwrap();
     assert!(channel.wait_for(Duration::from_secs(20), |d| d.len() == 1).await);
@@ -502,5 +502,136 @@ async fn the_container_cap_queues_sessions_fairly_and_tells_the_waiting_user() {
     assert!(queued < second, "{order:?}");
     assert_eq!(order.iter().filter(|t| t.starts_with("Queued:")).count(), 1, "told once: {order:?}");
     assert_eq!(runtime.max_concurrent_total(), 1, "the cap held");
+    service.shutdown(Duration::from_secs(20)).await;
+}
+
+/// An outbound message for the memory chat with idempotency key `key`.
+fn outbound(key: &str) -> nanoclaw_actors::ports::channel::OutboundMessage {
+    nanoclaw_actors::ports::channel::OutboundMessage {
+        platform_id: "chat-1".into(),
+        thread_id: None,
+        text: format!("text of {key}"),
+        in_reply_to: None,
+        message_out_id: key.into(),
+    }
+}
+
+/// The live channel of the memory account, once it differs from `not` (a restart).
+async fn live_channel(
+    service: &Service,
+    not: Option<&nanoclaw_actors::actors::channel::ChannelHandle>,
+) -> nanoclaw_actors::actors::channel::ChannelHandle {
+    let mut found = None;
+    eventually(Duration::from_secs(10), "a live memory channel", || {
+        found = service
+            .context()
+            .channels
+            .for_channel_type("mem")
+            .filter(|h| not.is_none_or(|n| n.actor().get_id() != h.actor().get_id()));
+        let ok = found.is_some();
+        async move { ok }
+    })
+    .await;
+    found.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_that_fails_releases_its_adapter_and_its_restart_succeeds() {
+    let dir = tempfile::tempdir().unwrap();
+    // The memory channel refuses to start while an earlier run still holds its resource, as the
+    // CLI's socket would: a failed actor that leaked its run could never be restarted.
+    let channel = MemoryChannel::new("mem");
+    let service = start(dir.path(), runner_runtime(), &channel).await;
+    let first = live_channel(&service, None).await;
+    assert!(channel.is_held());
+    channel.lose_connection("platform went away");
+    let second = live_channel(&service, Some(&first)).await;
+    assert_eq!(channel.starts(), 2, "restarted once");
+    assert!(channel.is_held(), "the new run holds the resource the failed run released");
+    let h = service.channel_health().into_iter().find(|h| h.account == "mem").unwrap();
+    assert_eq!(h.restarts, 1, "{h:?}");
+    assert_eq!(second.account(), "mem");
+    channel.submit("chat-1", "after-restart", "back").await.unwrap();
+    assert!(channel.wait_for(Duration::from_secs(20), |d| d.iter().any(|m| m.text == "echo: back")).await);
+    service.shutdown(Duration::from_secs(20)).await;
+    assert!(!channel.is_held(), "shutdown releases the run");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_errors_tell_a_send_lost_mid_way_from_one_never_handed_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let channel = MemoryChannel::new("mem").with_idempotent_sends(true);
+    let service = start(dir.path(), runner_runtime(), &channel).await;
+    let first = live_channel(&service, None).await;
+    assert!(first.idempotent_sends());
+    // The adapter shows the message, then its actor dies before answering: outcome unknown.
+    channel.panic_next_delivery();
+    let err = first.deliver(outbound("k1"), Duration::from_secs(10)).await.unwrap_err();
+    assert!(matches!(err, DeliveryError::OutcomeUnknown { .. }), "{err:?}");
+    assert!(err.may_retry(true) && !err.may_retry(false));
+    // The dead actor takes nothing: certainly not sent, retryable.
+    let err = first.deliver(outbound("k2"), Duration::from_secs(10)).await.unwrap_err();
+    assert_eq!(err, DeliveryError::transient("channel mem is not running"));
+    assert_eq!(channel.sends_of("k2"), 0);
+    // After the restart, the idempotent retry of k1 reaches the adapter but shows nothing new.
+    let second = live_channel(&service, Some(&first)).await;
+    second.deliver(outbound("k1"), Duration::from_secs(10)).await.unwrap();
+    assert_eq!(channel.sends_of("k1"), 2);
+    assert_eq!(channel.delivered().iter().filter(|m| m.message_out_id == "k1").count(), 1);
+    service.shutdown(Duration::from_secs(20)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_whose_caller_timed_out_before_it_began_is_never_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let channel = MemoryChannel::new("mem");
+    let service = start(dir.path(), runner_runtime(), &channel).await;
+    let handle = live_channel(&service, None).await;
+    channel.set_delivery_delay(Some(Duration::from_secs(2)));
+    // k1 occupies the adapter past its caller's timeout.
+    let err = handle.deliver(outbound("k1"), Duration::from_millis(500)).await.unwrap_err();
+    assert_eq!(err, DeliveryError::Timeout);
+    assert!(!err.may_retry(false), "a timeout may have been shown: not retried when not idempotent");
+    // k2 waits behind it in the mailbox and its caller gives up first.
+    let err = handle.deliver(outbound("k2"), Duration::from_millis(100)).await.unwrap_err();
+    assert_eq!(err, DeliveryError::Timeout);
+    channel.set_delivery_delay(None);
+    // k3 is answered after k1 finished and k2 was dropped (one mailbox, in order).
+    handle.deliver(outbound("k3"), Duration::from_secs(10)).await.unwrap();
+    assert_eq!(channel.sends_of("k2"), 0, "{:?}", channel.sends());
+    assert_eq!(channel.sends_of("k3"), 1);
+    service.shutdown(Duration::from_secs(20)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_whose_send_outcome_is_unknown_is_never_sent_twice_on_a_non_idempotent_channel() {
+    let dir = tempfile::tempdir().unwrap();
+    let channel = MemoryChannel::new("mem").with_idempotent_sends(false);
+    let service = start(dir.path(), runner_runtime(), &channel).await;
+    channel.panic_next_delivery();
+    channel.submit("chat-1", "p-unknown", "hello").await.unwrap();
+    assert!(channel.wait_for(Duration::from_secs(20), |d| !d.is_empty()).await);
+    let reply_key = channel.delivered()[0].message_out_id.clone();
+    let session = mem_session(&service).await;
+    let paths = SessionPaths::new(&dir.path().join("data"), "main", &session.id);
+    eventually(Duration::from_secs(20), "the reply's delivery decided", || async {
+        let c = rusqlite::Connection::open(paths.inbound_db()).unwrap();
+        let status: Option<String> = c
+            .query_row("SELECT status FROM delivered WHERE message_out_id = ?1", [&reply_key], |r| r.get(0))
+            .ok();
+        matches!(status.as_deref(), Some("failed" | "delivered"))
+    })
+    .await;
+    // Wait for the channel's restart too, so a retry would have had its chance.
+    eventually(Duration::from_secs(10), "the channel's restart", || async { channel.starts() >= 2 }).await;
+    let sends = channel.sends();
+    for s in &sends {
+        assert_eq!(
+            channel.sends_of(&s.message_out_id),
+            1,
+            "a second send of {}: {sends:?}",
+            s.message_out_id
+        );
+    }
     service.shutdown(Duration::from_secs(20)).await;
 }

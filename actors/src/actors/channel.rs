@@ -1,20 +1,27 @@
-//! `ChannelActor`: one channel adapter (DESIGN §4, §9).
+//! `ChannelActor`: one channel adapter, i.e. one chat platform account (DESIGN §4, §9).
 //!
-//! Spawned by the [`super::channel_supervisor::ChannelSupervisor`], one per adapter. `pre_start`
+//! Spawned by the [`super::channel_supervisor::ChannelSupervisor`], one per account. `pre_start`
 //! starts the adapter with an [`InboundSink`]; a routing task feeds each submission to the
 //! [`Router`] in arrival order and returns the ack the adapter waits for before acknowledging
-//! the platform. Deliveries and notices go through this actor's mailbox, one at a time. If the
-//! adapter reports a lost connection ([`InboundSink::fail`]) the actor fails and its supervisor
-//! restarts it with backoff.
+//! the platform. Deliveries and notices go through this actor's mailbox, one at a time, via a
+//! [`ChannelHandle`].
+//!
+//! When it fails — the adapter reports a lost connection ([`InboundSink::fail`]), the platform
+//! stays silent past the adapter's liveness timeout, or a handler panics — its supervisor
+//! restarts it with backoff. Everything it runs (routing and failure tasks, the liveness timer,
+//! the adapter's [`AdapterGuard`]) lives in its state and is released when the state drops, so a
+//! failed channel frees its socket even though ractor skips `post_stop` after a failure.
 
 use crate::ports::channel::{
-    ChannelAdapter, DeliveryError, InboundSink, Notice, OutboundMessage, SubmitError,
+    AdapterGuard, ChannelAdapter, DeliveryError, InboundSink, Notice, OutboundMessage, SubmitError,
 };
 use crate::router::Router;
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::rpc::CallResult;
+use ractor::{Actor, ActorProcessingErr, ActorRef, MessagingErr, RpcReplyPort};
 use std::sync::Arc;
 use std::time::Duration;
-use tracing::{info, warn};
+use tokio_util::task::AbortOnDropHandle;
+use tracing::{debug, info, warn};
 
 /// The channel actor (configuration only).
 pub struct ChannelActor;
@@ -25,15 +32,21 @@ pub struct ChannelArgs {
     pub adapter: Arc<dyn ChannelAdapter>,
     /// Where inbound messages go.
     pub router: Router,
-    /// Where this channel's last sign of life is published.
+    /// Where this channel's last sign of life is published (under its account).
     pub health: crate::context::ChannelHealthMap,
 }
 
-/// Private state.
+/// Private state. Field order is drop order: the adapter's resources go first, then the tasks.
 pub struct ChannelState {
+    /// What the adapter's start acquired; `None` once `post_stop` released it.
+    run: Option<AdapterGuard>,
     adapter: Arc<dyn ChannelAdapter>,
-    routing: tokio::task::JoinHandle<()>,
-    failures: tokio::task::JoinHandle<()>,
+    /// Feeds submissions to the router.
+    _routing: AbortOnDropHandle<()>,
+    /// Turns the adapter's [`InboundSink::fail`] into [`ChannelMessage::AdapterFailed`].
+    _failures: AbortOnDropHandle<()>,
+    /// The liveness timer, when the adapter has a liveness timeout.
+    _liveness: Option<AbortOnDropHandle<()>>,
     /// The adapter's sink: its last sign of life.
     sink: InboundSink,
     health: crate::context::ChannelHealthMap,
@@ -57,22 +70,82 @@ pub enum ChannelMessage {
     CheckLiveness,
 }
 
-/// Delivers through a channel actor with a timeout. A timeout is not retryable: the platform may
-/// have accepted the message (at most once, DESIGN §5 invariant 3).
-pub async fn deliver(
-    channel: &ActorRef<ChannelMessage>,
-    message: OutboundMessage,
-    timeout: Duration,
-) -> Result<Option<String>, DeliveryError> {
-    let ms = timeout.as_millis().min(u64::MAX as u128) as u64;
-    match ractor::call_t!(channel, |reply| ChannelMessage::Deliver { message, reply }, ms) {
-        Ok(r) => r,
-        Err(ractor::RactorErr::Timeout) => Err(DeliveryError {
-            message: format!("no answer from the channel within {timeout:?}"),
-            retryable: false,
-        }),
-        // The actor was gone before it took the message: nothing was sent.
-        Err(e) => Err(DeliveryError { message: format!("channel unavailable: {e}"), retryable: true }),
+/// A live channel: its actor and what a sender needs to know about it. Cheap to clone; this is
+/// what [`crate::context::Channels`] holds.
+#[derive(Debug, Clone)]
+pub struct ChannelHandle {
+    actor: ActorRef<ChannelMessage>,
+    account: Arc<str>,
+    channel_type: Arc<str>,
+    idempotent_sends: bool,
+}
+
+impl ChannelHandle {
+    /// A handle over a running channel actor of `adapter`.
+    pub fn new(actor: ActorRef<ChannelMessage>, adapter: &dyn ChannelAdapter) -> Self {
+        Self {
+            actor,
+            account: adapter.account().into(),
+            channel_type: adapter.channel_type().into(),
+            idempotent_sends: adapter.idempotent_sends(),
+        }
+    }
+
+    /// The channel account ([`ChannelAdapter::account`]).
+    pub fn account(&self) -> &str {
+        &self.account
+    }
+
+    /// The channel type.
+    pub fn channel_type(&self) -> &str {
+        &self.channel_type
+    }
+
+    /// The adapter's [`ChannelAdapter::idempotent_sends`]: the argument of
+    /// [`DeliveryError::may_retry`].
+    pub fn idempotent_sends(&self) -> bool {
+        self.idempotent_sends
+    }
+
+    /// The actor.
+    pub fn actor(&self) -> &ActorRef<ChannelMessage> {
+        &self.actor
+    }
+
+    /// Delivers one message, waiting at most `timeout` for the adapter's answer. Returns the
+    /// platform message id when the platform gives one.
+    ///
+    /// Errors, by what they say about the platform (DESIGN §5 invariant 3):
+    /// - [`DeliveryError::NotSent`] `{retryable: true}`: the actor was not running (stopping or
+    ///   restarting), so nothing was handed over; also the adapter's own `NotSent`;
+    /// - [`DeliveryError::Timeout`]: no answer within `timeout`. If the actor had not begun the
+    ///   send by then it skips it, but the caller cannot know which happened;
+    /// - [`DeliveryError::OutcomeUnknown`]: the actor took the message and ended before answering
+    ///   (it failed or panicked mid-send); also the adapter's own `OutcomeUnknown`.
+    pub async fn deliver(
+        &self,
+        message: OutboundMessage,
+        timeout: Duration,
+    ) -> Result<Option<String>, DeliveryError> {
+        match self.actor.call(|reply| ChannelMessage::Deliver { message, reply }, Some(timeout)).await {
+            Ok(CallResult::Success(result)) => result,
+            Ok(CallResult::Timeout) => Err(DeliveryError::Timeout),
+            Ok(CallResult::SenderError) => Err(DeliveryError::OutcomeUnknown {
+                message: format!("channel {} ended before confirming the send", self.account),
+            }),
+            Err(MessagingErr::SendErr(_) | MessagingErr::ChannelClosed) => {
+                Err(DeliveryError::transient(format!("channel {} is not running", self.account)))
+            }
+            Err(MessagingErr::InvalidActorType) => {
+                Err(DeliveryError::rejected(format!("channel {}: wrong actor type", self.account)))
+            }
+        }
+    }
+
+    /// Passes a progress note to the adapter; dropped when the channel is not running (notices
+    /// are advisory: the replies themselves went through [`ChannelHandle::deliver`]).
+    pub fn notice(&self, notice: Notice) {
+        let _ = self.actor.cast(ChannelMessage::Notice(notice));
     }
 }
 
@@ -87,13 +160,12 @@ impl Actor for ChannelActor {
         args: ChannelArgs,
     ) -> Result<ChannelState, ActorProcessingErr> {
         let (sink, mut submissions, mut fail_rx) = InboundSink::new(256);
-        let adapter_sink = sink.clone();
         let router = args.router;
         let supports_threads = args.adapter.supports_threads();
-        let (health, channel_type) = (args.health.clone(), args.adapter.channel_type().to_string());
-        let routing = tokio::spawn(async move {
+        let (health, account) = (args.health.clone(), args.adapter.account().to_string());
+        let routing = AbortOnDropHandle::new(tokio::spawn(async move {
             while let Some(sub) = submissions.recv().await {
-                if let Some(h) = health.write().get_mut(&channel_type) {
+                if let Some(h) = health.write().get_mut(&account) {
                     h.last_event = Some(chrono::Utc::now());
                 }
                 let mut event = sub.event;
@@ -103,28 +175,29 @@ impl Actor for ChannelActor {
                 let result = router.route(event).await.map_err(SubmitError::Route);
                 let _ = sub.ack.send(result);
             }
-        });
+        }));
         let me = myself.clone();
-        let failures = tokio::spawn(async move {
+        let failures = AbortOnDropHandle::new(tokio::spawn(async move {
             if let Some(reason) = fail_rx.recv().await {
                 let _ = me.cast(ChannelMessage::AdapterFailed(reason));
             }
-        });
-        if let Err(e) = args.adapter.start(adapter_sink).await {
-            routing.abort();
-            failures.abort();
-            return Err(format!("channel {}: start failed: {e}", args.adapter.channel_type()).into());
-        }
-        info!(channel = args.adapter.channel_type(), "channel started");
-        if let Some(timeout) = args.adapter.liveness_timeout() {
-            myself.send_interval((timeout / 4).max(Duration::from_millis(10)), || {
+        }));
+        // On error the tasks above drop (and abort) with this frame.
+        let run = args.adapter.start(sink.clone()).await.map_err(|e| {
+            ActorProcessingErr::from(format!("channel {}: start failed: {e}", args.adapter.account()))
+        })?;
+        info!(channel = args.adapter.account(), "channel started");
+        let liveness = args.adapter.liveness_timeout().map(|timeout| {
+            AbortOnDropHandle::new(myself.send_interval((timeout / 4).max(Duration::from_millis(10)), || {
                 ChannelMessage::CheckLiveness
-            });
-        }
+            }))
+        });
         Ok(ChannelState {
+            run: Some(run),
             adapter: args.adapter,
-            routing,
-            failures,
+            _routing: routing,
+            _failures: failures,
+            _liveness: liveness,
             sink,
             health: args.health,
             started: chrono::Utc::now(),
@@ -137,37 +210,36 @@ impl Actor for ChannelActor {
         message: ChannelMessage,
         state: &mut ChannelState,
     ) -> Result<(), ActorProcessingErr> {
+        let account = state.adapter.account();
         match message {
             ChannelMessage::Deliver { message, reply } => {
+                if reply.is_closed() {
+                    // The caller timed out while this waited in the mailbox and has reported
+                    // `Timeout`; sending now could only duplicate what it retries or report.
+                    debug!(channel = account, row = %message.message_out_id, "delivery abandoned by its caller; not sent");
+                    return Ok(());
+                }
                 let result = state.adapter.deliver(&message).await;
                 let _ = reply.send(result);
             }
             ChannelMessage::Notice(notice) => state.adapter.notice(&notice).await,
             ChannelMessage::CheckLiveness => {
                 let last = state.sink.last_sign_of_life();
-                if let Some(h) = state.health.write().get_mut(state.adapter.channel_type()) {
+                if let Some(h) = state.health.write().get_mut(account) {
                     h.last_event = last;
                 }
                 if let Some(timeout) = state.adapter.liveness_timeout() {
                     let silent =
                         (chrono::Utc::now() - last.unwrap_or(state.started)).to_std().unwrap_or_default();
                     if silent > timeout {
-                        warn!(
-                            channel = state.adapter.channel_type(),
-                            ?silent,
-                            "channel silent while connected; restarting it"
-                        );
-                        return Err(format!(
-                            "channel {}: no sign of life for {silent:?}",
-                            state.adapter.channel_type()
-                        )
-                        .into());
+                        warn!(channel = account, ?silent, "channel silent while connected; restarting it");
+                        return Err(format!("channel {account}: no sign of life for {silent:?}").into());
                     }
                 }
             }
             ChannelMessage::AdapterFailed(reason) => {
-                warn!(channel = state.adapter.channel_type(), %reason, "channel adapter failed");
-                return Err(format!("channel {}: {reason}", state.adapter.channel_type()).into());
+                warn!(channel = account, %reason, "channel adapter failed");
+                return Err(format!("channel {account}: {reason}").into());
             }
         }
         Ok(())
@@ -178,9 +250,10 @@ impl Actor for ChannelActor {
         _myself: ActorRef<Self::Msg>,
         state: &mut ChannelState,
     ) -> Result<(), ActorProcessingErr> {
+        // The graceful part only; the guard (dropped here, or with the state after a failure)
+        // releases the resources either way.
         state.adapter.stop().await;
-        state.routing.abort();
-        state.failures.abort();
+        state.run = None;
         Ok(())
     }
 }

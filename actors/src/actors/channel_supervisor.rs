@@ -1,17 +1,22 @@
-//! `ChannelSupervisor`: one [`ChannelActor`] per adapter, restarted with exponential backoff and
-//! jitter (1 s up to 5 min, DESIGN §4) when it fails or its start fails. Keeps the
-//! [`crate::context::Channels`] registry that session actors deliver through.
+//! `ChannelSupervisor`: one [`ChannelActor`] per channel account (DESIGN §4), restarted after
+//! [`RestartPolicy::channel`] (1 s doubling to 5 min, jitter, never giving up) when it fails, ends
+//! or its start fails. Keeps the [`crate::context::Channels`] registry that session actors deliver
+//! through, and the channel health map, both keyed by account.
+//!
+//! Spawned by the root supervisor, last (no message arrives before sessions can take it). If it
+//! fails, its children are killed with it (their adapters released by their state's guards) and
+//! the root restarts it, which starts every channel again.
 
-use super::channel::{ChannelActor, ChannelArgs, ChannelMessage};
+use super::channel::{ChannelActor, ChannelArgs, ChannelHandle};
 use crate::context::ServiceContext;
 use crate::ports::channel::{ChannelAdapter, ChannelHealth, ChannelState};
+use crate::restart::{RestartDecision, RestartPolicy, RestartTracker};
 use crate::router::Router;
-use backon::BackoffBuilder;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 /// The channel supervisor (configuration only).
 pub struct ChannelSupervisor;
@@ -28,53 +33,58 @@ pub struct ChannelSupervisorArgs {
 pub struct ChannelSupervisorState {
     ctx: Arc<ServiceContext>,
     router: Router,
+    /// The account of each live channel actor, to map supervision events back.
     by_actor: HashMap<ActorId, String>,
-    backoff: HashMap<String, backon::ExponentialBackoff>,
+    /// Restart pacing per account.
+    restarts: HashMap<String, RestartTracker>,
 }
 
 /// Messages of [`ChannelSupervisor`].
 #[derive(Debug)]
 pub enum ChannelSupervisorMessage {
-    /// (Re)start the channel of this type.
+    /// (Re)start the channel of this account, unless it is live.
     Start(String),
 }
 
-fn backoff() -> backon::ExponentialBackoff {
-    backon::ExponentialBuilder::default()
-        .with_min_delay(Duration::from_secs(1))
-        .with_max_delay(Duration::from_secs(300))
-        .with_jitter()
-        .without_max_times()
-        .build()
+/// Errors of the channel configuration, found before any channel starts.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChannelConfigError {
+    /// Two adapters claim one account.
+    #[error("adapters: channel account {0} is given twice")]
+    DuplicateAccount(String),
 }
 
 impl ChannelSupervisorState {
-    fn adapter(&self, channel_type: &str) -> Option<Arc<dyn ChannelAdapter>> {
-        self.ctx.adapters.iter().find(|a| a.channel_type() == channel_type).cloned()
+    fn adapter(&self, account: &str) -> Option<Arc<dyn ChannelAdapter>> {
+        self.ctx.adapters.iter().find(|a| a.account() == account).cloned()
     }
 
-    async fn start(&mut self, myself: &ActorRef<ChannelSupervisorMessage>, channel_type: &str) {
-        let Some(adapter) = self.adapter(channel_type) else { return };
-        let args =
-            ChannelArgs { adapter, router: self.router.clone(), health: self.ctx.channel_health.clone() };
+    async fn start(&mut self, myself: &ActorRef<ChannelSupervisorMessage>, account: &str) {
+        let Some(adapter) = self.adapter(account) else { return };
+        let args = ChannelArgs {
+            adapter: adapter.clone(),
+            router: self.router.clone(),
+            health: self.ctx.channel_health.clone(),
+        };
         match Actor::spawn_linked(None, ChannelActor, args, myself.get_cell()).await {
             Ok((actor, _)) => {
-                self.by_actor.insert(actor.get_id(), channel_type.to_string());
-                self.ctx.channels.write().insert(channel_type.to_string(), actor);
-                self.set_state(channel_type, ChannelState::Connected, None);
+                self.by_actor.insert(actor.get_id(), account.to_string());
+                self.ctx.channels.insert(ChannelHandle::new(actor, adapter.as_ref()));
+                self.set_state(adapter.as_ref(), ChannelState::Connected, None);
             }
             Err(e) => {
-                warn!(channel = channel_type, error = %e, "channel start failed");
-                self.set_state(channel_type, ChannelState::Failed, Some(e.to_string()));
-                self.retry(myself, channel_type);
+                warn!(channel = account, error = %e, "channel start failed");
+                self.set_state(adapter.as_ref(), ChannelState::Failed, Some(e.to_string()));
+                self.retry(myself, account);
             }
         }
     }
 
-    fn set_state(&self, channel_type: &str, state: ChannelState, error: Option<String>) {
+    fn set_state(&self, adapter: &dyn ChannelAdapter, state: ChannelState, error: Option<String>) {
         let mut health = self.ctx.channel_health.write();
-        let h = health.entry(channel_type.to_string()).or_insert_with(|| ChannelHealth {
-            channel_type: channel_type.to_string(),
+        let h = health.entry(adapter.account().to_string()).or_insert_with(|| ChannelHealth {
+            account: adapter.account().to_string(),
+            channel_type: adapter.channel_type().to_string(),
             state,
             since: chrono::Utc::now(),
             last_event: None,
@@ -93,16 +103,23 @@ impl ChannelSupervisorState {
         }
     }
 
-    fn retry(&mut self, myself: &ActorRef<ChannelSupervisorMessage>, channel_type: &str) {
-        let delay = self
-            .backoff
-            .entry(channel_type.to_string())
-            .or_insert_with(backoff)
-            .next()
-            .unwrap_or(Duration::from_secs(300));
-        info!(channel = channel_type, ?delay, "restarting channel after backoff");
-        let ct = channel_type.to_string();
-        myself.send_after(delay, move || ChannelSupervisorMessage::Start(ct));
+    fn retry(&mut self, myself: &ActorRef<ChannelSupervisorMessage>, account: &str) {
+        let decision = self
+            .restarts
+            .entry(account.to_string())
+            .or_insert_with(|| RestartPolicy::channel().tracker())
+            .on_failure();
+        match decision {
+            RestartDecision::RestartAfter(delay) => {
+                info!(channel = account, ?delay, "restarting channel after backoff");
+                let account = account.to_string();
+                myself.send_after(delay, move || ChannelSupervisorMessage::Start(account));
+            }
+            // The channel policy has no budget; a policy with one ends here.
+            RestartDecision::GiveUp { failures, window } => {
+                error!(channel = account, failures, ?window, "channel keeps failing; not restarting it");
+            }
+        }
     }
 }
 
@@ -116,11 +133,19 @@ impl Actor for ChannelSupervisor {
         _myself: ActorRef<Self::Msg>,
         args: ChannelSupervisorArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
+        let mut seen = std::collections::HashSet::new();
+        for a in &args.ctx.adapters {
+            if !seen.insert(a.account()) {
+                return Err(ChannelConfigError::DuplicateAccount(a.account().to_string()).into());
+            }
+        }
+        // A predecessor that failed skipped its post_stop: its (killed) channels are still listed.
+        args.ctx.channels.drain();
         Ok(ChannelSupervisorState {
             ctx: args.ctx,
             router: args.router,
             by_actor: HashMap::new(),
-            backoff: HashMap::new(),
+            restarts: HashMap::new(),
         })
     }
 
@@ -129,9 +154,9 @@ impl Actor for ChannelSupervisor {
         myself: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let types: Vec<String> = state.ctx.adapters.iter().map(|a| a.channel_type().to_string()).collect();
-        for t in types {
-            state.start(&myself, &t).await;
+        let accounts: Vec<String> = state.ctx.adapters.iter().map(|a| a.account().to_string()).collect();
+        for account in accounts {
+            state.start(&myself, &account).await;
         }
         Ok(())
     }
@@ -143,9 +168,9 @@ impl Actor for ChannelSupervisor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            ChannelSupervisorMessage::Start(t) => {
-                if !state.ctx.channels.read().contains_key(&t) {
-                    state.start(&myself, &t).await;
+            ChannelSupervisorMessage::Start(account) => {
+                if !state.ctx.channels.contains(&account) {
+                    state.start(&myself, &account).await;
                 }
             }
         }
@@ -165,11 +190,13 @@ impl Actor for ChannelSupervisor {
             SupervisionEvent::ActorFailed(cell, err) => (cell, err.to_string()),
             _ => return Ok(()),
         };
-        if let Some(t) = state.by_actor.remove(&cell.get_id()) {
-            state.ctx.channels.write().remove(&t);
-            warn!(channel = %t, reason = %why, "channel actor ended");
-            state.set_state(&t, ChannelState::Reconnecting, Some(why));
-            state.retry(&myself, &t);
+        if let Some(account) = state.by_actor.remove(&cell.get_id()) {
+            state.ctx.channels.remove(&account, cell.get_id());
+            warn!(channel = %account, reason = %why, "channel actor ended");
+            if let Some(adapter) = state.adapter(&account) {
+                state.set_state(adapter.as_ref(), ChannelState::Reconnecting, Some(why));
+            }
+            state.retry(&myself, &account);
         }
         Ok(())
     }
@@ -179,10 +206,8 @@ impl Actor for ChannelSupervisor {
         _myself: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let actors: Vec<ActorRef<ChannelMessage>> =
-            state.ctx.channels.write().drain().map(|(_, a)| a).collect();
-        for a in actors {
-            a.stop_and_wait(Some("shutdown".into()), Some(Duration::from_secs(10))).await.ok();
+        for channel in state.ctx.channels.drain() {
+            channel.actor().stop_and_wait(Some("shutdown".into()), Some(Duration::from_secs(10))).await.ok();
         }
         Ok(())
     }

@@ -256,14 +256,9 @@ impl SessionState {
             }
         }
         let owner = ctx.config.container_owner;
-        let interrupted = blocking(&self.paths, move |p| {
-            files::prepare(p, owner)?;
-            files::fail_interrupted_sends(p)
-        })
-        .await?;
-        for key in interrupted {
-            warn!(session = %self.session.id, row = %key, "delivery outcome unknown after a host stop; marked failed, not re-sent");
-        }
+        // Rows a stopped host left `sending` are settled by the outbox (re-sent with the same key
+        // on idempotent channels, else failed and the chat told).
+        blocking(&self.paths, move |p| files::prepare(p, owner)).await?;
         // Claims of the container that died with the previous actor (or host) cost a try.
         let sid = self.session.id.clone();
         let (previous, _) = ctx.store.call(move |c| store::generations(c, &sid)).await?;

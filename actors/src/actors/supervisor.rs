@@ -4,8 +4,9 @@
 //! labelled container is an orphan), then spawns, in order: sweeper, session supervisor, approval
 //! supervisor, channel supervisor — channels last, so no message arrives before sessions can take
 //! it. `post_start` routes ledger entries a crash left unrouted and resumes sessions with work.
-//! A failed child is restarted with backoff; more than [`MAX_RESTARTS`] in [`RESTART_WINDOW`] stop
-//! the root (the service exits with an error rather than flapping). `post_stop` stops children in
+//! A failed child is restarted after [`RestartPolicy::core_child`]: backoff, and a budget shared
+//! by all core children (OTP's restart intensity) — more than 5 restarts in 60 s stop the root
+//! (the service exits with an error rather than flapping). `post_stop` stops children in
 //! the fixed order channels → sessions (each stopping its container) → approvals → sweeper.
 
 use super::approval_supervisor::{ApprovalSupervisor, ApprovalSupervisorMessage};
@@ -13,16 +14,12 @@ use super::channel_supervisor::{ChannelSupervisor, ChannelSupervisorArgs, Channe
 use super::session_supervisor::{SessionSupervisor, SessionSupervisorMessage, SessionsHandle};
 use super::sweeper::{Sweeper, SweeperMessage, sweep};
 use crate::context::ServiceContext;
+use crate::restart::{RestartDecision, RestartPolicy, RestartTracker};
 use crate::router::Router;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SupervisionEvent};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tracing::{error, info, warn};
-
-/// Restarts of core children tolerated within [`RESTART_WINDOW`].
-pub const MAX_RESTARTS: usize = 5;
-/// Window of the restart budget.
-pub const RESTART_WINDOW: Duration = Duration::from_secs(60);
 
 /// The root supervisor (configuration only).
 pub struct Supervisor;
@@ -35,7 +32,8 @@ pub struct SupervisorState {
     sessions: ActorRef<SessionSupervisorMessage>,
     approvals: ActorRef<ApprovalSupervisorMessage>,
     channels: ActorRef<ChannelSupervisorMessage>,
-    restarts: Vec<Instant>,
+    /// Restart pacing and budget of the core children together.
+    restarts: RestartTracker,
 }
 
 /// Messages of [`Supervisor`].
@@ -74,7 +72,15 @@ impl Actor for Supervisor {
             cell,
         )
         .await?;
-        Ok(SupervisorState { ctx, router, sweeper, sessions, approvals, channels, restarts: vec![] })
+        Ok(SupervisorState {
+            ctx,
+            router,
+            sweeper,
+            sessions,
+            approvals,
+            channels,
+            restarts: RestartPolicy::core_child().tracker(),
+        })
     }
 
     async fn post_start(
@@ -156,15 +162,14 @@ impl Actor for Supervisor {
         } else {
             return Ok(());
         };
-        let now = Instant::now();
-        state.restarts.retain(|t| now.duration_since(*t) < RESTART_WINDOW);
-        state.restarts.push(now);
-        if state.restarts.len() > MAX_RESTARTS {
-            error!(child = which, reason = %why, "restart budget exhausted; stopping the service");
-            myself.stop(Some(format!("{which} keeps failing: {why}")));
-            return Ok(());
-        }
-        let delay = Duration::from_millis(200).saturating_mul(1 << state.restarts.len());
+        let delay = match state.restarts.on_failure() {
+            RestartDecision::RestartAfter(delay) => delay,
+            RestartDecision::GiveUp { failures, window } => {
+                error!(child = which, reason = %why, failures, ?window, "restart budget exhausted; stopping the service");
+                myself.stop(Some(format!("{which} keeps failing: {why}")));
+                return Ok(());
+            }
+        };
         warn!(child = which, reason = %why, ?delay, "core actor ended; restarting");
         myself.send_after(delay, move || SupervisorMessage::Restart(which));
         Ok(())

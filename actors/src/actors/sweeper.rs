@@ -6,6 +6,7 @@ use crate::context::ServiceContext;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio_util::task::AbortOnDropHandle;
 use tracing::{info, warn};
 
 /// How often the periodic sweep runs.
@@ -13,6 +14,13 @@ pub const SWEEP_INTERVAL: Duration = Duration::from_secs(300);
 
 /// The sweeper (configuration only).
 pub struct Sweeper;
+
+/// Private state.
+pub struct SweeperState {
+    ctx: Arc<ServiceContext>,
+    /// The periodic sweep's timer; ends with the state, however the sweeper ends.
+    _interval: Option<AbortOnDropHandle<()>>,
+}
 
 /// Messages of [`Sweeper`].
 #[derive(Debug)]
@@ -42,7 +50,7 @@ pub async fn sweep(ctx: &ServiceContext) -> Result<usize, String> {
 
 impl Actor for Sweeper {
     type Msg = SweeperMessage;
-    type State = Arc<ServiceContext>;
+    type State = SweeperState;
     type Arguments = Arc<ServiceContext>;
 
     async fn pre_start(
@@ -50,15 +58,17 @@ impl Actor for Sweeper {
         _myself: ActorRef<Self::Msg>,
         ctx: Arc<ServiceContext>,
     ) -> Result<Self::State, ActorProcessingErr> {
-        Ok(ctx)
+        Ok(SweeperState { ctx, _interval: None })
     }
 
     async fn post_start(
         &self,
         myself: ActorRef<Self::Msg>,
-        _ctx: &mut Self::State,
+        state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        myself.send_interval(SWEEP_INTERVAL, || SweeperMessage::Sweep(None));
+        state._interval = Some(AbortOnDropHandle::new(
+            myself.send_interval(SWEEP_INTERVAL, || SweeperMessage::Sweep(None)),
+        ));
         Ok(())
     }
 
@@ -66,11 +76,11 @@ impl Actor for Sweeper {
         &self,
         _myself: ActorRef<Self::Msg>,
         message: Self::Msg,
-        ctx: &mut Self::State,
+        state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
             SweeperMessage::Sweep(reply) => {
-                let result = sweep(ctx).await;
+                let result = sweep(&state.ctx).await;
                 if let Err(e) = &result {
                     warn!(error = %e, "sweep failed");
                 }

@@ -2,10 +2,25 @@
 //!
 //! An adapter pushes platform messages into an [`InboundSink`] and acknowledges the platform only
 //! after [`InboundSink::submit`] returned: by then the message is committed (and deduplicated) in
-//! the central ledger (DESIGN §5 invariant 2). It delivers replies with
-//! [`ChannelAdapter::deliver`], reporting whether a failure may be retried — a retryable error
-//! promises the platform did **not** accept the message, which is what makes retries safe for
-//! at-most-once delivery (invariant 3).
+//! the central ledger (DESIGN §5 invariant 2).
+//!
+//! It delivers replies with [`ChannelAdapter::deliver`]. Delivery is exactly once where the
+//! platform allows it and never silently lost where it does not (DESIGN §5 invariant 3):
+//! - an adapter whose [`ChannelAdapter::idempotent_sends`] is true promises that delivering the
+//!   same [`OutboundMessage::message_out_id`] twice shows the message once, so any failure may
+//!   be retried with the same key;
+//! - elsewhere only a [`DeliveryError::NotSent`] with `retryable` may be retried: it promises the
+//!   platform did **not** accept the message. [`DeliveryError::Timeout`] and
+//!   [`DeliveryError::OutcomeUnknown`] mean it may have; retrying could show it twice.
+//!
+//! The rule for the session's outbox is [`DeliveryError::may_retry`]: retry `NotSent{retryable}`
+//! freely; `Timeout` / `OutcomeUnknown` only on an idempotent channel (same key); otherwise mark
+//! the row failed and tell the chat that a reply may be missing.
+//!
+//! Resources: [`ChannelAdapter::start`] returns an [`AdapterGuard`] owning everything the start
+//! acquired (tasks, listeners, socket files, connections). The channel actor keeps it in its
+//! state, so it is released when the actor ends in any way — also when a handler fails or panics
+//! and ractor skips `post_stop`, where [`ChannelAdapter::stop`] is not called.
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -75,18 +90,18 @@ pub struct Submission {
 #[derive(Debug, Clone)]
 pub struct InboundSink {
     tx: mpsc::Sender<Submission>,
-    fail_tx: mpsc::UnboundedSender<String>,
+    /// Capacity 1: the first reason wins, later ones coalesce into it (the actor fails once).
+    fail_tx: mpsc::Sender<String>,
     /// Unix ms of the last sign of life from the platform (an event or a keepalive); 0 = none.
     last_sign: std::sync::Arc<std::sync::atomic::AtomicI64>,
 }
 
 impl InboundSink {
     /// Creates a sink and the receivers the channel actor drains.
-    pub fn new(
-        capacity: usize,
-    ) -> (InboundSink, mpsc::Receiver<Submission>, mpsc::UnboundedReceiver<String>) {
+    /// `capacity` bounds the submissions waiting for the router.
+    pub fn new(capacity: usize) -> (InboundSink, mpsc::Receiver<Submission>, mpsc::Receiver<String>) {
         let (tx, rx) = mpsc::channel(capacity);
-        let (fail_tx, fail_rx) = mpsc::unbounded_channel();
+        let (fail_tx, fail_rx) = mpsc::channel(1);
         (InboundSink { tx, fail_tx, last_sign: Default::default() }, rx, fail_rx)
     }
 
@@ -118,8 +133,9 @@ impl InboundSink {
 
     /// Reports that the adapter lost its platform connection for good; the channel actor fails
     /// and its supervisor restarts it with backoff.
+    /// Only the first reason of one run is kept.
     pub fn fail(&self, reason: impl Into<String>) {
-        let _ = self.fail_tx.send(reason.into());
+        let _ = self.fail_tx.try_send(reason.into());
     }
 }
 
@@ -134,18 +150,64 @@ pub struct OutboundMessage {
     pub text: String,
     /// The platform id of the message this answers, when known.
     pub in_reply_to: Option<String>,
-    /// The `messages_out` id (or a host id for host notes), for logs and idempotency keys.
+    /// The `messages_out` id (or a host id for host notes): the idempotency key of the send
+    /// ([`ChannelAdapter::idempotent_sends`]) and the key in logs.
     pub message_out_id: String,
 }
 
-/// A delivery failure.
+/// A delivery failure, typed by what it says about the platform's state (see the module doc).
+/// Display is one line; `NotSent` and `OutcomeUnknown` show their message as is.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
-pub struct DeliveryError {
-    /// What went wrong.
-    pub message: String,
-    /// The platform certainly did not accept the message and a later attempt may succeed.
-    pub retryable: bool,
+pub enum DeliveryError {
+    /// The channel did not answer within the delivery timeout; the platform may have accepted
+    /// the message.
+    #[error("no answer from the channel within the delivery timeout")]
+    Timeout,
+    /// The platform certainly did not accept the message.
+    #[error("{message}")]
+    NotSent {
+        /// What went wrong.
+        message: String,
+        /// A later attempt may succeed (rate limit, network down before sending, channel
+        /// restarting); false for permanent errors (unknown chat, message rejected).
+        retryable: bool,
+    },
+    /// The send was handed over but its result was lost (the channel actor failed mid-send, the
+    /// connection dropped after the request was written); the platform may have accepted it.
+    #[error("{message}")]
+    OutcomeUnknown {
+        /// What went wrong.
+        message: String,
+    },
+}
+
+impl DeliveryError {
+    /// A permanent failure: the platform did not accept the message and never will.
+    pub fn rejected(message: impl Into<String>) -> Self {
+        Self::NotSent { message: message.into(), retryable: false }
+    }
+
+    /// A transient failure before anything reached the platform.
+    pub fn transient(message: impl Into<String>) -> Self {
+        Self::NotSent { message: message.into(), retryable: true }
+    }
+
+    /// The outbox rule (DESIGN §5 invariant 3): may the same message be sent again (with the same
+    /// `message_out_id`) through a channel whose [`ChannelAdapter::idempotent_sends`] is
+    /// `idempotent_sends`? `NotSent{retryable}` always; `Timeout` and `OutcomeUnknown` only when
+    /// the channel is idempotent; a permanent `NotSent` never. When it returns false after a
+    /// `Timeout` / `OutcomeUnknown`, mark the row failed and tell the chat a reply may be missing.
+    pub fn may_retry(&self, idempotent_sends: bool) -> bool {
+        match self {
+            DeliveryError::NotSent { retryable, .. } => *retryable,
+            DeliveryError::Timeout | DeliveryError::OutcomeUnknown { .. } => idempotent_sends,
+        }
+    }
+
+    /// True when the platform certainly did not accept the message.
+    pub fn certainly_not_sent(&self) -> bool {
+        matches!(self, DeliveryError::NotSent { .. })
+    }
 }
 
 /// Progress notes about an inbound message (the CLI uses them to end a non-interactive turn;
@@ -175,23 +237,75 @@ pub enum Notice {
 #[error("{0}")]
 pub struct ChannelError(pub String);
 
+/// Everything one run of an adapter acquired (tasks, listeners, socket files, connections),
+/// released when dropped. Dropping must release synchronously what a restart needs again (a
+/// socket path, a port): the channel actor drops it when it ends — also after a failure or a
+/// panic, where [`ChannelAdapter::stop`] is not called — and its restart may follow at once.
+#[must_use = "dropping the guard stops the adapter"]
+pub struct AdapterGuard {
+    /// Held only to be dropped.
+    _resources: Box<dyn Send>,
+}
+
+impl AdapterGuard {
+    /// A guard owning `resources`, whose `Drop` releases them (for example
+    /// `tokio_util::task::AbortOnDropHandle`s, a listener, a socket-file remover).
+    pub fn new(resources: impl Send + 'static) -> Self {
+        Self { _resources: Box::new(resources) }
+    }
+
+    /// A guard for an adapter that holds nothing per run.
+    pub fn none() -> Self {
+        Self::new(())
+    }
+}
+
+impl std::fmt::Debug for AdapterGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdapterGuard")
+    }
+}
+
 /// A chat platform account.
 #[async_trait]
 pub trait ChannelAdapter: Send + Sync + 'static {
     /// The channel type (`cli`, `telegram`, …): lowercase ASCII, digits, `-`, `_`.
     fn channel_type(&self) -> &str;
 
+    /// The account this adapter speaks as, unique among the service's adapters: the registry and
+    /// the channel supervisor key channels by it. `<channel_type>:<account on the platform>`
+    /// (`telegram:<bot username>`) when a platform may have several; the default, the channel
+    /// type alone, fits platforms with one account per service (the CLI's is `cli`).
+    fn account(&self) -> &str {
+        self.channel_type()
+    }
+
     /// Whether the platform has threads; when false the router drops thread ids.
     fn supports_threads(&self) -> bool;
 
-    /// Starts receiving. Inbound messages go to `inbound` until [`ChannelAdapter::stop`].
-    /// May be called again after a stop (a restart by the channel supervisor).
-    async fn start(&self, inbound: InboundSink) -> Result<(), ChannelError>;
+    /// Whether delivery is idempotent by key: delivering the same
+    /// [`OutboundMessage::message_out_id`] twice (even across restarts of the adapter) shows the
+    /// message once. When true the outbox retries sends whose outcome is unknown
+    /// ([`DeliveryError::may_retry`]); when false (the default) it never does. Only claim it when
+    /// the platform dedupes by a key the adapter sends, or the adapter can look the key up.
+    fn idempotent_sends(&self) -> bool {
+        false
+    }
 
-    /// Stops receiving and releases platform resources. Must be idempotent.
-    async fn stop(&self);
+    /// Starts receiving. Inbound messages go to `inbound` until the returned guard is dropped.
+    /// May be called again after the guard of the previous run is dropped (a restart by the
+    /// channel supervisor).
+    async fn start(&self, inbound: InboundSink) -> Result<AdapterGuard, ChannelError>;
+
+    /// A graceful stop before the guard is dropped (say goodbye to the platform, flush). Called
+    /// only on a clean stop of the channel actor, so nothing may depend on it: what must be
+    /// released belongs in the [`AdapterGuard`]. The default does nothing.
+    async fn stop(&self) {}
 
     /// Delivers one message; returns the platform's message id when it gives one.
+    ///
+    /// Errors: see [`DeliveryError`]; return `NotSent` only when the platform certainly did not
+    /// accept the message, `OutcomeUnknown` when the request may have reached it.
     async fn deliver(&self, message: &OutboundMessage) -> Result<Option<String>, DeliveryError>;
 
     /// A progress note about an inbound message. The default ignores it.
@@ -217,9 +331,11 @@ pub enum ChannelState {
     Failed,
 }
 
-/// Live health of one channel (DESIGN §4).
+/// Live health of one channel account (DESIGN §4).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChannelHealth {
+    /// The channel account ([`ChannelAdapter::account`]); the key of the health map.
+    pub account: String,
     /// The channel type.
     pub channel_type: String,
     /// Connection state.

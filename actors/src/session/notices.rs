@@ -12,24 +12,27 @@ use nanoclaw_protocol::content::ChatContent;
 use tracing::{info, warn};
 
 /// Sends one message through the channel of `channel_type` (delivery timeout from the config).
+/// Errors with a retryable `NotSent` when no such channel runs.
 pub async fn send(
     ctx: &ServiceContext,
     channel_type: &str,
     message: OutboundMessage,
 ) -> Result<Option<String>, DeliveryError> {
-    let channel = ctx.channels.read().get(channel_type).cloned();
-    match channel {
-        Some(ch) => crate::actors::channel::deliver(&ch, message, ctx.config.delivery_timeout).await,
-        None => {
-            Err(DeliveryError { message: format!("channel {channel_type} is not running"), retryable: true })
-        }
+    match ctx.channels.for_channel_type(channel_type) {
+        Some(ch) => ch.deliver(message, ctx.config.delivery_timeout).await,
+        None => Err(DeliveryError::transient(format!("channel {channel_type} is not running"))),
     }
+}
+
+/// Whether the channel of `channel_type` runs, and if so whether its sends are idempotent by key.
+pub fn channel_state(ctx: &ServiceContext, channel_type: &str) -> Option<bool> {
+    ctx.channels.for_channel_type(channel_type).map(|c| c.idempotent_sends())
 }
 
 /// Passes a progress notice to the channel of `channel_type`, if it runs.
 pub fn notice(ctx: &ServiceContext, channel_type: &str, notice: Notice) {
-    if let Some(ch) = ctx.channels.read().get(channel_type).cloned() {
-        let _ = ch.cast(crate::actors::channel::ChannelMessage::Notice(notice));
+    if let Some(ch) = ctx.channels.for_channel_type(channel_type) {
+        ch.notice(notice);
     }
 }
 

@@ -46,6 +46,13 @@ pub const DEADLINE_STRIKES: u32 = 3;
 /// Most finished turns whose notices wait for their replies.
 const MAX_WAITING_NOTICES: usize = 1024;
 
+/// How long a row waits for its channel to be running (a restart) before it is failed; the
+/// waiting costs it no delivery attempt.
+const CHANNEL_WAIT: Duration = Duration::from_secs(300);
+
+/// Between two looks for a channel that is not running.
+const CHANNEL_POLL: Duration = Duration::from_secs(2);
+
 /// What a pass tells the session actor.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OutboxReport {
@@ -103,6 +110,7 @@ impl Outbox {
             report: Box::new(report),
             cursors: None,
             retry_at: HashMap::new(),
+            channel_wait: HashMap::new(),
             scheduled: None,
             claims_seen: HashMap::new(),
             waiting_notices: VecDeque::new(),
@@ -136,6 +144,8 @@ struct Worker {
     cursors: Option<Cursors>,
     /// Rows waiting for a delivery retry, and when.
     retry_at: HashMap<String, Instant>,
+    /// Rows waiting for their channel to run again, since when.
+    channel_wait: HashMap<String, Instant>,
     /// The earliest `deliver_after` of a scheduled row.
     scheduled: Option<Instant>,
     /// Claims of the current container, with when the host first saw each.
@@ -351,13 +361,16 @@ impl Worker {
     async fn handle_row(&mut self, key: &str, raw: &RawOutboundRow) -> Result<(bool, bool), PassError> {
         let k = key.to_string();
         let record = self.blocking(move |p| files::delivery_record(p, &k)).await?;
-        match record.as_ref().map(|r| r.status.as_str()) {
-            Some("delivered") | Some("failed") | Some("sending") => return Ok((true, false)),
+        // Every reservation this task makes is settled before its pass ends, so a row found
+        // `sending` was reserved by an earlier run that stopped mid-send (DESIGN §5 invariant 3).
+        let interrupted = match record.as_ref().map(|r| r.status.as_str()) {
+            Some("delivered") | Some("failed") => return Ok((true, false)),
             Some("retrying") if self.retry_at.get(key).is_some_and(|t| Instant::now() < *t) => {
                 return Ok((false, false));
             }
-            _ => {}
-        }
+            Some("sending") => true,
+            _ => false,
+        };
         let valid = match validate_outbound(raw) {
             Ok(v) => v,
             Err(e) => {
@@ -391,7 +404,7 @@ impl Worker {
                 .await;
                 Ok((true, false))
             }
-            OutboundBody::Chat(content) => self.deliver_chat(key, &valid, content).await,
+            OutboundBody::Chat(content) => self.deliver_chat(key, &valid, content, interrupted).await,
         }
     }
 
@@ -400,6 +413,7 @@ impl Worker {
         key: &str,
         valid: &ValidOutbound,
         content: &OutboundContent,
+        interrupted: bool,
     ) -> Result<(bool, bool), PassError> {
         let Some(target) = valid.target.clone() else {
             self.reject(key, "messages_out.platform_id: a chat row needs a target").await?;
@@ -446,29 +460,93 @@ impl Worker {
             in_reply_to: answered.and_then(|c| c.platform_message_id),
             message_out_id: valid.id.clone(),
         };
+        // A channel that is not running (restarting) is waited for without spending attempts.
+        let Some(idempotent) = notices::channel_state(&self.ctx, &target.channel_type) else {
+            let since = *self.channel_wait.entry(key.to_string()).or_insert_with(Instant::now);
+            if since.elapsed() < CHANNEL_WAIT {
+                self.retry_at.insert(key.to_string(), Instant::now() + CHANNEL_POLL);
+                return Ok((false, false));
+            }
+            let reason = format!("channel {} was not running for {CHANNEL_WAIT:?}", target.channel_type);
+            warn!(session = %self.session.id, row = %key, %trace, %reason, "delivery failed for good");
+            self.record(key, "failed", None, Some(&reason), false).await?;
+            self.forget(key);
+            return Ok((true, false));
+        };
+        self.channel_wait.remove(key);
+        if interrupted && !idempotent {
+            // The platform may have shown it: never a second send. Fail it, and say so.
+            let reason = "delivery outcome unknown: the host stopped during the send; not re-sent to avoid a duplicate";
+            warn!(session = %self.session.id, row = %key, %trace, "{reason}");
+            self.record(key, "failed", None, Some(reason), false).await?;
+            self.may_not_have_arrived(key, &target, text).await;
+            return Ok((true, false));
+        }
+        if interrupted {
+            info!(session = %self.session.id, row = %key, %trace, "re-sending a reply interrupted by a host stop, with the same key");
+        }
         // The reservation is committed before the send (invariant 3).
         let attempts = self.record(key, "sending", None, None, true).await?;
         match notices::send(&self.ctx, &target.channel_type, message).await {
             Ok(platform_message_id) => {
                 self.record(key, "delivered", platform_message_id.as_deref(), None, false).await?;
-                self.retry_at.remove(key);
+                self.forget(key);
                 info!(session = %self.session.id, row = %key, %trace, channel = %target.channel_type, "delivered");
                 Ok((true, true))
             }
-            Err(e) if e.retryable && attempts < self.ctx.config.delivery_attempts => {
+            Err(e) if e.may_retry(idempotent) && attempts < self.ctx.config.delivery_attempts => {
                 let delay = self.ctx.config.delivery_backoff.saturating_mul(1 << (attempts - 1).clamp(0, 10));
                 warn!(session = %self.session.id, row = %key, %trace, attempts, error = %e, ?delay, "delivery failed; will retry");
-                self.record(key, "retrying", None, Some(&e.message), false).await?;
+                self.record(key, "retrying", None, Some(&e.to_string()), false).await?;
                 self.retry_at.insert(key.to_string(), Instant::now() + delay);
                 Ok((false, false))
             }
             Err(e) => {
                 warn!(session = %self.session.id, row = %key, %trace, attempts, error = %e, "delivery failed for good");
-                self.record(key, "failed", None, Some(&e.message), false).await?;
-                self.retry_at.remove(key);
+                self.record(key, "failed", None, Some(&e.to_string()), false).await?;
+                self.forget(key);
+                if !e.certainly_not_sent() && !idempotent {
+                    self.may_not_have_arrived(key, &target, text).await;
+                }
                 Ok((true, false))
             }
         }
+    }
+
+    fn forget(&mut self, key: &str) {
+        self.retry_at.remove(key);
+        self.channel_wait.remove(key);
+    }
+
+    /// A reply whose send outcome is unknown on a channel that cannot deduplicate: the chat is
+    /// told once (with the reply's first line) and the agent gets a note.
+    async fn may_not_have_arrived(
+        &self,
+        key: &str,
+        target: &nanoclaw_protocol::validate::Target,
+        text: &str,
+    ) {
+        let first_line: String = text.lines().next().unwrap_or_default().chars().take(200).collect();
+        let note = OutboundMessage {
+            platform_id: target.platform_id.clone(),
+            thread_id: target.thread_id.clone(),
+            text: format!(
+                "A reply may not have arrived (the service stopped while sending it): “{first_line}”"
+            ),
+            in_reply_to: None,
+            message_out_id: format!("host-unknown-{key}"),
+        };
+        if let Err(e) = notices::send(&self.ctx, &target.channel_type, note).await {
+            warn!(session = %self.session.id, row = %key, error = %e, "may-not-have-arrived note not delivered");
+        }
+        self.note_to_agent(
+            key,
+            SystemNotice::Rejected {
+                message_out_id: key.to_string(),
+                reason: "delivery outcome unknown: the user was told this reply may not have arrived".into(),
+            },
+        )
+        .await;
     }
 
     async fn record(
