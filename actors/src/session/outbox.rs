@@ -50,6 +50,14 @@ const MAX_WAITING_NOTICES: usize = 1024;
 /// waiting costs it no delivery attempt.
 const CHANNEL_WAIT: Duration = Duration::from_secs(300);
 
+/// Testing knob: with `NANOCLAW_TEST_CRASH_AFTER_RESERVE=1` the process aborts right after the
+/// first delivery reservation is committed and before the send — the one instant whose crash
+/// rule (DESIGN §5 invariant 3) a test cannot otherwise hit on purpose. Never set it in production.
+pub const CRASH_AFTER_RESERVE_ENV: &str = "NANOCLAW_TEST_CRASH_AFTER_RESERVE";
+
+static CRASH_AFTER_RESERVE: std::sync::LazyLock<bool> =
+    std::sync::LazyLock::new(|| std::env::var(CRASH_AFTER_RESERVE_ENV).is_ok_and(|v| v == "1"));
+
 /// Between two looks for a channel that is not running.
 const CHANNEL_POLL: Duration = Duration::from_secs(2);
 
@@ -487,6 +495,11 @@ impl Worker {
         }
         // The reservation is committed before the send (invariant 3).
         let attempts = self.record(key, "sending", None, None, true).await?;
+        if *CRASH_AFTER_RESERVE {
+            // Testing knob: die exactly between the reservation and the send, like a SIGKILL.
+            warn!(session = %self.session.id, row = %key, "{CRASH_AFTER_RESERVE_ENV} is set: aborting after the reservation");
+            std::process::abort();
+        }
         match notices::send(&self.ctx, &target.channel_type, message).await {
             Ok(platform_message_id) => {
                 self.record(key, "delivered", platform_message_id.as_deref(), None, false).await?;
