@@ -2,6 +2,7 @@
 //! channel, and the `nanoclaw` binary's commands. The supervisor tree itself is the
 //! `nanoclaw-actors` crate.
 
+pub mod admin;
 pub mod channels;
 pub mod chat;
 pub mod config;

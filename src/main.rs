@@ -49,6 +49,22 @@ enum Command {
         #[arg(long, default_value_t = 60)]
         timeout: u64,
     },
+    /// Inspect sessions, and release a quarantined or paused one.
+    Sessions {
+        #[command(subcommand)]
+        command: SessionsCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum SessionsCommand {
+    /// List open sessions with their status (active, quarantined, paused) and reason.
+    List,
+    /// Release a quarantined or paused session after its files were fixed or reset.
+    Release {
+        /// The session id (see `nanoclaw sessions list`).
+        session_id: String,
+    },
 }
 
 fn init_logs(config: &Config, quiet_default: bool) {
@@ -154,7 +170,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    init_logs(&config, matches!(cli.command, Command::Chat { .. }));
+    init_logs(&config, !matches!(cli.command, Command::Serve));
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -168,6 +184,12 @@ fn main() -> ExitCode {
             Command::Chat { message, timeout } => {
                 let options = nanoclaw::chat::ChatOptions { message, timeout: Duration::from_secs(timeout) };
                 nanoclaw::chat::run(&config, options, stop_signal()).await
+            }
+            Command::Sessions { command: SessionsCommand::List } => {
+                nanoclaw::admin::list(&config.data_dir).await
+            }
+            Command::Sessions { command: SessionsCommand::Release { session_id } } => {
+                nanoclaw::admin::release(&config.data_dir, &session_id).await
             }
         }
     });

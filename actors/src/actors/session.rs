@@ -27,6 +27,7 @@ use super::container::{ContainerActor, ContainerArgs, ContainerMessage, Containe
 use crate::container_files;
 use crate::context::ServiceContext;
 use crate::ports::runtime::ContainerSpec;
+use crate::restart::{RestartDecision, RestartPolicy, RestartTracker};
 use crate::session::lifecycle::{Action, ContainerExit, Phase, StopCause};
 use crate::session::liveness::{Signs, Tolerances, Verdict, verdict};
 use crate::session::notices;
@@ -95,8 +96,8 @@ pub struct SessionState {
     hold: Option<SessionHold>,
     /// The first message (resumption from the files) was handled.
     resumed: bool,
-    /// Consecutive container failures that cost no message a try, for spawn backoff.
-    spawn_failures: u32,
+    /// Containers that died without doing any work, for spawn backoff ([`RestartPolicy::container_spawn`]).
+    spawn_backoff: RestartTracker,
     /// No spawn before this instant.
     next_spawn_at: Option<Instant>,
     /// Last time something happened (input, output, a container start).
@@ -396,19 +397,20 @@ impl SessionState {
         let counted = self.count_leftover_claims(generation).await?;
         if gone.clean || counted > 0 {
             // A crash that cost its messages a try is paced by the try backoff already.
-            self.spawn_failures = 0;
+            self.spawn_backoff.reset();
             self.next_spawn_at = None;
         } else {
             // A container that died without costing any message a try (e.g. at startup, or it
             // never said hello) would otherwise respawn at once, forever: back off, and give up
             // on the waiting messages after `max_tries`.
-            self.spawn_failures += 1;
-            let delay = Duration::from_millis(500)
-                .saturating_mul(1 << self.spawn_failures.min(7))
-                .min(Duration::from_secs(60));
+            let delay = match self.spawn_backoff.on_failure() {
+                RestartDecision::RestartAfter(d) => d,
+                RestartDecision::GiveUp { .. } => RestartPolicy::container_spawn().max_delay,
+            };
+            let failures = self.spawn_backoff.consecutive_failures();
             self.next_spawn_at = Some(Self::now() + delay);
-            warn!(session = %self.session.id, failures = self.spawn_failures, ?delay, %exit, "container failed without doing any work");
-            if i64::from(self.spawn_failures) >= self.ctx.config.max_tries {
+            warn!(session = %self.session.id, failures, ?delay, %exit, "container failed without doing any work");
+            if i64::from(failures) >= self.ctx.config.max_tries {
                 let failed = blocking(&self.paths, files::fail_pending).await?;
                 for o in failed {
                     let text = format!(
@@ -425,7 +427,7 @@ impl SessionState {
                     )
                     .await;
                 }
-                self.spawn_failures = 0;
+                self.spawn_backoff.reset();
             }
         }
         if gone.then == Some(Then::Respawn) && self.hold.is_none() {
@@ -662,7 +664,7 @@ impl Actor for SessionActor {
             queued_noted: false,
             hold: None,
             resumed: false,
-            spawn_failures: 0,
+            spawn_backoff: RestartPolicy::container_spawn().tracker(),
             next_spawn_at: None,
             last_activity: Instant::now(),
             newest_claim_seen: None,
@@ -738,7 +740,7 @@ impl Actor for SessionActor {
             }) => {
                 if finished > 0 || delivered > 0 {
                     state.last_activity = SessionState::now();
-                    state.spawn_failures = 0;
+                    state.spawn_backoff.reset();
                 }
                 state.newest_claim_seen = newest_claim_seen;
                 state.declared_timeout = declared_timeout;

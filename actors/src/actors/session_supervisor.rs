@@ -2,7 +2,7 @@
 //!
 //! Spawned by the root supervisor. It keeps one [`SessionActor`] per session id. A session actor
 //! that stops when idle is forgotten; one that fails is forgotten and resumed after a backoff
-//! (1 s × 2^n, at most 60 s) — its state lives in the DBs, so the replacement continues where it
+//! ([`RestartPolicy::session`]: 1 s doubling to 60 s, with jitter) — its state lives in the DBs, so the replacement continues where it
 //! left off. Stopping this actor stops every session actor gracefully (each stops its container).
 //!
 //! At its start (the host's, or its own restart) it resumes every session flagged with pending
@@ -12,6 +12,7 @@
 
 use super::session::{SessionActor, SessionArgs, SessionHandle, SessionMessage};
 use crate::context::ServiceContext;
+use crate::restart::{RestartDecision, RestartPolicy, RestartTracker};
 use crate::store::{self, SessionInfo};
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, ActorStatus, RpcReplyPort, SupervisionEvent};
 use std::collections::HashMap;
@@ -27,11 +28,18 @@ pub struct SessionSupervisorState {
     ctx: Arc<ServiceContext>,
     sessions: HashMap<String, ActorRef<SessionMessage>>,
     by_actor: HashMap<ActorId, String>,
-    failures: HashMap<String, u32>,
+    /// Resume backoff of failed sessions ([`RestartPolicy::session`]), dropped on a clean stop.
+    failures: HashMap<String, RestartTracker>,
 }
+
+/// How often sessions flagged with pending work but without a live actor are resumed (besides
+/// at start): a released session, or one whose resumption was lost, waits at most this long.
+pub const RESUME_FLAGGED_EVERY: Duration = Duration::from_secs(60);
 
 /// Messages of [`SessionSupervisor`].
 pub enum SessionSupervisorMessage {
+    /// Resume every active session flagged `work_pending` that has no live actor.
+    ResumeFlagged,
     /// The live session actor of a session, spawned if needed.
     Get {
         /// The session.
@@ -94,13 +102,9 @@ impl Actor for SessionSupervisor {
         myself: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let ids = state.ctx.store.call(|c| store::sessions_with_work(c)).await?;
-        if !ids.is_empty() {
-            info!(sessions = ids.len(), "resuming sessions with pending work");
-        }
-        for id in ids {
-            myself.cast(SessionSupervisorMessage::Resume(id))?;
-        }
+        myself.cast(SessionSupervisorMessage::ResumeFlagged)?;
+        // Also picks up sessions released by an operator while the service runs.
+        myself.send_interval(RESUME_FLAGGED_EVERY, || SessionSupervisorMessage::ResumeFlagged);
         Ok(())
     }
 
@@ -129,6 +133,19 @@ impl Actor for SessionSupervisor {
                     }
                     Ok(None) => {}
                     Err(e) => warn!(session = %id, error = %e, "resume: session lookup failed"),
+                }
+            }
+            SessionSupervisorMessage::ResumeFlagged => {
+                let ids = state.ctx.store.call(|c| store::sessions_with_work(c)).await?;
+                let idle: Vec<String> = ids
+                    .into_iter()
+                    .filter(|id| !state.sessions.contains_key(id) && !state.failures.contains_key(id))
+                    .collect();
+                if !idle.is_empty() {
+                    info!(sessions = idle.len(), "resuming sessions with pending work");
+                }
+                for id in idle {
+                    myself.cast(SessionSupervisorMessage::Resume(id))?;
                 }
             }
             SessionSupervisorMessage::List(reply) => {
@@ -190,9 +207,12 @@ fn schedule_resume(
     state: &mut SessionSupervisorState,
     id: String,
 ) {
-    let n = state.failures.entry(id.clone()).or_insert(0);
-    *n += 1;
-    let delay = Duration::from_secs(1).saturating_mul(1 << (*n - 1).min(6)).min(Duration::from_secs(60));
+    let tracker = state.failures.entry(id.clone()).or_insert_with(|| RestartPolicy::session().tracker());
+    // The session policy has no budget: a session keeps being resumed, ever more slowly.
+    let delay = match tracker.on_failure() {
+        RestartDecision::RestartAfter(d) => d,
+        RestartDecision::GiveUp { .. } => RestartPolicy::session().max_delay,
+    };
     myself.send_after(delay, move || SessionSupervisorMessage::Resume(id));
 }
 

@@ -226,6 +226,46 @@ pub fn release_session(conn: &mut Connection, session_id: &str) -> Result<Releas
     Ok(Release::Released(hold))
 }
 
+/// One line of `nanoclaw sessions list`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionOverview {
+    /// Session id.
+    pub id: String,
+    /// `active`, `quarantined`, `paused`.
+    pub status: String,
+    /// Agent group name.
+    pub agent_group: String,
+    /// `<channel_type>:<platform_id>` of its chat, if any.
+    pub chat: Option<String>,
+    /// Why it is held.
+    pub reason: Option<String>,
+}
+
+/// Every session that is not closed, held ones first, then by creation.
+pub fn session_overview(conn: &Connection) -> Result<Vec<SessionOverview>, StoreError> {
+    let mut st = conn
+        .prepare(
+            "SELECT s.id, s.status, ag.name, mg.channel_type || ':' || mg.platform_id, s.status_reason
+               FROM sessions s JOIN agent_groups ag ON ag.id = s.agent_group_id
+               LEFT JOIN messaging_groups mg ON mg.id = s.messaging_group_id
+              WHERE s.status <> 'closed'
+              ORDER BY s.status = 'active', s.created_at",
+        )
+        .sql("list sessions")?;
+    st.query_map([], |r| {
+        Ok(SessionOverview {
+            id: r.get(0)?,
+            status: r.get(1)?,
+            agent_group: r.get(2)?,
+            chat: r.get(3)?,
+            reason: r.get(4)?,
+        })
+    })
+    .sql("list sessions")?
+    .collect::<Result<_, _>>()
+    .sql("list sessions")
+}
+
 /// Records whether a session has work the host must come back to after a restart (pending
 /// inbound rows, output not yet final). Start-up resumes exactly the sessions with the flag.
 pub fn set_work_pending(conn: &Connection, session_id: &str, pending: bool) -> Result<(), StoreError> {
