@@ -1,14 +1,19 @@
-//! The host's side of a session's files: folders, `inbound.db` writes (the host is its only
-//! writer), and read-only reads of the untrusted `outbound.db`.
+//! The host's side of a session's files: folders and `inbound.db` (the host is its only writer).
+//!
+//! The untrusted `outbound.db` and `.heartbeat` are read only through
+//! [`crate::container_files`]; the few functions here that still read them (`read_outbound`,
+//! `sync_acks`, `claims_of`, `declared_tool_timeout`, `heartbeat_age`) are thin transition shims
+//! over it, kept until the session actor and supervisor call it directly.
 //!
 //! Every function here blocks (SQLite, file system); the session actor runs them with
 //! `spawn_blocking`. Connections are opened per operation (DESIGN §5).
 
+use crate::container_files::{self, OutboundRequest, ReadError, ReadLimits};
 use nanoclaw_protocol::layout;
 use nanoclaw_protocol::rows::{AckStatus, Destination, SessionRouting, next_inbound_seq};
 use nanoclaw_protocol::schema::{self, SchemaError};
 use nanoclaw_protocol::time::{format_ts, now_ts};
-use nanoclaw_protocol::validate::{RawOutboundRow, SELECT_PENDING_OUTBOUND};
+use nanoclaw_protocol::validate::{RawOutboundRow, ValidAck};
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
 use std::path::{Path, PathBuf};
 
@@ -18,6 +23,9 @@ pub enum SessionFileError {
     /// Opening a session DB failed.
     #[error(transparent)]
     Schema(#[from] SchemaError),
+    /// Reading the container's `outbound.db` failed (only from the transition shims).
+    #[error(transparent)]
+    Outbound(#[from] ReadError),
     /// A statement failed.
     #[error("{path}: {what}: {source}")]
     Sqlite {
@@ -190,21 +198,12 @@ pub fn project(
     tx.commit().map_err(sq(&db, "commit"))
 }
 
-/// Reads up to 256 raw `messages_out` rows with `rowid >= from_rowid`. A missing `outbound.db`
-/// (no container ran yet) reads as empty.
+/// Transition shim over [`container_files`] (deprecated: call [`container_files::read`]):
+/// up to 256 raw `messages_out` rows with `rowid >= from_rowid`, through every check of the door.
+/// A missing `outbound.db` (no container ran yet) reads as empty.
 pub fn read_outbound(paths: &SessionPaths, from_rowid: i64) -> Result<Vec<RawOutboundRow>, SessionFileError> {
-    let db = paths.outbound_db();
-    if std::fs::symlink_metadata(&db).is_err() {
-        return Ok(vec![]);
-    }
-    let conn = schema::open_outbound_reader(&db)?;
-    let mut st = conn.prepare(SELECT_PENDING_OUTBOUND).map_err(sq(&db, "prepare outbound read"))?;
-    let rows = st
-        .query_map([from_rowid], RawOutboundRow::from_row)
-        .map_err(sq(&db, "read outbound"))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(sq(&db, "read outbound row"))?;
-    Ok(rows)
+    let limits = ReadLimits { max_rows: 256, ..ReadLimits::default() };
+    Ok(container_files::read_raw_messages(paths, &limits, from_rowid)?)
 }
 
 /// A `delivered` row.
@@ -276,50 +275,56 @@ pub fn fail_interrupted_sends(paths: &SessionPaths) -> Result<Vec<String>, Sessi
     Ok(keys)
 }
 
-/// Copies finished acks (`completed`, `failed`) from `outbound.db` into `messages_in.status`,
-/// each as itself — a failed claim stays failed (DESIGN §5 invariant 5). Returns the rows that
-/// changed, with their new status and reply address.
+/// Transition shim (deprecated: read acks with [`container_files::read`] and a rowid cursor, then
+/// call [`apply_acks`]): reads every ack of `outbound.db` (at most 10,000) through the door and
+/// applies the finished ones. Malformed ack rows are skipped, as before.
 pub fn sync_acks(paths: &SessionPaths) -> Result<Vec<FinishedMessage>, SessionFileError> {
-    let out_db = paths.outbound_db();
-    if std::fs::symlink_metadata(&out_db).is_err() {
-        return Ok(vec![]);
+    let limits = ReadLimits::default();
+    let mut acks = Vec::new();
+    let mut from = 0;
+    for _ in 0..10_000usize.div_ceil(limits.max_rows) {
+        let req = OutboundRequest { acks_from_rowid: Some(from), ..OutboundRequest::default() };
+        let page = container_files::read_blocking(paths, &limits, &req)?.acks;
+        let Some(last) = page.last() else { break };
+        from = 1 + match last {
+            Ok(a) => a.rowid,
+            Err(r) => r.rowid,
+        };
+        let full = page.len() == limits.max_rows;
+        acks.extend(page.into_iter().flatten());
+        if !full {
+            break;
+        }
     }
-    let acks: Vec<(String, String)> = {
-        let conn = schema::open_outbound_reader(&out_db)?;
-        let mut st = conn
-            .prepare("SELECT message_id, status FROM processing_ack WHERE status IN ('completed','failed') LIMIT 10000")
-            .map_err(sq(&out_db, "read acks"))?;
-        st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
-            .map_err(sq(&out_db, "read acks"))?
-            .filter_map(Result::ok)
-            .collect()
-    };
-    if acks.is_empty() {
+    apply_acks(paths, &acks)
+}
+
+/// Copies finished acks (`completed`, `failed`) into `messages_in.status`, each as itself — a
+/// failed claim stays failed (DESIGN §5 invariant 5); `processing` acks are ignored, and only
+/// `pending` rows change. Returns the rows that changed, with their new status and reply address.
+pub fn apply_acks(paths: &SessionPaths, acks: &[ValidAck]) -> Result<Vec<FinishedMessage>, SessionFileError> {
+    let finished: Vec<&ValidAck> = acks.iter().filter(|a| a.status != AckStatus::Processing).collect();
+    if finished.is_empty() {
         return Ok(vec![]);
     }
     let db = paths.inbound_db();
     let mut conn = schema::open_inbound_writer(&db)?;
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sq(&db, "begin"))?;
     let mut changed = Vec::new();
-    for (id, status) in acks {
-        let Ok(status) = AckStatus::parse(&status) else { continue };
-        let new_status = match status {
-            AckStatus::Completed => "completed",
-            AckStatus::Failed => "failed",
-            AckStatus::Processing => continue,
-        };
+    for ack in finished {
+        let failed = ack.status == AckStatus::Failed;
         let row: Option<(Option<String>, Option<String>, String)> = tx
             .query_row(
                 "UPDATE messages_in SET status = ?2 WHERE id = ?1 AND status = 'pending' RETURNING channel_type, platform_id, kind",
-                params![id, new_status],
+                params![ack.message_id, ack.status.as_str()],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .optional()
             .map_err(sq(&db, "sync ack"))?;
         if let Some((channel_type, platform_id, kind)) = row {
             changed.push(FinishedMessage {
-                id,
-                failed: new_status == "failed",
+                id: ack.message_id.clone(),
+                failed,
                 channel_type,
                 platform_id,
                 kind,
@@ -345,22 +350,15 @@ pub struct FinishedMessage {
     pub kind: String,
 }
 
-/// The claims a container of `generation` left `processing`, with when each was claimed.
+/// Transition shim (deprecated: ask [`container_files::read`] for
+/// [`OutboundRequest::claims_of_generation`]): the claims a container of `generation` left
+/// `processing` (at most 1000), as (message id, claim time in [`format_ts`] form). Malformed
+/// claims are skipped, as before.
 pub fn claims_of(paths: &SessionPaths, generation: i64) -> Result<Vec<(String, String)>, SessionFileError> {
-    let db = paths.outbound_db();
-    if std::fs::symlink_metadata(&db).is_err() {
-        return Ok(vec![]);
-    }
-    let conn = schema::open_outbound_reader(&db)?;
-    let mut st = conn
-        .prepare("SELECT message_id, status_changed FROM processing_ack WHERE status = 'processing' AND generation = ?1 LIMIT 1000")
-        .map_err(sq(&db, "read claims"))?;
-    let rows = st
-        .query_map([generation], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
-        .map_err(sq(&db, "read claims"))?
-        .filter_map(Result::ok)
-        .collect();
-    Ok(rows)
+    let limits = ReadLimits { max_rows: 1000, ..ReadLimits::default() };
+    let req = OutboundRequest { claims_of_generation: Some(generation), ..OutboundRequest::default() };
+    let claims = container_files::read_blocking(paths, &limits, &req)?.claims;
+    Ok(claims.into_iter().flatten().map(|c| (c.message_id, format_ts(c.status_changed))).collect())
 }
 
 /// What happened to one in-flight row of a container that died.
@@ -482,23 +480,17 @@ pub fn pending_work(paths: &SessionPaths) -> Result<PendingWork, SessionFileErro
     Ok(PendingWork { pending, due_now: due > 0, next_due: next })
 }
 
-/// The declared timeout of the tool in flight (`container_state.tool_declared_timeout_ms`), if any.
-/// Untrusted: the caller caps it.
+/// Transition shim (deprecated: ask [`container_files::read`] for
+/// [`OutboundRequest::container_state`]): the declared timeout of the tool in flight, if any and
+/// readable. Untrusted: the caller caps it.
 pub fn declared_tool_timeout(paths: &SessionPaths) -> Option<std::time::Duration> {
-    let db = paths.outbound_db();
-    std::fs::symlink_metadata(&db).ok()?;
-    let conn = schema::open_outbound_reader(&db).ok()?;
-    let ms: Option<i64> = conn
-        .query_row("SELECT tool_declared_timeout_ms FROM container_state WHERE id = 1", [], |r| r.get(0))
-        .ok()?;
-    ms.filter(|m| *m > 0).map(|m| std::time::Duration::from_millis(m as u64))
+    let req = OutboundRequest { container_state: true, ..OutboundRequest::default() };
+    let state = container_files::read_blocking(paths, &ReadLimits::default(), &req).ok()?.container_state?;
+    state.ok()?.declared_timeout
 }
 
-/// The heartbeat's age, if the file exists (never follows a symlink).
-pub fn heartbeat_age(paths: &SessionPaths) -> Option<std::time::Duration> {
-    let meta = std::fs::symlink_metadata(paths.heartbeat()).ok()?;
-    meta.modified().ok()?.elapsed().ok()
-}
+/// Transition re-export (deprecated: use [`container_files::heartbeat_age`]).
+pub use crate::container_files::heartbeat_age;
 
 /// Removes the heartbeat before a spawn so a fresh container is not judged by a stale one.
 pub fn clear_heartbeat(paths: &SessionPaths) {
@@ -584,11 +576,10 @@ mod tests {
         let (_d, p) = paths();
         write_inbound(&p, &[chat("a"), chat("b"), chat("c")]).unwrap();
         let out = schema::open_outbound_writer(&p.outbound_db()).unwrap();
-        out.execute_batch(
-            "INSERT INTO processing_ack VALUES ('a','completed','t',1); INSERT INTO processing_ack VALUES ('b','failed','t',1);
-             INSERT INTO processing_ack VALUES ('c','processing','t',1);",
-        )
-        .unwrap();
+        for (id, status) in [("a", "completed"), ("b", "failed"), ("c", "processing")] {
+            out.execute("INSERT INTO processing_ack VALUES (?1, ?2, ?3, 1)", [id, status, &now_ts()])
+                .unwrap();
+        }
         let mut changed = sync_acks(&p).unwrap();
         changed.sort_by(|x, y| x.id.cmp(&y.id));
         assert_eq!(
