@@ -119,7 +119,9 @@ impl Default for ReadLimits {
 pub struct OutboundRequest {
     /// Read `messages_out` rows with `rowid >=` this (the caller's low-water mark).
     pub messages_from_rowid: Option<i64>,
-    /// Read `processing_ack` rows (every status) with `rowid >=` this.
+    /// Read `processing_ack` rows (every status) with `rowid >=` this. The runner finishes a
+    /// claim in place (`processing` → `completed` keeps the rowid; a re-claim gets a new one), so
+    /// a caller's low-water mark must not move past a row still `processing`.
     pub acks_from_rowid: Option<i64>,
     /// Read the claims (`processing` acks) of this container generation.
     pub claims_of_generation: Option<i64>,
@@ -502,8 +504,9 @@ fn check_files(paths: &SessionPaths, limits: &ReadLimits) -> Result<Found, ReadE
     if (write_version, read_version) != (1, 1) {
         return Err(Violation::NotRollbackJournal { file: db_file, write_version, read_version }.into());
     }
+    // 0 is "not set yet", which SQLite reads as UTF-8 too.
     let encoding = u32::from_be_bytes([header[56], header[57], header[58], header[59]]);
-    if encoding != 1 {
+    if encoding > 1 {
         return Err(Violation::NotUtf8 { file: db_file, encoding }.into());
     }
     drop(file);

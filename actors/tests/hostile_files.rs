@@ -374,6 +374,11 @@ async fn wal_headers_and_non_sqlite_files_are_refused() {
         Violation::NotRollbackJournal { file: "outbound.db".into(), write_version: 2, read_version: 2 }
     );
 
+    let (_d, paths) = session();
+    let c = Connection::open(paths.outbound_db()).unwrap();
+    c.execute_batch("PRAGMA encoding = 'UTF-16le'; CREATE TABLE t (x)").unwrap();
+    assert_eq!(violation(&paths).await, Violation::NotUtf8 { file: "outbound.db".into(), encoding: 2 });
+
     for bytes in [&b"hello, host"[..], &[0u8; 4096][..]] {
         let (_d, paths) = session();
         std::fs::write(paths.outbound_db(), bytes).unwrap();
@@ -435,6 +440,25 @@ async fn a_lock_held_by_the_runner_is_transient() {
     assert!(matches!(read_with(&paths, limits.clone()).await, Err(ReadError::Unavailable { .. })));
     c.execute_batch("COMMIT").unwrap();
     assert_eq!(read_with(&paths, limits).await.unwrap().messages.len(), 1);
+}
+
+#[tokio::test]
+async fn a_hot_journal_waits_for_the_runner() {
+    let (_d, paths) = session();
+    let c = honest(&paths);
+    chat_row(&c, "out-1", 1);
+    // A journal left by a writer that died mid-transaction: copied while one is open.
+    c.execute_batch("BEGIN; DELETE FROM messages_out;").unwrap();
+    let mut journal = std::fs::read(side(&paths, "-journal")).unwrap();
+    // SQLite writes the journal magic only when it syncs the journal at commit.
+    journal[..8].copy_from_slice(&[0xd9, 0xd5, 0x05, 0xf9, 0x20, 0xa1, 0x63, 0xd7]);
+    c.execute_batch("ROLLBACK").unwrap();
+    drop(c);
+    std::fs::write(side(&paths, "-journal"), journal).unwrap();
+    match read_with(&paths, ReadLimits::default()).await {
+        Err(e @ ReadError::Unavailable { .. }) => assert!(e.to_string().contains("hot journal"), "{e}"),
+        other => panic!("expected unavailable, got {other:?}"),
+    }
 }
 
 #[test]

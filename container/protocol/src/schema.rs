@@ -222,7 +222,10 @@ pub fn open_outbound_writer(path: &Path) -> Result<Connection, SchemaError> {
     open_writer(path, OUTBOUND_SCHEMA)
 }
 
-/// Host: opens `outbound.db` read-only. The host never writes this file (DESIGN §5).
+/// Opens `outbound.db` read-only. The host never writes this file (DESIGN §5), and its service
+/// never uses this plain reader on a container's file: it reads through
+/// `nanoclaw_actors::container_files`, which checks files, schema, sizes and time first. This one
+/// is for trusted files (tests, the runner's own).
 pub fn open_outbound_reader(path: &Path) -> Result<Connection, SchemaError> {
     open_reader(path)
 }
