@@ -19,7 +19,8 @@
 //!
 //! State lives in SQLite: the central [`store`] and each session's DBs
 //! ([`session_files`], [`nanoclaw_protocol`]). Actors rebuild themselves from it, so a restart of
-//! any actor — or of the host — loses nothing.
+//! any actor — or of the host — loses nothing. Everything a container writes is read only through
+//! [`container_files`], which checks types, schemas, sizes and time first.
 
 pub mod actors;
 pub mod container_files;

@@ -1,14 +1,17 @@
-//! The host's side of a session's files: folders, `inbound.db` writes (the host is its only
-//! writer), and read-only reads of the untrusted `outbound.db`.
+//! The host's side of a session's files: folders and `inbound.db` (the host is its only writer).
+//!
+//! The untrusted `outbound.db` and `.heartbeat` are never opened here: they are read only through
+//! [`crate::container_files`] (the one door for container files).
 //!
 //! Every function here blocks (SQLite, file system); the session actor runs them with
 //! `spawn_blocking`. Connections are opened per operation (DESIGN §5).
 
+use crate::container_files::ReadError;
 use nanoclaw_protocol::layout;
 use nanoclaw_protocol::rows::{AckStatus, Destination, SessionRouting, next_inbound_seq};
 use nanoclaw_protocol::schema::{self, SchemaError};
 use nanoclaw_protocol::time::{format_ts, now_ts};
-use nanoclaw_protocol::validate::{RawOutboundRow, SELECT_PENDING_OUTBOUND};
+use nanoclaw_protocol::validate::ValidAck;
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
 use std::path::{Path, PathBuf};
 
@@ -18,6 +21,9 @@ pub enum SessionFileError {
     /// Opening a session DB failed.
     #[error(transparent)]
     Schema(#[from] SchemaError),
+    /// Reading the container's `outbound.db` failed (only from the transition shims).
+    #[error(transparent)]
+    Outbound(#[from] ReadError),
     /// A statement failed.
     #[error("{path}: {what}: {source}")]
     Sqlite {
@@ -190,23 +196,6 @@ pub fn project(
     tx.commit().map_err(sq(&db, "commit"))
 }
 
-/// Reads up to 256 raw `messages_out` rows with `rowid >= from_rowid`. A missing `outbound.db`
-/// (no container ran yet) reads as empty.
-pub fn read_outbound(paths: &SessionPaths, from_rowid: i64) -> Result<Vec<RawOutboundRow>, SessionFileError> {
-    let db = paths.outbound_db();
-    if std::fs::symlink_metadata(&db).is_err() {
-        return Ok(vec![]);
-    }
-    let conn = schema::open_outbound_reader(&db)?;
-    let mut st = conn.prepare(SELECT_PENDING_OUTBOUND).map_err(sq(&db, "prepare outbound read"))?;
-    let rows = st
-        .query_map([from_rowid], RawOutboundRow::from_row)
-        .map_err(sq(&db, "read outbound"))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(sq(&db, "read outbound row"))?;
-    Ok(rows)
-}
-
 /// How far the host has read each table of `outbound.db` (rowids; every row below is final).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Cursors {
@@ -247,48 +236,6 @@ pub fn write_cursors(paths: &SessionPaths, cursors: Cursors) -> Result<(), Sessi
     )
     .map_err(sq(&db, "write cursors"))?;
     Ok(())
-}
-
-/// Copies finished acks (`completed`, `failed`) into `messages_in.status`, each as itself — a
-/// failed claim stays failed (DESIGN §5 invariant 5). Returns the rows that changed, with their
-/// new status and reply address. Acks of unknown ids and repeated acks change nothing.
-pub fn apply_acks(
-    paths: &SessionPaths,
-    acks: &[(String, AckStatus)],
-) -> Result<Vec<FinishedMessage>, SessionFileError> {
-    if acks.is_empty() {
-        return Ok(vec![]);
-    }
-    let db = paths.inbound_db();
-    let mut conn = schema::open_inbound_writer(&db)?;
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sq(&db, "begin"))?;
-    let mut changed = Vec::new();
-    for (id, status) in acks {
-        let new_status = match status {
-            AckStatus::Completed => "completed",
-            AckStatus::Failed => "failed",
-            AckStatus::Processing => continue,
-        };
-        let row: Option<(Option<String>, Option<String>, String)> = tx
-            .query_row(
-                "UPDATE messages_in SET status = ?2 WHERE id = ?1 AND status = 'pending' RETURNING channel_type, platform_id, kind",
-                params![id, new_status],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .optional()
-            .map_err(sq(&db, "sync ack"))?;
-        if let Some((channel_type, platform_id, kind)) = row {
-            changed.push(FinishedMessage {
-                id: id.clone(),
-                failed: new_status == "failed",
-                channel_type,
-                platform_id,
-                kind,
-            });
-        }
-    }
-    tx.commit().map_err(sq(&db, "commit"))?;
-    Ok(changed)
 }
 
 /// The content of an inbound row parsed as chat content (platform message id, trace id), if the
@@ -352,50 +299,32 @@ pub fn record_delivery(
     .map_err(sq(&db, "record delivery"))
 }
 
-/// Copies finished acks (`completed`, `failed`) from `outbound.db` into `messages_in.status`,
-/// each as itself — a failed claim stays failed (DESIGN §5 invariant 5). Returns the rows that
-/// changed, with their new status and reply address.
-pub fn sync_acks(paths: &SessionPaths) -> Result<Vec<FinishedMessage>, SessionFileError> {
-    let out_db = paths.outbound_db();
-    if std::fs::symlink_metadata(&out_db).is_err() {
-        return Ok(vec![]);
-    }
-    let acks: Vec<(String, String)> = {
-        let conn = schema::open_outbound_reader(&out_db)?;
-        let mut st = conn
-            .prepare("SELECT message_id, status FROM processing_ack WHERE status IN ('completed','failed') LIMIT 10000")
-            .map_err(sq(&out_db, "read acks"))?;
-        st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
-            .map_err(sq(&out_db, "read acks"))?
-            .filter_map(Result::ok)
-            .collect()
-    };
-    if acks.is_empty() {
+/// Copies finished acks (`completed`, `failed`) into `messages_in.status`, each as itself — a
+/// failed claim stays failed (DESIGN §5 invariant 5); `processing` acks are ignored, and only
+/// `pending` rows change. Returns the rows that changed, with their new status and reply address.
+pub fn apply_acks(paths: &SessionPaths, acks: &[ValidAck]) -> Result<Vec<FinishedMessage>, SessionFileError> {
+    let finished: Vec<&ValidAck> = acks.iter().filter(|a| a.status != AckStatus::Processing).collect();
+    if finished.is_empty() {
         return Ok(vec![]);
     }
     let db = paths.inbound_db();
     let mut conn = schema::open_inbound_writer(&db)?;
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sq(&db, "begin"))?;
     let mut changed = Vec::new();
-    for (id, status) in acks {
-        let Ok(status) = AckStatus::parse(&status) else { continue };
-        let new_status = match status {
-            AckStatus::Completed => "completed",
-            AckStatus::Failed => "failed",
-            AckStatus::Processing => continue,
-        };
+    for ack in finished {
+        let failed = ack.status == AckStatus::Failed;
         let row: Option<(Option<String>, Option<String>, String)> = tx
             .query_row(
                 "UPDATE messages_in SET status = ?2 WHERE id = ?1 AND status = 'pending' RETURNING channel_type, platform_id, kind",
-                params![id, new_status],
+                params![ack.message_id, ack.status.as_str()],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .optional()
             .map_err(sq(&db, "sync ack"))?;
         if let Some((channel_type, platform_id, kind)) = row {
             changed.push(FinishedMessage {
-                id,
-                failed: new_status == "failed",
+                id: ack.message_id.clone(),
+                failed,
                 channel_type,
                 platform_id,
                 kind,
@@ -419,24 +348,6 @@ pub struct FinishedMessage {
     pub platform_id: Option<String>,
     /// Row kind.
     pub kind: String,
-}
-
-/// The claims a container of `generation` left `processing`, with when each was claimed.
-pub fn claims_of(paths: &SessionPaths, generation: i64) -> Result<Vec<(String, String)>, SessionFileError> {
-    let db = paths.outbound_db();
-    if std::fs::symlink_metadata(&db).is_err() {
-        return Ok(vec![]);
-    }
-    let conn = schema::open_outbound_reader(&db)?;
-    let mut st = conn
-        .prepare("SELECT message_id, status_changed FROM processing_ack WHERE status = 'processing' AND generation = ?1 LIMIT 1000")
-        .map_err(sq(&db, "read claims"))?;
-    let rows = st
-        .query_map([generation], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
-        .map_err(sq(&db, "read claims"))?
-        .filter_map(Result::ok)
-        .collect();
-    Ok(rows)
 }
 
 /// What happened to one in-flight row of a container that died.
@@ -559,24 +470,6 @@ pub fn pending_work(paths: &SessionPaths) -> Result<PendingWork, SessionFileErro
     Ok(PendingWork { pending, due_now: due > 0, next_due: next })
 }
 
-/// The declared timeout of the tool in flight (`container_state.tool_declared_timeout_ms`), if any.
-/// Untrusted: the caller caps it.
-pub fn declared_tool_timeout(paths: &SessionPaths) -> Option<std::time::Duration> {
-    let db = paths.outbound_db();
-    std::fs::symlink_metadata(&db).ok()?;
-    let conn = schema::open_outbound_reader(&db).ok()?;
-    let ms: Option<i64> = conn
-        .query_row("SELECT tool_declared_timeout_ms FROM container_state WHERE id = 1", [], |r| r.get(0))
-        .ok()?;
-    ms.filter(|m| *m > 0).map(|m| std::time::Duration::from_millis(m as u64))
-}
-
-/// The heartbeat's age, if the file exists (never follows a symlink).
-pub fn heartbeat_age(paths: &SessionPaths) -> Option<std::time::Duration> {
-    let meta = std::fs::symlink_metadata(paths.heartbeat()).ok()?;
-    meta.modified().ok()?.elapsed().ok()
-}
-
 /// Removes the heartbeat before a spawn so a fresh container is not judged by a stale one.
 pub fn clear_heartbeat(paths: &SessionPaths) {
     let _ = std::fs::remove_file(paths.heartbeat());
@@ -660,19 +553,27 @@ mod tests {
         let (_d, p) = paths();
         write_inbound(&p, &[chat("a"), chat("b"), chat("c")]).unwrap();
         let out = schema::open_outbound_writer(&p.outbound_db()).unwrap();
-        out.execute_batch(
-            "INSERT INTO processing_ack VALUES ('a','completed','t',1); INSERT INTO processing_ack VALUES ('b','failed','t',1);
-             INSERT INTO processing_ack VALUES ('c','processing','t',1);",
-        )
-        .unwrap();
-        let mut changed = sync_acks(&p).unwrap();
+        for (id, status) in [("a", "completed"), ("b", "failed"), ("c", "processing")] {
+            out.execute("INSERT INTO processing_ack VALUES (?1, ?2, ?3, 1)", [id, status, &now_ts()])
+                .unwrap();
+        }
+        drop(out);
+        let req = crate::container_files::OutboundRequest { acks_from_rowid: Some(0), ..Default::default() };
+        let limits = crate::container_files::ReadLimits::default();
+        let acks: Vec<ValidAck> = crate::container_files::read_blocking(&p, &limits, &req)
+            .unwrap()
+            .acks
+            .into_iter()
+            .map(Result::unwrap)
+            .filter(|a| a.status != AckStatus::Processing)
+            .collect();
+        let mut changed = apply_acks(&p, &acks).unwrap();
         changed.sort_by(|x, y| x.id.cmp(&y.id));
         assert_eq!(
             changed.iter().map(|c| (c.id.as_str(), c.failed)).collect::<Vec<_>>(),
             vec![("a", false), ("b", true)]
         );
-        assert!(sync_acks(&p).unwrap().is_empty(), "sync is idempotent");
-        assert_eq!(claims_of(&p, 1).unwrap().len(), 1);
-        assert_eq!(claims_of(&p, 2).unwrap().len(), 0);
+        assert!(apply_acks(&p, &acks).unwrap().is_empty(), "applying acks is idempotent");
+        assert_eq!(pending_work(&p).unwrap().pending, 1, "the claimed row stays pending");
     }
 }

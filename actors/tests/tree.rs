@@ -1,6 +1,7 @@
 //! The supervisor tree with in-memory fakes of the ports (MemoryChannel, FakeRuntime) and the
 //! real agent runner as the fake container's process, over real SQLite files in temp dirs.
 
+use nanoclaw_actors::container_files;
 use nanoclaw_actors::ports::channel::{DeliveryError, Notice};
 use nanoclaw_actors::ports::runtime::ContainerSpec;
 use nanoclaw_actors::session_files::SessionPaths;
@@ -188,7 +189,8 @@ async fn a_killed_container_mid_turn_is_retried_and_answered_once() {
     let paths = SessionPaths::new(&dir.path().join("data"), "main", &session.id);
     // Wait for the claim, then crash the container mid-turn.
     eventually(Duration::from_secs(20), "the claim", || async {
-        !nanoclaw_actors::session_files::claims_of(&paths, 1).unwrap().is_empty()
+        let req = container_files::OutboundRequest { claims_of_generation: Some(1), ..Default::default() };
+        !container_files::read_blocking(&paths, &Default::default(), &req).unwrap().claims.is_empty()
     })
     .await;
     assert!(runtime.crash(&session.id, 137));

@@ -448,11 +448,8 @@ impl SessionState {
         if generation <= counted || generation == 0 {
             return Ok(0);
         }
-        let req = container_files::OutboundRequest {
-            claims_of_generation: Some(generation),
-            max_rows: 1000,
-            ..Default::default()
-        };
+        let req =
+            container_files::OutboundRequest { claims_of_generation: Some(generation), ..Default::default() };
         let limits = container_files::ReadLimits {
             max_file_bytes: self.ctx.config.outbound_max_bytes,
             ..Default::default()
@@ -469,7 +466,8 @@ impl SessionState {
                 return Ok(0);
             }
         };
-        let ids: Vec<String> = claims.into_iter().map(|c| c.message_id).collect();
+        // A malformed claim row names no message the host could count a try for.
+        let ids: Vec<String> = claims.into_iter().filter_map(Result::ok).map(|c| c.message_id).collect();
         let (max, base) = (self.ctx.config.max_tries, self.ctx.config.retry_backoff);
         let outcomes = if ids.is_empty() {
             vec![]

@@ -100,7 +100,7 @@ impl Actor for SessionSupervisor {
     async fn post_start(
         &self,
         myself: ActorRef<Self::Msg>,
-        state: &mut Self::State,
+        _state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         myself.cast(SessionSupervisorMessage::ResumeFlagged)?;
         // Also picks up sessions released by an operator while the service runs.

@@ -25,7 +25,7 @@ use crate::session_files::{self as files, Cursors, FinishedMessage, NewInbound, 
 use crate::store::{self, SessionInfo};
 use nanoclaw_protocol::content::{OutboundContent, SystemNotice};
 use nanoclaw_protocol::rows::AckStatus;
-use nanoclaw_protocol::validate::{OutboundBody, RawOutboundRow, ValidOutbound, validate_outbound};
+use nanoclaw_protocol::validate::{OutboundBody, Rejected, ValidOutbound};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -245,7 +245,6 @@ impl Worker {
         let req = OutboundRequest {
             messages_from_rowid: Some(cursors.messages_out),
             acks_from_rowid: Some(cursors.processing_ack),
-            max_rows: self.limits.max_rows,
             claims_of_generation: None,
             container_state: true,
         };
@@ -255,18 +254,15 @@ impl Worker {
                 s
             }
             Err(ReadError::Violation(v)) => return Err(PassError::Violation(v.to_string())),
-            Err(ReadError::Deadline { what }) => {
+            Err(e @ ReadError::Deadline { .. }) => {
                 self.strikes += 1;
-                warn!(session = %self.session.id, %what, strikes = self.strikes, "reading the container's files passed its deadline");
+                warn!(session = %self.session.id, error = %e, strikes = self.strikes, "reading the container's files passed its deadline");
                 if self.strikes >= DEADLINE_STRIKES {
-                    return Err(PassError::Violation(format!(
-                        "{what}: {} reads in a row passed their deadline",
-                        self.strikes
-                    )));
+                    return Err(PassError::Violation(format!("{e} ({} reads in a row)", self.strikes)));
                 }
-                return Err(PassError::Retry(format!("{what}: deadline passed")));
+                return Err(PassError::Retry(e.to_string()));
             }
-            Err(ReadError::Unavailable(e)) => return Err(PassError::Retry(e)),
+            Err(e @ ReadError::Unavailable { .. }) => return Err(PassError::Retry(e.to_string())),
         };
         let mut next = cursors;
 
@@ -278,9 +274,20 @@ impl Worker {
         let mut blocked = false;
         let mut current_claims = HashMap::new();
         for ack in &snapshot.acks {
+            let ack = match ack {
+                Ok(a) => a,
+                Err(rejected) => {
+                    // A malformed ack row is the container's problem: it never blocks the cursor.
+                    debug!(session = %self.session.id, rowid = rejected.rowid, error = %rejected.error, "ack row rejected");
+                    if !blocked {
+                        next.processing_ack = rejected.rowid + 1;
+                    }
+                    continue;
+                }
+            };
             match ack.status {
                 AckStatus::Completed | AckStatus::Failed => {
-                    final_acks.push((ack.message_id.clone(), ack.status));
+                    final_acks.push(ack.clone());
                     if !blocked {
                         next.processing_ack = ack.rowid + 1;
                     }
@@ -309,12 +316,15 @@ impl Worker {
         let mut all_final = true;
         self.scheduled = None;
         let page_full = snapshot.messages.len() >= self.limits.max_rows;
-        for raw in &snapshot.messages {
-            let key = raw.ledger_key();
-            let (is_final, sent) = self.handle_row(&key, raw).await?;
+        for row in &snapshot.messages {
+            let rowid = match row {
+                Ok(v) => v.rowid,
+                Err(r) => r.rowid,
+            };
+            let (is_final, sent) = self.handle_row(row).await?;
             delivered += usize::from(sent);
             if is_final && all_final {
-                next.messages_out = raw.rowid + 1;
+                next.messages_out = rowid + 1;
             } else if !is_final {
                 all_final = false;
             }
@@ -333,7 +343,8 @@ impl Worker {
         if !outstanding {
             self.send_notices().await;
         }
-        let declared_timeout = snapshot.container_state.as_ref().and_then(|s| s.declared_timeout);
+        let declared_timeout =
+            snapshot.container_state.as_ref().and_then(|s| s.as_ref().ok()).and_then(|s| s.declared_timeout);
         Ok(OutboxReport::Progress {
             finished: finished_count,
             delivered,
@@ -366,7 +377,11 @@ impl Worker {
     }
 
     /// Handles one row; returns (final now, delivered now).
-    async fn handle_row(&mut self, key: &str, raw: &RawOutboundRow) -> Result<(bool, bool), PassError> {
+    async fn handle_row(&mut self, row: &Result<ValidOutbound, Rejected>) -> Result<(bool, bool), PassError> {
+        let key = match row {
+            Ok(v) => v.id.as_str(),
+            Err(r) => r.key.as_str(),
+        };
         let k = key.to_string();
         let record = self.blocking(move |p| files::delivery_record(p, &k)).await?;
         // Every reservation this task makes is settled before its pass ends, so a row found
@@ -379,11 +394,11 @@ impl Worker {
             Some("sending") => true,
             _ => false,
         };
-        let valid = match validate_outbound(raw) {
+        let valid = match row {
             Ok(v) => v,
-            Err(e) => {
-                warn!(session = %self.session.id, row = %key, reason = %e, "outbound row rejected");
-                self.reject(key, &e.to_string()).await?;
+            Err(rejected) => {
+                warn!(session = %self.session.id, row = %key, reason = %rejected.error, "outbound row rejected");
+                self.reject(key, &rejected.error.to_string()).await?;
                 return Ok((true, false));
             }
         };
@@ -412,7 +427,7 @@ impl Worker {
                 .await;
                 Ok((true, false))
             }
-            OutboundBody::Chat(content) => self.deliver_chat(key, &valid, content, interrupted).await,
+            OutboundBody::Chat(content) => self.deliver_chat(key, valid, content, interrupted).await,
         }
     }
 

@@ -15,7 +15,7 @@
 //! - [`time`]: the one timestamp format stored in every text time column.
 //!
 //! The container is untrusted: nothing here assumes a row read from `outbound.db` is well formed.
-//! The host reads untyped values and runs [`validate::validate_outbound`] on each.
+//! The host reads capped, untyped values and validates each row ([`validate`]).
 
 pub mod content;
 pub mod layout;

@@ -114,6 +114,39 @@ CREATE TABLE IF NOT EXISTS container_state (
 );
 "#;
 
+/// One row of `sqlite_schema`: a table, index, view or trigger of a DB.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SchemaObject {
+    /// `table`, `index`, `view` or `trigger`.
+    pub kind: String,
+    /// The object's name (`sqlite_autoindex_<table>_<n>` for the indexes of UNIQUE / PRIMARY KEY).
+    pub name: String,
+    /// The table it belongs to (its own name for a table).
+    pub tbl_name: String,
+    /// The `CREATE` statement as SQLite stores it; NULL (`None`) for automatic indexes.
+    pub sql: Option<String>,
+}
+
+/// Every object an honest `outbound.db` holds, as `sqlite_schema` lists them: what
+/// [`OUTBOUND_SCHEMA`] creates, read back from an in-memory DB so that the text is exactly what
+/// SQLite stores. The host compares a container's `outbound.db` against this set before reading it
+/// (any extra object, such as a view, trigger or virtual table, or any changed `CREATE` text, such
+/// as a generated column or a different CHECK, is refused).
+pub static OUTBOUND_OBJECTS: std::sync::LazyLock<Vec<SchemaObject>> = std::sync::LazyLock::new(|| {
+    // Not a test of journal modes (what the ban guards): only the schema text SQLite stores.
+    #[expect(clippy::disallowed_methods, reason = "reads back the schema text, no journal involved")]
+    let conn = Connection::open_in_memory().expect("an in-memory DB opens");
+    conn.execute_batch(OUTBOUND_SCHEMA).expect("OUTBOUND_SCHEMA is valid SQL");
+    let mut st = conn
+        .prepare("SELECT type, name, tbl_name, sql FROM sqlite_schema ORDER BY type, name")
+        .expect("sqlite_schema is readable");
+    st.query_map([], |r| {
+        Ok(SchemaObject { kind: r.get(0)?, name: r.get(1)?, tbl_name: r.get(2)?, sql: r.get(3)? })
+    })
+    .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+    .expect("sqlite_schema rows are text")
+});
+
 /// Errors opening or initialising a session DB.
 #[derive(Debug, thiserror::Error)]
 pub enum SchemaError {
@@ -197,7 +230,10 @@ pub fn open_outbound_writer(path: &Path) -> Result<Connection, SchemaError> {
     open_writer(path, OUTBOUND_SCHEMA)
 }
 
-/// Host: opens `outbound.db` read-only. The host never writes this file (DESIGN §5).
+/// Opens `outbound.db` read-only. The host never writes this file (DESIGN §5), and its service
+/// never uses this plain reader on a container's file: it reads through
+/// `nanoclaw_actors::container_files`, which checks files, schema, sizes and time first. This one
+/// is for trusted files (tests, the runner's own).
 pub fn open_outbound_reader(path: &Path) -> Result<Connection, SchemaError> {
     open_reader(path)
 }
@@ -243,6 +279,26 @@ mod tests {
         open_inbound_writer(&p).unwrap().pragma_update(None, "user_version", 99).unwrap();
         assert!(matches!(open_inbound_writer(&p), Err(SchemaError::TooNew { found: 99, .. })));
         assert!(matches!(open_inbound_reader(&p), Err(SchemaError::TooNew { .. })));
+    }
+
+    #[test]
+    fn outbound_objects_are_the_four_tables_and_their_key_indexes() {
+        let names: Vec<(&str, &str)> =
+            OUTBOUND_OBJECTS.iter().map(|o| (o.kind.as_str(), o.name.as_str())).collect();
+        assert_eq!(
+            names,
+            [
+                ("index", "sqlite_autoindex_messages_out_1"),
+                ("index", "sqlite_autoindex_messages_out_2"),
+                ("index", "sqlite_autoindex_processing_ack_1"),
+                ("index", "sqlite_autoindex_session_state_1"),
+                ("table", "container_state"),
+                ("table", "messages_out"),
+                ("table", "processing_ack"),
+                ("table", "session_state"),
+            ]
+        );
+        assert!(OUTBOUND_OBJECTS.iter().all(|o| (o.kind == "index") == o.sql.is_none()));
     }
 
     #[test]

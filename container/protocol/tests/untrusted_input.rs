@@ -3,8 +3,13 @@
 
 use nanoclaw_protocol::content::OutboundContent;
 use nanoclaw_protocol::output::parse_output;
+use nanoclaw_protocol::rows::AckStatus;
 use nanoclaw_protocol::rows::is_outbound_seq;
-use nanoclaw_protocol::validate::{MAX_TEXT_BYTES, OutboundBody, RawOutboundRow, validate_outbound};
+use nanoclaw_protocol::validate::{
+    CONTAINER_STATE_COLUMNS, MAX_ID_BYTES, MAX_TEXT_BYTES, MAX_TOOL_NAME_BYTES, MESSAGES_OUT_COLUMNS,
+    OutboundBody, Oversize, PROCESSING_ACK_COLUMNS, RawAckRow, RawContainerStateRow, RawOutboundRow,
+    check_ack, check_container_state, check_outbound, validate_outbound,
+};
 use proptest::prelude::*;
 use rusqlite::types::Value;
 
@@ -37,12 +42,44 @@ fn content() -> impl Strategy<Value = Value> {
     ]
 }
 
+/// Sometimes one of `columns` is oversize (as the capped SELECT reports it), usually none.
+fn oversize(
+    columns: &'static [nanoclaw_protocol::validate::Column],
+) -> impl Strategy<Value = Option<Oversize>> {
+    prop_oneof![
+        3 => Just(None),
+        1 => (0..columns.len(), any::<i64>()).prop_map(move |(i, bytes)| Some(Oversize {
+            column: columns[i].name,
+            bytes,
+            max_bytes: columns[i].max_bytes,
+        })),
+    ]
+}
+
 prop_compose! {
     fn raw_row()(rowid in any::<i64>(), id in value(), seq in value(), in_reply_to in value(), timestamp in value(),
                  deliver_after in value(), kind in value(), platform_id in value(), channel_type in value(),
-                 thread_id in value(), content in content(), len in prop_oneof![value(), (0i64..1_000_000).prop_map(Value::Integer)])
+                 thread_id in value(), content in content(), oversize in oversize(&MESSAGES_OUT_COLUMNS))
                 -> RawOutboundRow {
-        RawOutboundRow { rowid, id, seq, in_reply_to, timestamp, deliver_after, kind, platform_id, channel_type, thread_id, content_len: len, content }
+        RawOutboundRow { rowid, id, seq, in_reply_to, timestamp, deliver_after, kind, platform_id, channel_type, thread_id, content, oversize }
+    }
+}
+
+fn status() -> impl Strategy<Value = Value> {
+    prop_oneof![value(), prop::sample::select(AckStatus::ALL).prop_map(|s| Value::Text(s.as_str().into()))]
+}
+
+prop_compose! {
+    fn raw_ack()(rowid in any::<i64>(), message_id in value(), status in status(), status_changed in value(),
+                 generation in value(), oversize in oversize(&PROCESSING_ACK_COLUMNS)) -> RawAckRow {
+        RawAckRow { rowid, message_id, status, status_changed, generation, oversize }
+    }
+}
+
+prop_compose! {
+    fn raw_state()(rowid in any::<i64>(), generation in value(), current_tool in value(),
+                   tool_declared_timeout_ms in value(), oversize in oversize(&CONTAINER_STATE_COLUMNS)) -> RawContainerStateRow {
+        RawContainerStateRow { rowid, generation, current_tool, tool_declared_timeout_ms, oversize }
     }
 }
 
@@ -53,12 +90,18 @@ proptest! {
     fn validation_never_panics_and_accepted_rows_keep_their_invariants(row in raw_row()) {
         let key = row.ledger_key();
         prop_assert!(!key.is_empty() && key.len() <= 140);
+        if row.oversize.is_some() {
+            let e = check_outbound(&row).unwrap_err();
+            prop_assert_eq!(e.error.field.as_str(), row.oversize.unwrap().column);
+            prop_assert_eq!(e.key, key.clone());
+        }
         match validate_outbound(&row) {
             Err(e) => {
                 prop_assert!(e.to_string().starts_with("messages_out."));
                 prop_assert!(!e.to_string().contains('\n'));
             }
             Ok(v) => {
+                prop_assert!(row.oversize.is_none());
                 prop_assert!(is_outbound_seq(v.seq));
                 prop_assert!(!v.id.is_empty() && v.id.len() <= 128);
                 match v.body {
@@ -68,6 +111,39 @@ proptest! {
                     }
                     OutboundBody::System(_) => prop_assert!(v.target.is_none()),
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn ack_validation_never_panics_and_accepted_acks_keep_their_invariants(row in raw_ack()) {
+        match check_ack(&row) {
+            Err(r) => {
+                prop_assert_eq!(r.rowid, row.rowid);
+                prop_assert!(r.error.to_string().starts_with("processing_ack."));
+                prop_assert!(!r.to_string().contains('\n'));
+                prop_assert!(!r.key.is_empty() && r.key.len() <= 140);
+                if let Some(o) = row.oversize {
+                    prop_assert_eq!(r.error.field.as_str(), o.column);
+                }
+            }
+            Ok(a) => {
+                prop_assert!(row.oversize.is_none());
+                prop_assert!(!a.message_id.is_empty() && a.message_id.len() <= MAX_ID_BYTES);
+                prop_assert!(a.generation >= 0);
+            }
+        }
+    }
+
+    #[test]
+    fn container_state_validation_never_panics(row in raw_state()) {
+        match check_container_state(&row) {
+            Err(r) => prop_assert!(r.error.to_string().starts_with("container_state.")),
+            Ok(s) => {
+                prop_assert!(row.oversize.is_none());
+                prop_assert!(s.generation >= 0);
+                prop_assert!(s.current_tool.is_none_or(|t| !t.is_empty() && t.len() <= MAX_TOOL_NAME_BYTES));
+                prop_assert!(s.declared_timeout.is_none_or(|d| !d.is_zero()));
             }
         }
     }
