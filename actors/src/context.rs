@@ -54,6 +54,9 @@ pub struct ServiceConfig {
     /// Most bytes a session's `workspace/` may take (allocated blocks, see
     /// [`crate::disk::workspace_usage`]); config `container.workspace_max_mb`, default 1 GiB.
     pub workspace_max_bytes: u64,
+    /// How often a session's workspace is measured against `workspace_max_bytes` (before a spawn
+    /// and while its container runs); 5 min.
+    pub workspace_check_every: Duration,
     /// Largest `outbound.db` the host reads; config `container.outbound_max_mb`, default 256 MiB.
     /// A bigger one quarantines its session.
     pub outbound_max_bytes: u64,
@@ -85,6 +88,7 @@ impl ServiceConfig {
             max_containers: 10,
             fallback_check: Duration::from_secs(30),
             workspace_max_bytes: 1024 * 1024 * 1024,
+            workspace_check_every: Duration::from_secs(300),
             outbound_max_bytes: 256 * 1024 * 1024,
             min_free_bytes: 512 * 1024 * 1024,
         }

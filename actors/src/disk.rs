@@ -180,7 +180,8 @@ pub async fn disk_ok_async(config: &ServiceConfig) -> Result<(), DiskError> {
         .unwrap_or_else(|e| Err(DiskError::Unknown { path: config.data_dir.clone(), source: e.into() }))
 }
 
-fn check_floor(path: &Path, floor: u64) -> Result<(), DiskError> {
+/// [`disk_ok`] for a path and floor (bytes), blocking.
+pub fn check_floor(path: &Path, floor: u64) -> Result<(), DiskError> {
     if floor == 0 {
         return Ok(());
     }

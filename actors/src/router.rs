@@ -11,14 +11,34 @@
 //! 5. The ledger entry is marked `routed`. Entries still `received` at start are routed again.
 
 use crate::actors::session_supervisor::SessionsHandle;
+use crate::disk::DiskError;
 use crate::ports::channel::{InboundAck, InboundEvent};
 use crate::session_files::NewInbound;
 use crate::store::{self, LedgerEntry, LedgerInsert, Store, Wiring, new_id};
 use nanoclaw_protocol::content::ChatContent;
 use parking_lot::Mutex;
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use tracing::{Instrument, debug, info_span, warn};
+
+/// Why an event was not routed. The platform must not be acknowledged; the ledger keeps the
+/// entry (when it was committed) for the next attempt. Display is one line for the sender.
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    /// The data directory's filesystem is under its free-space floor: no new work is accepted.
+    #[error(transparent)]
+    DiskLow(#[from] DiskError),
+    /// The central store failed.
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    /// The session could not take the message.
+    #[error("{0}")]
+    Session(String),
+    /// The event could not be encoded.
+    #[error("event: {0}")]
+    Event(#[from] serde_json::Error),
+}
 
 /// Routes inbound events. Cheap to clone.
 #[derive(Clone)]
@@ -26,6 +46,8 @@ pub struct Router {
     store: Store,
     sessions: SessionsHandle,
     patterns: Arc<Mutex<HashMap<String, Option<regex::Regex>>>>,
+    /// Data directory and free-space floor (bytes; 0 = no check): under it, no new work.
+    disk_floor: Option<(PathBuf, u64)>,
 }
 
 impl std::fmt::Debug for Router {
@@ -37,7 +59,14 @@ impl std::fmt::Debug for Router {
 impl Router {
     /// A router over a store and the session supervisor.
     pub fn new(store: Store, sessions: SessionsHandle) -> Self {
-        Self { store, sessions, patterns: Arc::new(Mutex::new(HashMap::new())) }
+        Self { store, sessions, patterns: Arc::new(Mutex::new(HashMap::new())), disk_floor: None }
+    }
+
+    /// Refuses new work while the filesystem of `data_dir` has less than `min_free_bytes` free
+    /// (`service.min_free_mb`): the sender gets a clear error instead of a crash later.
+    pub fn with_disk_floor(mut self, data_dir: PathBuf, min_free_bytes: u64) -> Self {
+        self.disk_floor = (min_free_bytes > 0).then_some((data_dir, min_free_bytes));
+        self
     }
 
     fn engaged(&self, wiring: &Wiring, event: &InboundEvent) -> bool {
@@ -68,14 +97,20 @@ impl Router {
     ///
     /// Errors (store or session failures) leave the ledger entry `received`: the platform must
     /// not be acknowledged, and the entry is routed again at the next start.
-    pub async fn route(&self, event: InboundEvent) -> Result<InboundAck, String> {
+    pub async fn route(&self, event: InboundEvent) -> Result<InboundAck, RouteError> {
         let trace_id = new_id("tr");
         let span =
             info_span!("route", trace = %trace_id, channel = %event.channel_type, chat = %event.platform_id);
         self.route_inner(event, trace_id).instrument(span).await
     }
 
-    async fn route_inner(&self, event: InboundEvent, trace_id: String) -> Result<InboundAck, String> {
+    async fn route_inner(&self, event: InboundEvent, trace_id: String) -> Result<InboundAck, RouteError> {
+        if let Some((dir, floor)) = &self.disk_floor {
+            let (dir, floor) = (dir.clone(), *floor);
+            tokio::task::spawn_blocking(move || crate::disk::check_floor(&dir, floor))
+                .await
+                .map_err(|e| RouteError::Session(format!("disk check failed: {e}")))??;
+        }
         let sender_id = event
             .sender_id
             .as_ref()
@@ -87,21 +122,20 @@ impl Router {
             platform_id: event.platform_id.clone(),
             thread_id: event.thread_id.clone(),
             sender_id: sender_id.clone(),
-            event: serde_json::to_string(&event).map_err(|e| e.to_string())?,
+            event: serde_json::to_string(&event)?,
             trace_id: trace_id.clone(),
         };
         let e = entry.clone();
-        let ledger_id =
-            match self.store.call(move |c| store::ledger_insert(c, &e)).await.map_err(|e| e.to_string())? {
-                LedgerInsert::New => entry.id.clone(),
-                LedgerInsert::Duplicate { id, finished: true } => {
-                    debug!(ledger = %id, "duplicate message ignored");
-                    return Ok(InboundAck { ledger_id: id, duplicate: true, dropped: None });
-                }
-                // Seen but not routed (an earlier attempt failed half-way): route it again; the
-                // messages_in ids make that idempotent.
-                LedgerInsert::Duplicate { id, finished: false } => id,
-            };
+        let ledger_id = match self.store.call(move |c| store::ledger_insert(c, &e)).await? {
+            LedgerInsert::New => entry.id.clone(),
+            LedgerInsert::Duplicate { id, finished: true } => {
+                debug!(ledger = %id, "duplicate message ignored");
+                return Ok(InboundAck { ledger_id: id, duplicate: true, dropped: None });
+            }
+            // Seen but not routed (an earlier attempt failed half-way): route it again; the
+            // messages_in ids make that idempotent.
+            LedgerInsert::Duplicate { id, finished: false } => id,
+        };
         self.route_entry(&ledger_id, &event, sender_id, &trace_id).await
     }
 
@@ -112,13 +146,9 @@ impl Router {
         event: &InboundEvent,
         sender_id: Option<String>,
         trace_id: &str,
-    ) -> Result<InboundAck, String> {
+    ) -> Result<InboundAck, RouteError> {
         let (ct, pid) = (event.channel_type.clone(), event.platform_id.clone());
-        let chat = self
-            .store
-            .call(move |c| store::wirings_of_chat(c, &ct, &pid))
-            .await
-            .map_err(|e| e.to_string())?;
+        let chat = self.store.call(move |c| store::wirings_of_chat(c, &ct, &pid)).await?;
         let drop = |reason: &'static str, mg: Option<String>| {
             let (ct, pid, sender, lid) = (
                 event.channel_type.clone(),
@@ -132,10 +162,9 @@ impl Router {
                         store::record_dropped(c, &ct, &pid, sender.as_deref(), reason, mg.as_deref())?;
                         store::ledger_finish(c, &lid, "dropped")
                     })
-                    .await
-                    .map_err(|e| e.to_string())?;
+                    .await?;
                 debug!(reason, "message dropped");
-                Ok::<InboundAck, String>(InboundAck {
+                Ok::<InboundAck, RouteError>(InboundAck {
                     ledger_id: ledger_id.to_string(),
                     duplicate: false,
                     dropped: Some(reason.to_string()),
@@ -158,11 +187,8 @@ impl Router {
         }
         for (wiring, trigger) in targets {
             let (ag, mgid, thread) = (wiring.agent_group_id.clone(), mg.clone(), event.thread_id.clone());
-            let session = self
-                .store
-                .call(move |c| store::resolve_session(c, &ag, &mgid, thread.as_deref()))
-                .await
-                .map_err(|e| e.to_string())?;
+            let session =
+                self.store.call(move |c| store::resolve_session(c, &ag, &mgid, thread.as_deref())).await?;
             let content = ChatContent {
                 text: event.text.clone(),
                 sender: event.sender_name.clone(),
@@ -178,31 +204,32 @@ impl Router {
                 channel_type: Some(event.channel_type.clone()),
                 platform_id: Some(event.platform_id.clone()),
                 thread_id: event.thread_id.clone(),
-                content: serde_json::to_string(&content).map_err(|e| e.to_string())?,
+                content: serde_json::to_string(&content)?,
             };
             self.enqueue(session, row).await?;
         }
         let lid = ledger_id.to_string();
-        self.store.call(move |c| store::ledger_finish(c, &lid, "routed")).await.map_err(|e| e.to_string())?;
+        self.store.call(move |c| store::ledger_finish(c, &lid, "routed")).await?;
         Ok(InboundAck { ledger_id: ledger_id.to_string(), duplicate: false, dropped: None })
     }
 
     /// Hands a row to its session actor; a session actor that was just stopping is replaced.
-    async fn enqueue(&self, session: store::SessionInfo, row: NewInbound) -> Result<(), String> {
+    async fn enqueue(&self, session: store::SessionInfo, row: NewInbound) -> Result<(), RouteError> {
         let mut last = String::new();
         for _ in 0..3 {
-            let handle = self.sessions.get(session.clone()).await?;
+            let handle =
+                self.sessions.get(session.clone()).await.map_err(|e| RouteError::Session(e.to_string()))?;
             match handle.enqueue(vec![row.clone()]).await {
                 Ok(_) => return Ok(()),
                 Err(e) => last = e.to_string(),
             }
         }
-        Err(last)
+        Err(RouteError::Session(last))
     }
 
     /// Routes every ledger entry left `received` (crash recovery at start).
-    pub async fn recover(&self) -> Result<usize, String> {
-        let entries = self.store.call(|c| store::ledger_unrouted(c)).await.map_err(|e| e.to_string())?;
+    pub async fn recover(&self) -> Result<usize, RouteError> {
+        let entries = self.store.call(|c| store::ledger_unrouted(c)).await?;
         let n = entries.len();
         for entry in entries {
             let event: InboundEvent = match serde_json::from_str(&entry.event) {
@@ -210,10 +237,7 @@ impl Router {
                 Err(e) => {
                     warn!(ledger = %entry.id, error = %e, "unreadable ledger event; dropped");
                     let id = entry.id.clone();
-                    self.store
-                        .call(move |c| store::ledger_finish(c, &id, "dropped"))
-                        .await
-                        .map_err(|e| e.to_string())?;
+                    self.store.call(move |c| store::ledger_finish(c, &id, "dropped")).await?;
                     continue;
                 }
             };

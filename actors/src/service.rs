@@ -195,7 +195,7 @@ impl Service {
     ) -> Result<(), String> {
         let sessions =
             ractor::call_t!(self.root, SupervisorMessage::Sessions, 5_000).map_err(|e| e.to_string())?;
-        for s in sessions.list().await? {
+        for s in sessions.list().await.map_err(|e| e.to_string())? {
             if s.status().await.is_ok_and(|st| st.session_id == session_id) {
                 return s.kill(reason, then).map_err(|e| e.to_string());
             }

@@ -6,7 +6,6 @@
 //! Every function here blocks (SQLite, file system); the session actor runs them with
 //! `spawn_blocking`. Connections are opened per operation (DESIGN §5).
 
-use crate::container_files::ReadError;
 use nanoclaw_protocol::layout;
 use nanoclaw_protocol::rows::{AckStatus, Destination, SessionRouting, next_inbound_seq};
 use nanoclaw_protocol::schema::{self, SchemaError};
@@ -21,9 +20,6 @@ pub enum SessionFileError {
     /// Opening a session DB failed.
     #[error(transparent)]
     Schema(#[from] SchemaError),
-    /// Reading the container's `outbound.db` failed (only from the transition shims).
-    #[error(transparent)]
-    Outbound(#[from] ReadError),
     /// A statement failed.
     #[error("{path}: {what}: {source}")]
     Sqlite {
@@ -46,6 +42,23 @@ pub enum SessionFileError {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl SessionFileError {
+    /// SQLite gave up waiting for a lock (after its busy timeout): on `inbound.db` only the
+    /// container can hold one (a read transaction), so a busy host write means the container is
+    /// stuck or hostile.
+    pub fn is_busy(&self) -> bool {
+        let source = match self {
+            SessionFileError::Sqlite { source, .. } => source,
+            SessionFileError::Schema(SchemaError::Sqlite { source, .. }) => source,
+            _ => return false,
+        };
+        matches!(
+            source.sqlite_error_code(),
+            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+        )
+    }
 }
 
 fn sq<'a>(path: &'a Path, what: &'static str) -> impl FnOnce(rusqlite::Error) -> SessionFileError + 'a {

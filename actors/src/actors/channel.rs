@@ -172,7 +172,7 @@ impl Actor for ChannelActor {
                 if !supports_threads {
                     event.thread_id = None;
                 }
-                let result = router.route(event).await.map_err(SubmitError::Route);
+                let result = router.route(event).await.map_err(|e| SubmitError::Route(e.to_string()));
                 let _ = sub.ack.send(result);
             }
         }));

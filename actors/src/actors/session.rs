@@ -54,6 +54,9 @@ pub enum SessionError {
     /// Writing or reading the session's host files failed.
     #[error("session files: {0}")]
     Files(String),
+    /// `inbound.db` stayed locked (by the container) past SQLite's busy timeout.
+    #[error("session files: inbound.db is locked: {0}")]
+    Busy(String),
     /// The actor is gone or did not answer in time (it was stopping: ask the supervisor again).
     #[error("session actor: {0}")]
     Unavailable(String),
@@ -69,6 +72,12 @@ pub struct SessionArgs {
     /// The session.
     pub session: SessionInfo,
 }
+
+/// Most entries one workspace walk visits (a container can create millions of files).
+const WORKSPACE_MAX_ENTRIES: u64 = 200_000;
+
+/// Longest one workspace walk may take.
+const WORKSPACE_WALK_DEADLINE: Duration = Duration::from_secs(2);
 
 /// The armed timer's task (its message is sent when it fires; aborted on drop).
 type TimerHandle = AbortOnDropHandle<Result<(), ractor::MessagingErr<SessionMessage>>>;
@@ -110,6 +119,8 @@ pub struct SessionState {
     outstanding: bool,
     /// `sessions.work_pending` as last written.
     work_flag: Option<bool>,
+    /// When the workspace was last measured.
+    last_workspace_check: Option<Instant>,
     /// The one timer armed for the next due instant (drop guard).
     timer: Option<(Instant, TimerHandle)>,
 }
@@ -221,7 +232,9 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T, SessionError> {
     let paths = paths.clone();
     match tokio::task::spawn_blocking(move || f(&paths)).await {
-        Ok(r) => r.map_err(|e| SessionError::Files(e.to_string())),
+        Ok(r) => r.map_err(|e| {
+            if e.is_busy() { SessionError::Busy(e.to_string()) } else { SessionError::Files(e.to_string()) }
+        }),
         Err(e) => Err(SessionError::Files(format!("blocking task failed: {e}"))),
     }
 }
@@ -286,6 +299,9 @@ impl SessionState {
             return Ok(());
         }
         if self.next_spawn_at.is_some_and(|t| Self::now() < t) {
+            return Ok(());
+        }
+        if self.check_workspace().await? {
             return Ok(());
         }
         if self.permit.is_none() {
@@ -505,11 +521,20 @@ impl SessionState {
     /// Quarantines the session: container killed, status and reason recorded, chat and owner
     /// told once, slot freed when the container is gone. Other sessions are unaffected.
     async fn quarantine(&mut self, reason: String) -> Result<(), ActorProcessingErr> {
+        self.hold_session(SessionHold::Quarantined(reason)).await
+    }
+
+    /// Puts the session on hold (quarantined or paused); see [`SessionState::quarantine`].
+    async fn hold_session(&mut self, hold: SessionHold) -> Result<(), ActorProcessingErr> {
         if self.hold.is_some() {
             return Ok(());
         }
-        let hold = SessionHold::Quarantined(reason);
-        error!(session = %self.session.id, reason = %hold.reason(), "session quarantined: its container broke the rules for container files");
+        match &hold {
+            SessionHold::Quarantined(reason) => {
+                error!(session = %self.session.id, %reason, "session quarantined: its container broke the rules for container files")
+            }
+            SessionHold::Paused(reason) => warn!(session = %self.session.id, %reason, "session paused"),
+        }
         let (sid, h) = (self.session.id.clone(), hold.clone());
         let first = self.ctx.store.call(move |c| store::hold_session(c, &sid, &h)).await?;
         self.hold = Some(hold.clone());
@@ -523,6 +548,36 @@ impl SessionState {
             notices::tell_held(&self.ctx, &self.session, &hold).await;
         }
         Ok(())
+    }
+
+    /// Measures the workspace (bounded walk, off the mailbox) at most every
+    /// `workspace_check_every`, and pauses the session when it is over
+    /// `container.workspace_max_mb`. Returns true when the session was paused.
+    async fn check_workspace(&mut self) -> Result<bool, ActorProcessingErr> {
+        let max = self.ctx.config.workspace_max_bytes;
+        let now = Self::now();
+        let every = self.ctx.config.workspace_check_every;
+        if max == 0 || self.last_workspace_check.is_some_and(|t| now.duration_since(t) < every) {
+            return Ok(false);
+        }
+        self.last_workspace_check = Some(now);
+        let dir = self.paths.workspace_dir.clone();
+        let usage = tokio::task::spawn_blocking(move || {
+            crate::disk::workspace_usage(
+                &dir,
+                WORKSPACE_MAX_ENTRIES,
+                std::time::Instant::now() + WORKSPACE_WALK_DEADLINE,
+            )
+        })
+        .await;
+        let Ok(Ok(usage)) = usage else { return Ok(false) };
+        // An incomplete walk is a lower bound: over the limit is certain, under it is not.
+        if usage.bytes <= max {
+            return Ok(false);
+        }
+        let reason = format!("workspace holds {usage}, over container.workspace_max_mb = {} MiB", max >> 20);
+        self.hold_session(SessionHold::Paused(reason)).await?;
+        Ok(true)
     }
 
     /// Evaluates the session now and arms the timer for the next due instant. The only place
@@ -544,6 +599,9 @@ impl SessionState {
                 self.act(myself, action).await?;
             }
             Phase::Ready { .. } => {
+                if self.check_workspace().await? {
+                    return Ok(());
+                }
                 let work = blocking(&self.paths, files::pending_work).await?;
                 let heartbeat_age = container_files::heartbeat_age(&self.paths);
                 let signs = Signs {
@@ -669,6 +727,7 @@ impl Actor for SessionActor {
             declared_timeout: None,
             outstanding: false,
             work_flag: None,
+            last_workspace_check: None,
             timer: None,
         })
     }
@@ -703,7 +762,19 @@ impl Actor for SessionActor {
                 })
                 .await;
                 let added = result.as_ref().map(|n| *n).unwrap_or(0);
+                let busy = matches!(result, Err(SessionError::Busy(_)));
                 let _ = reply.send(result);
+                if busy {
+                    // Only the container can hold a lock on inbound.db this long: a read
+                    // transaction kept open on purpose (or a hung runner). Killing it releases
+                    // the lock; the router's retry then stores the message.
+                    state
+                        .quarantine(format!(
+                            "inbound.db: the container held a lock on it for more than {} ms",
+                            nanoclaw_protocol::schema::BUSY_TIMEOUT_MS
+                        ))
+                        .await?;
+                }
                 if added > 0 {
                     state.last_activity = SessionState::now();
                     state.set_work_flag(true).await?;

@@ -216,36 +216,60 @@ fn schedule_resume(
     myself.send_after(delay, move || SessionSupervisorMessage::Resume(id));
 }
 
-/// Typed handle over the session supervisor.
+/// Why a session could not be reached. Display is one line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SessionsError {
+    /// The session supervisor did not answer (it is restarting, or stopped).
+    #[error("session supervisor: {0}")]
+    Unavailable(String),
+    /// The session actor could not be spawned.
+    #[error("{0}")]
+    Spawn(String),
+}
+
+/// Typed handle over the session supervisor. Clones share the supervisor they point at, and the
+/// root supervisor points them at the replacement when it restarts the session supervisor
+/// ([`SessionsHandle::replace`]): handles held by routers, channels and [`crate::Service`] stay
+/// valid across restarts.
 #[derive(Debug, Clone)]
 pub struct SessionsHandle {
-    actor: ActorRef<SessionSupervisorMessage>,
+    actor: Arc<parking_lot::RwLock<ActorRef<SessionSupervisorMessage>>>,
 }
 
 impl SessionsHandle {
     /// Wraps the actor.
     pub fn new(actor: ActorRef<SessionSupervisorMessage>) -> Self {
-        Self { actor }
+        Self { actor: Arc::new(parking_lot::RwLock::new(actor)) }
     }
 
-    /// The live session actor of `session`, spawned if needed (60 s timeout: spawning prepares
-    /// the session's files).
-    pub async fn get(&self, session: SessionInfo) -> Result<SessionHandle, String> {
+    /// Points this handle and all its clones at a new session supervisor.
+    pub fn replace(&self, actor: ActorRef<SessionSupervisorMessage>) {
+        *self.actor.write() = actor;
+    }
+
+    fn current(&self) -> ActorRef<SessionSupervisorMessage> {
+        self.actor.read().clone()
+    }
+
+    /// The live session actor of `session`, spawned if needed (60 s timeout).
+    pub async fn get(&self, session: SessionInfo) -> Result<SessionHandle, SessionsError> {
         ractor::call_t!(
-            self.actor,
+            self.current(),
             |reply| SessionSupervisorMessage::Get { session: Box::new(session), reply },
             60_000
         )
-        .map_err(|e| format!("session supervisor: {e}"))?
+        .map_err(|e| SessionsError::Unavailable(e.to_string()))?
+        .map_err(SessionsError::Spawn)
     }
 
     /// Spawns the actor of a session id if it is not live.
     pub fn resume(&self, session_id: String) {
-        let _ = self.actor.cast(SessionSupervisorMessage::Resume(session_id));
+        let _ = self.current().cast(SessionSupervisorMessage::Resume(session_id));
     }
 
     /// Live session actors (5 s timeout).
-    pub async fn list(&self) -> Result<Vec<SessionHandle>, String> {
-        ractor::call_t!(self.actor, SessionSupervisorMessage::List, 5_000).map_err(|e| e.to_string())
+    pub async fn list(&self) -> Result<Vec<SessionHandle>, SessionsError> {
+        ractor::call_t!(self.current(), SessionSupervisorMessage::List, 5_000)
+            .map_err(|e| SessionsError::Unavailable(e.to_string()))
     }
 }

@@ -30,6 +30,8 @@ pub struct SupervisorState {
     router: Router,
     sweeper: ActorRef<SweeperMessage>,
     sessions: ActorRef<SessionSupervisorMessage>,
+    /// Shared by every router: re-pointed when the session supervisor is restarted.
+    sessions_handle: SessionsHandle,
     approvals: ActorRef<ApprovalSupervisorMessage>,
     channels: ActorRef<ChannelSupervisorMessage>,
     /// Restart pacing and budget of the core children together.
@@ -64,7 +66,9 @@ impl Actor for Supervisor {
         let (sweeper, _) = Actor::spawn_linked(None, Sweeper, ctx.clone(), cell.clone()).await?;
         let (sessions, _) = Actor::spawn_linked(None, SessionSupervisor, ctx.clone(), cell.clone()).await?;
         let (approvals, _) = Actor::spawn_linked(None, ApprovalSupervisor, (), cell.clone()).await?;
-        let router = Router::new(ctx.store.clone(), SessionsHandle::new(sessions.clone()));
+        let sessions_handle = SessionsHandle::new(sessions.clone());
+        let router = Router::new(ctx.store.clone(), sessions_handle.clone())
+            .with_disk_floor(ctx.config.data_dir.clone(), ctx.config.min_free_bytes);
         let (channels, _) = Actor::spawn_linked(
             None,
             ChannelSupervisor,
@@ -77,6 +81,7 @@ impl Actor for Supervisor {
             router,
             sweeper,
             sessions,
+            sessions_handle,
             approvals,
             channels,
             restarts: RestartPolicy::core_child().tracker(),
@@ -109,7 +114,7 @@ impl Actor for Supervisor {
                 let _ = reply.send(state.router.clone());
             }
             SupervisorMessage::Sessions(reply) => {
-                let _ = reply.send(SessionsHandle::new(state.sessions.clone()));
+                let _ = reply.send(state.sessions_handle.clone());
             }
             SupervisorMessage::Restart(which) => {
                 let cell = myself.get_cell();
@@ -118,10 +123,8 @@ impl Actor for Supervisor {
                     "sweeper" => state.sweeper = Actor::spawn_linked(None, Sweeper, ctx, cell).await?.0,
                     "sessions" => {
                         state.sessions = Actor::spawn_linked(None, SessionSupervisor, ctx, cell).await?.0;
-                        state.router =
-                            Router::new(state.ctx.store.clone(), SessionsHandle::new(state.sessions.clone()));
-                        // Channels route through the router: restart them onto the new one.
-                        state.channels.stop(Some("session supervisor replaced".into()));
+                        // Every router (the service's, the channels') shares this handle.
+                        state.sessions_handle.replace(state.sessions.clone());
                     }
                     "approvals" => {
                         state.approvals = Actor::spawn_linked(None, ApprovalSupervisor, (), cell).await?.0
