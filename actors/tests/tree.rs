@@ -637,3 +637,178 @@ async fn a_reply_whose_send_outcome_is_unknown_is_never_sent_twice_on_a_non_idem
     }
     service.shutdown(Duration::from_secs(20)).await;
 }
+
+/// The session of memory chat `chat`.
+async fn session_of_chat(service: &Service, chat: &str) -> store::SessionInfo {
+    let chat = chat.to_string();
+    service
+        .store()
+        .call(|c| store::active_sessions(c))
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|s| s.channel_type.as_deref() == Some("mem") && s.platform_id.as_deref() == Some(chat.as_str()))
+        .unwrap()
+}
+
+async fn hold_of(service: &Service, session_id: &str) -> Option<store::SessionHold> {
+    let id = session_id.to_string();
+    service.store().call(move |c| store::session_hold(c, &id)).await.unwrap()
+}
+
+fn count_texts(channel: &MemoryChannel, needle: &str) -> usize {
+    texts(channel).iter().filter(|t| t.contains(needle)).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_object_in_outbound_db_quarantines_only_its_session_and_release_restores_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let channel = MemoryChannel::new("mem");
+    let service = start(dir.path(), runner_runtime(), &channel).await;
+    service.store().call(|c| wire_chat(c, "mem2", "chat-2")).await.unwrap();
+    channel.submit("chat-1", "a1", "one").await.unwrap();
+    channel.submit("chat-2", "b1", "two").await.unwrap();
+    assert!(channel.wait_for(Duration::from_secs(20), |d| d.len() >= 2).await);
+    let victim = session_of_chat(&service, "chat-1").await;
+    let paths = SessionPaths::new(&dir.path().join("data"), "main", &victim.id);
+    // The container plants a view over a recursive CTE: reading it would never end.
+    let planted = rusqlite::Connection::open(paths.outbound_db()).unwrap();
+    planted
+        .execute_batch(
+            "CREATE VIEW forever AS WITH RECURSIVE r(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM r) SELECT x FROM r;",
+        )
+        .unwrap();
+    drop(planted);
+    channel.submit("chat-1", "a2", "after the plant").await.unwrap();
+    eventually(Duration::from_secs(20), "the quarantine note", || async {
+        count_texts(&channel, "quarantined") == 1
+    })
+    .await;
+    let hold = hold_of(&service, &victim.id).await.expect("the session is held");
+    assert!(matches!(&hold, store::SessionHold::Quarantined(r) if r.contains("forever")), "{hold:?}");
+    // The other session keeps working, and the victim's further messages are kept, not answered.
+    channel.submit("chat-2", "b2", "still here").await.unwrap();
+    channel.submit("chat-1", "a3", "kept for later").await.unwrap();
+    assert!(
+        channel.wait_for(Duration::from_secs(20), |d| d.iter().any(|m| m.text == "echo: still here")).await
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(count_texts(&channel, "kept for later"), 0);
+    assert_eq!(count_texts(&channel, "quarantined"), 1, "told once");
+    // Fixed and released: the kept messages are answered.
+    let fix = rusqlite::Connection::open(paths.outbound_db()).unwrap();
+    fix.execute_batch("DROP VIEW forever;").unwrap();
+    drop(fix);
+    let id = victim.id.clone();
+    let released = service.store().call(move |c| store::release_session(c, &id)).await.unwrap();
+    assert!(matches!(released, store::Release::Released(_)));
+    channel.submit("chat-1", "a4", "released").await.unwrap();
+    assert!(
+        channel
+            .wait_for(Duration::from_secs(30), |d| {
+                d.iter().any(|m| m.text == "echo: released")
+                    && d.iter().any(|m| m.text == "echo: kept for later")
+            })
+            .await,
+        "{:?}",
+        texts(&channel)
+    );
+    service.shutdown(Duration::from_secs(20)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversize_workspace_pauses_its_session_and_tells_the_chat() {
+    let dir = tempfile::tempdir().unwrap();
+    let channel = MemoryChannel::new("mem");
+    let mut cfg = config(dir.path());
+    cfg.workspace_max_bytes = 1 << 20;
+    cfg.workspace_check_every = Duration::ZERO;
+    let service =
+        Service::start(cfg, Arc::new(runner_runtime()), vec![Arc::new(channel.clone())]).await.unwrap();
+    wire_memory_chat(&service).await;
+    channel.submit("chat-1", "w1", "small").await.unwrap();
+    assert!(channel.wait_for(Duration::from_secs(20), |d| !d.is_empty()).await);
+    let session = mem_session(&service).await;
+    let paths = SessionPaths::new(&dir.path().join("data"), "main", &session.id);
+    // Real blocks, not a sparse file: allocated size is what counts.
+    std::fs::write(paths.workspace_dir.join("big.bin"), vec![7u8; 2 << 20]).unwrap();
+    channel.submit("chat-1", "w2", "too big now").await.unwrap();
+    eventually(Duration::from_secs(20), "the pause note", || async { count_texts(&channel, "paused") == 1 })
+        .await;
+    assert!(matches!(hold_of(&service, &session.id).await, Some(store::SessionHold::Paused(_))));
+    service.shutdown(Duration::from_secs(20)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_held_on_inbound_db_quarantines_the_session_and_the_message_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let channel = MemoryChannel::new("mem");
+    let service = start(dir.path(), runner_runtime(), &channel).await;
+    channel.submit("chat-1", "l1", "first").await.unwrap();
+    assert!(channel.wait_for(Duration::from_secs(20), |d| !d.is_empty()).await);
+    let session = mem_session(&service).await;
+    let paths = SessionPaths::new(&dir.path().join("data"), "main", &session.id);
+    // What a container can do through its read-only mount: keep a read transaction open.
+    let holder =
+        rusqlite::Connection::open_with_flags(paths.inbound_db(), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    holder.execute_batch("BEGIN; SELECT count(*) FROM messages_in;").unwrap();
+    let submitter = {
+        let channel = channel.clone();
+        tokio::spawn(async move { channel.submit("chat-1", "l2", "second").await })
+    };
+    eventually(Duration::from_secs(30), "the quarantine", || async {
+        hold_of(&service, &session.id).await.is_some()
+    })
+    .await;
+    // Killing the container releases such a lock; here the test holds it, and lets go.
+    holder.execute_batch("COMMIT;").unwrap();
+    drop(holder);
+    submitter.await.unwrap().expect("the message is stored once the lock is gone");
+    let stored: i64 = rusqlite::Connection::open(paths.inbound_db())
+        .unwrap()
+        .query_row("SELECT count(*) FROM messages_in WHERE content LIKE '%second%'", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(stored, 1);
+    assert_eq!(count_texts(&channel, "quarantined"), 1);
+    service.shutdown(Duration::from_secs(20)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_flagged_with_work_resumes_at_start_without_reading_other_sessions() {
+    let dir = tempfile::tempdir().unwrap();
+    let channel = MemoryChannel::new("mem");
+    let service = start(dir.path(), runner_runtime(), &channel).await;
+    let session = service
+        .store()
+        .call(|c| store::resolve_session(c, store::MAIN_AGENT_GROUP_ID, "mg-mem", None))
+        .await
+        .unwrap();
+    service.shutdown(Duration::from_secs(20)).await;
+    // Work left by a host that stopped: a pending row, and the flag in the central DB.
+    let paths = SessionPaths::new(&dir.path().join("data"), "main", &session.id);
+    nanoclaw_actors::session_files::prepare(&paths, None).unwrap();
+    let content = r#"{"text":"left over","platform_message_id":"r1"}"#;
+    nanoclaw_actors::session_files::write_inbound(
+        &paths,
+        &[nanoclaw_actors::session_files::NewInbound {
+            id: "left-1".into(),
+            kind: "chat",
+            trigger: true,
+            on_wake: false,
+            channel_type: Some("mem".into()),
+            platform_id: Some("chat-1".into()),
+            thread_id: None,
+            content: content.into(),
+        }],
+    )
+    .unwrap();
+    let service =
+        Service::start(config(dir.path()), Arc::new(runner_runtime()), vec![Arc::new(channel.clone())])
+            .await
+            .unwrap();
+    assert!(
+        channel.wait_for(Duration::from_secs(20), |d| d.iter().any(|m| m.text == "echo: left over")).await
+    );
+    service.shutdown(Duration::from_secs(20)).await;
+}

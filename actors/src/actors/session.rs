@@ -652,6 +652,13 @@ impl SessionState {
                     && self.slot_wait.is_none()
                     && (work.pending == 0 || self.hold.is_some())
                     && !self.outstanding;
+                if quiet && self.hold.is_some() {
+                    // A held session has no use for its actor: the next message (or the periodic
+                    // resume after a release) starts a fresh one, which reads the hold again.
+                    debug!(session = %self.session.id, "held; session actor stops");
+                    myself.stop(Some("held".into()));
+                    return Ok(());
+                }
                 if quiet {
                     let linger_end = self.last_activity + cfg.session_linger;
                     if now >= linger_end {
