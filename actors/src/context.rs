@@ -1,6 +1,6 @@
 //! Configuration and shared context of a running service.
 
-use crate::actors::channel::ChannelHandle;
+use crate::handles::channel::ChannelHandle;
 use crate::ports::channel::ChannelAdapter;
 use crate::ports::runtime::ContainerRuntime;
 use crate::store::Store;

@@ -26,6 +26,7 @@ pub mod actors;
 pub mod container_files;
 pub mod context;
 pub mod disk;
+pub mod handles;
 pub mod ports;
 pub mod restart;
 pub mod router;
