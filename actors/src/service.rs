@@ -66,6 +66,17 @@ impl From<LockError> for StartError {
     }
 }
 
+/// Why [`Service::kill_container`] did nothing. Display is one line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KillError {
+    /// The session has no live actor (so no container either).
+    #[error("session {0} has no live actor")]
+    NoActor(String),
+    /// The supervisor tree did not answer.
+    #[error("supervisor: {0}")]
+    Unavailable(String),
+}
+
 /// A running service. It holds its data directory's lock until [`Service::shutdown`] completes;
 /// dropping it without a shutdown releases the lock while the tree may still be stopping.
 pub struct Service {
@@ -192,15 +203,15 @@ impl Service {
         session_id: &str,
         reason: &str,
         then: crate::actors::session::Then,
-    ) -> Result<(), String> {
-        let sessions =
-            ractor::call_t!(self.root, SupervisorMessage::Sessions, 5_000).map_err(|e| e.to_string())?;
-        for s in sessions.list().await.map_err(|e| e.to_string())? {
+    ) -> Result<(), KillError> {
+        let sessions = ractor::call_t!(self.root, SupervisorMessage::Sessions, 5_000)
+            .map_err(|e| KillError::Unavailable(e.to_string()))?;
+        for s in sessions.list().await.map_err(|e| KillError::Unavailable(e.to_string()))? {
             if s.status().await.is_ok_and(|st| st.session_id == session_id) {
-                return s.kill(reason, then).map_err(|e| e.to_string());
+                return s.kill(reason, then).map_err(|e| KillError::Unavailable(e.to_string()));
             }
         }
-        Err(format!("session {session_id} has no live actor"))
+        Err(KillError::NoActor(session_id.to_string()))
     }
 
     /// Live health of every channel (connected / reconnecting / failed, last event, restarts).

@@ -45,7 +45,7 @@ pub enum SessionSupervisorMessage {
         /// The session.
         session: Box<SessionInfo>,
         /// Reply.
-        reply: RpcReplyPort<Result<SessionHandle, String>>,
+        reply: RpcReplyPort<Result<SessionHandle, SessionsError>>,
     },
     /// Spawn the actor of a session id if it is not live (recovery, restart after failure).
     Resume(String),
@@ -58,7 +58,7 @@ impl SessionSupervisorState {
         &mut self,
         myself: &ActorRef<SessionSupervisorMessage>,
         session: SessionInfo,
-    ) -> Result<SessionHandle, String> {
+    ) -> Result<SessionHandle, SessionsError> {
         if let Some(a) = self.sessions.get(&session.id)
             && matches!(a.get_status(), ActorStatus::Running | ActorStatus::Starting | ActorStatus::Upgrading)
         {
@@ -72,7 +72,7 @@ impl SessionSupervisorState {
             myself.get_cell(),
         )
         .await
-        .map_err(|e| format!("session {id}: {e}"))?;
+        .map_err(|e| SessionsError::Spawn(format!("session {id}: {e}")))?;
         self.by_actor.insert(actor.get_id(), id.clone());
         self.sessions.insert(id, actor.clone());
         Ok(SessionHandle::new(actor))
@@ -259,7 +259,6 @@ impl SessionsHandle {
             60_000
         )
         .map_err(|e| SessionsError::Unavailable(e.to_string()))?
-        .map_err(SessionsError::Spawn)
     }
 
     /// Spawns the actor of a session id if it is not live.

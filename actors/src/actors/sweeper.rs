@@ -3,6 +3,7 @@
 //! (DESIGN §7). It is the backstop for container actors killed without `post_stop`.
 
 use crate::context::ServiceContext;
+use crate::ports::runtime::RuntimeError;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,12 +27,15 @@ pub struct SweeperState {
 #[derive(Debug)]
 pub enum SweeperMessage {
     /// Sweep now; replies with how many containers were removed.
-    Sweep(Option<RpcReplyPort<Result<usize, String>>>),
+    Sweep(Option<RpcReplyPort<Result<usize, RuntimeError>>>),
 }
 
 /// Removes this install's containers not in the live set. Returns how many were removed.
-pub async fn sweep(ctx: &ServiceContext) -> Result<usize, String> {
-    let found = ctx.runtime.list_managed(&ctx.config.install_id).await.map_err(|e| e.to_string())?;
+///
+/// Errors when the runtime cannot list containers; a container that cannot be removed is logged
+/// and left for the next sweep.
+pub async fn sweep(ctx: &ServiceContext) -> Result<usize, RuntimeError> {
+    let found = ctx.runtime.list_managed(&ctx.config.install_id).await?;
     let mut removed = 0;
     for c in found {
         if ctx.live_containers.lock().contains(&c.name) {
