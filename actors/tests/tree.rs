@@ -812,3 +812,34 @@ async fn a_session_flagged_with_work_resumes_at_start_without_reading_other_sess
     );
     service.shutdown(Duration::from_secs(20)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_that_never_says_hello_is_a_failure_backed_off_and_the_user_is_told_after_five() {
+    let dir = tempfile::tempdir().unwrap();
+    let channel = MemoryChannel::new("mem");
+    // Runs, but never connects to wake.sock: killed at the hello deadline each time.
+    let runtime = FakeRuntime::new(Arc::new(|_spec, cancel: CancellationToken| {
+        Box::pin(async move {
+            cancel.cancelled().await;
+            137
+        })
+    }));
+    let mut cfg = config(dir.path());
+    cfg.container_start_timeout = Duration::from_millis(300);
+    cfg.container_stop_grace = Duration::from_millis(100);
+    let service =
+        Service::start(cfg, Arc::new(runtime.clone()), vec![Arc::new(channel.clone())]).await.unwrap();
+    wire_memory_chat(&service).await;
+    channel.submit("chat-1", "p-mute", "say something").await.unwrap();
+    assert!(
+        channel
+            .wait_for(Duration::from_secs(60), |d| d
+                .iter()
+                .any(|m| m.text.contains("keeps failing to start")))
+            .await,
+        "{:?}",
+        texts(&channel)
+    );
+    assert_eq!(runtime.created(), 5, "five containers without a hello, then the user is told");
+    service.shutdown(Duration::from_secs(20)).await;
+}
