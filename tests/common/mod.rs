@@ -83,6 +83,28 @@ pub struct Server {
 impl Server {
     /// Starts `nanoclaw serve` with extra args/env and waits for `cli.sock` to answer.
     pub fn start(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
+        Self::spawn_and_wait(data_dir, args, env, Duration::from_millis(50)).0
+    }
+
+    /// Like [`Server::start`], and also returns how long it took from the spawn of the process to
+    /// the first accepted connection on `cli.sock` (polled every millisecond). The log of the
+    /// earlier run of this data dir, if any, is kept in `<log>.1`.
+    pub fn start_timed(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> (Server, Duration) {
+        let log = log_path(data_dir);
+        if log.exists() {
+            let mut old = log.clone().into_os_string();
+            old.push(".1");
+            std::fs::rename(&log, old).unwrap();
+        }
+        Self::spawn_and_wait(data_dir, args, env, Duration::from_millis(1))
+    }
+
+    fn spawn_and_wait(
+        data_dir: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+        poll: Duration,
+    ) -> (Server, Duration) {
         let log = std::fs::File::create(log_path(data_dir)).unwrap();
         let mut cmd = nanoclaw(data_dir);
         cmd.args(args)
@@ -93,15 +115,22 @@ impl Server {
         for (k, v) in env {
             cmd.env(k, v);
         }
+        let sock = data_dir.join("cli.sock");
+        let spawned = Instant::now();
         let child = cmd.spawn().unwrap();
         let server = Server { child, data_dir: data_dir.to_path_buf() };
-        let sock = data_dir.join("cli.sock");
-        let deadline = Instant::now() + Duration::from_secs(120);
+        let deadline = spawned + Duration::from_secs(120);
         while UnixStream::connect(&sock).is_err() {
             assert!(Instant::now() < deadline, "service did not come up; log: {}", server.log());
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(poll);
         }
-        server
+        let took = spawned.elapsed();
+        (server, took)
+    }
+
+    /// The process id of the service.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// The service's log so far.
@@ -284,4 +313,182 @@ pub fn processing_claims(data_dir: &Path) -> i64 {
             c.query_row("SELECT count(*) FROM processing_ack WHERE status='processing'", [], |r| r.get(0))
         })
         .unwrap_or(0)
+}
+
+/// Resident set size (`VmRSS` in `/proc/<pid>/status`) of process `pid`, in bytes; `None` when
+/// the process is gone.
+pub fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// A CLI-socket client whose frames a background thread collects in arrival order, so that
+/// several waits can overlap (a round trip of one session while the note of another is awaited).
+/// Dropping it closes the connection and joins the thread.
+pub struct ChatLog {
+    writer: std::sync::Mutex<UnixStream>,
+    frames: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ChatLog {
+    /// Connects to `cli.sock` at `path` and starts collecting frames.
+    pub fn connect(path: &Path) -> ChatLog {
+        let stream = UnixStream::connect(path).unwrap();
+        let frames = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (read, sink) = (stream.try_clone().unwrap(), frames.clone());
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(read).lines() {
+                let Ok(line) = line else { return };
+                let frame: Value =
+                    serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad frame {line:?}: {e}"));
+                sink.lock().unwrap().push(frame);
+            }
+        });
+        ChatLog { writer: std::sync::Mutex::new(stream), frames, reader: Some(reader) }
+    }
+
+    /// Sends a chat message.
+    pub fn send(&self, id: &str, text: &str) {
+        let frame = serde_json::json!({"type": "message", "id": id, "text": text});
+        self.writer.lock().unwrap().write_all(format!("{frame}\n").as_bytes()).unwrap();
+    }
+
+    /// Every frame so far.
+    pub fn frames(&self) -> Vec<Value> {
+        self.frames.lock().unwrap().clone()
+    }
+
+    /// The first frame so far that matches `pred`.
+    pub fn find(&self, pred: impl Fn(&Value) -> bool) -> Option<Value> {
+        self.frames.lock().unwrap().iter().find(|f| pred(f)).cloned()
+    }
+
+    /// The first frame matching `pred`, waiting up to `timeout` for it; `None` after that.
+    pub fn wait(&self, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Option<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(f) = self.find(&pred) {
+                return Some(f);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// The text of the first reply to client message `id`, if one arrived.
+    pub fn reply_to(&self, id: &str) -> Option<String> {
+        self.find(|f| f["type"] == "reply" && f["in_reply_to"] == id)
+            .and_then(|f| f["text"].as_str().map(str::to_string))
+    }
+
+    /// Sends `text` as message `id` and waits up to `timeout` for a reply to it: the time from
+    /// the send to the reply, or an error naming the message and the frames about it.
+    pub fn round_trip(&self, id: &str, text: &str, timeout: Duration) -> Result<Duration, String> {
+        let sent = Instant::now();
+        self.send(id, text);
+        match self.wait(timeout, |f| f["type"] == "reply" && f["in_reply_to"] == id) {
+            Some(_) => Ok(sent.elapsed()),
+            None => {
+                let about: Vec<Value> =
+                    self.frames().into_iter().filter(|f| f["id"] == id || f["in_reply_to"] == id).collect();
+                Err(format!("no reply to {id} ({text:?}) within {timeout:?}; its frames: {about:?}"))
+            }
+        }
+    }
+}
+
+impl Drop for ChatLog {
+    fn drop(&mut self) {
+        if let Ok(w) = self.writer.lock() {
+            let _ = w.shutdown(std::net::Shutdown::Both);
+        }
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+    }
+}
+
+/// The central DB `data/nanoclaw.db`, opened read-write beside the running service (WAL), with a
+/// 5 s busy timeout.
+pub fn store_db(data_dir: &Path) -> rusqlite::Connection {
+    let c = rusqlite::Connection::open(data_dir.join("nanoclaw.db")).unwrap();
+    c.busy_timeout(Duration::from_secs(5)).unwrap();
+    c
+}
+
+/// Adds agent group `folder` (id `ag-<folder>`, echo provider) wired to the CLI chat with the
+/// engage pattern `pattern`, and makes the main group engage only on `main_pattern`: two
+/// sessions in the one CLI chat, told apart by the text of each message. SQL into the central DB
+/// of a running service (the CLI frames cannot address a second chat); the router reads wirings
+/// per message.
+pub fn add_cli_agent_group(data_dir: &Path, folder: &str, pattern: &str, main_pattern: &str) {
+    let now = nanoclaw_protocol::time::now_ts();
+    let ag = format!("ag-{folder}");
+    let c = store_db(data_dir);
+    c.execute(
+        "UPDATE messaging_group_agents SET engage_mode = 'pattern', engage_pattern = ?1 WHERE id = 'wiring-cli-main'",
+        [main_pattern],
+    )
+    .unwrap();
+    c.execute(
+        "INSERT INTO agent_groups (id, name, folder, created_at) VALUES (?1, ?2, ?2, ?3)",
+        [&ag, folder, &now],
+    )
+    .unwrap();
+    c.execute(
+        "INSERT INTO container_configs (agent_group_id, provider, updated_at) VALUES (?1, 'echo', ?2)",
+        [&ag, &now],
+    )
+    .unwrap();
+    c.execute(
+        "INSERT INTO messaging_group_agents (id, messaging_group_id, agent_group_id, session_mode, engage_mode, engage_pattern, created_at)
+         VALUES (?1, 'mg-cli-local', ?2, 'shared', 'pattern', ?3, ?4)",
+        [&format!("wiring-cli-{folder}"), &ag, pattern, &now],
+    )
+    .unwrap();
+    c.execute(
+        "INSERT INTO agent_destinations (agent_group_id, local_name, target_type, target_id, created_at)
+         VALUES (?1, 'cli', 'channel', 'mg-cli-local', ?2)",
+        [&ag, &now],
+    )
+    .unwrap();
+}
+
+/// The id and folder of the only session of agent group folder `folder`.
+pub fn session_of(data_dir: &Path, folder: &str) -> (String, PathBuf) {
+    let entry = std::fs::read_dir(data_dir.join("sessions").join(folder))
+        .unwrap()
+        .next()
+        .expect("a session")
+        .unwrap();
+    (entry.file_name().to_string_lossy().to_string(), entry.path())
+}
+
+/// `sessions.status` and `status_reason` of a session in the central DB.
+pub fn session_status(data_dir: &Path, session_id: &str) -> (String, Option<String>) {
+    store_db(data_dir)
+        .query_row("SELECT status, status_reason FROM sessions WHERE id = ?1", [session_id], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap()
+}
+
+/// Runs `nanoclaw sessions <args…>` on a data dir.
+pub fn sessions_cmd(data_dir: &Path, args: &[&str]) -> std::process::Output {
+    nanoclaw(data_dir).arg("sessions").args(args).output().unwrap()
+}
+
+/// The 99th percentile (nearest rank) of `samples`; zero when empty.
+pub fn p99(samples: &[Duration]) -> Duration {
+    let mut s = samples.to_vec();
+    s.sort();
+    match s.len() {
+        0 => Duration::ZERO,
+        n => s[(n * 99).div_ceil(100) - 1],
+    }
 }
