@@ -281,10 +281,12 @@ impl Attack {
             Attack::WakeFlood => {
                 let (stop, written) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
                 let connections = Arc::new(AtomicU64::new(0));
+                let closed = Arc::new(AtomicBool::new(false));
                 let sock = t.host.join("wake.sock");
                 let flooder = {
-                    let (stop, written, connections) = (stop.clone(), written.clone(), connections.clone());
-                    std::thread::spawn(move || flood(&sock, &stop, &written, &connections))
+                    let (stop, written, connections, closed) =
+                        (stop.clone(), written.clone(), connections.clone(), closed.clone());
+                    std::thread::spawn(move || flood(&sock, &stop, &written, &connections, &closed))
                 };
                 let (w, c) = (written.clone(), connections.clone());
                 Planted {
@@ -292,14 +294,26 @@ impl Attack {
                         stop.store(true, Ordering::SeqCst);
                         let _ = flooder.join();
                     })),
-                    detail: Arc::new(move || {
-                        format!(
-                            "flood: {} MiB written over {} connections",
-                            w.load(Ordering::SeqCst) >> 20,
-                            c.load(Ordering::SeqCst)
-                        )
+                    detail: {
+                        let closed = closed.clone();
+                        Arc::new(move || {
+                            format!(
+                                "flood: {} MiB written over {} connections{}",
+                                w.load(Ordering::SeqCst) >> 20,
+                                c.load(Ordering::SeqCst),
+                                if closed.load(Ordering::SeqCst) {
+                                    ", then the host closed the socket"
+                                } else {
+                                    ""
+                                }
+                            )
+                        })
+                    },
+                    // Done when the gigabyte went in, or the host shut the door for good (the held
+                    // session's socket is gone): either way the flood is over.
+                    done: Arc::new(move || {
+                        written.load(Ordering::SeqCst) >= FLOOD_BYTES || closed.load(Ordering::SeqCst)
                     }),
-                    done: Arc::new(move || written.load(Ordering::SeqCst) >= FLOOD_BYTES),
                 }
             }
             Attack::InboundReadLock => {
@@ -321,16 +335,25 @@ impl Attack {
 }
 
 /// Writes 1 MiB chunks of wake `OUTPUT` bytes to `sock` until [`FLOOD_BYTES`] were accepted or
-/// `stop` is set, connecting again whenever the host closes the connection.
+/// `stop` is set, connecting again whenever the host closes the connection. Sets `closed` and
+/// stops when, after a first connection, the socket refuses connections for 2 s (the host removed
+/// it: the session is held).
 #[expect(clippy::disallowed_methods, reason = "a plain thread backing off while the socket is not bound")]
-fn flood(sock: &Path, stop: &AtomicBool, written: &AtomicU64, connections: &AtomicU64) {
+fn flood(sock: &Path, stop: &AtomicBool, written: &AtomicU64, connections: &AtomicU64, closed: &AtomicBool) {
     let chunk = vec![b'o'; 1 << 20];
     let more = || !stop.load(Ordering::SeqCst) && written.load(Ordering::SeqCst) < FLOOD_BYTES;
+    let mut refused_since: Option<std::time::Instant> = None;
     while more() {
         let Ok(mut s) = UnixStream::connect(sock) else {
+            let since = *refused_since.get_or_insert_with(std::time::Instant::now);
+            if connections.load(Ordering::SeqCst) > 0 && since.elapsed() > Duration::from_secs(2) {
+                closed.store(true, Ordering::SeqCst);
+                return;
+            }
             std::thread::sleep(Duration::from_millis(10));
             continue;
         };
+        refused_since = None;
         connections.fetch_add(1, Ordering::SeqCst);
         s.set_write_timeout(Some(Duration::from_secs(1))).unwrap();
         while more() {

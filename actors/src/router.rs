@@ -221,6 +221,11 @@ impl Router {
                 self.sessions.get(session.clone()).await.map_err(|e| RouteError::Session(e.to_string()))?;
             match handle.enqueue(vec![row.clone()]).await {
                 Ok(_) => return Ok(()),
+                // A locked inbound.db quarantined the session; retrying now would only hold up
+                // this channel's other chats. The ledger keeps the entry for the next attempt.
+                Err(e @ crate::actors::session::SessionError::Busy(_)) => {
+                    return Err(RouteError::Session(e.to_string()));
+                }
                 Err(e) => last = e.to_string(),
             }
         }

@@ -761,10 +761,14 @@ async fn a_lock_held_on_inbound_db_quarantines_the_session_and_the_message_is_ke
         hold_of(&service, &session.id).await.is_some()
     })
     .await;
-    // Killing the container releases such a lock; here the test holds it, and lets go.
+    // The sender gets a clear error at once (no retries that would hold up other chats), and the
+    // ledger keeps the entry. Killing the container releases such a lock; here the test holds it,
+    // and lets go; the sender's retry of the same message is then stored.
+    let first = submitter.await.unwrap();
+    assert!(first.is_err(), "{first:?}");
     holder.execute_batch("COMMIT;").unwrap();
     drop(holder);
-    submitter.await.unwrap().expect("the message is stored once the lock is gone");
+    channel.submit("chat-1", "l2", "second").await.expect("the retried message is stored");
     let stored: i64 = rusqlite::Connection::open(paths.inbound_db())
         .unwrap()
         .query_row("SELECT count(*) FROM messages_in WHERE content LIKE '%second%'", [], |r| r.get(0))

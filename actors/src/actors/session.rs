@@ -707,9 +707,15 @@ impl Actor for SessionActor {
         std::fs::create_dir_all(&paths.host_dir).map_err(|e| format!("{}: {e}", paths.host_dir.display()))?;
         let notify = Arc::new(Notify::new());
         let me = myself.clone();
-        let wake = WakeLink::bind(&paths.wake_socket(), notify.clone(), move |conn| {
-            me.cast(SessionMessage::WakeConnected(conn)).is_ok()
-        })?;
+        let me2 = myself.clone();
+        let wake = WakeLink::bind(
+            &paths.wake_socket(),
+            notify.clone(),
+            move |conn| me.cast(SessionMessage::WakeConnected(conn)).is_ok(),
+            move |violation| {
+                let _ = me2.cast(SessionMessage::Outbox(OutboxReport::Violation(violation.to_string())));
+            },
+        )?;
         let me = myself.clone();
         let outbox = Outbox::spawn(ctx.clone(), session.clone(), paths.clone(), notify, move |report| {
             me.cast(SessionMessage::Outbox(report)).is_ok()
@@ -778,7 +784,7 @@ impl Actor for SessionActor {
                     state
                         .quarantine(format!(
                             "inbound.db: the container held a lock on it for more than {} ms",
-                            nanoclaw_protocol::schema::BUSY_TIMEOUT_MS
+                            nanoclaw_protocol::schema::HOST_WRITE_BUSY_TIMEOUT_MS
                         ))
                         .await?;
                 }

@@ -37,6 +37,38 @@ pub const FLOOD_BYTES_PER_SEC: usize = 16 * 1024;
 /// No hello is awaited.
 const NOT_WAITING: i64 = -1;
 
+/// Connections without a valid, awaited hello tolerated per [`JUNK_WINDOW`] before the link
+/// reports the peer as hostile. An honest runner opens one connection per container start.
+pub const MAX_JUNK_CONNECTIONS: u32 = 20;
+
+/// The window over which junk connections are counted.
+pub const JUNK_WINDOW: Duration = Duration::from_secs(10);
+
+/// What the link reports about a peer that breaks its rules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WakeViolation {
+    /// Too many connections without a valid, awaited hello.
+    JunkConnections(u32),
+    /// The live connection sent more than [`FLOOD_BYTES_PER_SEC`].
+    Flood(usize),
+}
+
+impl std::fmt::Display for WakeViolation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WakeViolation::JunkConnections(n) => {
+                write!(f, "wake.sock: {n} connections without a valid hello within {JUNK_WINDOW:?}")
+            }
+            WakeViolation::Flood(n) => {
+                write!(f, "wake.sock: {n} bytes in one second (limit {FLOOD_BYTES_PER_SEC})")
+            }
+        }
+    }
+}
+
+/// Callback for violations; called at most once per connection, from the link's tasks.
+type OnViolation = Arc<dyn Fn(WakeViolation) + Send + Sync>;
+
 /// Errors setting the link up. Display names the socket.
 #[derive(Debug, thiserror::Error)]
 #[error("{path}: {what}: {source}")]
@@ -65,6 +97,8 @@ pub struct WakeLink {
     expected: Arc<AtomicI64>,
     /// Woken by `OUTPUT` bytes.
     output: Arc<Notify>,
+    /// Told when the peer breaks the link's rules (the session quarantines).
+    on_violation: OnViolation,
     /// The live connection: the stream (shared with its reader) and the reader task.
     live: Option<(Arc<UnixStream>, AbortOnDropHandle<()>)>,
     _accept: AbortOnDropHandle<()>,
@@ -83,10 +117,13 @@ impl WakeLink {
     /// Binds `socket` (replacing a stale file; mode 0666 so the container user can connect — the
     /// folder above is reachable only through the container's mount) and starts accepting.
     /// `on_hello` receives each accepted connection; `output` is notified on `OUTPUT` bytes.
+    /// `on_violation` is told when the peer floods or keeps opening connections without a valid
+    /// hello.
     pub fn bind(
         socket: &Path,
         output: Arc<Notify>,
         on_hello: impl Fn(WakeConnection) -> bool + Send + 'static,
+        on_violation: impl Fn(WakeViolation) + Send + Sync + 'static,
     ) -> Result<WakeLink, WakeError> {
         use std::os::unix::fs::PermissionsExt;
         let err = |what, source| WakeError { path: socket.display().to_string(), what, source };
@@ -95,8 +132,21 @@ impl WakeLink {
         std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o666))
             .map_err(|e| err("chmod", e))?;
         let expected = Arc::new(AtomicI64::new(NOT_WAITING));
-        let accept = AbortOnDropHandle::new(tokio::spawn(accept_loop(listener, expected.clone(), on_hello)));
-        Ok(WakeLink { socket: socket.to_path_buf(), expected, output, live: None, _accept: accept })
+        let on_violation: OnViolation = Arc::new(on_violation);
+        let accept = AbortOnDropHandle::new(tokio::spawn(accept_loop(
+            listener,
+            expected.clone(),
+            on_hello,
+            on_violation.clone(),
+        )));
+        Ok(WakeLink {
+            socket: socket.to_path_buf(),
+            expected,
+            output,
+            on_violation,
+            live: None,
+            _accept: accept,
+        })
     }
 
     /// Waits for the hello of container `generation` (replacing any earlier expectation).
@@ -107,7 +157,11 @@ impl WakeLink {
     /// Takes a connection forwarded by the accept loop as the live one (closing the previous).
     pub fn connect(&mut self, conn: WakeConnection) {
         let stream = Arc::new(conn.stream);
-        let reader = AbortOnDropHandle::new(tokio::spawn(read_loop(stream.clone(), self.output.clone())));
+        let reader = AbortOnDropHandle::new(tokio::spawn(read_loop(
+            stream.clone(),
+            self.output.clone(),
+            self.on_violation.clone(),
+        )));
         if let Some((old, _)) = self.live.replace((stream, reader)) {
             close(&old);
         }
@@ -159,7 +213,24 @@ async fn accept_loop(
     listener: UnixListener,
     expected: Arc<AtomicI64>,
     on_hello: impl Fn(WakeConnection) -> bool + Send + 'static,
+    on_violation: OnViolation,
 ) {
+    let mut junk = 0u32;
+    let mut window_start = tokio::time::Instant::now();
+    let mut reported = false;
+    let mut count_junk = |why: &str| {
+        let now = tokio::time::Instant::now();
+        if now.duration_since(window_start) >= JUNK_WINDOW {
+            window_start = now;
+            junk = 0;
+        }
+        junk += 1;
+        debug!(junk, "{why}; closed");
+        if junk > MAX_JUNK_CONNECTIONS && !reported {
+            reported = true;
+            on_violation(WakeViolation::JunkConnections(junk));
+        }
+    };
     loop {
         let mut stream = match listener.accept().await {
             Ok((s, _)) => s,
@@ -172,12 +243,12 @@ async fn accept_loop(
         // One connection at a time: a container that connects and stays silent delays only
         // its own session's next connection, by at most the hello deadline.
         let Ok(Some(generation)) = tokio::time::timeout(HELLO_DEADLINE, read_hello(&mut stream)).await else {
-            debug!("wake connection without a valid hello; closed");
+            count_junk("wake connection without a valid hello");
             continue;
         };
         // Forwarded once per awaited generation.
         if expected.compare_exchange(generation, NOT_WAITING, Ordering::SeqCst, Ordering::SeqCst).is_err() {
-            debug!(generation, "wake hello of a generation not awaited; closed");
+            count_junk("wake hello of a generation not awaited");
             continue;
         }
         if !on_hello(WakeConnection { generation, stream }) {
@@ -200,7 +271,7 @@ async fn read_hello(stream: &mut UnixStream) -> Option<i64> {
     None
 }
 
-async fn read_loop(stream: Arc<UnixStream>, output: Arc<Notify>) {
+async fn read_loop(stream: Arc<UnixStream>, output: Arc<Notify>, on_violation: OnViolation) {
     let mut buf = [0u8; 4096];
     let mut window_start = tokio::time::Instant::now();
     let mut window_bytes = 0usize;
@@ -221,11 +292,9 @@ async fn read_loop(stream: Arc<UnixStream>, output: Arc<Notify>) {
         }
         window_bytes += n;
         if window_bytes > FLOOD_BYTES_PER_SEC {
-            warn!(
-                bytes = window_bytes,
-                "wake socket flooded by the container; disconnected (the session falls back to its slow timer)"
-            );
+            warn!(bytes = window_bytes, "wake socket flooded by the container; disconnected");
             close(&stream);
+            on_violation(WakeViolation::Flood(window_bytes));
             return;
         }
         if buf[..n].contains(&wake::OUTPUT) {
@@ -245,7 +314,15 @@ mod tests {
         let sock = dir.path().join("wake.sock");
         let output = Arc::new(Notify::new());
         let (tx, mut rx) = tokio::sync::mpsc::channel(4);
-        let mut link = WakeLink::bind(&sock, output.clone(), move |c| tx.try_send(c).is_ok()).unwrap();
+        let violations = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let seen = violations.clone();
+        let mut link = WakeLink::bind(
+            &sock,
+            output.clone(),
+            move |c| tx.try_send(c).is_ok(),
+            move |v| seen.lock().push(v),
+        )
+        .unwrap();
         link.expect(7);
 
         // A stale generation and junk are closed without reaching the session.
@@ -288,6 +365,21 @@ mod tests {
             assert!(tokio::time::Instant::now() < deadline, "the link must notice the disconnect");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        assert!(matches!(violations.lock().as_slice(), [WakeViolation::Flood(_)]), "{:?}", violations.lock());
+        // A stream of junk connections is reported once, past the tolerance.
+        for _ in 0..=MAX_JUNK_CONNECTIONS + 5 {
+            let mut s = UnixStream::connect(&sock).await.unwrap();
+            s.write_all(b"junk\n").await.unwrap();
+            let mut b = [0u8; 1];
+            let _ = s.read(&mut b).await;
+        }
+        let junk: Vec<_> = violations
+            .lock()
+            .iter()
+            .filter(|v| matches!(v, WakeViolation::JunkConnections(_)))
+            .cloned()
+            .collect();
+        assert_eq!(junk.len(), 1, "{junk:?}");
         drop(link);
         assert!(!sock.exists(), "the socket file goes with the link");
     }

@@ -215,9 +215,18 @@ fn open_reader(path: &Path) -> Result<Connection, SchemaError> {
     Ok(conn)
 }
 
-/// Host: opens `inbound.db` for writing, creating it and its tables if needed.
+/// How long the host waits for a lock on `inbound.db`, in milliseconds. Only the container can
+/// hold one (a read transaction through its read-only mount), and an honest runner holds it for
+/// milliseconds; a longer wait means a stuck or hostile container, and waiting longer would hold
+/// up the host.
+pub const HOST_WRITE_BUSY_TIMEOUT_MS: u64 = 1000;
+
+/// Host: opens `inbound.db` for writing, creating it and its tables if needed, with
+/// [`HOST_WRITE_BUSY_TIMEOUT_MS`].
 pub fn open_inbound_writer(path: &Path) -> Result<Connection, SchemaError> {
-    open_writer(path, INBOUND_SCHEMA)
+    let conn = open_writer(path, INBOUND_SCHEMA)?;
+    conn.busy_timeout(Duration::from_millis(HOST_WRITE_BUSY_TIMEOUT_MS)).map_err(sqlite_err(path))?;
+    Ok(conn)
 }
 
 /// Container: opens `inbound.db` read-only. Use a fresh connection for every read.
