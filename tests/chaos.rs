@@ -528,13 +528,13 @@ fn a_reply_for_an_absent_client_is_kept_for_the_next_one() {
     let dir = short_tempdir();
     let data = dir.path().join("data");
     let server = Server::spawn(&data, PROCESS, &[]);
-    let key = reply_while_away(&server, "away-1", "!sleep 300 answered while you were away");
+    let key = reply_while_away(&server, "away-1", "!sleep 500 answered while you were away");
     let mut client = server.client();
     client.send("back-1", "back again");
     let frames = client.until(Duration::from_secs(30), ends("back-1"));
     assert_eq!(
         replies_to(&frames, "away-1"),
-        vec!["echo: !sleep 300 answered while you were away"],
+        vec!["echo: !sleep 500 answered while you were away"],
         "{frames:?}"
     );
     assert!(frames.iter().any(|f| f["message_out_id"] == key.as_str()), "{frames:?}");
@@ -545,7 +545,7 @@ fn a_reply_kept_for_an_absent_client_survives_a_host_crash() {
     let dir = short_tempdir();
     let data = dir.path().join("data");
     let server = Server::spawn(&data, PROCESS, &[]);
-    let key = reply_while_away(&server, "away-1", "!sleep 300 answered while you were away");
+    let key = reply_while_away(&server, "away-1", "!sleep 500 answered while you were away");
     server.crash();
     let server = Server::spawn(&data, PROCESS, &[]);
     let mut client = server.client_when_up();
@@ -554,7 +554,7 @@ fn a_reply_kept_for_an_absent_client_survives_a_host_crash() {
     let frames = client.until(Duration::from_secs(30), ends("back-1"));
     assert_eq!(
         replies_to(&frames, "away-1"),
-        vec!["echo: !sleep 300 answered while you were away"],
+        vec!["echo: !sleep 500 answered while you were away"],
         "the reply {key}, recorded delivered while no client was connected, never reached one after the crash: {frames:?}"
     );
 }
