@@ -32,7 +32,7 @@ use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -110,10 +110,12 @@ impl Plan {
     }
 }
 
-/// One connection of the driver: frames are written from the test thread; a reader thread
-/// forwards every frame until the end of the stream (no read timeouts, so no frame is cut).
+/// One connection of the driver: messages are written from the test thread; a reader thread
+/// forwards every frame until the end of the stream (no read timeouts, so no frame is cut) and,
+/// like `nanoclaw chat`, acks each reply it forwarded (the tally takes every forwarded frame).
+/// One lock orders the two writers' lines.
 struct Conn {
-    stream: UnixStream,
+    stream: Arc<Mutex<UnixStream>>,
     frames: mpsc::Receiver<Value>,
     reader: JoinHandle<()>,
 }
@@ -122,13 +124,21 @@ impl Conn {
     fn open(server: &Server) -> Conn {
         let stream = server.stream_when_up();
         let read = stream.try_clone().unwrap();
+        let stream = Arc::new(Mutex::new(stream));
+        let acks = stream.clone();
         let (tx, frames) = mpsc::channel();
         let reader = std::thread::spawn(move || {
             for line in BufReader::new(read).lines() {
                 let Ok(line) = line else { return };
                 let frame = serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad frame {line:?}: {e}"));
+                let ack = ack_line(&frame);
                 if tx.send(frame).is_err() {
                     return;
+                }
+                // A lost ack (the service died, the client went away) only means the reply is
+                // sent again to the next connection, where the tally drops it as a repeat.
+                if let Some(ack) = ack {
+                    let _ = acks.lock().unwrap().write_all(ack.as_bytes());
                 }
             }
         });
@@ -138,7 +148,7 @@ impl Conn {
     /// Sends a message; false when the service is gone.
     fn send(&mut self, id: &str, text: &str) -> bool {
         let frame = serde_json::json!({"type": "message", "id": id, "text": text});
-        self.stream.write_all(format!("{frame}\n").as_bytes()).is_ok()
+        self.stream.lock().unwrap().write_all(format!("{frame}\n").as_bytes()).is_ok()
     }
 
     /// Every frame the reader forwarded, once it has ended.
@@ -149,7 +159,7 @@ impl Conn {
 
     /// The client goes away: whatever it had not read yet is gone with it.
     fn close(self) -> Vec<Value> {
-        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+        let _ = self.stream.lock().unwrap().shutdown(std::net::Shutdown::Both);
         self.rest()
     }
 

@@ -94,9 +94,10 @@ impl Server {
     }
 
     /// Starts `nanoclaw serve` with extra args/env without probing its socket, so that the
-    /// test's first connection ([`Server::client_when_up`]) is the service's first client: a
-    /// probe connection would be a client too, and would take the replies the CLI channel keeps
-    /// for absent clients with it. The log of a previous run on the same data dir is appended to.
+    /// test's first connection ([`Server::client_when_up`]) is the service's first client: in
+    /// the non-idempotent testing mode a probe connection would be a client too, and would take
+    /// the replies the CLI channel keeps in memory for absent clients with it. The log of a
+    /// previous run on the same data dir is appended to.
     pub fn spawn(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
         Server::launch(data_dir, args, env, true)
     }
@@ -219,7 +220,15 @@ pub fn remove_containers_of(data_dir: &Path) {
     }
 }
 
-/// A line-oriented CLI-socket client.
+/// The ack of a reply frame that has a key, as `nanoclaw chat` sends it: the CLI channel keeps
+/// a reply (and sends it to every connection) until a client acks it.
+pub fn ack_line(frame: &Value) -> Option<String> {
+    let key = frame["message_out_id"].as_str().filter(|_| frame["type"] == "reply")?;
+    Some(format!("{}\n", serde_json::json!({"type": "ack", "message_out_id": key})))
+}
+
+/// A line-oriented CLI-socket client. Like an interactive `nanoclaw chat`, it acks every reply
+/// it reads.
 pub struct Client {
     pub stream: UnixStream,
     reader: BufReader<UnixStream>,
@@ -251,9 +260,7 @@ impl Client {
             match self.reader.read_line(&mut line) {
                 Ok(0) => return seen,
                 Ok(_) if line.ends_with('\n') => {
-                    seen.push(
-                        serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad frame {line:?}: {e}")),
-                    );
+                    seen.push(self.received(&line));
                     line.clear();
                 }
                 Ok(_) => {}
@@ -262,6 +269,16 @@ impl Client {
                 Err(_) => return seen,
             }
         }
+    }
+
+    /// A frame read: parsed, and acked when it is a reply with a key (a failed ack is no
+    /// error: the service may be gone; the reply is then sent again to the next connection).
+    fn received(&mut self, line: &str) -> Value {
+        let frame: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("bad frame {line:?}: {e}"));
+        if let Some(ack) = ack_line(&frame) {
+            let _ = self.stream.write_all(ack.as_bytes());
+        }
+        frame
     }
 
     /// Sends raw bytes. A write error is returned, not a panic: the service may close a
@@ -282,7 +299,7 @@ impl Client {
         let mut line = String::new();
         match self.reader.read_line(&mut line) {
             Ok(0) | Err(_) => None,
-            Ok(_) => Some(serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad frame {line:?}: {e}"))),
+            Ok(_) => Some(self.received(&line)),
         }
     }
 
