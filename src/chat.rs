@@ -9,11 +9,18 @@
 //! - interactive (a terminal on stdin): each line is a message; replies print as they arrive;
 //!   Ctrl-D quits.
 //!
-//! A reply is printed once even if the service sends it again (a send repeated after a restart):
-//! replies carry their key (`message_out_id`) and the last [`RECENT_REPLY_IDS`] keys are
-//! remembered.
+//! The service keeps each reply until a client acks it (module doc of
+//! [`crate::channels::cli`]): an interactive chat acks every reply it prints, a one-turn chat
+//! only the replies to its own message, so replies to other messages wait for the next
+//! interactive chat instead of being taken by a one-turn one. A reply is printed once even if
+//! the service sends it again (not acked yet, or a send repeated after a restart): replies carry
+//! their key (`message_out_id`) and the last [`RECENT_REPLY_IDS`] keys are remembered. On the
+//! way out a chat closes its side and waits (at most [`HANG_UP`]) for the service to close
+//! its own, so the service has read its last acks.
 
-use crate::channels::cli::{ClientFrame, RECENT_REPLY_IDS, RecentIds, ServerFrame};
+use crate::channels::cli::{
+    ClientFrame, Parsed, RECENT_REPLY_IDS, RecentIds, SERVER_FRAME_TYPES, ServerFrame, parse_frame,
+};
 use crate::config::Config;
 use crate::daemon::DaemonError;
 use futures_util::{SinkExt, StreamExt};
@@ -22,7 +29,12 @@ use std::io::IsTerminal;
 use std::time::Duration;
 use tokio::io::AsyncBufReadExt;
 use tokio::net::UnixStream;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio_util::codec::{FramedRead, FramedWrite, LinesCodec};
+
+/// Longest wait, on the way out, for the service to close the connection after the chat closed
+/// its side.
+pub const HANG_UP: Duration = Duration::from_secs(2);
 
 /// Options of `nanoclaw chat`.
 #[derive(Debug, Clone)]
@@ -161,24 +173,49 @@ fn first_showing(seen: &mut RecentIds, message_out_id: Option<&str>) -> bool {
     message_out_id.is_none_or(|id| seen.insert(id))
 }
 
+type Frames = FramedRead<OwnedReadHalf, LinesCodec>;
+type Out = FramedWrite<OwnedWriteHalf, LinesCodec>;
+
+/// Sends one frame; false when the service closed the connection.
+async fn send(out: &mut Out, frame: &ClientFrame) -> bool {
+    out.send(serde_json::to_string(frame).expect("frame serialises")).await.is_ok()
+}
+
+/// Reads a line from the service: `None` for a frame type this build does not know (from a
+/// newer service: ignored). Errors with a one-line description of an unreadable frame.
+fn read_frame(line: &str) -> Result<Option<ServerFrame>, String> {
+    match parse_frame::<ServerFrame>(line, SERVER_FRAME_TYPES) {
+        Ok(Parsed::Frame(frame)) => Ok(Some(frame)),
+        Ok(Parsed::UnknownType(_)) => Ok(None),
+        Err(e) => Err(format!("unreadable frame from the service: {e}")),
+    }
+}
+
+/// Closes the chat's side and waits (at most [`HANG_UP`]) for the service to close its own:
+/// the service reads everything the chat sent (its acks) before it closes.
+async fn hang_up(out: Out, mut frames: Frames) {
+    use tokio::io::AsyncWriteExt;
+    // Every frame was flushed by its `send`; what is left is the half-close.
+    let _ = out.into_inner().shutdown().await;
+    let _ = tokio::time::timeout(HANG_UP, async { while frames.next().await.is_some() {} }).await;
+}
+
 async fn one_turn(stream: UnixStream, text: String, timeout: Duration) -> i32 {
     let (read, write) = stream.into_split();
     let mut frames = FramedRead::new(read, LinesCodec::new());
     let mut out = FramedWrite::new(write, LinesCodec::new());
     let id = message_id();
-    let frame =
-        serde_json::to_string(&ClientFrame::Message { id: id.clone(), text }).expect("frame serialises");
-    if let Err(e) = out.send(frame).await {
-        eprintln!("nanoclaw: sending failed: {e}");
+    if !send(&mut out, &ClientFrame::Message { id: id.clone(), text }).await {
+        eprintln!("nanoclaw: sending failed: the service closed the connection");
         return 1;
     }
     let deadline = tokio::time::Instant::now() + timeout;
     let mut seen = RecentIds::new(RECENT_REPLY_IDS);
-    loop {
+    let code = loop {
         let next = match tokio::time::timeout_at(deadline, frames.next()).await {
             Err(_) => {
                 eprintln!("nanoclaw: no answer within {}s (--timeout)", timeout.as_secs());
-                return 1;
+                break 1;
             }
             Ok(None) => {
                 eprintln!("nanoclaw: the service closed the connection");
@@ -190,29 +227,42 @@ async fn one_turn(stream: UnixStream, text: String, timeout: Duration) -> i32 {
             }
             Ok(Some(Ok(line))) => line,
         };
-        match serde_json::from_str::<ServerFrame>(&next) {
-            Ok(ServerFrame::Reply { text, in_reply_to, message_out_id })
-                if in_reply_to.as_deref() == Some(id.as_str())
-                    && first_showing(&mut seen, message_out_id.as_deref()) =>
+        match read_frame(&next) {
+            // Only replies to this chat's message are its own to show and ack; the others wait
+            // in the service for an interactive chat.
+            Ok(Some(ServerFrame::Reply { text, in_reply_to, message_out_id }))
+                if in_reply_to.as_deref() == Some(id.as_str()) =>
             {
-                println!("{text}")
+                if first_showing(&mut seen, message_out_id.as_deref()) {
+                    println!("{text}");
+                }
+                if let Some(key) = message_out_id
+                    && !send(&mut out, &ClientFrame::Ack { message_out_id: key }).await
+                {
+                    eprintln!("nanoclaw: the service closed the connection");
+                    return 1;
+                }
             }
-            Ok(ServerFrame::Done { id: done }) if done == id => return 0,
-            Ok(ServerFrame::Failed { id: failed, reason }) if failed == id => {
+            Ok(Some(ServerFrame::Done { id: done })) if done == id => break 0,
+            Ok(Some(ServerFrame::Failed { id: failed, reason })) if failed == id => {
                 eprintln!("nanoclaw: {reason}");
-                return 1;
+                break 1;
             }
-            Ok(ServerFrame::Error { message }) => {
+            Ok(Some(ServerFrame::Error { message, fatal })) => {
                 eprintln!("nanoclaw: {message}");
-                return 1;
+                if fatal {
+                    return 1;
+                }
             }
             Ok(_) => {}
             Err(e) => {
-                eprintln!("nanoclaw: unreadable frame from the service: {e}");
-                return 1;
+                eprintln!("nanoclaw: {e}");
+                break 1;
             }
         }
-    }
+    };
+    hang_up(out, frames).await;
+    code
 }
 
 async fn interactive(stream: UnixStream) -> i32 {
@@ -222,40 +272,54 @@ async fn interactive(stream: UnixStream) -> i32 {
     eprintln!("nanoclaw chat — type a message and press Enter; Ctrl-D quits.");
     let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     let mut seen = RecentIds::new(RECENT_REPLY_IDS);
+    let closed = || {
+        eprintln!("nanoclaw: the service closed the connection");
+        1
+    };
     loop {
         tokio::select! {
             line = stdin.next_line() => match line {
                 Ok(Some(l)) if l.trim().is_empty() => {}
                 Ok(Some(l)) => {
-                    let frame = serde_json::to_string(&ClientFrame::Message { id: message_id(), text: l }).expect("frame serialises");
-                    if out.send(frame).await.is_err() {
-                        eprintln!("nanoclaw: the service closed the connection");
-                        return 1;
+                    if !send(&mut out, &ClientFrame::Message { id: message_id(), text: l }).await {
+                        return closed();
                     }
                 }
-                Ok(None) | Err(_) => return 0,
+                Ok(None) | Err(_) => break,
             },
             frame = frames.next() => match frame {
-                Some(Ok(l)) => match serde_json::from_str::<ServerFrame>(&l) {
-                    Ok(ServerFrame::Reply { text, message_out_id, .. })
-                        if first_showing(&mut seen, message_out_id.as_deref()) =>
-                    {
-                        println!("{text}")
+                Some(Ok(l)) => match read_frame(&l) {
+                    // Every reply is this chat's to show, and to ack (a repeat too: its first
+                    // ack may not have arrived).
+                    Ok(Some(ServerFrame::Reply { text, message_out_id, .. })) => {
+                        if first_showing(&mut seen, message_out_id.as_deref()) {
+                            println!("{text}");
+                        }
+                        if let Some(key) = message_out_id
+                            && !send(&mut out, &ClientFrame::Ack { message_out_id: key }).await
+                        {
+                            return closed();
+                        }
                     }
-                    Ok(ServerFrame::Failed { reason, .. }) => eprintln!("! {reason}"),
-                    Ok(ServerFrame::Error { message }) => {
+                    Ok(Some(ServerFrame::Failed { reason, .. })) => eprintln!("! {reason}"),
+                    Ok(Some(ServerFrame::Error { message, fatal })) => {
                         eprintln!("nanoclaw: {message}");
+                        if fatal {
+                            return 1;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        eprintln!("nanoclaw: {e}");
                         return 1;
                     }
-                    _ => {}
                 },
-                _ => {
-                    eprintln!("nanoclaw: the service closed the connection");
-                    return 1;
-                }
+                _ => return closed(),
             },
         }
     }
+    hang_up(out, frames).await;
+    0
 }
 
 #[cfg(test)]
@@ -272,5 +336,16 @@ mod tests {
             first_showing(&mut seen, None) && first_showing(&mut seen, None),
             "older services send no key"
         );
+    }
+
+    #[test]
+    fn frames_of_a_newer_service_are_read_or_ignored_and_garbage_is_an_error() {
+        assert_eq!(
+            read_frame(r#"{"type":"done","id":"m1","extra":1}"#),
+            Ok(Some(ServerFrame::Done { id: "m1".into() }))
+        );
+        assert_eq!(read_frame(r#"{"type":"typing"}"#), Ok(None), "an unknown type is ignored");
+        assert!(read_frame(r#"{"type":"done"}"#).is_err());
+        assert!(read_frame("not json").is_err());
     }
 }

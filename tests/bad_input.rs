@@ -10,7 +10,6 @@ use std::time::Duration;
 fn check_cli_socket(server: &Server) {
     for (what, bytes) in [
         ("garbage", b"this is not json\n".to_vec()),
-        ("unknown frame", b"{\"type\":\"format_disk\"}\n".to_vec()),
         ("smuggled field", b"{\"type\":\"message\",\"id\":\"a\",\"text\":\"x\",\"admin\":true}\n".to_vec()),
         ("bad id", b"{\"type\":\"message\",\"id\":\"../../etc\",\"text\":\"x\"}\n".to_vec()),
         ("oversized", {
@@ -24,9 +23,25 @@ fn check_cli_socket(server: &Server) {
         let _ = c.send_raw(&bytes);
         let f = c.next(Duration::from_secs(10)).unwrap_or_else(|| panic!("{what}: no error frame"));
         assert_eq!(f["type"], "error", "{what}: {f}");
+        assert_eq!(f["fatal"], true, "{what}: {f}");
         assert!(!f["message"].as_str().unwrap().contains('\n'), "{what}: one line");
         assert!(c.next(Duration::from_secs(5)).is_none(), "{what}: connection closed after the error");
     }
+    // A frame of an unknown type (from a newer client, or a typo) is answered with a one-line
+    // error, not fatal: the connection stays and still serves.
+    let mut c = server.client();
+    c.send_raw(b"{\"type\":\"format_disk\"}\n").unwrap();
+    let f = c.next(Duration::from_secs(10)).expect("unknown frame: no error frame");
+    assert_eq!((&f["type"], &f["fatal"]), (&"error".into(), &false.into()), "unknown frame: {f}");
+    assert!(f["message"].as_str().unwrap().contains("format_disk"), "unknown frame: {f}");
+    assert!(!f["message"].as_str().unwrap().contains('\n'), "unknown frame: one line");
+    c.send("unknown-then-ok", "still here?");
+    let frames = c.until(Duration::from_secs(60), |f| f["type"] == "done" && f["id"] == "unknown-then-ok");
+    assert_eq!(
+        replies_to(&frames, "unknown-then-ok"),
+        vec!["echo: still here?"],
+        "unknown frame: {frames:?}"
+    );
     // A frame cut off by the end of the stream.
     let mut c = server.client();
     c.send_raw(b"{\"type\":\"message\",\"id\":\"half\",\"te").unwrap();

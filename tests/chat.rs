@@ -4,6 +4,7 @@
 mod common;
 
 use common::*;
+use std::time::Duration;
 
 #[test]
 fn chat_connects_to_a_running_service() {
@@ -39,4 +40,34 @@ fn a_one_turn_chat_that_gets_no_answer_in_time_exits_1() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn a_one_turn_chat_leaves_replies_to_other_messages_for_the_next_client() {
+    let dir = short_tempdir();
+    let data = dir.path().join("data");
+    let server = Server::start(&data, &["--runtime", "process"], &[]);
+    // A reply delivered while no client is connected waits in the CLI channel.
+    let mut away = server.client();
+    away.send("away-1", "!sleep 300 for later");
+    away.until(Duration::from_secs(30), |f| f["type"] == "accepted" && f["id"] == "away-1");
+    drop(away);
+    eventually(Duration::from_secs(30), "the reply recorded delivered", || {
+        delivery_rows(&data).iter().any(|r| r.status == "delivered")
+    });
+    // A one-turn chat is sent it too, but shows and acks only the reply to its own message.
+    let out = nanoclaw(&data).args(["chat", "-m", "meanwhile"]).output().unwrap();
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "echo: meanwhile\n");
+    // The next client gets the waiting reply, and not the one the chat acked: the channel sends
+    // waiting replies before anything newer, so both would come before this turn's reply.
+    let mut back = server.client();
+    back.send("back-1", "back again");
+    let frames = back.until(Duration::from_secs(30), |f| f["type"] == "done" && f["id"] == "back-1");
+    assert_eq!(replies_to(&frames, "away-1"), vec!["echo: !sleep 300 for later"], "{frames:?}");
+    assert!(
+        !frames.iter().any(|f| f["type"] == "reply" && f["text"] == "echo: meanwhile"),
+        "the one-turn chat acked its reply: {frames:?}"
+    );
+    assert_eq!(replies_to(&frames, "back-1"), vec!["echo: back again"], "{frames:?}");
 }

@@ -2,33 +2,65 @@
 //! `nanoclaw chat` (DESIGN §9). It is one chat, `cli`/`local`, owned by the user `cli:local`; its
 //! account is `cli`.
 //!
-//! Client → service: `{"type":"message","id":"<client message id>","text":"…"}`.
+//! # Frames
+//!
+//! One JSON object per line, at most [`MAX_FRAME_BYTES`]; `type` names the frame.
+//!
+//! Client → service:
+//! - `{"type":"message","id":"<client message id>","text":"…"}`: a chat message; the id (1–128 of
+//!   `[A-Za-z0-9._:-]`) is the dedupe key, so a client re-sends a message it is not sure arrived;
+//! - `{"type":"ack","message_out_id":"…"}`: the client has shown the reply with this key; it is
+//!   not sent again, to this client or any other. Acks of unknown or already acked keys are
+//!   ignored. The service answers nothing.
 //!
 //! Service → client:
 //! - `{"type":"accepted","id":…,"duplicate":false}`: the message is committed;
 //! - `{"type":"reply","text":…,"in_reply_to":…,"message_out_id":…}`: a reply. `in_reply_to` (the
 //!   client message id it answers) and `message_out_id` (the outbound row id, the idempotency
-//!   key) are left out when unknown; a client shows a reply whose `message_out_id` it has seen
+//!   key) are left out when unknown. A reply may come more than once (until acked, it is sent to
+//!   each connection; after a crash its send may repeat): a client shows a key it has seen
 //!   before only once (`nanoclaw chat` remembers the last [`RECENT_REPLY_IDS`]);
-//! - `{"type":"done","id":…}`, `{"type":"failed","id":…,"reason":…}`, `{"type":"error","message":…}`.
+//! - `{"type":"done","id":…}`: the agent finished with a message — every reply to it that was
+//!   delivered came before; `{"type":"failed","id":…,"reason":…}`: it will not be answered;
+//! - `{"type":"error","message":…,"fatal":…}`: the client's last frame was rejected (one line).
+//!   `fatal: true` (the default when absent): the connection closes after this frame.
 //!
-//! Clients ignore fields they do not know, so older clients read newer frames.
+//! Clients ignore fields and frame types they do not know, so older clients read newer frames.
+//! The service denies unknown fields in known frames (a message carries nothing else), but a
+//! frame of an unknown type gets a non-fatal `error` and the connection stays, so a newer client
+//! can try a newer frame.
 //!
-//! Delivery is idempotent by key ([`ChannelAdapter::idempotent_sends`]): the channel does not
-//! send a `message_out_id` it sent in the last [`RECENT_REPLY_IDS`] again, and every reply frame
-//! carries its key so the client drops repeats this process could not see (a send repeated after
-//! a service restart). Testing knob: `NANOCLAW_CLI_IDEMPOTENT=0` makes the channel declare itself
-//! non-idempotent — no key in frames, no dedupe — to test the outbox's non-idempotent path.
+//! # Keeping replies until a client confirms them
 //!
-//! Bad input — not JSON, an unknown frame, a line over [`MAX_FRAME_BYTES`], a frame cut off by
-//! the end of the stream — gets one `error` line naming the problem, and the connection is
-//! closed; other connections and the service are unaffected. Replies delivered while no client is
-//! connected are kept (at most [`BACKLOG`]) for the next one.
+//! The channel is idempotent by key ([`ChannelAdapter::idempotent_sends`]) and acts as a
+//! platform that keeps what it accepted: [`CliChannel::deliver`] commits the reply to its own
+//! store, `data/cli-replies.db` ([`replies`], beside the socket), before it returns `Ok` (after
+//! which the outbox records it delivered, for good); a key already there is not stored or sent
+//! again. Each connection is sent every reply still waiting for an ack, in commit order, then
+//! each new one as it is committed; so a reply reaches a client that connects later — hours
+//! later, after a crash — and one lost with a dead or slow connection is sent again on the next.
+//! Frames of a connection keep causal order: a `done` or `accepted` is written after every reply
+//! committed before it was queued.
+//!
+//! Testing knob: `NANOCLAW_CLI_IDEMPOTENT=0` makes the channel declare itself non-idempotent —
+//! no key in frames, no dedupe, no store: replies go to the clients connected at the time, or,
+//! when none is, are kept in memory (at most [`BACKLOG`]) for the next one — to test the outbox's
+//! non-idempotent path.
+//!
+//! Bad input — not JSON, a known frame with wrong or unknown fields, a line over
+//! [`MAX_FRAME_BYTES`], a frame cut off by the end of the stream — gets one fatal `error` line
+//! naming the problem, and the connection is closed; other connections and the service are
+//! unaffected. A client that leaves [`CLIENT_QUEUE`] frames unread is disconnected (its replies
+//! wait for its next connection).
 //!
 //! One run (from `start` to the drop of its guard) owns the listener, the accept loop, every
 //! connection's tasks and the socket file: dropping the guard — also when the channel actor
 //! failed and skipped its `post_stop` — closes them and removes the file, so a restart binds
-//! again.
+//! again. The reply store outlives runs: it belongs to the channel.
+
+pub mod replies;
+
+use replies::{Put, ReplyStore, ReplyStoreError};
 
 use async_trait::async_trait;
 use futures_util::{SinkExt, StreamExt};
@@ -38,26 +70,36 @@ use nanoclaw_actors::ports::channel::{
 };
 use nanoclaw_actors::store::{CLI_OWNER_USER_ID, CLI_PLATFORM_ID};
 use parking_lot::Mutex;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::mpsc;
+use tokio::sync::{OnceCell, mpsc};
 use tokio_util::codec::{FramedRead, FramedWrite, LinesCodec, LinesCodecError};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 use tracing::{debug, warn};
 
 /// Largest frame (one line) accepted, in bytes.
 pub const MAX_FRAME_BYTES: usize = 128 * 1024;
-/// Replies kept for the next client while none is connected.
+/// Non-idempotent mode only: replies kept in memory for the next client while none is connected.
 pub const BACKLOG: usize = 200;
 /// Most simultaneous client connections.
 pub const MAX_CLIENTS: usize = 64;
-/// Reply keys (`message_out_id`) remembered to drop repeats, by the channel and by `nanoclaw chat`.
+/// Frames other than stored replies (accepted, done, failed, error) queued for one connection;
+/// a client that leaves this many unread is disconnected.
+pub const CLIENT_QUEUE: usize = 256;
+/// Reply keys (`message_out_id`) `nanoclaw chat` remembers to show each reply once.
 pub const RECENT_REPLY_IDS: usize = 1_024;
 /// Environment variable of the testing knob: `0` makes the CLI channel non-idempotent.
 pub const IDEMPOTENT_ENV: &str = "NANOCLAW_CLI_IDEMPOTENT";
+/// File name of the reply store, in the directory of the socket.
+pub const REPLY_STORE_FILE: &str = "cli-replies.db";
+/// Stored replies read per query while a connection catches up.
+const REPLAY_PAGE: usize = 64;
 
 /// A frame from a client.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,7 +112,15 @@ pub enum ClientFrame {
         /// The text, non-empty.
         text: String,
     },
+    /// The client has shown the reply with this key: do not send it again.
+    Ack {
+        /// The reply's `message_out_id`.
+        message_out_id: String,
+    },
 }
+
+/// The `type` of every [`ClientFrame`] (a test checks it against the enum).
+pub const CLIENT_FRAME_TYPES: &[&str] = &["message", "ack"];
 
 /// A frame to a client.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,7 +141,8 @@ pub enum ServerFrame {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         in_reply_to: Option<String>,
         /// The outbound row id: a reply whose key was seen before is a repeat, not to be shown
-        /// again. Absent from a non-idempotent channel and from older services.
+        /// again, and the key a client acks. Absent from a non-idempotent channel and from older
+        /// services.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         message_out_id: Option<String>,
     },
@@ -107,11 +158,50 @@ pub enum ServerFrame {
         /// Why.
         reason: String,
     },
-    /// The last frame was rejected; the connection closes after this.
+    /// The client's last frame was rejected.
     Error {
-        /// What was wrong.
+        /// What was wrong, one line.
         message: String,
+        /// The connection closes after this frame; older services sent no field and always
+        /// closed.
+        #[serde(default = "always")]
+        fatal: bool,
     },
+}
+
+fn always() -> bool {
+    true
+}
+
+/// The `type` of every [`ServerFrame`] (a test checks it against the enum).
+pub const SERVER_FRAME_TYPES: &[&str] = &["accepted", "reply", "done", "failed", "error"];
+
+/// A line read as a frame of a known type, or found to be of a type this build does not know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Parsed<F> {
+    /// A frame.
+    Frame(F),
+    /// An object whose `type` is none of the known ones (from a newer peer).
+    UnknownType(String),
+}
+
+/// Reads `line` as a frame `F` whose known types are `known`.
+///
+/// Errors when the line is not a JSON object with a string `type`, or is of a known type but
+/// does not fit it (missing, wrong or — for client frames — unknown fields).
+pub fn parse_frame<F: DeserializeOwned>(line: &str, known: &[&str]) -> Result<Parsed<F>, serde_json::Error> {
+    #[derive(Deserialize)]
+    struct Kind {
+        #[serde(rename = "type")]
+        kind: String,
+    }
+    match serde_json::from_str::<F>(line) {
+        Ok(frame) => Ok(Parsed::Frame(frame)),
+        Err(e) => match serde_json::from_str::<Kind>(line) {
+            Ok(Kind { kind }) if !known.contains(&kind.as_str()) => Ok(Parsed::UnknownType(kind)),
+            _ => Err(e),
+        },
+    }
 }
 
 /// A bounded set of recently seen ids: it remembers the last `capacity` and forgets the oldest.
@@ -144,27 +234,32 @@ impl RecentIds {
     }
 }
 
-struct Inner {
-    clients: HashMap<u64, mpsc::Sender<ServerFrame>>,
-    backlog: VecDeque<ServerFrame>,
-    next_client: u64,
-    /// Reply keys sent recently (idempotent mode): a repeat is not sent again.
-    sent: RecentIds,
+/// A frame for one connection other than a stored reply.
+struct Live {
+    frame: ServerFrame,
+    /// The reply store's head when the frame was queued: every reply up to it is written first.
+    after: u64,
 }
 
-impl Default for Inner {
-    fn default() -> Self {
-        Self {
-            clients: HashMap::new(),
-            backlog: VecDeque::new(),
-            next_client: 0,
-            sent: RecentIds::new(RECENT_REPLY_IDS),
-        }
-    }
+/// A connected client, as the channel reaches it.
+struct ClientSlot {
+    frames: mpsc::Sender<Live>,
+    /// Cancelled to disconnect it (it does not keep up).
+    kick: CancellationToken,
+}
+
+#[derive(Default)]
+struct Inner {
+    clients: HashMap<u64, ClientSlot>,
+    /// Non-idempotent mode: replies delivered while no client was connected, for the next one.
+    backlog: VecDeque<ServerFrame>,
+    next_client: u64,
 }
 
 impl Inner {
-    fn broadcast(&mut self, frame: ServerFrame, keep_if_nobody: bool) {
+    /// Queues `frame` for every client; a client whose queue is full is disconnected rather than
+    /// stalling delivery. With no client, `keep_if_nobody` keeps it in the backlog.
+    fn broadcast(&mut self, frame: ServerFrame, after: u64, keep_if_nobody: bool) {
         if self.clients.is_empty() {
             if keep_if_nobody {
                 if self.backlog.len() == BACKLOG {
@@ -174,8 +269,22 @@ impl Inner {
             }
             return;
         }
-        // A client that cannot keep up (full queue) is dropped rather than stalling delivery.
-        self.clients.retain(|_, tx| tx.try_send(frame.clone()).is_ok());
+        self.clients.retain(|id, client| {
+            match client.frames.try_send(Live { frame: frame.clone(), after }) {
+                Ok(()) => true,
+                Err(e) => {
+                    if matches!(e, mpsc::error::TrySendError::Full(_)) {
+                        warn!(
+                            client = id,
+                            limit = CLIENT_QUEUE,
+                            "cli client does not read its frames; disconnected"
+                        );
+                    }
+                    client.kick.cancel();
+                    false
+                }
+            }
+        });
     }
 }
 
@@ -185,14 +294,18 @@ pub struct CliChannel {
     path: PathBuf,
     idempotent: bool,
     inner: Arc<Mutex<Inner>>,
+    /// The reply store (idempotent mode), opened by the first `start` or `deliver` and kept
+    /// across runs.
+    store: Arc<OnceCell<ReplyStore>>,
 }
 
 impl CliChannel {
-    /// A CLI channel serving `path` (normally `data/cli.sock`). Idempotent unless the testing
-    /// knob [`IDEMPOTENT_ENV`] is `0`.
+    /// A CLI channel serving `path` (normally `data/cli.sock`), keeping replies in
+    /// [`REPLY_STORE_FILE`] beside it. Idempotent unless the testing knob [`IDEMPOTENT_ENV`] is
+    /// `0`.
     pub fn new(path: PathBuf) -> Self {
         let idempotent = std::env::var(IDEMPOTENT_ENV).map(|v| v.trim() != "0").unwrap_or(true);
-        Self { path, idempotent, inner: Default::default() }
+        Self { path, idempotent, inner: Default::default(), store: Default::default() }
     }
 
     /// The same channel, idempotent or not (what [`IDEMPOTENT_ENV`] sets, for tests in-process).
@@ -201,8 +314,23 @@ impl CliChannel {
         self
     }
 
+    /// The reply store, opened on first use; `None` in non-idempotent mode.
+    async fn store(&self) -> Result<Option<ReplyStore>, ReplyStoreError> {
+        if !self.idempotent {
+            return Ok(None);
+        }
+        let path = self.path.with_file_name(REPLY_STORE_FILE);
+        self.store.get_or_try_init(|| ReplyStore::open(path)).await.map(|s| Some(s.clone()))
+    }
+
+    /// The reply store's head, 0 without a store: what a live frame queued now must follow.
+    fn head(&self) -> u64 {
+        self.store.get().map_or(0, ReplyStore::head)
+    }
+
     fn broadcast(&self, frame: ServerFrame, keep_if_nobody: bool) {
-        self.inner.lock().broadcast(frame, keep_if_nobody);
+        let after = self.head();
+        self.inner.lock().broadcast(frame, after, keep_if_nobody);
     }
 }
 
@@ -251,9 +379,91 @@ fn valid_id(id: &str) -> bool {
         && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
 }
 
-async fn serve_connection(stream: UnixStream, channel: CliChannel, sink: InboundSink) {
+/// Writes the stored replies waiting with `sent_up_to < seq <= up_to`, in order, and advances
+/// `sent_up_to`. Errors (logged) when the store or the connection failed.
+async fn send_stored(
+    w: &mut FramedWrite<OwnedWriteHalf, LinesCodec>,
+    store: &ReplyStore,
+    sent_up_to: &mut u64,
+    up_to: u64,
+    live_from: u64,
+) -> Result<(), ()> {
+    while *sent_up_to < up_to {
+        let page = store.waiting(*sent_up_to, up_to, live_from, REPLAY_PAGE).await.map_err(|e| {
+            warn!(error = %e, "cli replies unreadable; closing the connection");
+        })?;
+        for reply in &page {
+            w.send(reply.frame.as_str()).await.map_err(|_| ())?;
+        }
+        *sent_up_to = match page.last() {
+            Some(last) if page.len() == REPLAY_PAGE => last.seq,
+            _ => up_to,
+        };
+    }
+    Ok(())
+}
+
+/// The writing side of a connection: every stored reply waiting (first those of before the
+/// connection, then each new one), and the live frames, each after the replies committed before
+/// it was queued. Ends when the live queue closes, at a fatal error frame, on `kick`, or when
+/// the connection or the store fails.
+async fn write_frames(
+    write: OwnedWriteHalf,
+    mut live: mpsc::Receiver<Live>,
+    store: Option<ReplyStore>,
+    kick: CancellationToken,
+) {
+    let mut w = FramedWrite::new(write, LinesCodec::new());
+    let mut head = store.as_ref().map(ReplyStore::subscribe);
+    let mut sent_up_to = 0;
+    // Replies committed from now on reach this connection even if another client acks them.
+    let live_from = store.as_ref().map_or(0, ReplyStore::head);
+    loop {
+        if let (Some(store), Some(head)) = (&store, &mut head) {
+            let up_to = *head.borrow_and_update();
+            if send_stored(&mut w, store, &mut sent_up_to, up_to, live_from).await.is_err() {
+                return;
+            }
+        }
+        tokio::select! {
+            biased;
+            _ = kick.cancelled() => return,
+            next = live.recv() => {
+                let Some(Live { frame, after }) = next else { return };
+                if let Some(store) = &store
+                    && send_stored(&mut w, store, &mut sent_up_to, after, live_from).await.is_err()
+                {
+                    return;
+                }
+                let last = matches!(frame, ServerFrame::Error { fatal: true, .. });
+                if w.send(serde_json::to_string(&frame).unwrap_or_default()).await.is_err() || last {
+                    return;
+                }
+            }
+            changed = async {
+                match head.as_mut() {
+                    Some(head) => head.changed().await.is_ok(),
+                    None => std::future::pending().await,
+                }
+            } => {
+                if !changed {
+                    warn!("cli reply store closed; closing the connection");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn serve_connection(
+    stream: UnixStream,
+    channel: CliChannel,
+    sink: InboundSink,
+    store: Option<ReplyStore>,
+) {
     let (read, write) = stream.into_split();
-    let (tx, mut rx) = mpsc::channel::<ServerFrame>(256);
+    let (tx, rx) = mpsc::channel::<Live>(CLIENT_QUEUE);
+    let kick = CancellationToken::new();
     let client = {
         let mut inner = channel.inner.lock();
         if inner.clients.len() >= MAX_CLIENTS {
@@ -262,56 +472,79 @@ async fn serve_connection(stream: UnixStream, channel: CliChannel, sink: Inbound
             inner.next_client += 1;
             let id = inner.next_client;
             for frame in inner.backlog.drain(..) {
-                let _ = tx.try_send(frame);
+                let _ = tx.try_send(Live { frame, after: 0 });
             }
-            inner.clients.insert(id, tx.clone());
+            inner.clients.insert(id, ClientSlot { frames: tx.clone(), kick: kick.clone() });
             Some(ClientEntry { inner: channel.inner.clone(), id })
         }
     };
     let Some(client) = client else {
         let mut w = FramedWrite::new(write, LinesCodec::new());
-        let frame = ServerFrame::Error { message: format!("too many clients (limit {MAX_CLIENTS})") };
+        let frame =
+            ServerFrame::Error { message: format!("too many clients (limit {MAX_CLIENTS})"), fatal: true };
         let _ = w.send(serde_json::to_string(&frame).unwrap_or_default()).await;
         return;
     };
-    let writer = AbortOnDropHandle::new(tokio::spawn(async move {
-        let mut w = FramedWrite::new(write, LinesCodec::new());
-        while let Some(frame) = rx.recv().await {
-            let is_error = matches!(frame, ServerFrame::Error { .. });
-            let line = serde_json::to_string(&frame).unwrap_or_default();
-            if w.send(line).await.is_err() || is_error {
-                break;
-            }
-        }
-    }));
+    let writer = AbortOnDropHandle::new(tokio::spawn(write_frames(write, rx, store.clone(), kick.clone())));
     let mut lines = FramedRead::new(read, LinesCodec::new_with_max_length(MAX_FRAME_BYTES));
-    let reject = |message: String| ServerFrame::Error { message };
-    while let Some(line) = lines.next().await {
+    // Frames this connection queues for itself wait (bounded) rather than being dropped.
+    let answer = |frame: ServerFrame| {
+        let live = Live { frame, after: channel.head() };
+        let tx = tx.clone();
+        async move { tx.send(live).await.is_ok() }
+    };
+    let fatal = |message: String| ServerFrame::Error { message, fatal: true };
+    loop {
+        let line = tokio::select! {
+            _ = kick.cancelled() => break,
+            line = lines.next() => match line {
+                Some(line) => line,
+                None => break,
+            },
+        };
         let frame = match line {
             Ok(l) if l.trim().is_empty() => continue,
-            Ok(l) => match serde_json::from_str::<ClientFrame>(&l) {
-                Ok(f) => f,
+            Ok(l) => match parse_frame::<ClientFrame>(&l, CLIENT_FRAME_TYPES) {
+                Ok(Parsed::Frame(f)) => f,
+                Ok(Parsed::UnknownType(kind)) => {
+                    let message =
+                        format!("unknown frame type {kind:?} ignored (known: {CLIENT_FRAME_TYPES:?})");
+                    if !answer(ServerFrame::Error { message, fatal: false }).await {
+                        break;
+                    }
+                    continue;
+                }
                 Err(e) => {
-                    let _ = tx.send(reject(format!("invalid frame: {e}"))).await;
+                    let _ = answer(fatal(format!("invalid frame: {e}"))).await;
                     break;
                 }
             },
             Err(LinesCodecError::MaxLineLengthExceeded) => {
-                let _ = tx.send(reject(format!("frame longer than {MAX_FRAME_BYTES} bytes"))).await;
+                let _ = answer(fatal(format!("frame longer than {MAX_FRAME_BYTES} bytes"))).await;
                 break;
             }
             Err(e) => {
-                let _ = tx.send(reject(format!("unreadable frame: {e}"))).await;
+                let _ = answer(fatal(format!("unreadable frame: {e}"))).await;
                 break;
             }
         };
-        let ClientFrame::Message { id, text } = frame;
+        let (id, text) = match frame {
+            ClientFrame::Message { id, text } => (id, text),
+            ClientFrame::Ack { message_out_id } => {
+                if let Some(store) = &store
+                    && let Err(e) = store.ack(message_out_id).await
+                {
+                    warn!(error = %e, "cli reply ack not recorded");
+                }
+                continue;
+            }
+        };
         if !valid_id(&id) {
-            let _ = tx.send(reject("invalid frame: id must be 1-128 of [A-Za-z0-9._:-]".into())).await;
+            let _ = answer(fatal("invalid frame: id must be 1-128 of [A-Za-z0-9._:-]".into())).await;
             break;
         }
         if text.trim().is_empty() {
-            let _ = tx.send(reject("invalid frame: text is empty".into())).await;
+            let _ = answer(fatal("invalid frame: text is empty".into())).await;
             break;
         }
         let event = InboundEvent {
@@ -334,7 +567,7 @@ async fn serve_connection(stream: UnixStream, channel: CliChannel, sink: Inbound
             },
             Err(e) => ServerFrame::Failed { id, reason: e.to_string() },
         };
-        if tx.send(frame).await.is_err() {
+        if !answer(frame).await {
             break;
         }
     }
@@ -342,7 +575,11 @@ async fn serve_connection(stream: UnixStream, channel: CliChannel, sink: Inbound
     let client_id = client.id;
     drop(client);
     drop(tx);
-    let _ = writer.await;
+    // The writer flushes what is queued (a last error frame) and ends; a kicked client is not
+    // waited for.
+    if !kick.is_cancelled() {
+        let _ = writer.await;
+    }
     debug!(client = client_id, "cli client disconnected");
 }
 
@@ -389,6 +626,8 @@ impl ChannelAdapter for CliChannel {
     }
 
     async fn start(&self, inbound: InboundSink) -> Result<AdapterGuard, ChannelError> {
+        // The store first: no client is served before its waiting replies can be read.
+        let store = self.store().await.map_err(|e| ChannelError(e.to_string()))?;
         let path = self.path.clone();
         // File-system work (probe, unlink, bind, chmod) off the executor.
         let (listener, socket) = tokio::task::spawn_blocking(move || bind_socket(path))
@@ -403,7 +642,7 @@ impl ChannelAdapter for CliChannel {
                 tokio::select! {
                     accepted = listener.accept() => match accepted {
                         Ok((stream, _)) => {
-                            connections.spawn(serve_connection(stream, channel.clone(), inbound.clone()));
+                            connections.spawn(serve_connection(stream, channel.clone(), inbound.clone(), store.clone()));
                         }
                         Err(e) => {
                             warn!(error = %e, "cli socket accept failed");
@@ -418,24 +657,35 @@ impl ChannelAdapter for CliChannel {
         Ok(AdapterGuard::new(CliRun { _socket: socket, _accept: accept }))
     }
 
+    /// Idempotent mode: `Ok` once the reply is committed to the reply store (or its key was
+    /// there already); the connections send it from there. Errors: `NotSent` (retryable) when
+    /// the store failed, `OutcomeUnknown` when its thread died with the commit in flight.
     async fn deliver(&self, message: &OutboundMessage) -> Result<Option<String>, DeliveryError> {
         if message.platform_id != CLI_PLATFORM_ID {
             return Err(DeliveryError::rejected(format!("the CLI has no chat {:?}", message.platform_id)));
         }
         let platform_message_id = format!("cli-out-{}", message.message_out_id);
-        let mut inner = self.inner.lock();
-        if self.idempotent && !inner.sent.insert(&message.message_out_id) {
-            debug!(row = %message.message_out_id, "cli reply sent before; not sending it again");
+        let frame = ServerFrame::Reply {
+            text: message.text.clone(),
+            in_reply_to: message.in_reply_to.clone(),
+            message_out_id: self.idempotent.then(|| message.message_out_id.clone()),
+        };
+        let Some(store) = self.store().await.map_err(|e| DeliveryError::transient(e.to_string()))? else {
+            self.broadcast(frame, true);
             return Ok(Some(platform_message_id));
+        };
+        let line = serde_json::to_string(&frame)
+            .map_err(|e| DeliveryError::rejected(format!("reply frame: {e}")))?;
+        match store.put(message.message_out_id.clone(), message.platform_id.clone(), line).await {
+            Ok(Put::New(seq)) => debug!(row = %message.message_out_id, seq, "cli reply stored"),
+            Ok(Put::Known) => {
+                debug!(row = %message.message_out_id, "cli reply stored before; not sending it again")
+            }
+            Err(e @ ReplyStoreError::Closed { .. }) => {
+                return Err(DeliveryError::OutcomeUnknown { message: e.to_string() });
+            }
+            Err(e) => return Err(DeliveryError::transient(e.to_string())),
         }
-        inner.broadcast(
-            ServerFrame::Reply {
-                text: message.text.clone(),
-                in_reply_to: message.in_reply_to.clone(),
-                message_out_id: self.idempotent.then(|| message.message_out_id.clone()),
-            },
-            true,
-        );
         Ok(Some(platform_message_id))
     }
 
@@ -477,9 +727,16 @@ mod tests {
             })
         }
 
+        async fn send_frame(&mut self, frame: &ClientFrame) {
+            self.out.send(serde_json::to_string(frame).unwrap()).await.unwrap();
+        }
+
         async fn send(&mut self, id: &str, text: &str) {
-            let frame = ClientFrame::Message { id: id.into(), text: text.into() };
-            self.out.send(serde_json::to_string(&frame).unwrap()).await.unwrap();
+            self.send_frame(&ClientFrame::Message { id: id.into(), text: text.into() }).await;
+        }
+
+        async fn ack(&mut self, key: &str) {
+            self.send_frame(&ClientFrame::Ack { message_out_id: key.into() }).await;
         }
 
         /// The next frame; `None` at the end of the stream. Fails the test after 10 s.
@@ -489,6 +746,14 @@ mod tests {
                 .expect("a frame or the end of the stream within 10 s")?
                 .ok()?;
             Some(serde_json::from_str(&line).unwrap())
+        }
+
+        /// The key of the next frame, which must be a reply.
+        async fn next_reply_key(&mut self) -> String {
+            match self.next().await {
+                Some(ServerFrame::Reply { message_out_id: Some(key), .. }) => key,
+                other => panic!("expected a reply with a key, got {other:?}"),
+            }
         }
     }
 
@@ -511,6 +776,11 @@ mod tests {
         }
     }
 
+    /// Waits until `n` clients are registered.
+    async fn clients(channel: &CliChannel, n: usize) {
+        eventually(&format!("{n} client(s) registered"), || channel.inner.lock().clients.len() == n).await;
+    }
+
     #[test]
     fn recent_ids_remember_the_last_ones_only() {
         let mut recent = RecentIds::new(2);
@@ -521,18 +791,47 @@ mod tests {
         assert!(!recent.insert("c"));
     }
 
+    #[test]
+    fn the_lists_of_frame_types_match_the_enums_and_unknown_types_are_told_apart() {
+        let client = [
+            ClientFrame::Message { id: "m".into(), text: "t".into() },
+            ClientFrame::Ack { message_out_id: "k".into() },
+        ];
+        let server = [
+            ServerFrame::Accepted { id: "m".into(), duplicate: false },
+            ServerFrame::Reply { text: "t".into(), in_reply_to: None, message_out_id: None },
+            ServerFrame::Done { id: "m".into() },
+            ServerFrame::Failed { id: "m".into(), reason: "r".into() },
+            ServerFrame::Error { message: "e".into(), fatal: true },
+        ];
+        let kind = |v: serde_json::Value| v["type"].as_str().unwrap().to_string();
+        let client: Vec<String> = client.iter().map(|f| kind(serde_json::to_value(f).unwrap())).collect();
+        let server: Vec<String> = server.iter().map(|f| kind(serde_json::to_value(f).unwrap())).collect();
+        assert_eq!(client, CLIENT_FRAME_TYPES);
+        assert_eq!(server, SERVER_FRAME_TYPES);
+        let parse = |line: &str| parse_frame::<ClientFrame>(line, CLIENT_FRAME_TYPES);
+        assert_eq!(parse(r#"{"type":"typing","x":1}"#).unwrap(), Parsed::UnknownType("typing".into()));
+        assert!(parse(r#"{"type":"message","id":"a"}"#).is_err(), "a known type must fit");
+        assert!(parse(r#"{"type":"ack","message_out_id":"k","admin":true}"#).is_err(), "no smuggled fields");
+        assert!(parse(r#"{"kind":"message"}"#).is_err() && parse("[1]").is_err());
+        // An error frame of an older service has no `fatal`: it closed the connection.
+        let old: ServerFrame = serde_json::from_str(r#"{"type":"error","message":"bad"}"#).unwrap();
+        assert_eq!(old, ServerFrame::Error { message: "bad".into(), fatal: true });
+    }
+
     #[tokio::test]
     async fn dropping_a_run_closes_its_socket_and_connections_and_a_new_run_binds_again() {
         let dir = socket_dir();
         let path = dir.path().join("cli.sock");
-        let channel = CliChannel::new(path.clone());
+        let channel = CliChannel::new(path.clone()).with_idempotent_sends(true);
         let (sink, _submissions, _fail) = InboundSink::new(8);
         let run = channel.start(sink.clone()).await.unwrap();
         let mut old = Client::connect(&path).await.unwrap();
         // The accept loop registers the client; a reply reaches it.
-        eventually("the client registered", || !channel.inner.lock().clients.is_empty()).await;
+        clients(&channel, 1).await;
         channel.deliver(&reply("o1")).await.unwrap();
-        assert!(matches!(old.next().await, Some(ServerFrame::Reply { .. })));
+        assert_eq!(old.next_reply_key().await, "o1");
+        old.ack("o1").await;
         // A second start while the run lives is refused: the socket is in use.
         let err = channel.start(sink.clone()).await.unwrap_err();
         assert!(err.0.contains("another nanoclaw service"), "{err}");
@@ -541,9 +840,9 @@ mod tests {
         assert!(old.next().await.is_none(), "the run's connections are closed");
         let _run = channel.start(sink).await.unwrap();
         let mut new = Client::connect(&path).await.unwrap();
-        eventually("the new client registered", || channel.inner.lock().clients.len() == 1).await;
+        clients(&channel, 1).await;
         channel.deliver(&reply("o2")).await.unwrap();
-        assert!(matches!(new.next().await, Some(ServerFrame::Reply { .. })));
+        assert_eq!(new.next_reply_key().await, "o2", "o1 was acked: not sent again");
     }
 
     #[tokio::test]
@@ -555,7 +854,7 @@ mod tests {
         let (sink, _submissions, _fail) = InboundSink::new(8);
         let _run = channel.start(sink).await.unwrap();
         let mut client = Client::connect(&path).await.unwrap();
-        eventually("the client registered", || !channel.inner.lock().clients.is_empty()).await;
+        clients(&channel, 1).await;
         let first = channel.deliver(&reply("k1")).await.unwrap();
         assert_eq!(
             channel.deliver(&reply("k1")).await.unwrap(),
@@ -563,14 +862,110 @@ mod tests {
             "a repeat answers like the first send"
         );
         channel.deliver(&reply("k2")).await.unwrap();
-        let keys: Vec<Option<String>> = [client.next().await, client.next().await]
-            .into_iter()
-            .map(|f| match f {
-                Some(ServerFrame::Reply { message_out_id, .. }) => message_out_id,
-                other => panic!("expected a reply, got {other:?}"),
-            })
-            .collect();
-        assert_eq!(keys, vec![Some("k1".to_string()), Some("k2".to_string())], "k1 once, then k2");
+        assert_eq!(client.next_reply_key().await, "k1");
+        assert_eq!(client.next_reply_key().await, "k2", "k1 once, then k2");
+    }
+
+    #[tokio::test]
+    async fn a_reply_waits_for_an_ack_across_connections_and_restarts_and_comes_before_later_frames() {
+        let dir = socket_dir();
+        let path = dir.path().join("cli.sock");
+        let (sink, _submissions, _fail) = InboundSink::new(8);
+        let done = |id: &str| Notice::Processed {
+            platform_id: CLI_PLATFORM_ID.into(),
+            platform_message_id: id.into(),
+        };
+        {
+            let channel = CliChannel::new(path.clone()).with_idempotent_sends(true);
+            let _run = channel.start(sink.clone()).await.unwrap();
+            // No client: kept.
+            channel.deliver(&reply("w1")).await.unwrap();
+            channel.deliver(&reply("w2")).await.unwrap();
+            // A client that reads but does not ack (it crashed before showing them).
+            let mut first = Client::connect(&path).await.unwrap();
+            assert_eq!(first.next_reply_key().await, "w1");
+            assert_eq!(first.next_reply_key().await, "w2");
+            // The service restarts (a new channel on the same files).
+        }
+        let channel = CliChannel::new(path.clone()).with_idempotent_sends(true);
+        let _run = channel.start(sink).await.unwrap();
+        channel.deliver(&reply("w1")).await.unwrap(); // the outbox's re-send after the crash
+        let mut two = [Client::connect(&path).await.unwrap(), Client::connect(&path).await.unwrap()];
+        clients(&channel, 2).await;
+        channel.deliver(&reply("w3")).await.unwrap();
+        channel.notice(&done("m1")).await;
+        for client in &mut two {
+            // Waiting replies in order, each once, then the new one, then the notice after it.
+            for key in ["w1", "w2", "w3"] {
+                assert_eq!(client.next_reply_key().await, key);
+            }
+            assert_eq!(client.next().await, Some(ServerFrame::Done { id: "m1".into() }));
+        }
+        // One client acks w1 and w3: a later connection gets only w2.
+        two[0].ack("w1").await;
+        two[0].ack("w3").await;
+        two[0].send_frame(&ClientFrame::Ack { message_out_id: "never-sent".into() }).await;
+        let store = channel.store().await.unwrap().unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while store.waiting(0, u64::MAX >> 1, u64::MAX >> 1, 10).await.unwrap().len() != 1 {
+            assert!(tokio::time::Instant::now() < deadline, "timed out waiting for the acks");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut later = Client::connect(&path).await.unwrap();
+        assert_eq!(later.next_reply_key().await, "w2");
+        channel.notice(&done("m2")).await;
+        assert_eq!(later.next().await, Some(ServerFrame::Done { id: "m2".into() }), "nothing else");
+    }
+
+    #[tokio::test]
+    async fn a_frame_of_an_unknown_type_gets_a_non_fatal_error_and_the_connection_stays() {
+        let dir = socket_dir();
+        let path = dir.path().join("cli.sock");
+        let channel = CliChannel::new(path.clone()).with_idempotent_sends(true);
+        let (sink, _submissions, _fail) = InboundSink::new(8);
+        let _run = channel.start(sink).await.unwrap();
+        let mut client = Client::connect(&path).await.unwrap();
+        client.out.send(r#"{"type":"typing","chat":"local"}"#).await.unwrap();
+        match client.next().await {
+            Some(ServerFrame::Error { message, fatal: false }) => {
+                assert!(message.contains("unknown frame type \"typing\""), "{message}");
+                assert!(!message.contains('\n'), "{message}");
+            }
+            other => panic!("expected a non-fatal error, got {other:?}"),
+        }
+        channel.deliver(&reply("k1")).await.unwrap();
+        assert_eq!(client.next_reply_key().await, "k1", "still connected");
+        // A known type with a smuggled field is still fatal.
+        client.out.send(r#"{"type":"ack","message_out_id":"k1","admin":true}"#).await.unwrap();
+        assert!(matches!(client.next().await, Some(ServerFrame::Error { fatal: true, .. })));
+        assert!(client.next().await.is_none(), "closed after a fatal error");
+    }
+
+    #[tokio::test]
+    async fn a_client_that_does_not_read_is_disconnected_and_its_replies_wait_for_its_next_connection() {
+        let dir = socket_dir();
+        let path = dir.path().join("cli.sock");
+        let channel = CliChannel::new(path.clone()).with_idempotent_sends(true);
+        let (sink, _submissions, _fail) = InboundSink::new(8);
+        let _run = channel.start(sink).await.unwrap();
+        let mut client = Client::connect(&path).await.unwrap();
+        clients(&channel, 1).await;
+        channel.deliver(&reply("k1")).await.unwrap();
+        // Notices queue faster than the connection's writer runs: the queue bound is reached.
+        let mut queued = 0;
+        while channel.inner.lock().clients.len() == 1 {
+            assert!(queued <= CLIENT_QUEUE, "{queued} notices queued and the client still registered");
+            let id = format!("m{queued}");
+            channel
+                .notice(&Notice::Processed { platform_id: CLI_PLATFORM_ID.into(), platform_message_id: id })
+                .await;
+            queued += 1;
+        }
+        assert_eq!(queued, CLIENT_QUEUE + 1, "dropped at the first frame over the bound");
+        // Whatever was written before, then the end of the stream.
+        while client.next().await.is_some() {}
+        let mut next = Client::connect(&path).await.unwrap();
+        assert_eq!(next.next_reply_key().await, "k1", "not acked: sent again");
     }
 
     #[tokio::test]
@@ -582,7 +977,7 @@ mod tests {
         let (sink, _submissions, _fail) = InboundSink::new(8);
         let _run = channel.start(sink).await.unwrap();
         let mut client = Client::connect(&path).await.unwrap();
-        eventually("the client registered", || !channel.inner.lock().clients.is_empty()).await;
+        clients(&channel, 1).await;
         channel.deliver(&reply("k1")).await.unwrap();
         channel.deliver(&reply("k1")).await.unwrap();
         for _ in 0..2 {
@@ -591,6 +986,7 @@ mod tests {
                 other => panic!("expected a reply without key, got {other:?}"),
             }
         }
+        assert!(!dir.path().join(REPLY_STORE_FILE).exists(), "no store in non-idempotent mode");
     }
 
     #[test]
@@ -622,7 +1018,15 @@ mod tests {
         let accepted = |f: Option<ServerFrame>, id: &str| {
             assert_eq!(f, Some(ServerFrame::Accepted { id: id.into(), duplicate: false }));
         };
-        let mut client = Client::connect(&path).await.unwrap();
+        // Channels start after `Service::start` returns: wait for the socket.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let mut client = loop {
+            match Client::connect(&path).await {
+                Ok(client) => break client,
+                Err(e) => assert!(tokio::time::Instant::now() < deadline, "the socket never answered: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
         client.send("before", "hello").await;
         accepted(client.next().await, "before");
         // The channel actor fails (a handler returns an error): ractor skips its post_stop.

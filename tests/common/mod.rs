@@ -105,20 +105,8 @@ impl Server {
         env: &[(&str, &str)],
         poll: Duration,
     ) -> (Server, Duration) {
-        let log = std::fs::File::create(log_path(data_dir)).unwrap();
-        let mut cmd = nanoclaw(data_dir);
-        cmd.args(args)
-            .arg("serve")
-            .env("NANOCLAW_LOG_LEVEL", "info,nanoclaw_actors=debug")
-            .stdout(Stdio::null())
-            .stderr(log);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
+        let (server, spawned) = Server::launch(data_dir, args, env, false);
         let sock = data_dir.join("cli.sock");
-        let spawned = Instant::now();
-        let child = cmd.spawn().unwrap();
-        let server = Server { child, data_dir: data_dir.to_path_buf() };
         let deadline = spawned + Duration::from_secs(120);
         while UnixStream::connect(&sock).is_err() {
             assert!(Instant::now() < deadline, "service did not come up; log: {}", server.log());
@@ -128,9 +116,87 @@ impl Server {
         (server, took)
     }
 
+    /// Starts `nanoclaw serve` with extra args/env without probing its socket, so that the
+    /// test's first connection ([`Server::client_when_up`]) is the service's first client: in
+    /// the non-idempotent testing mode a probe connection would be a client too, and would take
+    /// the replies the CLI channel keeps in memory for absent clients with it. The log of a
+    /// previous run on the same data dir is appended to.
+    pub fn spawn(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
+        Server::launch(data_dir, args, env, true).0
+    }
+
+    fn launch(data_dir: &Path, args: &[&str], env: &[(&str, &str)], append_log: bool) -> (Server, Instant) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .append(append_log)
+            .truncate(!append_log)
+            .open(log_path(data_dir))
+            .unwrap();
+        let mut cmd = nanoclaw(data_dir);
+        cmd.args(args)
+            .arg("serve")
+            .env("NANOCLAW_LOG_LEVEL", "info,nanoclaw_actors=debug")
+            .stdout(Stdio::null())
+            .stderr(log);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let spawned = Instant::now();
+        let child = cmd.spawn().unwrap();
+        (Server { child, data_dir: data_dir.to_path_buf() }, spawned)
+    }
+
     /// The process id of the service.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// A client connected as soon as `cli.sock` answers (a stale socket file of a killed run
+    /// refuses connections until the new run has bound it); panics after 120 s.
+    pub fn client_when_up(&self) -> Client {
+        Client::from_stream(self.stream_when_up())
+    }
+
+    /// The stream of [`Server::client_when_up`], for clients of their own.
+    pub fn stream_when_up(&self) -> UnixStream {
+        let sock = self.data_dir.join("cli.sock");
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Ok(stream) = UnixStream::connect(&sock) {
+                return stream;
+            }
+            assert!(Instant::now() < deadline, "service did not come up; log: {}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits up to `timeout` for the service to exit by itself (a test knob that aborts it);
+    /// panics, with the log, if it is still running then.
+    pub fn wait_exit(mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                std::mem::forget(self);
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "service still running after {timeout:?}; log: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL of the service and then of the agent processes it started (see
+    /// [`kill_agents_of`]): a crash of the whole host. With `--runtime process` the agents would
+    /// otherwise outlive it and race the next run's agents on the same session; Docker
+    /// containers are reaped by the next run instead.
+    pub fn crash(self) {
+        let data_dir = self.data_dir.clone();
+        self.kill();
+        kill_agents_of(&data_dir);
     }
 
     /// The service's log so far.
@@ -183,7 +249,15 @@ pub fn remove_containers_of(data_dir: &Path) {
     }
 }
 
-/// A line-oriented CLI-socket client.
+/// The ack of a reply frame that has a key, as `nanoclaw chat` sends it: the CLI channel keeps
+/// a reply (and sends it to every connection) until a client acks it.
+pub fn ack_line(frame: &Value) -> Option<String> {
+    let key = frame["message_out_id"].as_str().filter(|_| frame["type"] == "reply")?;
+    Some(format!("{}\n", serde_json::json!({"type": "ack", "message_out_id": key})))
+}
+
+/// A line-oriented CLI-socket client. Like an interactive `nanoclaw chat`, it acks every reply
+/// it reads.
 pub struct Client {
     pub stream: UnixStream,
     reader: BufReader<UnixStream>,
@@ -192,9 +266,48 @@ pub struct Client {
 impl Client {
     /// Connects.
     pub fn connect(path: &Path) -> Client {
-        let stream = UnixStream::connect(path).unwrap();
+        Client::from_stream(UnixStream::connect(path).unwrap())
+    }
+
+    /// A client over a connected stream.
+    pub fn from_stream(stream: UnixStream) -> Client {
         let reader = BufReader::new(stream.try_clone().unwrap());
         Client { stream, reader }
+    }
+
+    /// Every frame until the service closes the connection (it stopped or crashed); panics
+    /// after `timeout`.
+    pub fn until_closed(&mut self, timeout: Duration) -> Vec<Value> {
+        let deadline = Instant::now() + timeout;
+        let mut seen = vec![];
+        let mut line = String::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "the connection is still open; frames so far: {seen:?}");
+            self.stream.set_read_timeout(Some(left.min(Duration::from_millis(500)))).unwrap();
+            // A line cut by a read timeout stays in `line` and is completed by the next read.
+            match self.reader.read_line(&mut line) {
+                Ok(0) => return seen,
+                Ok(_) if line.ends_with('\n') => {
+                    seen.push(self.received(&line));
+                    line.clear();
+                }
+                Ok(_) => {}
+                Err(e)
+                    if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(_) => return seen,
+            }
+        }
+    }
+
+    /// A frame read: parsed, and acked when it is a reply with a key (a failed ack is no
+    /// error: the service may be gone; the reply is then sent again to the next connection).
+    fn received(&mut self, line: &str) -> Value {
+        let frame: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("bad frame {line:?}: {e}"));
+        if let Some(ack) = ack_line(&frame) {
+            let _ = self.stream.write_all(ack.as_bytes());
+        }
+        frame
     }
 
     /// Sends raw bytes. A write error is returned, not a panic: the service may close a
@@ -215,7 +328,7 @@ impl Client {
         let mut line = String::new();
         match self.reader.read_line(&mut line) {
             Ok(0) | Err(_) => None,
-            Ok(_) => Some(serde_json::from_str(&line).unwrap_or_else(|e| panic!("bad frame {line:?}: {e}"))),
+            Ok(_) => Some(self.received(&line)),
         }
     }
 
@@ -491,4 +604,63 @@ pub fn p99(samples: &[Duration]) -> Duration {
         0 => Duration::ZERO,
         n => s[(n * 99).div_ceil(100) - 1],
     }
+}
+
+/// SIGKILLs every agent process (`--runtime process`) whose session folder is under `data_dir`,
+/// found by its `NANOCLAW_SESSION_DIR`; returns how many. Processes of other tests (other data
+/// dirs) are left alone.
+pub fn kill_agents_of(data_dir: &Path) -> usize {
+    let roots: Vec<String> = [Some(data_dir.to_path_buf()), data_dir.canonicalize().ok()]
+        .into_iter()
+        .flatten()
+        .map(|p| format!("{}={}/", nanoclaw_protocol::layout::ENV_SESSION_DIR, p.display()))
+        .collect();
+    let mut killed = 0;
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        // Processes of other users, and ones that just ended, are not readable: not ours.
+        let Ok(environ) = std::fs::read(entry.path().join("environ")) else { continue };
+        let ours =
+            environ.split(|b| *b == 0).any(|var| roots.iter().any(|root| var.starts_with(root.as_bytes())));
+        if ours
+            && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL)
+                .is_ok()
+        {
+            killed += 1;
+        }
+    }
+    killed
+}
+
+/// One row of a session's delivery ledger (`delivered` in its `inbound.db`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryRow {
+    /// The outbound row id (the `message_out_id` of the reply frame).
+    pub key: String,
+    /// `sending`, `retrying`, `delivered` or `failed`.
+    pub status: String,
+    /// Why it failed or waits for a retry.
+    pub error: Option<String>,
+}
+
+/// The delivery ledger of the only session of agent group main (empty while there is none),
+/// read-only, in insertion order.
+pub fn delivery_rows(data_dir: &Path) -> Vec<DeliveryRow> {
+    let Some(session) =
+        data_dir.join("sessions/main").read_dir().ok().and_then(|mut d| d.next()).and_then(Result::ok)
+    else {
+        return vec![];
+    };
+    let path = session.path().join("host/inbound.db");
+    if !path.exists() {
+        return vec![];
+    }
+    let db =
+        rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    db.busy_timeout(Duration::from_secs(10)).unwrap();
+    let mut st = db.prepare("SELECT message_out_id, status, error FROM delivered ORDER BY rowid").unwrap();
+    st.query_map([], |r| Ok(DeliveryRow { key: r.get(0)?, status: r.get(1)?, error: r.get(2)? }))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
 }
