@@ -2,7 +2,8 @@
 //!
 //! Every send goes through the channel registry of the service; a channel that is not running
 //! makes a note undeliverable (logged), never an error of the session. Host notes carry a
-//! `host-…` key so idempotent channels can deduplicate them too.
+//! `host-…` key so idempotent channels can deduplicate them too: unique per note (a second
+//! "queued" note of a later wait is a new note), or derived from the row it is about.
 
 use crate::context::ServiceContext;
 use crate::ports::channel::{DeliveryError, Notice, OutboundMessage};
@@ -61,7 +62,7 @@ pub async fn tell_queued(ctx: &ServiceContext, session: &SessionInfo, ahead: usi
     let text = format!(
         "Queued: all {cap} agent containers are busy; {ahead} conversation(s) ahead of yours. I will answer as soon as one is free."
     );
-    tell_chat(ctx, session, format!("host-queued-{}", session.id), text).await;
+    tell_chat(ctx, session, store::new_id("host-queued"), text).await;
 }
 
 /// Tells the chat and the owner (once, by the caller) that the session is held, and how to
@@ -76,7 +77,7 @@ pub async fn tell_held(ctx: &ServiceContext, session: &SessionInfo, hold: &Sessi
         hold.reason(),
         session.id
     );
-    tell_chat(ctx, session, format!("host-held-{}", session.id), text.clone()).await;
+    tell_chat(ctx, session, store::new_id("host-held"), text.clone()).await;
     // The owner's chat is the local CLI chat; tell it too unless it is the same chat.
     let own = session.channel_type.as_deref() == Some("cli")
         && session.platform_id.as_deref() == Some(store::CLI_PLATFORM_ID);
@@ -91,7 +92,7 @@ pub async fn tell_held(ctx: &ServiceContext, session: &SessionInfo, hold: &Sessi
                 hold.reason()
             ),
             in_reply_to: None,
-            message_out_id: format!("host-held-owner-{}", session.id),
+            message_out_id: store::new_id("host-held-owner"),
         };
         if let Err(e) = send(ctx, "cli", message).await {
             warn!(session = %session.id, error = %e, "note to the owner not delivered");
