@@ -571,7 +571,12 @@ async fn delivery_errors_tell_a_send_lost_mid_way_from_one_never_handed_over() {
     let err = first.deliver(outbound("k1"), Duration::from_secs(10)).await.unwrap_err();
     assert!(matches!(err, DeliveryError::OutcomeUnknown { .. }), "{err:?}");
     assert!(err.may_retry(true) && !err.may_retry(false));
-    // The dead actor takes nothing: certainly not sent, retryable.
+    // The dead actor takes nothing: certainly not sent, retryable. (Wait until it has finished
+    // dying: while ractor tears it down its mailbox still takes messages, then drops them.)
+    eventually(Duration::from_secs(10), "the failed channel actor to be gone", || async {
+        matches!(first.actor().get_status(), ractor::ActorStatus::Stopped)
+    })
+    .await;
     let err = first.deliver(outbound("k2"), Duration::from_secs(10)).await.unwrap_err();
     assert_eq!(err, DeliveryError::transient("channel mem is not running"));
     assert_eq!(channel.sends_of("k2"), 0);
