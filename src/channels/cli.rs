@@ -832,6 +832,13 @@ mod tests {
         channel.deliver(&reply("o1")).await.unwrap();
         assert_eq!(old.next_reply_key().await, "o1");
         old.ack("o1").await;
+        // The ack is fire-and-forget: wait until the channel committed it.
+        let store = channel.store().await.unwrap().unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while !store.waiting(0, u64::MAX >> 1, u64::MAX >> 1, 10).await.unwrap().is_empty() {
+            assert!(tokio::time::Instant::now() < deadline, "timed out waiting for the ack");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         // A second start while the run lives is refused: the socket is in use.
         let err = channel.start(sink.clone()).await.unwrap_err();
         assert!(err.0.contains("another nanoclaw service"), "{err}");
