@@ -102,6 +102,14 @@ fn has_notice(channel: &MemoryChannel, failed: bool, id: &str) -> bool {
     })
 }
 
+/// Waits (60 s) for the note that the agent's container keeps failing to start.
+async fn assert_told_it_keeps_failing(channel: &MemoryChannel) {
+    let told = channel
+        .wait_for(Duration::from_secs(60), |d| d.iter().any(|m| m.text.contains("keeps failing to start")))
+        .await;
+    assert!(told, "{:?}", texts(channel));
+}
+
 fn texts(channel: &MemoryChannel) -> Vec<String> {
     channel.delivered().into_iter().map(|m| m.text).collect()
 }
@@ -373,15 +381,7 @@ async fn a_container_that_never_starts_backs_off_and_then_the_user_is_told() {
     let service = start(dir.path(), runtime.clone(), &channel).await;
     let started = tokio::time::Instant::now();
     channel.submit("chat-1", "p-broken", "anyone there?").await.unwrap();
-    assert!(
-        channel
-            .wait_for(Duration::from_secs(60), |d| d
-                .iter()
-                .any(|m| m.text.contains("keeps failing to start")))
-            .await,
-        "{:?}",
-        texts(&channel)
-    );
+    assert_told_it_keeps_failing(&channel).await;
     assert_eq!(runtime.created(), 5, "gave up after max_tries spawn failures");
     assert!(started.elapsed() > Duration::from_secs(5), "spawns were paced by a backoff, not a tight loop");
     service.shutdown(Duration::from_secs(20)).await;
@@ -840,15 +840,7 @@ async fn a_container_that_never_says_hello_is_a_failure_backed_off_and_the_user_
         Service::start(cfg, Arc::new(runtime.clone()), vec![Arc::new(channel.clone())]).await.unwrap();
     wire_memory_chat(&service).await;
     channel.submit("chat-1", "p-mute", "say something").await.unwrap();
-    assert!(
-        channel
-            .wait_for(Duration::from_secs(60), |d| d
-                .iter()
-                .any(|m| m.text.contains("keeps failing to start")))
-            .await,
-        "{:?}",
-        texts(&channel)
-    );
+    assert_told_it_keeps_failing(&channel).await;
     assert_eq!(runtime.created(), 5, "five containers without a hello, then the user is told");
     service.shutdown(Duration::from_secs(20)).await;
 }

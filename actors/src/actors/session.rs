@@ -432,16 +432,7 @@ impl SessionState {
                     let text = format!(
                         "Sorry, I could not process your message: the agent's container keeps failing to start ({exit})."
                     );
-                    notices::tell_failed(
-                        &self.ctx,
-                        &self.session,
-                        &self.paths,
-                        &o.id,
-                        o.channel_type,
-                        o.platform_id,
-                        text,
-                    )
-                    .await;
+                    self.tell_failed(o, text).await;
                 }
                 self.spawn_backoff.reset();
             }
@@ -454,6 +445,20 @@ impl SessionState {
             self.permit = None;
         }
         self.check(myself).await
+    }
+
+    /// Tells the user a message will not be answered.
+    async fn tell_failed(&self, o: files::RetryOutcome, text: String) {
+        notices::tell_failed(
+            &self.ctx,
+            &self.session,
+            &self.paths,
+            &o.id,
+            o.channel_type,
+            o.platform_id,
+            text,
+        )
+        .await;
     }
 
     /// Counts one failed try for every claim a dead container of `generation` left `processing`
@@ -501,16 +506,7 @@ impl SessionState {
                     "Sorry, I could not process your message: the agent failed {} times. It will not be retried.",
                     o.tries
                 );
-                notices::tell_failed(
-                    &self.ctx,
-                    &self.session,
-                    &self.paths,
-                    &o.id,
-                    o.channel_type,
-                    o.platform_id,
-                    text,
-                )
-                .await;
+                self.tell_failed(o, text).await;
             } else {
                 info!(session = %self.session.id, message = %o.id, tries = o.tries, "message will be retried");
             }
