@@ -13,9 +13,10 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "../tests/fixtures/sessions.rs"]
+mod sessions;
 
 use common::*;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -41,22 +42,6 @@ fn round_trip(c: &mut Client, id: &str) -> f64 {
     let ms = start.elapsed().as_secs_f64() * 1000.0;
     c.until(Duration::from_secs(60), |f| f["type"] == "done" && f["id"] == id);
     ms
-}
-
-fn seed_idle_sessions(data: &Path, n: usize) {
-    let db = rusqlite::Connection::open(data.join("nanoclaw.db")).unwrap();
-    for i in 0..n {
-        db.execute_batch(&format!(
-            "INSERT INTO messaging_groups (id, channel_type, platform_id, name, created_at) VALUES ('mg-b{i}', 'bench', 'chat-{i}', 'b{i}', 't');
-             INSERT INTO messaging_group_agents (id, messaging_group_id, agent_group_id, engage_mode, engage_pattern, created_at)
-               VALUES ('w-b{i}', 'mg-b{i}', 'ag-main', 'pattern', '.', 't');
-             INSERT INTO sessions (id, agent_group_id, messaging_group_id, created_at) VALUES ('sess-bench-{i}', 'ag-main', 'mg-b{i}', 't');"
-        ))
-        .unwrap();
-        let host = data.join(format!("sessions/main/sess-bench-{i}/host"));
-        std::fs::create_dir_all(&host).unwrap();
-        nanoclaw_protocol::schema::open_inbound_writer(&host.join("inbound.db")).unwrap();
-    }
 }
 
 fn main() {
@@ -130,7 +115,9 @@ fn main() {
     floor.sort_by(|a, b| a.partial_cmp(b).unwrap());
 
     // RSS with 100 idle sessions known (rows and session DBs; no actor or container running).
-    seed_idle_sessions(&data, 100);
+    // `work_pending = 0`: idle sessions, which start-up does not resume (the column defaults to
+    // 1, so sessions seeded without it would all be resumed and hold live actors).
+    sessions::seed_sessions(&data, 0, 100, sessions::Work::Idle);
     let server = Server::start(&data, &[], &[("NANOCLAW_LOG_LEVEL", "warn")]);
     std::thread::sleep(Duration::from_secs(3));
     let rss_100 = rss_kib(server.child.id());

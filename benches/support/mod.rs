@@ -1,0 +1,144 @@
+//! Helpers of the benchmarks: process figures from `/proc`, summaries, a service started with a
+//! fine-grained readiness wait, and a copy of a data directory.
+#![allow(dead_code)]
+// A synchronous driver of separate processes: blocking sleeps are intended here.
+#![allow(clippy::disallowed_methods)]
+
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+/// A value of `/proc/<pid>/status` in KiB (`VmRSS`, `VmHWM`, …).
+pub fn status_kib(pid: u32, key: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with(key) && l[key.len()..].starts_with(':'))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// User + system CPU time of a process (all its threads), in milliseconds, from
+/// `/proc/<pid>/stat` (fields 14 and 15, in clock ticks).
+pub fn cpu_ms(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The command name may hold spaces: fields are counted after its closing parenthesis.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    // After ')': field 3 (state) is index 0, so utime (14) is index 11 and stime (15) index 12.
+    let hz = clock_ticks_per_second();
+    (ticks(11) + ticks(12)) as f64 * 1000.0 / hz
+}
+
+fn clock_ticks_per_second() -> f64 {
+    let out = std::process::Command::new("getconf").arg("CLK_TCK").output();
+    out.ok().and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok()).unwrap_or(100.0)
+}
+
+/// Context switches (voluntary + involuntary) summed over every thread of a process, and the
+/// number of threads.
+pub fn context_switches(pid: u32) -> (u64, usize) {
+    let mut total = 0;
+    let mut threads = 0;
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in tasks.flatten() {
+            threads += 1;
+            let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+            for l in status.lines() {
+                if l.starts_with("voluntary_ctxt_switches:") || l.starts_with("nonvoluntary_ctxt_switches:") {
+                    total += l.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+                }
+            }
+        }
+    }
+    (total, threads)
+}
+
+/// Per-thread names and CPU milliseconds of a process (`/proc/<pid>/task/*/stat`).
+pub fn thread_cpu_ms(pid: u32) -> Vec<(String, f64)> {
+    let hz = clock_ticks_per_second();
+    let mut out = vec![];
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in tasks.flatten() {
+            let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+            let name =
+                stat.split_once('(').and_then(|(_, r)| r.rsplit_once(')')).map(|(n, _)| n).unwrap_or("?");
+            let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            out.push((
+                format!("{name}/{}", t.file_name().to_string_lossy()),
+                (ticks(11) + ticks(12)) as f64 * 1000.0 / hz,
+            ));
+        }
+    }
+    out
+}
+
+/// min, median, max of a sample (sorted in place).
+pub fn summary(v: &mut [f64]) -> (f64, f64, f64) {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    (v[0], percentile(v, 0.5), v[v.len() - 1])
+}
+
+/// The `p` quantile (nearest rank) of a sorted sample.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx]
+}
+
+/// Starts `nanoclaw serve` and waits for `cli.sock` to accept a connection, trying every 250 µs.
+/// Returns the server and the time from just before the spawn to the first accepted connection.
+pub fn start_timed(
+    data_dir: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (crate::common::Server, Duration) {
+    let log = std::fs::File::create(crate::common::log_path(data_dir)).unwrap();
+    let mut cmd = crate::common::nanoclaw(data_dir);
+    cmd.args(args).arg("serve").stdout(Stdio::null()).stderr(log);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let sock = data_dir.join("cli.sock");
+    let start = Instant::now();
+    let child = cmd.spawn().unwrap();
+    let server = crate::common::Server { child, data_dir: data_dir.to_path_buf() };
+    loop {
+        if UnixStream::connect(&sock).is_ok() {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(120), "service did not come up; log: {}", server.log());
+        std::thread::sleep(Duration::from_micros(250));
+    }
+    let ready = start.elapsed();
+    (server, ready)
+}
+
+/// Copies a data directory (`cp -a`), replacing `to`.
+pub fn copy_dir(from: &Path, to: &Path) {
+    let _ = std::fs::remove_dir_all(to);
+    let ok = std::process::Command::new("cp").arg("-a").arg(from).arg(to).status().unwrap().success();
+    assert!(ok, "cp -a {} {}", from.display(), to.display());
+}
+
+/// `N cores (model), kernel K` of this machine.
+pub fn machine() -> String {
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .unwrap_or("?")
+        .trim()
+        .to_string();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!(
+        "{} cores ({model}), kernel {}",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        kernel.trim()
+    )
+}
