@@ -12,8 +12,9 @@
 //! the host's own cost, which is what grows with history. With Docker answering, a shorter Docker
 //! series follows for the user's view.
 //!
-//! A last series gives the one-time cost of the upgrade from schema 1 (no cursors): the first
-//! pass walks the whole history.
+//! With `NANOCLAW_BENCH_V1=1`, a last series gives the one-time cost of the upgrade from schema 1
+//! (no cursors): the first pass walks the whole history. Off by default: today that walk stalls
+//! (see tests/scale.rs, the ignored schema-1 test), and each message would time out.
 //!
 //! ```sh
 //! cargo build --release --workspace && cargo bench --bench history
@@ -30,18 +31,7 @@ mod support;
 
 use common::*;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 use support::*;
-
-/// One message; milliseconds until its reply frame, then waits for its `done`.
-fn round_trip(c: &mut Client, id: &str) -> f64 {
-    let start = Instant::now();
-    c.send(id, "ping");
-    c.until(Duration::from_secs(600), |f| f["type"] == "reply" && f["in_reply_to"] == id);
-    let ms = start.elapsed().as_secs_f64() * 1000.0;
-    c.until(Duration::from_secs(600), |f| f["type"] == "done" && f["id"] == id);
-    ms
-}
 
 /// A data dir whose main session holds `turns` finished turns (one real, the rest cloned).
 fn prepared(root: &Path, name: &str, args: &[&str], turns: usize) -> PathBuf {
@@ -76,9 +66,9 @@ fn series(pristine: &Path, work: &Path, args: &[&str], runs: usize, warm: usize,
         }
         let server = Server::start(work, args, &[("NANOCLAW_LOG_LEVEL", "warn")]);
         let mut c = server.client();
-        s.cold.push(round_trip(&mut c, &format!("cold-{i}")));
+        s.cold.push(round_trip(&mut c, &format!("cold-{i}")).0);
         for j in 0..warm {
-            s.warm.push(round_trip(&mut c, &format!("warm-{i}-{j}")));
+            s.warm.push(round_trip(&mut c, &format!("warm-{i}-{j}")).0);
         }
         drop(c);
         assert!(server.stop().success());
@@ -122,9 +112,11 @@ fn main() {
     let mut b = series(&big, &work, &process, 15, 5, false);
     row("process runtime, 15 starts", &mut s, &mut b);
 
-    let mut s1 = series(&small, &work, &process, 5, 0, true);
-    let mut b1 = series(&big, &work, &process, 5, 0, true);
-    row("process runtime, schema-1 DBs (first pass walks the history)", &mut s1, &mut b1);
+    if std::env::var("NANOCLAW_BENCH_V1").is_ok_and(|v| v == "1") {
+        let mut s1 = series(&small, &work, &process, 5, 0, true);
+        let mut b1 = series(&big, &work, &process, 5, 0, true);
+        row("process runtime, schema-1 DBs (first pass walks the history)", &mut s1, &mut b1);
+    }
 
     if docker_available() {
         let dsmall = prepared(dir.path(), "d10", &[], 10);

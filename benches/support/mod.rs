@@ -90,6 +90,28 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[idx]
 }
 
+/// One message on an open connection: milliseconds until its reply frame, and whether its `done`
+/// frame came before the reply (it should not: see BENCHMARKS.md, issue 3). Waits for both.
+pub fn round_trip(c: &mut crate::common::Client, id: &str) -> (f64, bool) {
+    let start = Instant::now();
+    c.send(id, "ping");
+    let (mut reply, mut done) = (None, false);
+    let mut done_first = false;
+    while reply.is_none() || !done {
+        let frames = c.until(Duration::from_secs(120), |f| {
+            (f["type"] == "reply" && f["in_reply_to"] == id) || (f["type"] == "done" && f["id"] == id)
+        });
+        let last = frames.last().unwrap();
+        if last["type"] == "reply" {
+            reply = Some(start.elapsed().as_secs_f64() * 1000.0);
+        } else {
+            done_first |= reply.is_none();
+            done = true;
+        }
+    }
+    (reply.unwrap(), done_first)
+}
+
 /// Starts `nanoclaw serve` and waits for `cli.sock` to accept a connection, trying every 250 µs.
 /// Returns the server and the time from just before the spawn to the first accepted connection.
 pub fn start_timed(
