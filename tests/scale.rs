@@ -65,6 +65,7 @@ fn further_turns_complete(downgrade: bool) {
     assert_eq!(before, (2, 2), "cursors after one turn");
     let h = history::clone_turns(&data, &session, &template, 10_000);
     assert_eq!(h, history::History { turns: 10_001, replies: 10_001, acks: 10_001 });
+    history::settle_idle(&data, &session);
     if downgrade {
         history::downgrade_to_v1(&session);
     }
