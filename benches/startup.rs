@@ -54,7 +54,7 @@ fn one_start(data: &Path, args: &[&str]) -> Sample {
         hwm_at_ready_kib,
         hwm_kib: status_kib(pid, "VmHWM"),
         rss_kib: status_kib(pid, "VmRSS"),
-        threads: context_switches(pid).1,
+        threads: thread_count(pid),
     };
     assert!(server.stop().success());
     sample

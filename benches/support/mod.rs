@@ -38,44 +38,53 @@ fn clock_ticks_per_second() -> f64 {
     out.ok().and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok()).unwrap_or(100.0)
 }
 
-/// Context switches (voluntary + involuntary) summed over every thread of a process, and the
-/// number of threads.
-pub fn context_switches(pid: u32) -> (u64, usize) {
-    let mut total = 0;
-    let mut threads = 0;
+/// Per thread (`name/tid`): context switches (voluntary + involuntary) and time on a CPU in
+/// milliseconds (`/proc/<pid>/task/<tid>/schedstat`, nanosecond resolution).
+pub fn threads(pid: u32) -> std::collections::BTreeMap<String, (u64, f64)> {
+    let mut out = std::collections::BTreeMap::new();
     if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
         for t in tasks.flatten() {
-            threads += 1;
             let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
-            for l in status.lines() {
-                if l.starts_with("voluntary_ctxt_switches:") || l.starts_with("nonvoluntary_ctxt_switches:") {
-                    total += l.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-                }
-            }
-        }
-    }
-    (total, threads)
-}
-
-/// Per-thread names and CPU milliseconds of a process (`/proc/<pid>/task/*/stat`).
-pub fn thread_cpu_ms(pid: u32) -> Vec<(String, f64)> {
-    let hz = clock_ticks_per_second();
-    let mut out = vec![];
-    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
-        for t in tasks.flatten() {
-            let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
-            let name =
-                stat.split_once('(').and_then(|(_, r)| r.rsplit_once(')')).map(|(n, _)| n).unwrap_or("?");
-            let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-            out.push((
-                format!("{name}/{}", t.file_name().to_string_lossy()),
-                (ticks(11) + ticks(12)) as f64 * 1000.0 / hz,
-            ));
+            let name = status.lines().find_map(|l| l.strip_prefix("Name:")).unwrap_or("?").trim().to_string();
+            let switches: u64 = status
+                .lines()
+                .filter(|l| {
+                    l.starts_with("voluntary_ctxt_switches:") || l.starts_with("nonvoluntary_ctxt_switches:")
+                })
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .sum();
+            let on_cpu_ns: f64 = std::fs::read_to_string(t.path().join("schedstat"))
+                .ok()
+                .and_then(|s| s.split_whitespace().next()?.parse().ok())
+                .unwrap_or(0.0);
+            out.insert(format!("{name}/{}", t.file_name().to_string_lossy()), (switches, on_cpu_ns / 1e6));
         }
     }
     out
+}
+
+/// What the threads of `after` did since `before`: context switches and on-CPU ms summed (a
+/// thread born in between counts from zero; one that ended in between is missing), and every
+/// thread that did something, busiest first.
+pub fn thread_delta(
+    before: &std::collections::BTreeMap<String, (u64, f64)>,
+    after: &std::collections::BTreeMap<String, (u64, f64)>,
+) -> (u64, f64, Vec<(String, u64, f64)>) {
+    let mut rows: Vec<(String, u64, f64)> = after
+        .iter()
+        .map(|(k, (cs, ms))| {
+            let (cs0, ms0) = before.get(k).copied().unwrap_or((0, 0.0));
+            (k.clone(), cs.saturating_sub(cs0), ms - ms0)
+        })
+        .filter(|(_, cs, ms)| *cs > 0 || *ms > 0.0)
+        .collect();
+    rows.sort_by(|a, b| b.2.partial_cmp(&a.2).unwrap());
+    (rows.iter().map(|r| r.1).sum(), rows.iter().map(|r| r.2).sum(), rows)
+}
+
+/// Number of threads of a process.
+pub fn thread_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task")).map(|d| d.count()).unwrap_or(0)
 }
 
 /// min, median, max of a sample (sorted in place).
