@@ -137,6 +137,6 @@ fn main() {
     println!("| host RSS idle after start | {:.1} MB | ≤ 20 MB |", rss_idle as f64 / 1024.0);
     println!("| host RSS with 100 idle sessions known | {:.1} MB | ≤ 40 MB |", rss_100 as f64 / 1024.0);
     println!("| `nanoclaw` binary, stripped release | {:.1} MB | — |", size as f64 / 1e6);
-    println!("| turns whose `done` came before their reply (of 330) | {done_first} | 0 |");
     println!("| `nanoclaw-agent` binary (in the image) | {:.1} MB | — |", agent_size as f64 / 1e6);
+    println!("| turns whose `done` came before their reply (of 330) | {done_first} | 0 |");
 }
