@@ -13,50 +13,19 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "../tests/fixtures/sessions.rs"]
+mod sessions;
+mod support;
 
 use common::*;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx]
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap()
-}
-
-/// One message on an open connection; milliseconds until its reply frame.
-fn round_trip(c: &mut Client, id: &str) -> f64 {
-    let start = Instant::now();
-    c.send(id, "ping");
-    c.until(Duration::from_secs(60), |f| f["type"] == "reply" && f["in_reply_to"] == id);
-    let ms = start.elapsed().as_secs_f64() * 1000.0;
-    c.until(Duration::from_secs(60), |f| f["type"] == "done" && f["id"] == id);
+/// One message on an open connection; milliseconds until its reply frame (waits for its `done`
+/// too, in either order), counting `done` frames that came first.
+fn round_trip(c: &mut Client, id: &str, done_first: &mut usize) -> f64 {
+    let (ms, early) = support::round_trip(c, id);
+    *done_first += usize::from(early);
     ms
-}
-
-fn seed_idle_sessions(data: &Path, n: usize) {
-    let db = rusqlite::Connection::open(data.join("nanoclaw.db")).unwrap();
-    for i in 0..n {
-        db.execute_batch(&format!(
-            "INSERT INTO messaging_groups (id, channel_type, platform_id, name, created_at) VALUES ('mg-b{i}', 'bench', 'chat-{i}', 'b{i}', 't');
-             INSERT INTO messaging_group_agents (id, messaging_group_id, agent_group_id, engage_mode, engage_pattern, created_at)
-               VALUES ('w-b{i}', 'mg-b{i}', 'ag-main', 'pattern', '.', 't');
-             INSERT INTO sessions (id, agent_group_id, messaging_group_id, created_at) VALUES ('sess-bench-{i}', 'ag-main', 'mg-b{i}', 't');"
-        ))
-        .unwrap();
-        let host = data.join(format!("sessions/main/sess-bench-{i}/host"));
-        std::fs::create_dir_all(&host).unwrap();
-        nanoclaw_protocol::schema::open_inbound_writer(&host.join("inbound.db")).unwrap();
-    }
 }
 
 fn main() {
@@ -82,14 +51,16 @@ fn main() {
     // Idle RSS: a fresh service, image built, no session yet.
     let server = Server::start(&data, &[], &[("NANOCLAW_LOG_LEVEL", "warn")]);
     std::thread::sleep(Duration::from_secs(2));
-    let rss_idle = rss_kib(server.child.id());
+    let rss_idle = support::status_kib(server.child.id(), "VmRSS");
 
     // Warm round trip: one container, 300 messages after 20 of warm-up.
     let mut c = server.client();
+    let mut done_first = 0;
     for i in 0..20 {
-        round_trip(&mut c, &format!("warmup-{i}"));
+        round_trip(&mut c, &format!("warmup-{i}"), &mut done_first);
     }
-    let mut warm: Vec<f64> = (0..300).map(|i| round_trip(&mut c, &format!("w-{i}"))).collect();
+    let mut warm: Vec<f64> =
+        (0..300).map(|i| round_trip(&mut c, &format!("w-{i}"), &mut done_first)).collect();
     warm.sort_by(|a, b| a.partial_cmp(b).unwrap());
 
     // Cold round trip, as a user meets it: the session has no container (the service was
@@ -110,7 +81,7 @@ fn main() {
         let server = Server::start(&data, &[], &[("NANOCLAW_LOG_LEVEL", "warn")]);
         assert!(all_containers_of(&install).is_empty());
         let mut c = server.client();
-        cold.push(round_trip(&mut c, &format!("cold-{i}")));
+        cold.push(round_trip(&mut c, &format!("cold-{i}"), &mut done_first));
         drop(c);
         assert!(server.stop().success());
     }
@@ -130,10 +101,12 @@ fn main() {
     floor.sort_by(|a, b| a.partial_cmp(b).unwrap());
 
     // RSS with 100 idle sessions known (rows and session DBs; no actor or container running).
-    seed_idle_sessions(&data, 100);
+    // `work_pending = 0`: idle sessions, which start-up does not resume (the column defaults to
+    // 1, so sessions seeded without it would all be resumed and hold live actors).
+    sessions::seed_sessions(&data, 0, 100, sessions::Work::Idle);
     let server = Server::start(&data, &[], &[("NANOCLAW_LOG_LEVEL", "warn")]);
     std::thread::sleep(Duration::from_secs(3));
-    let rss_100 = rss_kib(server.child.id());
+    let rss_100 = support::status_kib(server.child.id(), "VmRSS");
     assert!(server.stop().success());
 
     let size = std::fs::metadata(nanoclaw_bin()).map(|m| m.len()).unwrap_or(0);
@@ -144,22 +117,26 @@ fn main() {
     println!("|---|---|---|");
     println!(
         "| warm round trip, 300 messages | p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms | p50 ≤ 50 ms |",
-        percentile(&warm, 0.5),
-        percentile(&warm, 0.99),
+        support::percentile(&warm, 0.5),
+        support::percentile(&warm, 0.99),
         warm[warm.len() - 1]
     );
     println!(
         "| cold round trip (container create + start + turn), 10 runs | p50 {:.0} ms, max {:.0} ms | ≤ 1.5 × floor |",
-        percentile(&cold, 0.5),
+        support::percentile(&cold, 0.5),
         cold[cold.len() - 1]
     );
     println!(
         "| floor: bare `docker run --rm` of the same image, 10 runs | p50 {:.0} ms | — |",
-        percentile(&floor, 0.5)
+        support::percentile(&floor, 0.5)
     );
-    println!("| cold / floor (p50) | {:.2} × | ≤ 1.5 × |", percentile(&cold, 0.5) / percentile(&floor, 0.5));
+    println!(
+        "| cold / floor (p50) | {:.2} × | ≤ 1.5 × |",
+        support::percentile(&cold, 0.5) / support::percentile(&floor, 0.5)
+    );
     println!("| host RSS idle after start | {:.1} MB | ≤ 20 MB |", rss_idle as f64 / 1024.0);
     println!("| host RSS with 100 idle sessions known | {:.1} MB | ≤ 40 MB |", rss_100 as f64 / 1024.0);
     println!("| `nanoclaw` binary, stripped release | {:.1} MB | — |", size as f64 / 1e6);
     println!("| `nanoclaw-agent` binary (in the image) | {:.1} MB | — |", agent_size as f64 / 1e6);
+    println!("| turns whose `done` came before their reply (of 330) | {done_first} | 0 |");
 }
