@@ -104,7 +104,6 @@ fn a_session_with_10001_finished_turns_completes_each_further_turn() {
 /// rowid 5,377, the `done` goes out without the reply, and the reply waits for ~19 more 30 s
 /// fallback passes (~10 min). See BENCHMARKS.md, issue 3.
 #[test]
-#[ignore = "fails until the outbox's page-full test matches the 256-row LIMIT of the messages_out read"]
 fn a_session_with_10001_turns_and_no_cursors_completes_each_further_turn() {
     further_turns_complete(true);
 }
@@ -118,7 +117,6 @@ fn a_session_with_10001_turns_and_no_cursors_completes_each_further_turn() {
 /// reply in the next. Measured: 16 of 300 turns, and 3 of 100 `nanoclaw chat -m` runs printed
 /// nothing. See BENCHMARKS.md, issue 3.
 #[test]
-#[ignore = "fails until the outbox reads acks and messages in one snapshot (or acks first)"]
 fn every_reply_reaches_the_chat_before_its_done() {
     let dir = short_tempdir();
     let data = dir.path().join("data");
@@ -148,7 +146,6 @@ fn every_reply_reaches_the_chat_before_its_done() {
 /// (two `delivered` rows `out-1-1796056131869-0-0` of two sessions, nine replies shown). See
 /// BENCHMARKS.md, issue 3.
 #[test]
-#[ignore = "fails until delivery keys are scoped by session (reply ids collide across sessions)"]
 fn a_message_fanned_out_to_ten_sessions_shows_ten_replies() {
     let dir = short_tempdir();
     let data = dir.path().join("data");

@@ -619,12 +619,15 @@ async fn a_reply_whose_send_outcome_is_unknown_is_never_sent_twice_on_a_non_idem
     channel.submit("chat-1", "p-unknown", "hello").await.unwrap();
     assert!(channel.wait_for(Duration::from_secs(20), |d| !d.is_empty()).await);
     let reply_key = channel.delivered()[0].message_out_id.clone();
+    // The channel key is `<session id>:<messages_out id>`; the ledger keys by the row id.
+    let row_key = reply_key.rsplit_once(':').map(|(_, row)| row.to_string()).unwrap();
     let session = mem_session(&service).await;
+    assert_eq!(reply_key, nanoclaw_actors::session::outbox::delivery_key(&session.id, &row_key));
     let paths = SessionPaths::new(&dir.path().join("data"), "main", &session.id);
     eventually(Duration::from_secs(20), "the reply's delivery decided", || async {
         let c = rusqlite::Connection::open(paths.inbound_db()).unwrap();
         let status: Option<String> = c
-            .query_row("SELECT status FROM delivered WHERE message_out_id = ?1", [&reply_key], |r| r.get(0))
+            .query_row("SELECT status FROM delivered WHERE message_out_id = ?1", [&row_key], |r| r.get(0))
             .ok();
         matches!(status.as_deref(), Some("failed" | "delivered"))
     })

@@ -664,3 +664,11 @@ pub fn delivery_rows(data_dir: &Path) -> Vec<DeliveryRow> {
         .collect::<Result<_, _>>()
         .unwrap()
 }
+
+/// Whether a reply frame's `message_out_id` is the channel key of the `messages_out` row `row_key`
+/// (keys are scoped by session: `<session id>:<row id>`).
+pub fn is_key_of(frame: &Value, row_key: &str) -> bool {
+    frame["message_out_id"]
+        .as_str()
+        .is_some_and(|k| k.rsplit_once(':').is_some_and(|(_, row)| row == row_key))
+}

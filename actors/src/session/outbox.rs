@@ -37,6 +37,13 @@ use tracing::{debug, info, warn};
 
 use super::notices;
 
+/// The key a channel deduplicates a reply by (`OutboundMessage::message_out_id`):
+/// `<session id>:<messages_out id>`, unique across sessions and stable across host restarts (a
+/// re-send after a crash uses the same key).
+pub fn delivery_key(session_id: &str, row_id: &str) -> String {
+    format!("{session_id}:{row_id}")
+}
+
 /// The slow fallback pass when nothing pokes the outbox (DESIGN §6: wake signals first).
 pub const FALLBACK: Duration = Duration::from_secs(30);
 
@@ -481,7 +488,9 @@ impl Worker {
             thread_id: target.thread_id.clone(),
             text: text.clone(),
             in_reply_to: answered.and_then(|c| c.platform_message_id),
-            message_out_id: valid.id.clone(),
+            // The channel's idempotency key: row ids are unique per container only (and a
+            // container can pick another session's on purpose), so the key is scoped by session.
+            message_out_id: delivery_key(&self.session.id, &valid.id),
         };
         // A channel that is not running (restarting) is waited for without spending attempts.
         let Some(idempotent) = notices::channel_state(&self.ctx, &target.channel_type) else {
