@@ -102,6 +102,12 @@ fn has_notice(channel: &MemoryChannel, failed: bool, id: &str) -> bool {
     })
 }
 
+/// Waits (20 s) until the chat shows a message with exactly `text`.
+async fn assert_shown(channel: &MemoryChannel, text: &str) {
+    let shown = channel.wait_for(Duration::from_secs(20), |d| d.iter().any(|m| m.text == text)).await;
+    assert!(shown, "{text:?} not shown; chat: {:?}", texts(channel));
+}
+
 /// Waits (60 s) for the note that the agent's container keeps failing to start.
 async fn assert_told_it_keeps_failing(channel: &MemoryChannel) {
     let told = channel
@@ -180,9 +186,7 @@ async fn a_crash_mid_turn_is_retried_and_after_five_tries_the_user_is_told() {
     .await;
     // The session keeps working for the next message.
     channel.submit("chat-1", "p-ok", "still there?").await.unwrap();
-    assert!(
-        channel.wait_for(Duration::from_secs(20), |d| d.iter().any(|m| m.text == "echo: still there?")).await
-    );
+    assert_shown(&channel, "echo: still there?").await;
     service.shutdown(Duration::from_secs(20)).await;
 }
 
@@ -265,7 +269,7 @@ async fn a_channel_that_loses_its_connection_is_restarted() {
     channel.lose_connection("socket closed by peer");
     eventually(Duration::from_secs(10), "the channel's restart", || async { channel.starts() >= 2 }).await;
     channel.submit("chat-1", "after", "back").await.unwrap();
-    assert!(channel.wait_for(Duration::from_secs(20), |d| d.iter().any(|m| m.text == "echo: back")).await);
+    assert_shown(&channel, "echo: back").await;
     service.shutdown(Duration::from_secs(20)).await;
 }
 
@@ -367,7 +371,7 @@ async fn kill_then_respawn_replaces_the_container_only_after_the_old_one_is_gone
         "the replacement started only after the old container was gone"
     );
     channel.submit("chat-1", "k2", "after").await.unwrap();
-    assert!(channel.wait_for(Duration::from_secs(20), |d| d.iter().any(|m| m.text == "echo: after")).await);
+    assert_shown(&channel, "echo: after").await;
     assert_eq!(runtime.created(), 2, "the new container took the message");
     service.shutdown(Duration::from_secs(20)).await;
 }
@@ -554,7 +558,7 @@ async fn a_channel_that_fails_releases_its_adapter_and_its_restart_succeeds() {
     assert_eq!(h.restarts, 1, "{h:?}");
     assert_eq!(second.account(), "mem");
     channel.submit("chat-1", "after-restart", "back").await.unwrap();
-    assert!(channel.wait_for(Duration::from_secs(20), |d| d.iter().any(|m| m.text == "echo: back")).await);
+    assert_shown(&channel, "echo: back").await;
     service.shutdown(Duration::from_secs(20)).await;
     assert!(!channel.is_held(), "shutdown releases the run");
 }
@@ -697,9 +701,7 @@ async fn a_foreign_object_in_outbound_db_quarantines_only_its_session_and_releas
     // The other session keeps working, and the victim's further messages are kept, not answered.
     channel.submit("chat-2", "b2", "still here").await.unwrap();
     channel.submit("chat-1", "a3", "kept for later").await.unwrap();
-    assert!(
-        channel.wait_for(Duration::from_secs(20), |d| d.iter().any(|m| m.text == "echo: still here")).await
-    );
+    assert_shown(&channel, "echo: still here").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(count_texts(&channel, "kept for later"), 0);
     assert_eq!(count_texts(&channel, "quarantined"), 1, "told once");
@@ -819,9 +821,7 @@ async fn a_session_flagged_with_work_resumes_at_start_without_reading_other_sess
         Service::start(config(dir.path()), Arc::new(runner_runtime()), vec![Arc::new(channel.clone())])
             .await
             .unwrap();
-    assert!(
-        channel.wait_for(Duration::from_secs(20), |d| d.iter().any(|m| m.text == "echo: left over")).await
-    );
+    assert_shown(&channel, "echo: left over").await;
     service.shutdown(Duration::from_secs(20)).await;
 }
 
