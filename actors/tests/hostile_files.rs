@@ -390,15 +390,20 @@ async fn wal_headers_and_non_sqlite_files_are_refused() {
     }
 }
 
-#[tokio::test]
-async fn ten_thousand_rows_page_by_rowid_cursor() {
-    let (_d, paths) = session();
-    let mut c = honest(&paths);
+/// Fills `messages_out` with 10,000 honest chat rows (seqs 1, 3, 5, …) in one transaction.
+fn ten_thousand_rows(paths: &SessionPaths) {
+    let mut c = honest(paths);
     let tx = c.transaction().unwrap();
     for n in 0..10_000 {
         chat_row(&tx, &format!("out-{n}"), 2 * n + 1);
     }
     tx.commit().unwrap();
+}
+
+#[tokio::test]
+async fn ten_thousand_rows_page_by_rowid_cursor() {
+    let (_d, paths) = session();
+    ten_thousand_rows(&paths);
     let limits = ReadLimits::default();
     let (mut from, mut seen, mut pages) = (0, Vec::new(), 0);
     loop {
@@ -417,12 +422,7 @@ async fn ten_thousand_rows_page_by_rowid_cursor() {
 #[tokio::test]
 async fn a_statement_past_its_deadline_is_interrupted() {
     let (_d, paths) = session();
-    let mut c = honest(&paths);
-    let tx = c.transaction().unwrap();
-    for n in 0..10_000 {
-        chat_row(&tx, &format!("out-{n}"), 2 * n + 1);
-    }
-    tx.commit().unwrap();
+    ten_thousand_rows(&paths);
     let limits = ReadLimits {
         statement_deadline: Duration::from_millis(1),
         max_rows: 10_000,
