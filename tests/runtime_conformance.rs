@@ -125,6 +125,7 @@ async fn the_docker_runtime_conforms() {
     let settings = DockerSettings {
         image: "nanoclaw-agent".into(),
         agent_binary: agent_bin(),
+        tag_cache: None,
         memory_bytes: 256 * 1024 * 1024,
         nano_cpus: 1_000_000_000,
         pids_limit: 64,
@@ -146,6 +147,7 @@ async fn docker_containers_have_capped_logs_a_nofile_limit_and_the_hardening() {
     let settings = DockerSettings {
         image: "nanoclaw-agent".into(),
         agent_binary: agent_bin(),
+        tag_cache: None,
         memory_bytes: 256 * 1024 * 1024,
         nano_cpus: 1_000_000_000,
         pids_limit: 64,
@@ -187,4 +189,52 @@ async fn docker_containers_have_capped_logs_a_nofile_limit_and_the_hardening() {
     assert_eq!(open_files.split_whitespace().collect::<Vec<_>>()[3..5], ["2048", "2048"], "{open_files}");
     runtime.stop(&id, Duration::from_secs(5)).await.unwrap();
     runtime.remove(&id).await.unwrap();
+}
+
+/// The image tag is remembered in the data dir, so a start does not rebuild the context to learn
+/// it: a remembered tag whose image exists is used as is (shown by pointing the cache at a second
+/// name of the same image), and one whose image is gone is learned again and the cache repaired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_docker_runtime_remembers_its_image_tag() {
+    if !docker_available() {
+        return;
+    }
+    let dir = short_tempdir();
+    let cache = dir.path().join("image-tag.json");
+    let settings = DockerSettings {
+        image: "nanoclaw-agent".into(),
+        agent_binary: agent_bin(),
+        tag_cache: Some(cache.clone()),
+        memory_bytes: 256 * 1024 * 1024,
+        nano_cpus: 1_000_000_000,
+        pids_limit: 64,
+        user: owner(),
+        nofile: 1024,
+    };
+    let runtime = DockerRuntime::connect(settings).await.unwrap();
+    let learned = runtime.ensure_image().await.unwrap();
+    let tag = learned.rsplit_once(':').unwrap().1.to_string();
+    let text = std::fs::read_to_string(&cache).expect("the tag is remembered");
+    assert!(text.contains(&tag), "{text}");
+
+    // A second name for the same image, only reachable through the cache.
+    let alias_tag = format!("{:012x}", u64::from(std::process::id()) << 8);
+    let alias = format!("nanoclaw-agent:{alias_tag}");
+    let tag_options = bollard::query_parameters::TagImageOptionsBuilder::default()
+        .repo("nanoclaw-agent")
+        .tag(&alias_tag)
+        .build();
+    runtime.client().tag_image(&learned, Some(tag_options)).await.unwrap();
+    std::fs::write(&cache, text.replace(&tag, &alias_tag)).unwrap();
+    let remembered = runtime.ensure_image().await;
+    let removed = runtime
+        .client()
+        .remove_image(&alias, None::<bollard::query_parameters::RemoveImageOptions>, None)
+        .await;
+    assert_eq!(remembered.unwrap(), alias, "a remembered tag whose image exists is used without a rebuild");
+    removed.unwrap();
+
+    // The alias is gone now: the cache names a missing image, so the tag is learned again.
+    assert_eq!(runtime.ensure_image().await.unwrap(), learned);
+    assert!(std::fs::read_to_string(&cache).unwrap().contains(&tag), "the cache is repaired");
 }

@@ -124,8 +124,11 @@ pub struct OutboundRequest {
     /// claim in place (`processing` → `completed` keeps the rowid; a re-claim gets a new one), so
     /// a caller's low-water mark must not move past a row still `processing`.
     pub acks_from_rowid: Option<i64>,
-    /// Read the claims (`processing` acks) of this container generation.
+    /// Read the claims (`processing` acks) of this container generation…
     pub claims_of_generation: Option<i64>,
+    /// …with `rowid >=` this: the caller's ack low-water mark, which no claim is below (0 reads
+    /// them all).
+    pub claims_from_rowid: i64,
     /// Read the `container_state` row.
     pub container_state: bool,
 }
@@ -718,7 +721,7 @@ fn read_sqlite(
             clock,
             "claims",
             &SELECT_CLAIMS,
-            [generation, max_rows],
+            [generation, max_rows, req.claims_from_rowid],
             RawAckRow::from_row,
             check_ack,
         )?;

@@ -45,6 +45,7 @@ fn everything() -> OutboundRequest {
         messages_from_rowid: Some(0),
         acks_from_rowid: Some(0),
         claims_of_generation: Some(1),
+        claims_from_rowid: 0,
         container_state: true,
     }
 }

@@ -5,8 +5,16 @@
 //! mount points, and an `/etc/passwd` naming the unprivileged user. No registry, no base image.
 //! The tag is a hash of the build context, so an unchanged runner is never rebuilt and a changed
 //! one always is.
+//!
+//! Learning the tag means running `ldd` and reading ~8 MB into a tar: ~20 ms and a 12 MB memory
+//! peak at every start. So the tag is remembered in a small file in the user's cache directory
+//! (see `runtime::from_config`), keyed by the kernel's identity of every input file (device, inode, size,
+//! modification and change times) and a digest of the fixed parts of the recipe; the context is
+//! built only when a key differs or the image is missing.
 
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 /// Where the runner lives in the image.
@@ -19,6 +27,113 @@ pub struct BuildContext {
     pub tar: Vec<u8>,
     /// First 12 hex digits of the SHA-256 of `tar`.
     pub tag: String,
+    /// The host files copied in: the agent binary first, then its libraries.
+    pub inputs: Vec<PathBuf>,
+}
+
+/// Largest tag cache read; a bigger file is ignored (it is the host's own file, but a cap costs
+/// nothing).
+const TAG_CACHE_MAX_BYTES: u64 = 64 * 1024;
+
+/// The Dockerfile of the `minimal` image.
+fn dockerfile() -> String {
+    format!(
+        "FROM scratch\nCOPY rootfs/ /\nUSER 65534:65534\nWORKDIR /workspace\nENTRYPOINT [\"{AGENT_PATH}\"]\n"
+    )
+}
+
+const PASSWD: &[u8] =
+    b"root:x:0:0:root:/:/sbin/nologin\nnobody:x:65534:65534:nobody:/nonexistent:/sbin/nologin\n";
+const GROUP: &[u8] = b"root:x:0:\nnogroup:x:65534:\n";
+const EMPTY_DIRS: [&str; 6] = [
+    "rootfs/workspace",
+    "rootfs/session",
+    "rootfs/etc",
+    "rootfs/usr",
+    "rootfs/usr/local",
+    "rootfs/usr/local/bin",
+];
+
+/// Digest of everything in the context that is not an input file, so a change of the recipe in
+/// a new host version invalidates the cache even when the agent binary is unchanged. The format
+/// version counts changes of how files are archived (`add_file`'s header fields).
+fn recipe_digest() -> String {
+    const FORMAT: &str = "minimal-1";
+    let mut h = Sha256::new();
+    for part in [FORMAT.as_bytes(), dockerfile().as_bytes(), PASSWD, GROUP, EMPTY_DIRS.join(",").as_bytes()] {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part);
+    }
+    hex::encode(h.finalize())
+}
+
+/// What the kernel says identifies a file's content: any write changes `ctime`, a replaced file
+/// has a new inode. Symbolic links are followed (`ldd` names links; the target is what is copied).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileStamp {
+    /// The path as named.
+    pub path: PathBuf,
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+}
+
+impl FileStamp {
+    /// Stamps `path`. Errors when it cannot be stat'ed.
+    pub fn of(path: &Path) -> std::io::Result<Self> {
+        let m = std::fs::metadata(path)?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+            ctime_ns: i128::from(m.ctime()) * 1_000_000_000 + i128::from(m.ctime_nsec()),
+        })
+    }
+}
+
+/// The tag cache file's content.
+#[derive(Debug, Serialize, Deserialize)]
+struct TagCache {
+    recipe: String,
+    /// The agent binary first, then its libraries.
+    inputs: Vec<FileStamp>,
+    tag: String,
+}
+
+/// The tag remembered in `cache` for `binary`, when the recipe and every input file are as they
+/// were when it was stored. `None` (never an error) when the file is missing, too big, corrupt or
+/// stale: the caller then builds the context, which is always correct.
+pub fn cached_tag(cache: &Path, binary: &Path) -> Option<String> {
+    use std::io::Read;
+    let file = std::fs::File::open(cache).ok()?;
+    let mut text = String::new();
+    file.take(TAG_CACHE_MAX_BYTES + 1).read_to_string(&mut text).ok()?;
+    if text.len() as u64 > TAG_CACHE_MAX_BYTES {
+        return None;
+    }
+    let stored: TagCache = serde_json::from_str(&text).ok()?;
+    let valid_tag = stored.tag.len() == 12 && stored.tag.bytes().all(|b| b.is_ascii_hexdigit());
+    if !valid_tag
+        || stored.recipe != recipe_digest()
+        || stored.inputs.first().map(|s| s.path.as_path()) != Some(binary)
+    {
+        return None;
+    }
+    stored.inputs.iter().all(|s| FileStamp::of(&s.path).is_ok_and(|now| now == *s)).then_some(stored.tag)
+}
+
+/// Remembers `context`'s tag in `cache` (written to a temporary file, then renamed, so a reader
+/// never sees half a file). Errors only on I/O; the caller logs them, a cache is never required.
+pub fn store_tag(cache: &Path, context: &BuildContext) -> std::io::Result<()> {
+    let inputs = context.inputs.iter().map(|p| FileStamp::of(p)).collect::<std::io::Result<Vec<_>>>()?;
+    let body = serde_json::to_vec(&TagCache { recipe: recipe_digest(), inputs, tag: context.tag.clone() })?;
+    let tmp = cache.with_extension("json.tmp");
+    std::fs::write(&tmp, body)?;
+    std::fs::rename(&tmp, cache)
 }
 
 /// Errors assembling the context. Display is one line.
@@ -131,28 +246,13 @@ pub fn minimal_context(binary: &Path) -> Result<BuildContext, ImageError> {
         .map_err(|e| ImageError::Binary { path: binary.display().to_string(), message: e.to_string() })?;
     let libs = linked_libraries(binary)?;
     let mut b = tar::Builder::new(Vec::new());
-    let dockerfile = format!(
-        "FROM scratch\nCOPY rootfs/ /\nUSER 65534:65534\nWORKDIR /workspace\nENTRYPOINT [\"{AGENT_PATH}\"]\n"
-    );
-    add_file(&mut b, "Dockerfile", dockerfile.as_bytes(), 0o644)?;
+    add_file(&mut b, "Dockerfile", dockerfile().as_bytes(), 0o644)?;
     add_dir(&mut b, "rootfs/tmp", 0o1777)?;
-    for dir in [
-        "rootfs/workspace",
-        "rootfs/session",
-        "rootfs/etc",
-        "rootfs/usr",
-        "rootfs/usr/local",
-        "rootfs/usr/local/bin",
-    ] {
+    for dir in EMPTY_DIRS {
         add_dir(&mut b, dir, 0o755)?;
     }
-    add_file(
-        &mut b,
-        "rootfs/etc/passwd",
-        b"root:x:0:0:root:/:/sbin/nologin\nnobody:x:65534:65534:nobody:/nonexistent:/sbin/nologin\n",
-        0o644,
-    )?;
-    add_file(&mut b, "rootfs/etc/group", b"root:x:0:\nnogroup:x:65534:\n", 0o644)?;
+    add_file(&mut b, "rootfs/etc/passwd", PASSWD, 0o644)?;
+    add_file(&mut b, "rootfs/etc/group", GROUP, 0o644)?;
     add_file(&mut b, &format!("rootfs{AGENT_PATH}"), &bin, 0o755)?;
     let mut seen_dirs = std::collections::BTreeSet::new();
     for lib in &libs {
@@ -171,7 +271,8 @@ pub fn minimal_context(binary: &Path) -> Result<BuildContext, ImageError> {
     }
     let tar = b.into_inner()?;
     let tag = hex::encode(Sha256::digest(&tar))[..12].to_string();
-    Ok(BuildContext { tar, tag })
+    let inputs = std::iter::once(binary.to_path_buf()).chain(libs).collect();
+    Ok(BuildContext { tar, tag, inputs })
 }
 
 #[cfg(test)]
@@ -198,6 +299,41 @@ mod tests {
         assert!(entries.iter().any(|(p, _)| p == "rootfs/usr/local/bin/nanoclaw-agent"));
         assert!(entries.iter().any(|(p, m)| p == "rootfs/tmp" && *m == 0o1777));
         assert!(entries.iter().any(|(p, _)| p.contains("libc.so")), "{entries:?}");
+    }
+
+    #[test]
+    fn the_tag_cache_holds_until_an_input_or_the_recipe_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("agent");
+        std::fs::copy("/bin/true", &bin).unwrap();
+        let cache = dir.path().join("image-tag.json");
+        assert_eq!(cached_tag(&cache, &bin), None, "no cache yet");
+
+        let ctx = minimal_context(&bin).unwrap();
+        store_tag(&cache, &ctx).unwrap();
+        assert_eq!(cached_tag(&cache, &bin), Some(ctx.tag.clone()), "unchanged inputs: the stored tag");
+        assert_eq!(cached_tag(&cache, Path::new("/bin/false")), None, "another binary");
+
+        // A rebuilt binary (same path, new content) must not reuse the old tag.
+        let mut bytes = std::fs::read(&bin).unwrap();
+        bytes.extend_from_slice(b"rebuilt");
+        std::fs::write(&bin, &bytes).unwrap();
+        assert_eq!(cached_tag(&cache, &bin), None, "a changed binary");
+        let rebuilt = minimal_context(&bin).unwrap();
+        assert_ne!(rebuilt.tag, ctx.tag);
+        store_tag(&cache, &rebuilt).unwrap();
+        assert_eq!(cached_tag(&cache, &bin), Some(rebuilt.tag.clone()));
+
+        // Another recipe (an older host's cache) or a stored tag of the wrong shape is stale.
+        let text = std::fs::read_to_string(&cache).unwrap();
+        std::fs::write(&cache, text.replace(&recipe_digest(), "0000")).unwrap();
+        assert_eq!(cached_tag(&cache, &bin), None, "another recipe");
+        std::fs::write(&cache, text.replace(&rebuilt.tag, "../../etc")).unwrap();
+        assert_eq!(cached_tag(&cache, &bin), None, "a tag that is not 12 hex digits");
+        for junk in [&b"{not json"[..], &vec![b' '; 70 * 1024]] {
+            std::fs::write(&cache, junk).unwrap();
+            assert_eq!(cached_tag(&cache, &bin), None, "corrupt or oversize cache");
+        }
     }
 
     #[test]

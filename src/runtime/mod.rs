@@ -25,9 +25,11 @@ pub async fn from_config(config: &Config) -> Result<(Arc<dyn ContainerRuntime>, 
             // runs them as nobody and hands the writable folders to nobody.
             let (user, owner) =
                 if uid == 0 { ((65534, 65534), Some((65534, 65534))) } else { ((uid, gid), None) };
+            let binary_for_cache = binary.clone();
             let settings = docker::DockerSettings {
                 image: config.container.image.clone(),
                 agent_binary: binary,
+                tag_cache: Some(tag_cache_path(&binary_for_cache, &config.data_dir)),
                 memory_bytes: (config.container.memory_mb * 1024 * 1024) as i64,
                 nano_cpus: (config.container.cpus * 1e9) as i64,
                 pids_limit: config.container.pids_limit,
@@ -43,4 +45,26 @@ pub async fn from_config(config: &Config) -> Result<(Arc<dyn ContainerRuntime>, 
             }
         }
     }
+}
+
+/// Where the Docker runtime remembers the agent image's tag ([`image::cached_tag`]): the user's
+/// cache directory (`$XDG_CACHE_HOME/nanoclaw`, else `~/.cache/nanoclaw`), one file per agent
+/// binary path — the image lives in the Docker daemon, not in a data directory, so a new data
+/// directory starts as fast as an old one. Without a home directory, the data directory.
+fn tag_cache_path(agent_binary: &std::path::Path, data_dir: &std::path::Path) -> std::path::PathBuf {
+    use sha2::{Digest, Sha256};
+    let cache_home = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|v| !v.is_empty())
+                .map(|h| std::path::Path::new(&h).join(".cache"))
+        });
+    let key = hex::encode(Sha256::digest(agent_binary.as_os_str().as_encoded_bytes()));
+    let dir = cache_home
+        .map(|c| c.join("nanoclaw"))
+        .filter(|d| std::fs::create_dir_all(d).is_ok())
+        .unwrap_or_else(|| data_dir.to_path_buf());
+    dir.join(format!("image-tag-{}.json", &key[..16]))
 }

@@ -469,8 +469,14 @@ impl SessionState {
         if generation <= counted || generation == 0 {
             return Ok(0);
         }
-        let req =
-            container_files::OutboundRequest { claims_of_generation: Some(generation), ..Default::default() };
+        // Claims are never below the ack cursor (it stops at the first row still `processing`),
+        // so the read starts there: a session with 100,000 finished turns reads none of them.
+        let claims_from_rowid = blocking(&self.paths, files::read_cursors).await?.processing_ack;
+        let req = container_files::OutboundRequest {
+            claims_of_generation: Some(generation),
+            claims_from_rowid,
+            ..Default::default()
+        };
         let limits = container_files::ReadLimits {
             max_file_bytes: self.ctx.config.outbound_max_bytes,
             ..Default::default()
@@ -802,6 +808,9 @@ impl Actor for SessionActor {
                 let generation = conn.generation;
                 if state.phase.hello(generation, SessionState::now().into_std()) {
                     state.wake.connect(conn);
+                    // Input may have arrived between the runner's first read and this hello (no
+                    // wake byte reached it then): one byte now, so it never waits for its fallback.
+                    state.wake.wake();
                     state.last_activity = SessionState::now();
                     let sid = state.session.id.clone();
                     state.ctx.store.call(move |c| store::set_container_status(c, &sid, "running")).await?;

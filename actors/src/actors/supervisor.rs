@@ -1,7 +1,7 @@
 //! `Supervisor`: the root of the tree (DESIGN §4).
 //!
-//! `pre_start` sweeps orphaned containers first (nothing of this process runs yet, so every
-//! labelled container is an orphan), then spawns, in order: sweeper, session supervisor, approval
+//! `pre_start` spawns, in order: sweeper (whose first sweep removes orphaned containers of a
+//! previous run without holding up the start), session supervisor, approval
 //! supervisor, channel supervisor — channels last, so no message arrives before sessions can take
 //! it. `post_start` routes ledger entries a crash left unrouted and resumes sessions with work.
 //! A failed child is restarted after [`RestartPolicy::core_child`]: backoff, and a budget shared
@@ -12,7 +12,7 @@
 use super::approval_supervisor::{ApprovalSupervisor, ApprovalSupervisorMessage};
 use super::channel_supervisor::{ChannelSupervisor, ChannelSupervisorArgs, ChannelSupervisorMessage};
 use super::session_supervisor::{SessionSupervisor, SessionSupervisorMessage, SessionsHandle};
-use super::sweeper::{Sweeper, SweeperMessage, sweep};
+use super::sweeper::{Sweeper, SweeperMessage};
 use crate::context::ServiceContext;
 use crate::restart::{RestartDecision, RestartPolicy, RestartTracker};
 use crate::router::Router;
@@ -58,10 +58,6 @@ impl Actor for Supervisor {
         myself: ActorRef<Self::Msg>,
         ctx: Arc<ServiceContext>,
     ) -> Result<SupervisorState, ActorProcessingErr> {
-        let removed = sweep(&ctx).await?;
-        if removed > 0 {
-            info!(removed, "removed orphaned containers of a previous run");
-        }
         let cell = myself.get_cell();
         let (sweeper, _) = Actor::spawn_linked(None, Sweeper, ctx.clone(), cell.clone()).await?;
         let (sessions, _) = Actor::spawn_linked(None, SessionSupervisor, ctx.clone(), cell.clone()).await?;

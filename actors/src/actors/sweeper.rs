@@ -1,6 +1,9 @@
 //! `Sweeper`: removes orphaned containers — labelled with this install, owned by no container
-//! actor — at start (before any session actor runs) and every [`SWEEP_INTERVAL`] after
-//! (DESIGN §7). It is the backstop for container actors killed without `post_stop`.
+//! actor — once as soon as it starts and every [`SWEEP_INTERVAL`] after (DESIGN §7). It is the
+//! backstop for container actors killed without `post_stop`, and it runs beside the rest of the
+//! start rather than before it (one Docker round trip less before the service is ready): that is
+//! safe because a container is entered in the registry of live containers before it is created,
+//! and a session actor removes any container left with its label before it spawns one.
 
 use crate::context::ServiceContext;
 use crate::ports::runtime::RuntimeError;
@@ -70,6 +73,7 @@ impl Actor for Sweeper {
         myself: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        myself.cast(SweeperMessage::Sweep(None))?;
         state._interval = Some(AbortOnDropHandle::new(
             myself.send_interval(SWEEP_INTERVAL, || SweeperMessage::Sweep(None)),
         ));

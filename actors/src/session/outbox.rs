@@ -253,6 +253,7 @@ impl Worker {
             messages_from_rowid: Some(cursors.messages_out),
             acks_from_rowid: Some(cursors.processing_ack),
             claims_of_generation: None,
+            claims_from_rowid: 0,
             container_state: true,
         };
         let snapshot = match container_files::read(self.paths.clone(), self.limits.clone(), req).await {

@@ -16,7 +16,8 @@ pub struct RunnerConfig {
     pub provider: String,
     /// The agent's display name for the system prompt.
     pub assistant_name: String,
-    /// Poll fallback when no wake byte arrives, in ms (at most 1000, DESIGN §6).
+    /// Poll interval while the wake link is down, in ms (at most 1000, DESIGN §6); with the link
+    /// up the runner waits for wake bytes and due rows instead.
     pub poll_ms: u64,
     /// Most messages in one prompt.
     pub max_messages_per_prompt: usize,

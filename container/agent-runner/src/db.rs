@@ -48,6 +48,9 @@ pub struct Snapshot {
     pub routing: SessionRouting,
     /// Largest seq in `messages_in`, for odd-seq allocation.
     pub max_inbound_seq: Option<i64>,
+    /// The earliest `process_after` of a pending triggering row not yet due (a retry backoff or a
+    /// scheduled message): the runner's next read is due then, with no wake byte to announce it.
+    pub next_due: Option<String>,
 }
 
 impl Snapshot {
@@ -55,6 +58,23 @@ impl Snapshot {
     pub fn has_trigger(&self) -> bool {
         self.batch.iter().any(|r| r.trigger)
     }
+}
+
+/// The host's `processing_ack` cursor from `inbound.db` (every ack row below it is final on the
+/// host's side); 0 when there is none yet or it cannot be read, which only costs a longer scan.
+fn host_ack_cursor(inbound_path: &Path) -> i64 {
+    if !inbound_path.exists() {
+        return 0;
+    }
+    schema::open_inbound_reader(inbound_path)
+        .ok()
+        .and_then(|c| {
+            c.query_row("SELECT rowid FROM host_cursors WHERE name = 'processing_ack'", [], |r| r.get(0))
+                .optional()
+                .ok()
+                .flatten()
+        })
+        .unwrap_or(0)
 }
 
 /// The runner's handle on its session DBs.
@@ -78,9 +98,12 @@ impl SessionDb {
             params![generation, now_ts()],
         )
         .ctx("record generation")?;
+        // Claims are never below the host's ack cursor (it stops at the first row still
+        // `processing`), so the delete is a rowid range, not a scan of every turn ever acked.
+        let from = host_ack_cursor(inbound_path);
         tx.execute(
-            "DELETE FROM processing_ack WHERE status = 'processing' AND generation <> ?1",
-            params![generation],
+            "DELETE FROM processing_ack WHERE rowid >= ?2 AND status = 'processing' AND generation <> ?1",
+            params![generation, from],
         )
         .ctx("clear stale claims")?;
         tx.commit().ctx("commit startup")?;
@@ -181,7 +204,15 @@ impl SessionDb {
             .unwrap_or_default();
         let max_inbound_seq =
             inbound.query_row("SELECT max(seq) FROM messages_in", [], |r| r.get(0)).ctx("max seq")?;
-        Ok(Snapshot { batch, destinations, routing, max_inbound_seq })
+        let next_due = inbound
+            .query_row(
+                "SELECT min(process_after) FROM messages_in
+                 WHERE status = 'pending' AND kind <> 'system' AND trigger = 1 AND process_after > ?1",
+                params![now],
+                |r| r.get(0),
+            )
+            .ctx("next due")?;
+        Ok(Snapshot { batch, destinations, routing, max_inbound_seq, next_due })
     }
 
     /// Claims rows for this generation.

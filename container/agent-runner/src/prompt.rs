@@ -215,6 +215,7 @@ mod tests {
                 thread_id: None,
             },
             max_inbound_seq: Some(2),
+            next_due: None,
         }
     }
 

@@ -36,6 +36,10 @@ pub enum RunnerError {
 /// failed.
 const PROVIDER_ATTEMPTS: u32 = 3;
 
+/// The runner's fallback read interval while its wake link is up (DESIGN §6 keeps a 1 s poll only
+/// for when the link is down). A safety net, not a clock: a lost byte costs at most this much.
+const CONNECTED_FALLBACK: Duration = Duration::from_secs(30);
+
 /// The wake link to the host: a stream on `wake.sock` plus a reader task that turns `INPUT`
 /// bytes (and a closed socket) into notifications.
 struct WakeLink {
@@ -122,9 +126,23 @@ impl WakeLink {
         }
     }
 
-    /// Waits for a wake byte or the poll interval, whichever is first.
-    async fn wait(&self, poll: Duration) {
-        let _ = tokio::time::timeout(poll, self.notify.notified()).await;
+    /// A connection to the host is up (its reader still runs).
+    fn connected(&self) -> bool {
+        self.writer.is_some() && self.reader.as_ref().is_some_and(|r| !r.is_finished())
+    }
+
+    /// Waits for a wake byte, the next due row, or the fallback, whichever is first. The fallback
+    /// is `poll` (at most 1 s) while the host is unreachable, and [`CONNECTED_FALLBACK`] while the
+    /// link is up: the host then sends a byte for every write the runner must see (and one at
+    /// connect), and a closed link wakes the runner at once.
+    async fn wait(&self, poll: Duration, next_due: Option<&str>) {
+        let fallback = if self.connected() { CONNECTED_FALLBACK } else { poll };
+        let until_due = next_due.and_then(|due| nanoclaw_protocol::time::parse_ts(due).ok()).map(|due| {
+            // A few ms late, so the row's `process_after <= now` holds at the read.
+            (due - chrono::Utc::now()).to_std().unwrap_or_default() + Duration::from_millis(5)
+        });
+        let wait = until_due.map_or(fallback, |d| d.min(fallback));
+        let _ = tokio::time::timeout(wait, self.notify.notified()).await;
     }
 }
 
@@ -227,7 +245,7 @@ pub async fn run_with(config: RunnerConfig, mut provider: Box<dyn Provider>) -> 
                 return Ok(0);
             }
             tokio::select! {
-                _ = link.wait(poll) => {}
+                _ = link.wait(poll, snapshot.next_due.as_deref()) => {}
                 _ = term.recv() => return Ok(0),
                 _ = int.recv() => return Ok(0),
             }

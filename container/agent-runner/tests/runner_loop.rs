@@ -142,7 +142,19 @@ async fn a_new_generation_clears_stale_claims_and_takes_on_wake_rows_first() {
             1,
         )
         .unwrap();
+        // An earlier turn, final on both sides: its ack is row 1 and the host's cursor is past it,
+        // so the new runner's clean-up starts at row 2 — where the claim is.
+        let w = rusqlite::Connection::open(workspace.join("outbound.db")).unwrap();
+        w.execute(
+            "INSERT INTO processing_ack (rowid, message_id, status, status_changed, generation) VALUES (1, 'old:main', 'completed', ?1, 1)",
+            [nanoclaw_protocol::time::now_ts()],
+        )
+        .unwrap();
         db.claim(&["m1:main".to_string()]).unwrap();
+        open_inbound_writer(&session.join("inbound.db"))
+            .unwrap()
+            .execute("INSERT INTO host_cursors (name, rowid) VALUES ('processing_ack', 2)", [])
+            .unwrap();
     }
     let config = runner_config(&session, &workspace, 2, 50, None);
     // No wake socket at all: the poll fallback must carry the work.
@@ -175,4 +187,37 @@ async fn a_runner_whose_host_is_gone_exits_by_itself() {
     let code =
         tokio::time::timeout(Duration::from_secs(10), runner).await.expect("runner exited").unwrap().unwrap();
     assert_eq!(code, 0);
+}
+
+/// With the wake link up the runner does not poll: a row that becomes due later (a retry backoff,
+/// a scheduled message) is read at its `process_after` by a timer, with no wake byte — well
+/// before the 30 s safety net.
+#[tokio::test]
+async fn a_row_due_later_is_read_when_due_without_a_wake_byte() {
+    let (_tmp, session, workspace) = session_dirs();
+    let listener = UnixListener::bind(session.join("wake.sock")).unwrap();
+    host_write(&session, "ctx:main", 2, "background", false, false);
+    let due = chrono::Utc::now() + chrono::Duration::milliseconds(1500);
+    let due_ts = nanoclaw_protocol::time::format_ts(due);
+    open_inbound_writer(&session.join("inbound.db"))
+        .unwrap()
+        .execute(
+            "INSERT INTO messages_in (id, seq, kind, timestamp, process_after, trigger, platform_id, channel_type, content)
+             VALUES ('later:main', 4, 'chat', ?1, ?2, 1, 'local', 'cli', ?3)",
+            params![nanoclaw_protocol::time::now_ts(), due_ts, serde_json::json!({"text": "later"}).to_string()],
+        )
+        .unwrap();
+    let runner =
+        tokio::spawn(nanoclaw_agent::runner::run(runner_config(&session, &workspace, 1, 1000, None)));
+    let (mut stream, _) =
+        tokio::time::timeout(Duration::from_secs(10), listener.accept()).await.unwrap().unwrap();
+    read_until(&mut stream, wake::HELLO).await;
+    // No byte is sent; the claim's OUTPUT comes when the row is due (read_until waits up to 10 s).
+    read_until(&mut stream, wake::OUTPUT).await;
+    assert!(chrono::Utc::now() >= due, "read before it was due");
+    read_until(&mut stream, wake::OUTPUT).await;
+    let r = replies(&workspace);
+    assert_eq!(r.len(), 1, "{r:?}");
+    assert_eq!(r[0].3, r#"{"type":"text","text":"echo: later"}"#);
+    runner.abort();
 }

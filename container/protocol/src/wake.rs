@@ -11,9 +11,13 @@
 //!
 //! Bytes coalesce: several `INPUT`s before a read mean one read. Unknown bytes are ignored by
 //! both sides (the container is untrusted; the host never does more than re-read its DBs).
-//! Both sides keep a poll fallback of at most one second (DESIGN §6), so a lost byte or a missing
-//! socket costs latency, never a message. The socket replaces NanoClaw's 1 s polling on both
-//! sides; see BENCHMARKS.md for the round trip it buys.
+//! The host writes one `INPUT` when it accepts a hello (input may have landed between the
+//! runner's first read and the hello) and one per write the runner must see. While the link is
+//! up the runner reads again at the earliest `process_after` of a pending row and otherwise
+//! only on a byte (with a 30 s safety net); while it is down it polls at most every
+//! [`MAX_POLL_MS`]. So a lost byte or a missing socket costs latency, never a message, and an
+//! idle container does not read its DB every second. The socket replaces NanoClaw's 1 s polling
+//! on both sides; see BENCHMARKS.md for the round trip it buys.
 
 /// Host → container: new input in `inbound.db`.
 pub const INPUT: u8 = b'i';
@@ -42,7 +46,7 @@ pub fn parse_hello(frame: &[u8]) -> Option<i64> {
     std::str::from_utf8(body).ok()?.parse().ok()
 }
 
-/// The longest poll interval either side may use as a fallback, in milliseconds.
+/// The longest poll interval the runner may use while its wake link is down, in milliseconds.
 pub const MAX_POLL_MS: u64 = 1000;
 
 #[cfg(test)]
