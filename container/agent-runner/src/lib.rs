@@ -15,6 +15,7 @@
 
 pub mod config;
 pub mod db;
+pub mod model;
 pub mod prompt;
 pub mod provider;
 pub mod runner;

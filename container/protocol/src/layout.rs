@@ -5,9 +5,9 @@
 //! ```text
 //! data/sessions/<agent_group>/<session>/
 //!   host/        written only by the host; mounted read-only at /session
-//!     inbound.db   wake.sock
+//!     inbound.db   wake.sock   proxy.sock   runner.json
 //!   workspace/   written by the container; mounted read-write at /workspace
-//!     outbound.db  .heartbeat  outbox/ …
+//!     outbound.db  .heartbeat  outbox/  transcripts/ …
 //! ```
 //!
 //! DESIGN §5 puts both DBs in one session folder. They are split here because a container may
@@ -21,6 +21,19 @@ pub const INBOUND_DB: &str = "inbound.db";
 pub const OUTBOUND_DB: &str = "outbound.db";
 /// File name of the wake socket inside the host folder (the host listens, the runner connects).
 pub const WAKE_SOCKET: &str = "wake.sock";
+/// File name of the credential proxy's socket inside the host folder (the host listens, the
+/// runner connects; see [`crate::proxy`]).
+pub const PROXY_SOCKET: &str = "proxy.sock";
+/// File name of the runner's settings inside the host folder ([`crate::settings`]).
+pub const RUNNER_SETTINGS: &str = "runner.json";
+/// Sub-folder of the workspace where the runner puts files it sends (`outbox/<row id>/<name>`).
+pub const OUTBOX_DIR: &str = "outbox";
+/// Sub-folder of the workspace holding each provider's conversation transcript.
+pub const TRANSCRIPTS_DIR: &str = "transcripts";
+/// File name of the agent group's memory inside the group folder (the agent may edit it).
+pub const MEMORY_FILE: &str = "memory.md";
+/// Where the skills shipped with nanoclaw are mounted read-only inside a container.
+pub const CONTAINER_SKILLS_DIR: &str = "/skills";
 /// File name of the heartbeat inside the workspace folder; its mtime is the heartbeat.
 pub const HEARTBEAT: &str = ".heartbeat";
 /// Sub-folder of a session folder written only by the host.

@@ -12,6 +12,8 @@
 //! - [`validate`]: host-side re-validation of everything the untrusted container writes;
 //! - [`wake`]: the wake socket and its one-byte frames;
 //! - [`layout`]: paths and environment variables both sides agree on;
+//! - [`settings`]: the runner's settings (`runner.json`: provider, tier, tools, MCP servers);
+//! - [`proxy`]: the credential proxy's wire contract (provider API paths, `web_fetch`, errors);
 //! - [`time`]: the one timestamp format stored in every text time column.
 //!
 //! The container is untrusted: nothing here assumes a row read from `outbound.db` is well formed.
@@ -20,8 +22,10 @@
 pub mod content;
 pub mod layout;
 pub mod output;
+pub mod proxy;
 pub mod rows;
 pub mod schema;
+pub mod settings;
 pub mod time;
 pub mod validate;
 pub mod wake;
