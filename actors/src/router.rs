@@ -22,6 +22,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use tracing::{Instrument, debug, info_span, warn};
 
+/// How long [`Router`] waits for a stopping session actor to exit before asking for a new one.
+const STOPPING_ACTOR_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 /// Why an event was not routed. The platform must not be acknowledged; the ledger keeps the
 /// entry (when it was committed) for the next attempt. Display is one line for the sender.
 #[derive(Debug, thiserror::Error)]
@@ -213,7 +215,8 @@ impl Router {
         Ok(InboundAck { ledger_id: ledger_id.to_string(), duplicate: false, dropped: None })
     }
 
-    /// Hands a row to its session actor; a session actor that was just stopping is replaced.
+    /// Hands a row to its session actor; a session actor that was just stopping is replaced (after
+    /// it has exited, at most [`STOPPING_ACTOR_WAIT`] each time, three tries).
     async fn enqueue(&self, session: store::SessionInfo, row: NewInbound) -> Result<(), RouteError> {
         let mut last = String::new();
         for _ in 0..3 {
@@ -225,6 +228,14 @@ impl Router {
                 // this channel's other chats. The ledger keeps the entry for the next attempt.
                 Err(e @ crate::actors::session::SessionError::Busy(_)) => {
                     return Err(RouteError::Session(e.to_string()));
+                }
+                // The actor was stopping (idle, or held) when the row reached it. Until it has
+                // exited the supervisor would hand it out again, so wait for that (bounded),
+                // then ask for a fresh one: under load three immediate retries could all land
+                // on the same dying actor and fail a message that has a session to go to.
+                Err(e @ crate::actors::session::SessionError::Unavailable(_)) => {
+                    last = e.to_string();
+                    let _ = handle.actor().get_cell().wait(Some(STOPPING_ACTOR_WAIT)).await;
                 }
                 Err(e) => last = e.to_string(),
             }
