@@ -677,3 +677,152 @@ async fn request_over_8_mib_is_not_sent() {
     assert!(message.contains("over the proxy's limit of 8 MiB"), "{message}");
     assert!(p.server.requests().is_empty());
 }
+
+// ---------------------------------------------------------------- command (JSON lines)
+
+use nanoclaw_agent::model::command::CommandModel;
+use nanoclaw_agent::model::retry::RetryPolicy;
+use nanoclaw_protocol::settings::{ProviderKind, RunnerProvider};
+
+/// `sh -c script fake-cli <arg>`.
+fn sh(script: &str, arg: &std::path::Path) -> Vec<String> {
+    ["sh", "-c", script, "fake-cli"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([arg.display().to_string()])
+        .collect()
+}
+
+const FAST_RETRIES: RetryPolicy = RetryPolicy {
+    min_delay: Duration::from_millis(10),
+    max_delay: Duration::from_millis(20),
+    max_retries: 3,
+    total: Duration::from_secs(1),
+};
+
+#[tokio::test]
+async fn command_speaks_json_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let request_file = dir.path().join("request.json");
+    let script = r#"IFS= read -r line; printf '%s\n' "$line" > "$1"
+printf '%s\n' '{"type":"text","text":"Hel"}' '{"type":"progress"}' '' '{"type":"text","text":"lo"}' \
+  '{"type":"tool_call","id":"t1","name":"send_message","arguments":{"text":"hi"}}' '{"type":"future"}' \
+  '{"type":"result","stop":"tool_use","usage":{"input_tokens":5,"output_tokens":2},"continuation":"conv-1"}'"#;
+    let mut model = CommandModel::new("cli", sh(script, &request_file));
+    let tools = [send_message_tool()];
+    let reply = call(&mut model, &[user("Say hello.")], &tools).await.unwrap();
+    assert_eq!(
+        reply.blocks,
+        vec![
+            Block::Text { text: "Hello".into() },
+            Block::ToolCall(ToolCall {
+                id: "t1".into(),
+                name: "send_message".into(),
+                arguments: json!({"text": "hi"})
+            }),
+        ]
+    );
+    assert_eq!(reply.stop, StopReason::ToolUse);
+    assert_eq!(reply.usage, Usage { input_tokens: 5, output_tokens: 2 });
+    let request: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&request_file).unwrap()).unwrap();
+    assert_eq!(request["type"], "request");
+    assert_eq!(request["system"], "You are Andy.");
+    assert_eq!(
+        request["messages"],
+        json!([{"role": "user", "content": [{"type": "text", "text": "Say hello."}]}])
+    );
+    assert_eq!(request["tools"][0]["name"], "send_message");
+    assert_eq!(request["temperature"], json!(0.7));
+    assert_eq!(request["continuation"], serde_json::Value::Null);
+
+    // The next call hands back the continuation.
+    call(&mut model, &[user("Again.")], &tools).await.unwrap();
+    let request: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&request_file).unwrap()).unwrap();
+    assert_eq!(request["continuation"], "conv-1");
+}
+
+#[tokio::test]
+async fn command_failures_name_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let unused = dir.path().join("unused");
+    let cases = [
+        (
+            "echo 'model crashed' >&2; exit 3",
+            "ended before its result (exit status: 3): stderr: model crashed",
+        ),
+        ("printf 'hello there\\n'", "not JSON"),
+        ("head -c 1100000 /dev/zero | tr '\\0' x; echo", "over 1024 KiB"),
+        (
+            r#"printf '%s\n' '{"type":"error","message":"no credits left","retryable":false}'"#,
+            "the command failed: no credits left",
+        ),
+        (r#"printf '%s\n' '{"type":"tool_call","id":"t","name":"x","arguments":[1]}'"#, "not a JSON object"),
+    ];
+    for (script, expected) in cases {
+        let mut model = CommandModel::with_policy("cli", sh(script, &unused), FAST_RETRIES);
+        let message = fatal(say_hello(&mut model).await);
+        assert!(message.contains(expected), "{script}: {message}");
+    }
+    let mut model = CommandModel::new("cli", vec!["/nonexistent/agent-cli".into()]);
+    assert!(fatal(say_hello(&mut model).await).contains("cannot start the command"));
+}
+
+#[tokio::test]
+async fn command_retryable_error_is_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("tried");
+    let script = r#"if [ -e "$1" ]; then printf '%s\n' '{"type":"text","text":"ok"}' '{"type":"result"}'
+else : > "$1"; printf '%s\n' '{"type":"error","message":"busy","retryable":true}'; fi"#;
+    let mut model = CommandModel::with_policy("cli", sh(script, &marker), FAST_RETRIES);
+    let reply = say_hello(&mut model).await.unwrap();
+    assert_eq!((text_of(&reply), reply.stop), ("ok".to_owned(), StopReason::EndTurn));
+
+    // Always busy: the retries end with the reason.
+    let script = r#"printf '%s\n' '{"type":"error","message":"busy","retryable":true}'"#;
+    let mut model = CommandModel::with_policy("cli", sh(script, &marker), FAST_RETRIES);
+    assert_eq!(
+        say_hello(&mut model).await,
+        Err(ModelError::Retryable { message: "the command failed: busy".into() })
+    );
+}
+
+#[test]
+fn for_settings_names_the_missing_setting() {
+    let socket = std::path::Path::new("/session/proxy.sock");
+    let mut provider = RunnerProvider::echo();
+    provider.name = "local".into();
+    provider.kind = ProviderKind::Openai;
+    assert_eq!(
+        nanoclaw_agent::model::for_settings(&provider, socket).err().unwrap(),
+        "providers.local.model is not set"
+    );
+    provider.model = Some("smollm2".into());
+    assert_eq!(nanoclaw_agent::model::for_settings(&provider, socket).unwrap().name(), "local");
+    provider.kind = ProviderKind::Anthropic;
+    assert_eq!(nanoclaw_agent::model::for_settings(&provider, socket).unwrap().name(), "local");
+    provider.kind = ProviderKind::Command;
+    assert_eq!(
+        nanoclaw_agent::model::for_settings(&provider, socket).err().unwrap(),
+        "providers.local.command is empty"
+    );
+    provider.command = vec!["agent-cli".into()];
+    assert_eq!(nanoclaw_agent::model::for_settings(&provider, socket).unwrap().name(), "local");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stalled_stream_fails_after_the_idle_deadline() {
+    let p = proxy().await;
+    let head = &OPENAI_TEXT[..OPENAI_TEXT.find("\n\n").unwrap() + 2];
+    p.server.push(Reply::sse(head).chunk_after(Duration::from_secs(121), "data: [DONE]\n\n"));
+    let started = tokio::time::Instant::now();
+    match say_hello(&mut p.openai()).await {
+        Err(ModelError::Retryable { message }) => {
+            assert_eq!(message, "the provider's answer stalled for 120 s")
+        }
+        other => panic!("expected Retryable, got {other:?}"),
+    }
+    assert!(started.elapsed() >= Duration::from_secs(120));
+    assert_eq!(p.server.requests().len(), 1);
+}

@@ -8,6 +8,7 @@
 //! errors it returns are the ones the loop must act on ([`ModelError`]).
 
 pub mod anthropic;
+pub mod command;
 pub mod http;
 pub mod openai;
 pub mod retry;
@@ -191,9 +192,13 @@ pub fn for_settings(provider: &RunnerProvider, proxy_socket: &Path) -> Result<Bo
         ProviderKind::Anthropic => {
             Ok(Box::new(anthropic::Anthropic::new(&provider.name, model_of(provider)?, proxy_socket)))
         }
-        ProviderKind::Echo | ProviderKind::Command => {
-            Err(format!("provider kind {} is not built yet", provider.kind.as_str()))
+        ProviderKind::Command if provider.command.is_empty() => {
+            Err(format!("providers.{}.command is empty", provider.name))
         }
+        ProviderKind::Command => {
+            Ok(Box::new(command::CommandModel::new(&provider.name, provider.command.clone())))
+        }
+        ProviderKind::Echo => Err(format!("provider kind {} is not built yet", provider.kind.as_str())),
     }
 }
 
