@@ -316,3 +316,49 @@ async fn answer(req: Request<Incoming>, state: Arc<Mutex<State>>) -> Result<Resp
     });
     response.body(BodyExt::boxed_unsync(StreamBody::new(frames))).map_err(io::Error::other)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn raw(server: &FakeServer, request: &str) -> String {
+        let Address::Tcp(addr) = server.address() else { panic!("tcp") };
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        let _ = stream.read_to_end(&mut out).await;
+        String::from_utf8(out).unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn scripted_replies_in_order_and_requests_recorded() {
+        let server = FakeServer::tcp().await.unwrap();
+        assert!(server.base_url().unwrap().starts_with("http://127.0.0.1:"));
+        server.push(Reply::new(201).header("x-one", "1").chunk("a").chunk_after(Duration::from_secs(5), "b"));
+        server.push(Reply::sse("data: 1\n\ndata: 2\n\n").abort());
+        let started = Instant::now();
+        let first =
+            raw(&server, "POST /p/q?x=1 HTTP/1.1\r\nHost: h\r\nX-Key: k\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi").await;
+        assert!(first.starts_with("HTTP/1.1 201"), "{first}");
+        assert!(first.contains("x-one: 1") && first.ends_with("1\r\na\r\n1\r\nb\r\n0\r\n\r\n"), "{first:?}");
+        assert!(started.elapsed() >= Duration::from_secs(5), "the delay is kept");
+
+        let second = raw(&server, "GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n").await;
+        assert!(
+            second.contains("content-type: text/event-stream") && second.contains("data: 2"),
+            "{second:?}"
+        );
+        assert!(!second.ends_with("0\r\n\r\n"), "an aborted body has no last chunk: {second:?}");
+
+        let third = raw(&server, "GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n").await;
+        assert!(third.starts_with("HTTP/1.1 500") && third.contains("no scripted reply"), "{third}");
+
+        let seen = server.requests();
+        assert_eq!(seen.len(), 3);
+        assert_eq!((seen[0].method.as_str(), seen[0].path.as_str()), ("POST", "/p/q?x=1"));
+        assert_eq!(seen[0].header("X-KEY"), Some("k"));
+        assert_eq!(&seen[0].body[..], b"hi");
+        assert_eq!(server.pending(), 0);
+    }
+}
