@@ -817,12 +817,24 @@ async fn a_stalled_stream_fails_after_the_idle_deadline() {
     let head = &OPENAI_TEXT[..OPENAI_TEXT.find("\n\n").unwrap() + 2];
     p.server.push(Reply::sse(head).chunk_after(Duration::from_secs(121), "data: [DONE]\n\n"));
     let started = tokio::time::Instant::now();
-    match say_hello(&mut p.openai()).await {
+    let messages = [user("Say hello in five words.")];
+    let request = ModelRequest {
+        system: "",
+        messages: &messages,
+        tools: &[],
+        max_output_tokens: 64,
+        temperature: None,
+    };
+    let mut events = Events::default();
+    match p.openai().complete(&request, &mut events).await {
         Err(ModelError::Retryable { message }) => {
             assert_eq!(message, "the provider's answer stalled for 120 s")
         }
         other => panic!("expected Retryable, got {other:?}"),
     }
     assert!(started.elapsed() >= Duration::from_secs(120));
+    // The host deems a claim silent for 60 s stuck: the wait reports activity every 15 s.
+    let beats = events.0.iter().filter(|e| **e == ProviderEvent::Activity).count();
+    assert!(beats >= 8, "{beats} activity events in 120 s");
     assert_eq!(p.server.requests().len(), 1);
 }

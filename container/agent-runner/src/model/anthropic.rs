@@ -23,7 +23,7 @@
 
 use super::http::{Answer, ProxyClient};
 use super::retry::{Attempt, Retrier, RetryPolicy, is_context_length, refusal};
-use super::sse::{self, Pulse, SseError};
+use super::sse::{self, Pulse, SseError, keeping_alive};
 use super::{
     Block, ChatMessage, Model, ModelError, ModelReply, ModelRequest, Role, StopReason, ToolCall, Usage,
 };
@@ -105,7 +105,7 @@ impl Model for Anthropic {
         loop {
             match attempt(&self.http, body.clone(), retrier.attempt(), events).await {
                 Ok(reply) => return Ok(reply),
-                Err(failure) => retrier.after(failure).await?,
+                Err(failure) => retrier.after(failure, events).await?,
             }
         }
     }
@@ -170,7 +170,8 @@ async fn attempt(
     events: &mut dyn EventSink,
 ) -> Result<ModelReply, Attempt> {
     events.event(ProviderEvent::Progress { message: format!("{}: request {number}", http.provider()) });
-    let answer = http.post_json(PATH, &[("anthropic-version", API_VERSION)], body).await?;
+    let answer =
+        keeping_alive(http.post_json(PATH, &[("anthropic-version", API_VERSION)], body), events).await?;
     if answer.status != 200 {
         return Err(refusal(answer).await);
     }
@@ -182,7 +183,7 @@ async fn read(answer: Answer, events: &mut dyn EventSink) -> Result<ModelReply, 
     let mut stream = sse::events(answer.into_stream());
     let mut pulse = Pulse::default();
     let mut acc = Assembly::default();
-    while let Some(event) = stream.next().await {
+    while let Some(event) = keeping_alive(stream.next(), events).await {
         let event = match event {
             Ok(event) => event,
             Err(SseError::Http(e)) => return Err(e.into()),

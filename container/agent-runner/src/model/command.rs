@@ -34,7 +34,7 @@
 //! HTTP ones ([`super::retry`]).
 
 use super::retry::{Attempt, Retrier, RetryPolicy};
-use super::sse::Pulse;
+use super::sse::{Pulse, keeping_alive};
 use super::{Block, Model, ModelError, ModelReply, ModelRequest, StopReason, ToolCall, Usage};
 use crate::provider::{EventSink, ProviderEvent};
 use async_trait::async_trait;
@@ -116,7 +116,12 @@ impl CommandModel {
         let mut text = String::new();
         let mut blocks = Vec::new();
         loop {
-            let line = match tokio::time::timeout(IDLE_DEADLINE, read_line(&mut stdout)).await {
+            let line = match keeping_alive(
+                tokio::time::timeout(IDLE_DEADLINE, read_line(&mut stdout)),
+                events,
+            )
+            .await
+            {
                 Err(_) => {
                     return Err(Attempt::Fail(ModelError::Retryable {
                         message: format!("the command said nothing for {} s", IDLE_DEADLINE.as_secs()),
@@ -224,7 +229,7 @@ impl Model for CommandModel {
             });
             match self.attempt(request, events).await {
                 Ok(reply) => return Ok(reply),
-                Err(failure) => retrier.after(failure).await?,
+                Err(failure) => retrier.after(failure, events).await?,
             }
         }
     }

@@ -22,7 +22,7 @@
 
 use super::http::{Answer, ProxyClient};
 use super::retry::{Attempt, Retrier, RetryPolicy, is_context_length, refusal};
-use super::sse::{self, Pulse, SseError};
+use super::sse::{self, Pulse, SseError, keeping_alive};
 use super::{
     Block, ChatMessage, Model, ModelError, ModelReply, ModelRequest, Role, StopReason, ToolCall, Usage,
 };
@@ -101,7 +101,7 @@ impl Model for OpenAi {
         loop {
             match attempt(&self.http, body.clone(), retrier.attempt(), events).await {
                 Ok(reply) => return Ok(reply),
-                Err(failure) => retrier.after(failure).await?,
+                Err(failure) => retrier.after(failure, events).await?,
             }
         }
     }
@@ -178,7 +178,7 @@ async fn attempt(
     events: &mut dyn EventSink,
 ) -> Result<ModelReply, Attempt> {
     events.event(ProviderEvent::Progress { message: format!("{}: request {number}", http.provider()) });
-    let answer = http.post_json(PATH, &[], body).await?;
+    let answer = keeping_alive(http.post_json(PATH, &[], body), events).await?;
     if answer.status != 200 {
         return Err(refusal(answer).await);
     }
@@ -190,7 +190,7 @@ async fn read(answer: Answer, events: &mut dyn EventSink) -> Result<ModelReply, 
     let mut stream = sse::events(answer.into_stream());
     let mut pulse = Pulse::default();
     let mut acc = Assembly::default();
-    while let Some(event) = stream.next().await {
+    while let Some(event) = keeping_alive(stream.next(), events).await {
         let event = match event {
             Ok(event) => event,
             Err(SseError::Http(e)) => return Err(e.into()),

@@ -19,6 +19,8 @@
 
 use super::ModelError;
 use super::http::{Answer, HttpError};
+use super::sse::keeping_alive;
+use crate::provider::EventSink;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use nanoclaw_protocol::proxy::{ProxyError, ProxyErrorKind};
 use std::time::Duration;
@@ -93,7 +95,7 @@ impl From<HttpError> for Attempt {
 /// loop {
 ///     match attempt(retrier.attempt()).await {
 ///         Ok(reply) => return Ok(reply),
-///         Err(failure) => retrier.after(failure).await?,
+///         Err(failure) => retrier.after(failure, events).await?,
 ///     }
 /// }
 /// ```
@@ -125,7 +127,8 @@ impl Retrier {
     /// Handles a failed attempt: waits and returns `Ok` when another attempt may run; returns
     /// the call's error when `failure` is final or the retries are spent
     /// ([`ModelError::Retryable`] with the last message).
-    pub async fn after(&mut self, failure: Attempt) -> Result<(), ModelError> {
+    /// The wait keeps the heartbeat fresh through `events`.
+    pub async fn after(&mut self, failure: Attempt, events: &mut dyn EventSink) -> Result<(), ModelError> {
         let (message, retry_after) = match failure {
             Attempt::Fail(e) => return Err(e),
             Attempt::Retry { message, retry_after } => (message, retry_after),
@@ -135,7 +138,7 @@ impl Retrier {
         match self.backoff.next().map(|computed| retry_after.unwrap_or(computed)) {
             Some(delay) if self.waited + delay <= self.total => {
                 warn!(attempt = self.attempt, delay_ms = delay.as_millis() as u64, %message, "model call failed; retrying");
-                tokio::time::sleep(delay).await;
+                keeping_alive(tokio::time::sleep(delay), events).await;
                 self.waited += delay;
                 self.attempt += 1;
                 Ok(())

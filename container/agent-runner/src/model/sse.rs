@@ -5,7 +5,8 @@
 //! across chunks). What the events mean is the provider's business (`openai.rs`,
 //! `anthropic.rs`); the rules shared by both are here: a `data:` payload that is not JSON is a
 //! [`ModelError::Fatal`] naming it ([`json`]), and progress is reported at most once a second
-//! ([`Pulse`]). Unknown event names are skipped by the providers, never an error.
+//! while events flow ([`Pulse`]) and every 15 s while nothing does ([`keeping_alive`]). Unknown
+//! event names are skipped by the providers, never an error.
 
 use super::ModelError;
 use super::http::HttpError;
@@ -13,8 +14,26 @@ use crate::provider::{EventSink, ProviderEvent};
 use bytes::Bytes;
 use eventsource_stream::{EventStreamError, Eventsource};
 use futures_util::{Stream, StreamExt};
+use std::future::Future;
 use std::time::Duration;
 use tokio::time::Instant;
+
+/// Longest silence towards the heartbeat while a call waits (an answer's head, a slow chunk, a
+/// retry's backoff, a command's next line): the host deems a claim silent for 60 s stuck.
+pub const KEEPALIVE: Duration = Duration::from_secs(15);
+
+/// Awaits `work`, reporting [`ProviderEvent::Activity`] to `events` every [`KEEPALIVE`]
+/// meanwhile (`work` is never cancelled by it).
+pub async fn keeping_alive<F: Future>(work: F, events: &mut dyn EventSink) -> F::Output {
+    let mut work = std::pin::pin!(work);
+    let mut tick = tokio::time::interval_at(Instant::now() + KEEPALIVE, KEEPALIVE);
+    loop {
+        tokio::select! {
+            out = &mut work => return out,
+            _ = tick.tick() => events.event(ProviderEvent::Activity),
+        }
+    }
+}
 
 /// One server-sent event.
 #[derive(Debug, Clone, PartialEq, Eq)]
