@@ -82,7 +82,7 @@ impl Anthropic {
                 .collect();
         }
         if let Some(t) = request.temperature {
-            body["temperature"] = super::temperature(t);
+            body["temperature"] = super::wire::temperature(t);
         }
         body
     }
@@ -271,8 +271,10 @@ impl Assembly {
             "error" => {
                 let error_type = data.pointer("/error/type").and_then(Value::as_str).unwrap_or("error");
                 let message = data.pointer("/error/message").and_then(Value::as_str).unwrap_or("");
-                let message =
-                    format!("the provider reported {error_type} mid-stream: {}", super::clip(message, 300));
+                let message = format!(
+                    "the provider reported {error_type} mid-stream: {}",
+                    super::wire::clip(message, 300)
+                );
                 return Err(match error_type {
                     "overloaded_error" | "api_error" | "rate_limit_error" => {
                         Attempt::Retry { message, retry_after: None }
@@ -308,7 +310,7 @@ impl Assembly {
                     }
                     let arguments = match start_input {
                         Some(input) if json.trim().is_empty() => input,
-                        _ => super::parse_arguments(index, &name, &json)?,
+                        _ => super::wire::parse_arguments(index, &name, &json)?,
                     };
                     let id = if id.is_empty() { format!("toolu_{index}") } else { id };
                     blocks.push(Block::ToolCall(ToolCall { id, name, arguments }));

@@ -99,7 +99,7 @@ impl CommandModel {
             "messages": request.messages,
             "tools": request.tools,
             "max_output_tokens": request.max_output_tokens,
-            "temperature": request.temperature.map(super::temperature),
+            "temperature": request.temperature.map(super::wire::temperature),
             "continuation": self.continuation,
         });
         let mut stdin = child.stdin.take().expect("stdin is piped");
@@ -146,7 +146,7 @@ impl CommandModel {
             let value: Value = serde_json::from_str(&line).map_err(|e| {
                 fatal(format!(
                     "the command wrote a line that is not JSON ({e}): {:?}",
-                    super::clip(&line, 200)
+                    super::wire::clip(&line, 200)
                 ))
             })?;
             let kind = value.get("type").and_then(Value::as_str).unwrap_or("");
@@ -170,7 +170,7 @@ impl CommandModel {
                 "error" => {
                     let message =
                         value.get("message").and_then(Value::as_str).unwrap_or("the command failed");
-                    let message = format!("the command failed: {}", super::clip(message, 300));
+                    let message = format!("the command failed: {}", super::wire::clip(message, 300));
                     return Err(if value.get("retryable").and_then(Value::as_bool) == Some(true) {
                         Attempt::Retry { message, retry_after: None }
                     } else {

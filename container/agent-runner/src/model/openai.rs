@@ -78,7 +78,7 @@ impl OpenAi {
                 .collect();
         }
         if let Some(t) = request.temperature {
-            body["temperature"] = super::temperature(t);
+            body["temperature"] = super::wire::temperature(t);
         }
         body
     }
@@ -214,7 +214,7 @@ impl Assembly {
         if let Some(error) = chunk.get("error") {
             let message = error.get("message").and_then(Value::as_str).unwrap_or("unknown error").to_owned();
             let message =
-                format!("the provider reported an error mid-stream: {}", super::clip(&message, 300));
+                format!("the provider reported an error mid-stream: {}", super::wire::clip(&message, 300));
             if is_context_length(&error.to_string()) {
                 return Err(ModelError::ContextLength { message }.into());
             }
@@ -225,7 +225,7 @@ impl Assembly {
             self.usage.output_tokens = usage.get("completion_tokens").and_then(Value::as_u64).unwrap_or(0);
         }
         let Some(choices) = chunk.get("choices").and_then(Value::as_array) else {
-            debug!(chunk = %super::clip(&chunk.to_string(), 200), "skipping a chunk of unknown shape");
+            debug!(chunk = %super::wire::clip(&chunk.to_string(), 200), "skipping a chunk of unknown shape");
             return Ok(());
         };
         for choice in choices {
@@ -284,7 +284,7 @@ impl Assembly {
                 }
                 .into());
             }
-            let arguments = super::parse_arguments(index, &call.name, &call.arguments)?;
+            let arguments = super::wire::parse_arguments(index, &call.name, &call.arguments)?;
             let id = if call.id.is_empty() { format!("call_{index}") } else { call.id };
             blocks.push(Block::ToolCall(ToolCall { id, name: call.name, arguments }));
         }

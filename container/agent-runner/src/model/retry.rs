@@ -174,7 +174,10 @@ pub async fn refusal(answer: Answer) -> Attempt {
             }
             Ok(e) => ModelError::Fatal { message: e.error.message },
             Err(_) => ModelError::Fatal {
-                message: format!("the credential proxy answered HTTP {status}: {}", super::clip(&body, 300)),
+                message: format!(
+                    "the credential proxy answered HTTP {status}: {}",
+                    super::wire::clip(&body, 300)
+                ),
             },
         });
     }
@@ -207,6 +210,6 @@ pub fn error_message(body: &str) -> String {
     serde_json::from_str::<serde_json::Value>(body)
         .ok()
         .and_then(|v| v.pointer("/error/message").and_then(|m| m.as_str()).map(str::to_owned))
-        .map(|m| super::clip(&m, 300).to_owned())
-        .unwrap_or_else(|| super::clip(body.trim(), 300).to_owned())
+        .map(|m| super::wire::clip(&m, 300).to_owned())
+        .unwrap_or_else(|| super::wire::clip(body.trim(), 300).to_owned())
 }

@@ -83,7 +83,7 @@ pub fn json(event: &SseEvent) -> Result<serde_json::Value, ModelError> {
         message: format!(
             "malformed event from the provider ({}): {e}: data {:?}",
             event.event,
-            super::clip(&event.data, 200)
+            super::wire::clip(&event.data, 200)
         ),
     })
 }
