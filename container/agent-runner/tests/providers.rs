@@ -494,6 +494,15 @@ async fn server_errors_are_retried_within_a_minute() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn connection_reset_before_answer_is_retried() {
+    let p = proxy().await;
+    p.server.push(Reply::hang_up());
+    p.server.push(Reply::sse(ANTHROPIC_TEXT));
+    assert_eq!(text_of(&say_hello(&mut p.anthropic()).await.unwrap()), RECORDED_TEXT);
+    assert_eq!(p.server.requests().len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
 async fn unreachable_proxy_is_retried_then_retryable() {
     let dir = tempfile::tempdir().unwrap();
     let mut model = OpenAi::new("local", "smollm2", &dir.path().join("proxy.sock"));

@@ -49,6 +49,9 @@ pub enum End {
     /// The connection is dropped after the last chunk, without ending the body: the client sees
     /// an incomplete message (a connection reset mid-stream).
     Abort,
+    /// No answer at all: the connection is closed as soon as the request is read
+    /// ([`Reply::hang_up`]).
+    HangUp,
 }
 
 /// One scripted answer.
@@ -111,6 +114,12 @@ impl Reply {
     /// Same as [`Reply::chunk`] (reads better for a one-chunk body).
     pub fn body(self, bytes: impl Into<Bytes>) -> Self {
         self.chunk(bytes)
+    }
+
+    /// Closes the connection without any answer (the client sees a reset before the status
+    /// line); status, headers and chunks are ignored.
+    pub fn hang_up() -> Self {
+        Self { end: End::HangUp, ..Self::new(0) }
     }
 
     /// Drops the connection after the last chunk instead of ending the body ([`End::Abort`]).
@@ -289,6 +298,10 @@ async fn answer(req: Request<Incoming>, state: Arc<Mutex<State>>) -> Result<Resp
         state.script.pop_front()
     };
     let reply = reply.unwrap_or_else(|| Reply::new(500).body("fake-http: no scripted reply"));
+    if reply.end == End::HangUp {
+        // An error from the service makes hyper close the connection without a response.
+        return Err(io::Error::new(io::ErrorKind::ConnectionReset, "fake-http: scripted hang-up"));
+    }
     let mut response = Response::builder().status(reply.status);
     for (name, value) in &reply.headers {
         response = response.header(name, value);
@@ -351,11 +364,15 @@ mod tests {
         );
         assert!(!second.ends_with("0\r\n\r\n"), "an aborted body has no last chunk: {second:?}");
 
+        server.push(Reply::hang_up());
+        let hung = raw(&server, "GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n").await;
+        assert_eq!(hung, "", "no answer at all");
+
         let third = raw(&server, "GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n").await;
         assert!(third.starts_with("HTTP/1.1 500") && third.contains("no scripted reply"), "{third}");
 
         let seen = server.requests();
-        assert_eq!(seen.len(), 3);
+        assert_eq!(seen.len(), 4);
         assert_eq!((seen[0].method.as_str(), seen[0].path.as_str()), ("POST", "/p/q?x=1"));
         assert_eq!(seen[0].header("X-KEY"), Some("k"));
         assert_eq!(&seen[0].body[..], b"hi");
