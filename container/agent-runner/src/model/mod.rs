@@ -7,6 +7,14 @@
 //! failures (429, 529, 5xx, resets, overloaded events) happen inside [`Model::complete`]; the
 //! errors it returns are the ones the loop must act on ([`ModelError`]).
 
+pub mod anthropic;
+pub mod command;
+pub mod http;
+pub mod openai;
+pub mod retry;
+pub mod sse;
+mod wire;
+
 use crate::provider::EventSink;
 use async_trait::async_trait;
 use nanoclaw_protocol::settings::{ProviderKind, RunnerProvider};
@@ -178,10 +186,19 @@ pub trait Model: Send {
 ///
 /// Errors (one line) when the kind is not available in this build.
 pub fn for_settings(provider: &RunnerProvider, proxy_socket: &Path) -> Result<Box<dyn Model>, String> {
-    let _ = proxy_socket;
     match provider.kind {
-        ProviderKind::Echo | ProviderKind::Openai | ProviderKind::Anthropic | ProviderKind::Command => {
-            Err(format!("provider kind {} is not built yet", provider.kind.as_str()))
+        ProviderKind::Openai => {
+            Ok(Box::new(openai::OpenAi::new(&provider.name, wire::model_of(provider)?, proxy_socket)))
         }
+        ProviderKind::Anthropic => {
+            Ok(Box::new(anthropic::Anthropic::new(&provider.name, wire::model_of(provider)?, proxy_socket)))
+        }
+        ProviderKind::Command if provider.command.is_empty() => {
+            Err(format!("providers.{}.command is empty", provider.name))
+        }
+        ProviderKind::Command => {
+            Ok(Box::new(command::CommandModel::new(&provider.name, provider.command.clone())))
+        }
+        ProviderKind::Echo => Err(format!("provider kind {} is not built yet", provider.kind.as_str())),
     }
 }
