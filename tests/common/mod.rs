@@ -3,6 +3,8 @@
 // These helpers drive a separate process from plain (non-async) tests; blocking is intended.
 #![allow(clippy::disallowed_methods)]
 
+pub mod llm;
+
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
