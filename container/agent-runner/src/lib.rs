@@ -13,9 +13,11 @@
 //!    and acks in one transaction, tell the host; else wait for a wake byte or the poll fallback;
 //! 4. on SIGTERM: release claims of an unfinished turn (so the host does not count a try) and exit 0.
 
+pub mod agent;
 pub mod config;
 pub mod db;
 pub mod model;
 pub mod prompt;
 pub mod provider;
 pub mod runner;
+pub mod tools;

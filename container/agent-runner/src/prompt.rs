@@ -34,6 +34,9 @@ pub struct Turn {
     pub system: String,
     /// The batch rendered as text, for model providers.
     pub prompt: String,
+    /// Each message of the batch rendered on its own (`prompt` is them joined by newlines): one
+    /// text block each in the conversation, so the `echo` model can read them back exactly.
+    pub blocks: Vec<String>,
     /// The batch, structured, for providers that do not need a model (`echo`).
     pub messages: Vec<PromptMessage>,
     /// The provider's continuation from the previous turn, if any.
@@ -77,37 +80,42 @@ fn message_of(row: &InboundRow, dests: &[Destination]) -> PromptMessage {
 }
 
 fn escape_attr(s: &str) -> String {
-    s.replace('&', "&amp;").replace('"', "&quot;").replace('<', "&lt;")
+    s.replace('&', "&amp;").replace('"', "&quot;").replace('<', "&lt;").replace('>', "&gt;")
 }
 
 /// Builds the turn for a snapshot.
 pub fn build_turn(snapshot: &Snapshot, assistant_name: &str, continuation: Option<String>) -> Turn {
     let messages: Vec<PromptMessage> =
         snapshot.batch.iter().map(|r| message_of(r, &snapshot.destinations)).collect();
-    let mut prompt = String::new();
+    let mut blocks = Vec::with_capacity(messages.len());
     for (m, row) in messages.iter().zip(&snapshot.batch) {
-        match m.kind {
-            InboundKind::Task => prompt.push_str(&format!(
-                "<task id=\"{}\" from=\"{}\" time=\"{}\">{}</task>\n",
+        // Rows that did not ask for a reply are marked, so the model (and echo) can tell the
+        // accumulated context of a group chat from what is addressed to it.
+        let context = if m.trigger { "" } else { " context=\"true\"" };
+        blocks.push(match m.kind {
+            InboundKind::Task => format!(
+                "<task id=\"{}\" from=\"{}\" time=\"{}\"{context}>{}</task>",
                 m.seq,
                 escape_attr(&m.from),
                 row.timestamp,
                 m.text
-            )),
-            _ => prompt.push_str(&format!(
-                "<message id=\"{}\" from=\"{}\" sender=\"{}\" time=\"{}\">{}</message>\n",
+            ),
+            _ => format!(
+                "<message id=\"{}\" from=\"{}\" sender=\"{}\" time=\"{}\"{context}>{}</message>",
                 m.seq,
                 escape_attr(&m.from),
                 escape_attr(m.sender.as_deref().unwrap_or("unknown")),
                 row.timestamp,
                 m.text
-            )),
-        }
+            ),
+        });
     }
+    let prompt = blocks.iter().map(|b| format!("{b}\n")).collect::<String>();
     let mut system = format!("# You are {assistant_name}\n\n## Sending messages\n");
     system.push_str(
         "Your final answer reaches people only inside <message to=\"NAME\">…</message> blocks, one per \
          destination. Text outside blocks is a private scratchpad; <internal>…</internal> is always removed.\n\
+         Messages marked context=\"true\" were not addressed to you; they are background.\n\
          Destinations:\n",
     );
     for d in &snapshot.destinations {
@@ -117,7 +125,7 @@ pub fn build_turn(snapshot: &Snapshot, assistant_name: &str, continuation: Optio
             d.display_name.as_deref().unwrap_or(d.kind.as_str())
         ));
     }
-    Turn { system, prompt, messages, continuation }
+    Turn { system, prompt, blocks, messages, continuation }
 }
 
 /// What became of a turn's output.
@@ -131,47 +139,78 @@ pub struct Replies {
     pub scratchpad: String,
 }
 
+/// Where a destination name points: `(channel_type, platform_id)`, `None` for an unknown name.
+pub fn resolve_destination(snapshot: &Snapshot, name: &str) -> Option<(Option<String>, Option<String>)> {
+    let dest = snapshot.destinations.iter().find(|d| d.name == name)?;
+    Some(match dest.kind {
+        DestinationType::Channel => (dest.channel_type.clone(), dest.platform_id.clone()),
+        DestinationType::Agent => (Some("agent".to_string()), dest.agent_group_id.clone()),
+    })
+}
+
+/// The destination name of the chat of the batch's newest triggering row (where a reply goes by
+/// default), or `None` when the batch has no such row or its chat has no name.
+pub fn origin_destination(snapshot: &Snapshot) -> Option<String> {
+    let origin = snapshot.batch.iter().rev().find(|r| r.trigger)?;
+    snapshot
+        .destinations
+        .iter()
+        .find(|d| {
+            d.kind == DestinationType::Channel
+                && d.channel_type == origin.channel_type
+                && d.platform_id == origin.platform_id
+        })
+        .map(|d| d.name.clone())
+}
+
+/// A `messages_out` row for `content` to a chat (seq unassigned). Its thread is the session's
+/// own thread when it goes to the session's chat, and `in_reply_to` is `reply_to` (a seq of the
+/// batch) or else the newest triggering row of the batch from the same chat (reference §5.3):
+/// stamped from the batch being processed, never guessed later.
+pub fn row_to_chat(
+    snapshot: &Snapshot,
+    (channel_type, platform_id): (Option<String>, Option<String>),
+    reply_to: Option<i64>,
+    content: &OutboundContent,
+    id: String,
+) -> OutboundRow {
+    let own_chat =
+        channel_type == snapshot.routing.channel_type && platform_id == snapshot.routing.platform_id;
+    let named = reply_to.and_then(|seq| snapshot.batch.iter().find(|r| r.seq == seq));
+    let in_reply_to = named
+        .or_else(|| {
+            snapshot
+                .batch
+                .iter()
+                .rev()
+                .find(|r| r.trigger && r.channel_type == channel_type && r.platform_id == platform_id)
+        })
+        .map(|r| r.id.clone());
+    OutboundRow {
+        id,
+        seq: 0,
+        in_reply_to,
+        timestamp: now_ts(),
+        deliver_after: None,
+        kind: OutboundKind::Chat,
+        platform_id,
+        channel_type,
+        thread_id: if own_chat { snapshot.routing.thread_id.clone() } else { None },
+        content: serde_json::to_string(content).expect("outbound content serialises"),
+    }
+}
+
 /// Maps the provider's final text to `messages_out` rows via the destinations table.
-///
-/// A block's thread is the session's own thread when it goes to the session's chat, and
-/// `in_reply_to` is the newest triggering row of the batch from the same chat (reference §5.3).
 pub fn replies_for(text: &str, snapshot: &Snapshot, id_prefix: &str) -> Replies {
     let ParsedOutput { messages, scratchpad } = parse_output(text);
     let mut out = Replies { scratchpad, ..Default::default() };
     for (i, block) in messages.into_iter().enumerate() {
-        let Some(dest) = snapshot.destinations.iter().find(|d| d.name == block.to) else {
+        let Some(address) = resolve_destination(snapshot, &block.to) else {
             out.unknown_destinations.push(block.to);
             continue;
         };
-        let (channel_type, platform_id) = match dest.kind {
-            DestinationType::Channel => (dest.channel_type.clone(), dest.platform_id.clone()),
-            DestinationType::Agent => (Some("agent".to_string()), dest.agent_group_id.clone()),
-        };
-        let own_chat =
-            channel_type == snapshot.routing.channel_type && platform_id == snapshot.routing.platform_id;
-        let named = block.reply_to.and_then(|seq| snapshot.batch.iter().find(|r| r.seq == seq));
-        let in_reply_to = named
-            .or_else(|| {
-                snapshot
-                    .batch
-                    .iter()
-                    .rev()
-                    .find(|r| r.trigger && r.channel_type == channel_type && r.platform_id == platform_id)
-            })
-            .map(|r| r.id.clone());
         let content = OutboundContent::Text { text: block.text };
-        out.rows.push(OutboundRow {
-            id: format!("{id_prefix}-{i}"),
-            seq: 0,
-            in_reply_to,
-            timestamp: now_ts(),
-            deliver_after: None,
-            kind: OutboundKind::Chat,
-            platform_id,
-            channel_type,
-            thread_id: if own_chat { snapshot.routing.thread_id.clone() } else { None },
-            content: serde_json::to_string(&content).expect("outbound content serialises"),
-        });
+        out.rows.push(row_to_chat(snapshot, address, block.reply_to, &content, format!("{id_prefix}-{i}")));
     }
     out
 }

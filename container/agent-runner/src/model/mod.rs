@@ -7,6 +7,8 @@
 //! failures (429, 529, 5xx, resets, overloaded events) happen inside [`Model::complete`]; the
 //! errors it returns are the ones the loop must act on ([`ModelError`]).
 
+pub mod echo;
+
 use crate::provider::EventSink;
 use async_trait::async_trait;
 use nanoclaw_protocol::settings::{ProviderKind, RunnerProvider};
@@ -180,7 +182,8 @@ pub trait Model: Send {
 pub fn for_settings(provider: &RunnerProvider, proxy_socket: &Path) -> Result<Box<dyn Model>, String> {
     let _ = proxy_socket;
     match provider.kind {
-        ProviderKind::Echo | ProviderKind::Openai | ProviderKind::Anthropic | ProviderKind::Command => {
+        ProviderKind::Echo => Ok(Box::new(echo::EchoModel::new(&provider.name))),
+        ProviderKind::Openai | ProviderKind::Anthropic | ProviderKind::Command => {
             Err(format!("provider kind {} is not built yet", provider.kind.as_str()))
         }
     }
