@@ -1,0 +1,186 @@
+//! Every built-in tool driven by an echo `tool` line, offline, through the whole runner.
+
+mod support;
+
+use serde_json::json;
+use support::{Session, texts};
+
+fn standard() -> serde_json::Value {
+    Session::settings(json!({"image_tier": "standard"}))
+}
+
+#[tokio::test]
+async fn every_tool_by_echo() {
+    let mut s = Session::new(Some(standard()));
+    s.start();
+    let lines = [
+        r#"tool write_file {"path":"notes/a.txt","content":"hello world\n"}"#,
+        r#"tool read_file {"path":"notes/a.txt"}"#,
+        r#"tool edit_file {"path":"notes/a.txt","old_text":"world","new_text":"there"}"#,
+        r#"tool list_files {"path":"notes"}"#,
+        r#"tool search_files {"pattern":"hel+o \\w+"}"#,
+        r#"tool run_command {"command":"echo out; sleep 0.2; echo err >&2; sleep 0.2; cat notes/a.txt; pwd"}"#,
+        r#"tool send_message {"text":"progress note"}"#,
+    ];
+    let id = format!("m{}:main", 2);
+    let r = s.turn(&lines.join("\n"), 30).await;
+    let t = texts(&r);
+    assert_eq!(t.len(), 8, "{t:#?}");
+    // send_message is committed mid-turn, before the final answer, and answers the batch.
+    assert_eq!(t[0], "progress note");
+    assert_eq!(r[0].in_reply_to.as_deref(), Some(id.as_str()));
+    assert_eq!(t[1], "tool write_file: wrote notes/a.txt (12 bytes)");
+    assert_eq!(t[2], "tool read_file: hello world");
+    assert_eq!(t[3], "tool edit_file: edited notes/a.txt");
+    assert_eq!(t[4], "tool list_files: a.txt (12 bytes)");
+    assert_eq!(t[5], "tool search_files: notes/a.txt:1: hello there");
+    let ws = s.workspace.canonicalize().unwrap();
+    assert_eq!(
+        t[6],
+        format!("tool run_command: exit code 0\nout\nerr\nhello there\n{}", ws.display()).trim_end()
+    );
+    assert_eq!(t[7], "tool send_message: sent to cli");
+    assert_eq!(std::fs::read_to_string(s.workspace.join("notes/a.txt")).unwrap(), "hello there\n");
+    // Every final reply answers the message too.
+    assert!(r.iter().all(|x| x.in_reply_to.as_deref() == Some(id.as_str())), "{r:?}");
+}
+
+#[tokio::test]
+async fn edit_file_needs_exactly_one_match() {
+    let mut s = Session::new(None);
+    std::fs::write(s.workspace.join("f.txt"), "a a b").unwrap();
+    s.start();
+    let r = s
+        .turn(
+            "tool edit_file {\"path\":\"f.txt\",\"old_text\":\"a\",\"new_text\":\"c\"}\n\
+             tool edit_file {\"path\":\"f.txt\",\"old_text\":\"z\",\"new_text\":\"c\"}",
+            20,
+        )
+        .await;
+    let t = texts(&r);
+    assert_eq!(
+        t,
+        vec![
+            "tool edit_file: error: old_text: found 2 times in f.txt; include more context so it matches once",
+            "tool edit_file: error: old_text: not found in f.txt",
+        ]
+    );
+    assert_eq!(std::fs::read_to_string(s.workspace.join("f.txt")).unwrap(), "a a b");
+}
+
+#[tokio::test]
+async fn workspace_escapes_are_refused() {
+    let mut s = Session::new(Some(standard()));
+    let outside = s.tmp.path().join("outside.txt");
+    std::fs::write(&outside, "secret").unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", s.workspace.join("pw")).unwrap();
+    std::os::unix::fs::symlink(&outside, s.workspace.join("out")).unwrap();
+    std::os::unix::fs::symlink("/etc", s.workspace.join("etc")).unwrap();
+    s.start();
+    let cases = [
+        (r#"tool read_file {"path":"pw"}"#, "path: pw is a symlink"),
+        (r#"tool read_file {"path":"../outside.txt"}"#, "path: \"..\" is not allowed"),
+        (r#"tool read_file {"path":"/etc/passwd"}"#, "path: /etc/passwd is outside the workspace"),
+        (r#"tool read_file {"path":"etc/passwd"}"#, "path: etc is a symlink"),
+        (r#"tool write_file {"path":"out","content":"pwned"}"#, "path: out is a symlink"),
+        (r#"tool edit_file {"path":"out","old_text":"secret","new_text":"x"}"#, "path: out is a symlink"),
+        (r#"tool list_files {"path":".."}"#, "path: \"..\" is not allowed"),
+        (r#"tool search_files {"pattern":"root","path":"etc"}"#, "path: etc is a symlink"),
+        (r#"tool run_command {"command":"true","cwd":"../"}"#, "cwd: \"..\" is not allowed"),
+        (r#"tool write_file {"path":"outbound.db","content":"x"}"#, "belongs to the runner"),
+    ];
+    for (line, expected) in cases {
+        let r = texts(&s.turn(line, 20).await);
+        assert_eq!(r.len(), 1, "{line}: {r:?}");
+        assert!(r[0].contains(": error: ") && r[0].contains(expected), "{line}: {r:?}");
+    }
+    assert_eq!(std::fs::read_to_string(&outside).unwrap(), "secret");
+    // A search of the whole workspace does not follow the links either.
+    let r = texts(&s.turn(r#"tool search_files {"pattern":"secret|root"}"#, 20).await);
+    assert_eq!(r, vec!["tool search_files: no match for \"secret|root\""]);
+}
+
+#[tokio::test]
+async fn run_command_is_refused_on_the_minimal_tier() {
+    let mut s = Session::new(None);
+    s.start();
+    let r = texts(&s.turn(r#"tool run_command {"command":"touch x"}"#, 20).await);
+    assert_eq!(r.len(), 1, "{r:?}");
+    assert!(r[0].contains("error: run_command needs a shell") && r[0].contains("image_tier"), "{r:?}");
+    assert!(!s.workspace.join("x").exists());
+}
+
+#[tokio::test]
+async fn run_command_timeout_kills_the_process_group() {
+    let mut s = Session::new(Some(standard()));
+    s.start();
+    let started = std::time::Instant::now();
+    let r = texts(
+        &s.turn(
+            r#"tool run_command {"command":"sleep 600 & echo $! > child.pid; echo started; sleep 600","timeout_s":1}"#,
+            20,
+        )
+        .await,
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(10), "{:?}", started.elapsed());
+    assert_eq!(r.len(), 1, "{r:?}");
+    assert!(r[0].starts_with("tool run_command: error: killed after 1 s (timeout_s = 1)\nstarted"), "{r:?}");
+    // The background child was in the group: it is gone (or a zombie waiting for its reaper).
+    let pid = std::fs::read_to_string(s.workspace.join("child.pid")).unwrap();
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim()));
+    assert!(stat.as_deref().map_or(true, |st| st.contains(") Z ")), "sleep still runs: {stat:?}");
+}
+
+#[tokio::test]
+async fn run_command_output_is_capped_with_the_cut_marked() {
+    let mut s = Session::new(Some(standard()));
+    s.start();
+    let r = texts(
+        &s.turn(
+            r#"tool run_command {"command":"head -c 200000 /dev/zero | tr '\\0' a; echo; echo END"}"#,
+            20,
+        )
+        .await,
+    );
+    assert_eq!(r.len(), 1);
+    assert!(r[0].len() < 66 * 1024, "{}", r[0].len());
+    assert!(r[0].contains("[… 134469 bytes cut …]"), "{}", &r[0][..200]);
+    assert!(r[0].ends_with("END"), "{}", &r[0][r[0].len() - 50..]);
+}
+
+#[tokio::test]
+async fn a_running_tool_is_recorded_with_its_declared_timeout() {
+    let mut s = Session::new(Some(standard()));
+    s.start();
+    let id = s.send(r#"tool run_command {"command":"sleep 2","timeout_s":30}"#);
+    let db = s.workspace.join("outbound.db");
+    let seen = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            if let Ok(c) = nanoclaw_protocol::schema::open_outbound_reader(&db)
+                && let Ok(row) = c.query_row(
+                    "SELECT current_tool, tool_declared_timeout_ms FROM container_state WHERE id = 1",
+                    [],
+                    |r| Ok((r.get::<_, Option<String>>(0)?, r.get::<_, Option<i64>>(1)?)),
+                )
+                && row.0.is_some()
+            {
+                return row;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("tool state recorded");
+    assert_eq!(seen, (Some("run_command".to_string()), Some(40_000)));
+    tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while s.ack(&id).is_none_or(|a| a == "processing") {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap();
+    let c = nanoclaw_protocol::schema::open_outbound_reader(&db).unwrap();
+    let tool: Option<String> =
+        c.query_row("SELECT current_tool FROM container_state WHERE id = 1", [], |r| r.get(0)).unwrap();
+    assert_eq!(tool, None, "tool state cleared after the call");
+}
