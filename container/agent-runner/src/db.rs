@@ -340,6 +340,29 @@ fn upsert_state(conn: &Connection, key: &str, value: &str) -> Result<(), DbError
     Ok(())
 }
 
+impl SessionDb {
+    /// The host's answer to the system action row `out_id` (a `system` row `note-<out_id>` in
+    /// `inbound.db`), once it exists. An unparsable answer counts as none.
+    pub fn action_result(
+        &self,
+        out_id: &str,
+    ) -> Result<Option<nanoclaw_protocol::content::SystemNotice>, DbError> {
+        if !self.inbound_path.exists() {
+            return Ok(None);
+        }
+        let inbound = schema::open_inbound_reader(&self.inbound_path)?;
+        let content: Option<String> = inbound
+            .query_row(
+                "SELECT content FROM messages_in WHERE id = ?1 AND kind = 'system'",
+                [format!("note-{out_id}")],
+                |r| r.get(0),
+            )
+            .optional()
+            .ctx("read action result")?;
+        Ok(content.and_then(|c| serde_json::from_str(&c).ok()))
+    }
+}
+
 /// Key of a provider's continuation in `session_state` (DESIGN §5).
 pub fn continuation_key(provider: &str) -> String {
     format!("continuation:{provider}")

@@ -2,11 +2,15 @@
 
 use crate::db::Snapshot;
 use nanoclaw_protocol::content::{ChatContent, OutboundContent, TaskContent};
+use nanoclaw_protocol::layout::MEMORY_FILE;
 use nanoclaw_protocol::output::{ParsedOutput, parse_output};
 use nanoclaw_protocol::rows::{
     Destination, DestinationType, InboundKind, InboundRow, OutboundKind, OutboundRow,
 };
+use nanoclaw_protocol::settings::{ImageTier, RunnerSettings};
 use nanoclaw_protocol::time::now_ts;
+use std::io::Read;
+use std::path::Path;
 
 /// One message of a batch as the provider sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,6 +130,78 @@ pub fn build_turn(snapshot: &Snapshot, assistant_name: &str, continuation: Optio
         ));
     }
     Turn { system, prompt, blocks, messages, continuation }
+}
+
+/// Most bytes of the memory file and of each skill put into the prompt.
+pub const MAX_PROMPT_FILE_BYTES: u64 = 32 * 1024;
+
+/// Reads at most [`MAX_PROMPT_FILE_BYTES`] of a regular file (not through a symlink), marking a
+/// cut; `None` when it is absent or unreadable.
+fn prompt_file(path: &Path) -> Option<String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path).ok()?;
+    if !f.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut bytes = Vec::new();
+    f.take(MAX_PROMPT_FILE_BYTES + 1).read_to_end(&mut bytes).ok()?;
+    let cut = bytes.len() as u64 > MAX_PROMPT_FILE_BYTES;
+    bytes.truncate(MAX_PROMPT_FILE_BYTES as usize);
+    let mut text = String::from_utf8_lossy(&bytes).into_owned();
+    if cut {
+        text.push_str("\n[… cut: the file is longer …]");
+    }
+    Some(text)
+}
+
+/// The agent's own part of the system prompt (issue 6 part 9): the group's memory file, the
+/// selected skills, tool notes, and — last, because it changes every turn and would otherwise
+/// spoil the providers' prompt caches — the time zone and local time.
+///
+/// `workspace` is the session workspace (the group folder is mounted at `agent/` in it) and
+/// `skills_dir` the read-only skills mount.
+pub fn agent_context(
+    settings: &RunnerSettings,
+    workspace: &Path,
+    skills_dir: &Path,
+    now: chrono::DateTime<chrono::Utc>,
+) -> String {
+    let mut s = String::new();
+    let memory = format!("agent/{MEMORY_FILE}");
+    s.push_str(&format!(
+        "\n## Memory\nYour memory file is {memory} (edit it with the file tools to remember things \
+         across conversations).\n"
+    ));
+    if let Some(text) = prompt_file(&workspace.join(&memory)).filter(|t| !t.trim().is_empty()) {
+        s.push_str(&format!("<memory>\n{}\n</memory>\n", text.trim()));
+    }
+    for name in &settings.skills {
+        // A skill is a folder name: never a path that leaves the skills mount.
+        let safe = !name.is_empty() && !name.contains('/') && name != ".." && name != ".";
+        match safe.then(|| prompt_file(&skills_dir.join(name).join("SKILL.md"))).flatten() {
+            Some(text) => s.push_str(&format!("\n## Skill: {name}\n{}\n", text.trim())),
+            None => s.push_str(&format!("\n(The skill {name:?} is not available.)\n")),
+        }
+    }
+    s.push_str(&format!(
+        "\n## Tools\nYour workspace is {} (file tools take paths relative to it). Image tier: {}.\n",
+        workspace.display(),
+        settings.image_tier.as_str()
+    ));
+    if settings.image_tier == ImageTier::Minimal {
+        s.push_str("There is no shell in this image: run_command is not available.\n");
+    }
+    let (tz_name, local) = match settings.timezone.parse::<chrono_tz::Tz>() {
+        Ok(tz) => {
+            (settings.timezone.clone(), now.with_timezone(&tz).format("%A %Y-%m-%d %H:%M %Z").to_string())
+        }
+        Err(_) => (
+            format!("UTC (the configured time zone {:?} is unknown)", settings.timezone),
+            now.format("%A %Y-%m-%d %H:%M UTC").to_string(),
+        ),
+    };
+    s.push_str(&format!("\n## Time\nTime zone: {tz_name}. Local time now: {local}.\n"));
+    s
 }
 
 /// What became of a turn's output.
@@ -256,6 +332,31 @@ mod tests {
             max_inbound_seq: Some(2),
             next_due: None,
         }
+    }
+
+    #[test]
+    fn agent_context_has_memory_skills_tools_and_local_time() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (ws, skills) = (tmp.path().join("ws"), tmp.path().join("skills"));
+        std::fs::create_dir_all(ws.join("agent")).unwrap();
+        std::fs::create_dir_all(skills.join("git")).unwrap();
+        std::fs::write(ws.join("agent/memory.md"), "the user likes tea").unwrap();
+        std::fs::write(skills.join("git/SKILL.md"), "use git carefully").unwrap();
+        let mut settings = RunnerSettings::echo_default("Andy");
+        settings.timezone = "Europe/Berlin".into();
+        settings.skills = vec!["git".into(), "../etc".into()];
+        let now = chrono::DateTime::parse_from_rfc3339("2026-07-01T10:00:00Z").unwrap().to_utc();
+        let s = agent_context(&settings, &ws, &skills, now);
+        assert!(s.contains("<memory>\nthe user likes tea\n</memory>"), "{s}");
+        assert!(s.contains("## Skill: git\nuse git carefully"), "{s}");
+        assert!(s.contains("(The skill \"../etc\" is not available.)"), "{s}");
+        assert!(s.contains("run_command is not available"), "{s}");
+        assert!(
+            s.ends_with("Time zone: Europe/Berlin. Local time now: Wednesday 2026-07-01 12:00 CEST.\n"),
+            "{s}"
+        );
+        settings.timezone = "Mars/Base".into();
+        assert!(agent_context(&settings, &ws, &skills, now).contains("\"Mars/Base\" is unknown"));
     }
 
     #[test]

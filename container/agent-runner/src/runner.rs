@@ -209,7 +209,9 @@ pub fn load_settings(config: &RunnerConfig) -> Result<Option<RunnerSettings>, Ru
 }
 
 /// The agent for this container: `runner.json`'s provider and tools, or the offline echo default.
-pub fn agent_for(config: &RunnerConfig) -> Result<Agent, RunnerError> {
+/// The assistant name of `runner.json` replaces the environment's in `config` (the host's
+/// settings file is the newer, fuller source).
+pub fn agent_for(config: &mut RunnerConfig) -> Result<Agent, RunnerError> {
     let settings = match load_settings(config)? {
         Some(s) => s,
         None if config.provider == "echo" => RunnerSettings::echo_default(&config.assistant_name),
@@ -225,6 +227,7 @@ pub fn agent_for(config: &RunnerConfig) -> Result<Agent, RunnerError> {
         crate::model::for_settings(&settings.provider, &config.session_dir.join(layout::PROXY_SOCKET))
             .map_err(RunnerError::Provider)?;
     let tools = ToolRegistry::builtin(&settings.tools);
+    config.assistant_name = settings.assistant_name.clone();
     Ok(Agent::new(model, settings, tools, config.workspace_dir.clone()))
 }
 
@@ -278,7 +281,8 @@ fn rows_for(output: &TurnOutput, snapshot: &Snapshot, prefix: &str) -> Vec<Outbo
 /// Runs the runner until SIGTERM/SIGINT (exit code 0) or a turn asks to exit mid-turn (that
 /// code, claims left in place). Returns the process exit code.
 pub async fn run(config: RunnerConfig) -> Result<i32, RunnerError> {
-    let agent = agent_for(&config)?;
+    let mut config = config;
+    let agent = agent_for(&mut config)?;
     run_with(config, Box::new(agent)).await
 }
 

@@ -58,7 +58,9 @@ async fn bad_arguments_come_back_naming_the_field() {
     assert_eq!(r[2], "tool run_command: error: timeout_s: 7200 is not in 1..=3600");
     assert!(r[3].starts_with("tool read_file: error: invalid arguments: expected a JSON object"), "{}", r[3]);
     assert!(
-        r[4].starts_with("tool no_such_tool: error: unknown tool \"no_such_tool\" (available: edit_file,"),
+        r[4].starts_with(
+            "tool no_such_tool: error: unknown tool \"no_such_tool\" (available: add_mcp_server, cancel_task,"
+        ),
         "{}",
         r[4]
     );
@@ -132,4 +134,58 @@ async fn a_corrupt_transcript_is_reset_once_with_a_note() {
     assert_ne!(s.state("continuation:echo").unwrap(), path);
     s.start();
     assert_eq!(texts(&s.turn("!turns", 20).await), vec!["echo: turns=2"]);
+}
+
+/// A model that fails with a context-length error whenever it gets more than 3 messages.
+struct SmallContext;
+
+#[async_trait::async_trait]
+impl nanoclaw_agent::model::Model for SmallContext {
+    fn name(&self) -> &str {
+        "small"
+    }
+
+    async fn complete(
+        &mut self,
+        request: &nanoclaw_agent::model::ModelRequest<'_>,
+        _events: &mut dyn nanoclaw_agent::provider::EventSink,
+    ) -> Result<nanoclaw_agent::model::ModelReply, nanoclaw_agent::model::ModelError> {
+        use nanoclaw_agent::model::{Block, ModelError, ModelReply, StopReason, Usage};
+        if request.messages.len() > 3 {
+            return Err(ModelError::ContextLength { message: "too many tokens".into() });
+        }
+        let text = format!("<message to=\"cli\">seen {}</message>", request.messages.len());
+        Ok(ModelReply {
+            blocks: vec![Block::Text { text }],
+            stop: StopReason::EndTurn,
+            usage: Usage::default(),
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_context_length_error_drops_the_oldest_turns_and_retries_once() {
+    let mut s = Session::new(None);
+    let agent = |ws: &std::path::Path| {
+        let mut settings = nanoclaw_protocol::settings::RunnerSettings::echo_default("Andy");
+        settings.provider.name = "small".into();
+        Box::new(nanoclaw_agent::agent::Agent::new(
+            Box::new(SmallContext),
+            settings,
+            nanoclaw_agent::tools::ToolRegistry::default(),
+            ws.to_path_buf(),
+        ))
+    };
+    s.start_with(Some(agent(&s.workspace)));
+    assert_eq!(texts(&s.turn("a", 20).await), vec!["seen 1"]);
+    assert_eq!(texts(&s.turn("b", 20).await), vec!["seen 3"]);
+    // 5 messages are too many: the first turn is dropped, the call is retried with 3.
+    assert_eq!(
+        texts(&s.turn("c", 20).await),
+        vec!["seen 3", "The conversation was too long for the model: its oldest part was dropped."]
+    );
+    let path = s.state("continuation:small").unwrap();
+    let kept = std::fs::read_to_string(s.workspace.join(path)).unwrap();
+    assert_eq!(kept.lines().count(), 4, "{kept}");
+    assert!(!kept.contains(">a</message>") && kept.contains(">b</message>") && kept.contains(">c</message>"));
 }

@@ -184,3 +184,89 @@ async fn a_running_tool_is_recorded_with_its_declared_timeout() {
         c.query_row("SELECT current_tool FROM container_state WHERE id = 1", [], |r| r.get(0)).unwrap();
     assert_eq!(tool, None, "tool state cleared after the call");
 }
+
+/// The test answers system rows as the host does: `note-<row id>` system rows in `inbound.db`.
+async fn answer_system_rows(session: std::path::PathBuf, workspace: std::path::PathBuf) {
+    let mut answered = std::collections::HashSet::new();
+    loop {
+        let rows: Vec<(String, String)> =
+            nanoclaw_protocol::schema::open_outbound_reader(&workspace.join("outbound.db"))
+                .ok()
+                .map(|c| {
+                    let mut st =
+                        c.prepare("SELECT id, content FROM messages_out WHERE kind = 'system'").unwrap();
+                    st.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(Result::unwrap).collect()
+                })
+                .unwrap_or_default();
+        for (id, content) in rows {
+            if !answered.insert(id.clone()) {
+                continue;
+            }
+            let action: serde_json::Value = serde_json::from_str(&content).unwrap();
+            let name = action["action"].as_str().unwrap().to_string();
+            let (ok, message) = if name == "request_rebuild" {
+                (true, format!("rebuilt ({})", action["reason"].as_str().unwrap_or("-")))
+            } else {
+                (false, format!("system action {name} is not supported by this host yet"))
+            };
+            let notice = json!({"type": "action_result", "message_out_id": id, "action": name, "ok": ok, "message": message});
+            nanoclaw_protocol::schema::open_inbound_writer(&session.join("inbound.db"))
+                .unwrap()
+                .execute(
+                    "INSERT INTO messages_in (id, seq, kind, timestamp, trigger, content) VALUES (?1, (SELECT coalesce(max(seq), 0) + 2 FROM messages_in), 'system', ?2, 0, ?3)",
+                    rusqlite::params![format!("note-{id}"), nanoclaw_protocol::time::now_ts(), notice.to_string()],
+                )
+                .unwrap();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn system_tools_write_the_row_and_return_the_hosts_answer() {
+    let mut s = Session::new(None);
+    s.start();
+    let host = tokio::spawn(answer_system_rows(s.session.clone(), s.workspace.clone()));
+    let r = texts(
+        &s.turn(
+            "tool schedule_task {\"prompt\":\"water the plants\",\"process_after\":\"2026-07-01T09:00:00Z\"}\n\
+             tool request_rebuild {\"reason\":\"new deps\"}\n\
+             tool cancel_task {\"task_id\":\"t1\"}\n\
+             tool install_packages {\"apt\":[\"jq\"]}\n\
+             tool add_mcp_server {\"name\":\"x\",\"command\":\"/bin/x\"}\n\
+             tool run_host_command {\"name\":\"backup\"}\n\
+             tool create_agent {\"name\":\"Bob\"}",
+            30,
+        )
+        .await,
+    );
+    host.abort();
+    assert_eq!(
+        r,
+        vec![
+            "tool schedule_task: error: system action schedule_task is not supported by this host yet",
+            "tool request_rebuild: rebuilt (new deps)",
+            "tool cancel_task: error: system action cancel_task is not supported by this host yet",
+            "tool install_packages: error: system action install_packages is not supported by this host yet",
+            "tool add_mcp_server: error: system action add_mcp_server is not supported by this host yet",
+            "tool run_host_command: error: system action run_host_command is not supported by this host yet",
+            "tool create_agent: error: system action create_agent is not supported by this host yet",
+        ]
+    );
+    // The row is the typed action the host parses, answering the message.
+    let c = nanoclaw_protocol::schema::open_outbound_reader(&s.workspace.join("outbound.db")).unwrap();
+    let (content, in_reply_to): (String, Option<String>) = c
+        .query_row(
+            "SELECT content, in_reply_to FROM messages_out WHERE kind = 'system' ORDER BY seq LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    let action: nanoclaw_protocol::content::SystemAction = serde_json::from_str(&content).unwrap();
+    assert!(
+        matches!(&action, nanoclaw_protocol::content::SystemAction::ScheduleTask { prompt, task_id, .. }
+            if prompt == "water the plants" && task_id.starts_with("task-")),
+        "{action:?}"
+    );
+    assert_eq!(in_reply_to.as_deref(), Some("m2:main"));
+}

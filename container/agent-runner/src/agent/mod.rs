@@ -13,7 +13,7 @@
 pub mod transcript;
 
 use crate::model::{Block, ChatMessage, Model, ModelError, ModelRequest, Role};
-use crate::prompt::Turn;
+use crate::prompt::{Turn, agent_context};
 use crate::provider::{
     EventSink, ExitRequest, Provider, ProviderError, ProviderEvent, TurnFailure, TurnIo, TurnOutput, touch,
 };
@@ -44,6 +44,7 @@ pub struct Agent {
     settings: RunnerSettings,
     tools: ToolRegistry,
     workspace: PathBuf,
+    skills_dir: PathBuf,
     transcript: Option<Transcript>,
 }
 
@@ -105,7 +106,14 @@ impl Agent {
         tools: ToolRegistry,
         workspace: PathBuf,
     ) -> Self {
-        Self { model, settings, tools, workspace, transcript: None }
+        let skills_dir = PathBuf::from(nanoclaw_protocol::layout::CONTAINER_SKILLS_DIR);
+        Self { model, settings, tools, workspace, skills_dir, transcript: None }
+    }
+
+    /// Reads skills from `dir` instead of the container's skills mount (tests, embedders).
+    pub fn with_skills_dir(mut self, dir: PathBuf) -> Self {
+        self.skills_dir = dir;
+        self
     }
 
     /// Loads the conversation on the first turn (or after `/clear`). A reset is announced in
@@ -213,14 +221,14 @@ impl Provider for Agent {
         }
         self.conversation(turn.continuation.as_deref(), io, &mut out.notes)?;
         let system = format!(
-            "{}\n## Tools\nYour workspace is {} (file tools take paths relative to it). Image tier: {}.\n",
+            "{}{}",
             turn.system,
-            self.workspace.display(),
-            self.settings.image_tier.as_str()
+            agent_context(&self.settings, &self.workspace, &self.skills_dir, chrono::Utc::now())
         );
         let specs = self.tools.specs();
         let mut transcript = self.transcript.take().expect("conversation loaded above");
-        let base = transcript.messages.len();
+        let mut base = transcript.messages.len();
+        let mut trimmed = false;
         transcript.messages.push(ChatMessage {
             role: Role::User,
             content: turn.blocks.iter().map(|b| Block::Text { text: b.clone() }).collect(),
@@ -248,6 +256,32 @@ impl Provider for Agent {
             };
             let reply = match self.model.complete(&request, io).await {
                 Ok(r) => r,
+                Err(ModelError::ContextLength { message }) if !trimmed => {
+                    // Compaction by a summary is not built yet: drop the older half of the
+                    // earlier turns (cut where a turn starts) and try once more.
+                    trimmed = true;
+                    let starts_turn = |m: &ChatMessage| {
+                        m.role == Role::User
+                            && !matches!(m.content.first(), Some(Block::Text { text }) if text == NUDGE)
+                    };
+                    let Some(cut) =
+                        (base / 2..base).find(|&i| starts_turn(&transcript.messages[i])).filter(|&c| c > 0)
+                    else {
+                        break Err(failure(ModelError::ContextLength { message }));
+                    };
+                    warn!(%message, dropped = cut, "over the context; dropping the oldest messages");
+                    transcript.messages.drain(..cut);
+                    base -= cut;
+                    if let Err(e) = transcript.rewrite(&self.workspace, self.model.name(), base) {
+                        warn!(error = %e, "shortened transcript not written");
+                    }
+                    io.event(ProviderEvent::Init { continuation: transcript.rel.clone() });
+                    out.notes.push(
+                        "The conversation was too long for the model: its oldest part was dropped.".into(),
+                    );
+                    calls_made -= 1;
+                    continue;
+                }
                 Err(e) => break Err(failure(e)),
             };
             let calls: Vec<_> = reply

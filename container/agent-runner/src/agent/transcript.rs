@@ -96,6 +96,23 @@ impl Transcript {
             .collect()
     }
 
+    /// Moves the conversation to a new file holding `self.messages[..upto]` (after older turns
+    /// were dropped; the rest is the running turn, written when it succeeds). The old file stays
+    /// as it was, and the caller stores the new path.
+    pub fn rewrite(&mut self, workspace: &Path, provider: &str, upto: usize) -> std::io::Result<()> {
+        let mut new = Self::create(workspace, provider)?;
+        new.messages = std::mem::take(&mut self.messages);
+        let mut buf = Vec::new();
+        for m in new.messages.get(..upto).unwrap_or_default() {
+            serde_json::to_writer(&mut buf, m).map_err(std::io::Error::other)?;
+            buf.push(b'\n');
+        }
+        let written =
+            std::fs::OpenOptions::new().append(true).open(&new.path).and_then(|mut f| f.write_all(&buf));
+        *self = new;
+        written
+    }
+
     /// Writes `messages[from..]` to the end of the file (one JSON line each): the turn's new
     /// messages, once the turn succeeded.
     pub fn persist(&self, from: usize) -> std::io::Result<()> {

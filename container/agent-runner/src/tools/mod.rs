@@ -8,6 +8,7 @@
 
 pub mod chat;
 pub mod command;
+pub mod system;
 pub mod workspace;
 
 use crate::db::{SessionDb, Snapshot};
@@ -112,7 +113,8 @@ impl ToolRegistry {
             Arc::new(command::RunCommand),
         ];
         let mut registry = Self::default();
-        for tool in all {
+        let system = system::all().into_iter().map(|t| Arc::new(t) as Arc<dyn Tool>);
+        for tool in all.into_iter().chain(system) {
             if selection.allows(&tool.spec().name) {
                 registry.register(tool);
             }

@@ -60,6 +60,11 @@ impl Session {
 
     /// Starts a runner (a new generation; the previous one is stopped first).
     pub fn start(&mut self) {
+        self.start_with(None);
+    }
+
+    /// Starts a runner with a given provider (`None`: the one `runner.json` names).
+    pub fn start_with(&mut self, provider: Option<Box<dyn nanoclaw_agent::provider::Provider>>) {
         self.stop();
         self.generation += 1;
         let config = RunnerConfig {
@@ -72,7 +77,10 @@ impl Session {
             max_messages_per_prompt: 10,
             host_lost_exit: None,
         };
-        self.runner = Some(tokio::spawn(nanoclaw_agent::runner::run(config)));
+        self.runner = Some(match provider {
+            None => tokio::spawn(nanoclaw_agent::runner::run(config)),
+            Some(p) => tokio::spawn(nanoclaw_agent::runner::run_with(config, p)),
+        });
     }
 
     pub fn stop(&mut self) {
@@ -106,7 +114,9 @@ impl Session {
     /// Every reply so far, in seq order.
     pub fn replies(&self) -> Vec<Reply> {
         let Ok(c) = open_outbound_reader(&self.workspace.join("outbound.db")) else { return vec![] };
-        let mut st = c.prepare("SELECT id, in_reply_to, content FROM messages_out ORDER BY seq").unwrap();
+        let mut st = c
+            .prepare("SELECT id, in_reply_to, content FROM messages_out WHERE kind = 'chat' ORDER BY seq")
+            .unwrap();
         st.query_map([], |r| {
             let content: String = r.get(2)?;
             let v: serde_json::Value = serde_json::from_str(&content).unwrap();
