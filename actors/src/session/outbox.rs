@@ -478,7 +478,15 @@ impl Worker {
                 return Ok((true, false));
             }
         }
-        let OutboundContent::Text { text } = content;
+        let text = match content {
+            OutboundContent::Text { text } => text,
+            OutboundContent::File { .. } => {
+                // The runner side exists (send_file); delivery through the channel port is the
+                // next step of issue 6.
+                self.reject(key, "content.type: files are not delivered by this host yet").await?;
+                return Ok((true, false));
+            }
+        };
         let answered = match &valid.in_reply_to {
             Some(id) => notices::chat_content(&self.paths, id).await,
             None => None,

@@ -270,3 +270,53 @@ async fn system_tools_write_the_row_and_return_the_hosts_answer() {
     );
     assert_eq!(in_reply_to.as_deref(), Some("m2:main"));
 }
+
+#[tokio::test]
+async fn send_file_copies_into_its_own_outbox_folder() {
+    let mut s = Session::new(None);
+    std::fs::write(s.workspace.join("report.txt"), "data").unwrap();
+    s.start();
+    let r = texts(
+        &s.turn(r#"tool send_file {"path":"report.txt","text":"here it is","filename":"r.txt"}"#, 20).await,
+    );
+    assert_eq!(r, vec!["here it is", "tool send_file: sent r.txt (4 bytes) to cli"]);
+    let c = nanoclaw_protocol::schema::open_outbound_reader(&s.workspace.join("outbound.db")).unwrap();
+    let (id, content, in_reply_to): (String, String, Option<String>) = c
+        .query_row("SELECT id, content, in_reply_to FROM messages_out ORDER BY seq LIMIT 1", [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .unwrap();
+    assert_eq!(in_reply_to.as_deref(), Some("m2:main"));
+    let content: nanoclaw_protocol::content::OutboundContent = serde_json::from_str(&content).unwrap();
+    let nanoclaw_protocol::content::OutboundContent::File { text, files } = content else {
+        panic!("{content:?}")
+    };
+    assert_eq!(text.as_deref(), Some("here it is"));
+    assert_eq!(files.len(), 1);
+    assert_eq!((files[0].name.as_str(), files[0].path.clone()), ("r.txt", format!("outbox/{id}/r.txt")));
+    assert_eq!(std::fs::read_to_string(s.workspace.join(&files[0].path)).unwrap(), "data");
+}
+
+#[tokio::test]
+async fn send_file_refuses_escapes() {
+    let mut s = Session::new(None);
+    std::os::unix::fs::symlink("/etc/passwd", s.workspace.join("pw")).unwrap();
+    std::fs::write(s.workspace.join("ok.txt"), "x").unwrap();
+    s.start();
+    let cases = [
+        (r#"tool send_file {"path":"pw"}"#, "path: pw is a symlink"),
+        (r#"tool send_file {"path":"../x"}"#, "path: \"..\" is not allowed"),
+        (r#"tool send_file {"path":"/etc/passwd"}"#, "path: /etc/passwd is outside the workspace"),
+        (
+            r#"tool send_file {"path":"ok.txt","filename":"../evil"}"#,
+            "filename: \"../evil\" is not a plain file name",
+        ),
+        (r#"tool send_file {"path":"."}"#, "path: . is not a regular file"),
+    ];
+    for (line, expected) in cases {
+        let r = texts(&s.turn(line, 20).await);
+        assert_eq!(r.len(), 1, "{line}: {r:?}");
+        assert!(r[0].contains(": error: ") && r[0].contains(expected), "{line}: {r:?}");
+    }
+    assert!(!s.workspace.join("outbox").exists(), "nothing was copied");
+}

@@ -72,6 +72,25 @@ pub enum OutboundContent {
         /// The text, at most [`crate::validate::MAX_TEXT_BYTES`] bytes.
         text: String,
     },
+    /// Files the runner copied into the workspace's outbox, with an optional caption.
+    File {
+        /// Caption, at most [`crate::validate::MAX_TEXT_BYTES`] bytes.
+        #[serde(default)]
+        text: Option<String>,
+        /// The files, 1 to [`crate::validate::MAX_FILES`].
+        files: Vec<OutboundFileRef>,
+    },
+}
+
+/// One file of an [`OutboundContent::File`] row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboundFileRef {
+    /// The file name shown to the user (no `/`, not `.`/`..`, at most 255 bytes).
+    pub name: String,
+    /// Where it lies in the workspace: exactly `outbox/<row id>/<name>`, so a row can only
+    /// point at its own folder (the host opens it without following links).
+    pub path: String,
 }
 
 /// A typed system action (`messages_out.kind = 'system'`), tagged by `action`.
@@ -213,6 +232,12 @@ mod tests {
         let c = OutboundContent::Text { text: "echo: hi".into() };
         assert_eq!(serde_json::to_string(&c).unwrap(), r#"{"type":"text","text":"echo: hi"}"#);
         round_trip(c);
+        round_trip(OutboundContent::File {
+            text: Some("the report".into()),
+            files: vec![OutboundFileRef { name: "r.pdf".into(), path: "outbox/o1/r.pdf".into() }],
+        });
+        let smuggled = r#"{"type":"file","files":[{"name":"a","path":"outbox/o/a","mode":"0777"}]}"#;
+        assert!(serde_json::from_str::<OutboundContent>(smuggled).unwrap_err().to_string().contains("mode"));
     }
 
     #[test]

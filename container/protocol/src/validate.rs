@@ -25,6 +25,12 @@ use std::time::Duration;
 pub const MAX_CONTENT_BYTES: i64 = 256 * 1024;
 /// Largest text of one outbound message, in bytes. Channels split further to their own limits.
 pub const MAX_TEXT_BYTES: usize = 64 * 1024;
+/// Most files in one `file` row.
+pub const MAX_FILES: usize = 10;
+/// Longest file name of a sent file, in bytes.
+pub const MAX_FILE_NAME_BYTES: usize = 255;
+/// Largest file the agent may send (the runner refuses bigger ones, the host checks again).
+pub const MAX_SEND_FILE_BYTES: u64 = 50 * 1024 * 1024;
 /// Largest id (`id`, `in_reply_to`, `message_id`), in bytes.
 pub const MAX_ID_BYTES: usize = 128;
 /// Largest platform or thread id, in bytes.
@@ -448,6 +454,36 @@ pub fn validate_outbound(raw: &RawOutboundRow) -> Result<ValidOutbound, RowError
                         return Err(c.err("content.text", "contains a NUL character"));
                     }
                 }
+                OutboundContent::File { text, files } => {
+                    if let Some(text) = text
+                        && (text.len() > MAX_TEXT_BYTES || text.contains('\0'))
+                    {
+                        return Err(c.err("content.text", "over the size limit or contains a NUL character"));
+                    }
+                    if files.is_empty() || files.len() > MAX_FILES {
+                        return Err(c.err(
+                            "content.files",
+                            format!("{} files; 1 to {MAX_FILES} allowed", files.len()),
+                        ));
+                    }
+                    for f in files {
+                        let name = f.name.as_str();
+                        if name.is_empty()
+                            || name.len() > MAX_FILE_NAME_BYTES
+                            || name == "."
+                            || name == ".."
+                            || name.contains(['/', '\0'])
+                        {
+                            return Err(
+                                c.err("content.files.name", format!("{name:?} is not a plain file name"))
+                            );
+                        }
+                        // A row may only point into its own outbox folder.
+                        if f.path != format!("outbox/{id}/{name}") {
+                            return Err(c.err("content.files.path", format!("must be outbox/{id}/{name}")));
+                        }
+                    }
+                }
             }
             (Some(Target { channel_type, platform_id, thread_id }), OutboundBody::Chat(parsed))
         }
@@ -684,6 +720,26 @@ mod tests {
             (rejected.rowid, rejected.key.as_str(), rejected.error.field.as_str()),
             (4, "#rowid:4", "id")
         );
+    }
+
+    #[test]
+    fn file_rows_point_only_into_their_own_outbox_folder() {
+        let file = |name: &str, path: &str| {
+            let content =
+                serde_json::json!({"type": "file", "files": [{"name": name, "path": path}]}).to_string();
+            RawOutboundRow { content: Value::Text(content), ..raw() }
+        };
+        let id = match raw().id {
+            Value::Text(t) => t,
+            other => panic!("{other:?}"),
+        };
+        let ok = validate_outbound(&file("a.txt", &format!("outbox/{id}/a.txt"))).unwrap();
+        assert!(matches!(ok.body, OutboundBody::Chat(OutboundContent::File { .. })));
+        assert_eq!(field_of(file("a.txt", "outbox/other/a.txt")), "content.files.path");
+        assert_eq!(field_of(file("..", &format!("outbox/{id}/.."))), "content.files.name");
+        assert_eq!(field_of(file("x/y", &format!("outbox/{id}/x/y"))), "content.files.name");
+        let none = RawOutboundRow { content: Value::Text(r#"{"type":"file","files":[]}"#.into()), ..raw() };
+        assert_eq!(field_of(none), "content.files");
     }
 
     #[test]

@@ -79,3 +79,133 @@ impl Tool for SendMessage {
         Ok(format!("sent to {to_name}"))
     }
 }
+
+/// `send_file {path, text?, filename?, to?}`: sends a workspace file. The file is copied to
+/// `outbox/<row id>/<name>` (the only place the host reads files from, without following links)
+/// and a `file` row names it.
+#[derive(Debug)]
+pub struct SendFile;
+
+/// Arguments of `send_file`.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SendFileArgs {
+    /// The file, relative to the workspace.
+    pub path: String,
+    /// A caption.
+    #[serde(default)]
+    pub text: Option<String>,
+    /// The name the user sees (default: the file's own name).
+    #[serde(default)]
+    pub filename: Option<String>,
+    /// Destination name; default: the chat of the message being answered.
+    #[serde(default)]
+    pub to: Option<String>,
+}
+
+/// Resolves `to` (or the default chat) to an address and a name for the answer.
+type Address = (Option<String>, Option<String>);
+
+fn address_of(snapshot: &crate::db::Snapshot, to: Option<String>) -> Result<(Address, String), ToolError> {
+    let to = to.or_else(|| origin_destination(snapshot));
+    let (address, name) = match &to {
+        Some(name) => match resolve_destination(snapshot, name) {
+            Some(a) => (a, name.clone()),
+            None => {
+                let known: Vec<&str> = snapshot.destinations.iter().map(|d| d.name.as_str()).collect();
+                return Err(ToolError(format!(
+                    "to: unknown destination {name:?} (known: {})",
+                    known.join(", ")
+                )));
+            }
+        },
+        None => (
+            (snapshot.routing.channel_type.clone(), snapshot.routing.platform_id.clone()),
+            "this chat".into(),
+        ),
+    };
+    if address.0.is_none() && address.1.is_none() {
+        return Err(ToolError("to: this session has no chat; name a destination".into()));
+    }
+    Ok((address, name))
+}
+
+#[async_trait]
+impl Tool for SendFile {
+    fn spec(&self) -> ToolSpec {
+        ToolSpec {
+            name: "send_file".into(),
+            description:
+                "Send a file from your workspace to a chat (at most 50 MiB), with an optional caption.".into(),
+            input_schema: schema_of::<SendFileArgs>(),
+        }
+    }
+
+    async fn call(&self, args: serde_json::Value, cx: &mut ToolContext<'_>) -> ToolResult {
+        use nanoclaw_protocol::content::OutboundFileRef;
+        use nanoclaw_protocol::layout::OUTBOX_DIR;
+        use nanoclaw_protocol::validate::{MAX_FILE_NAME_BYTES, MAX_SEND_FILE_BYTES};
+        use std::io::Read;
+        use std::os::unix::fs::OpenOptionsExt;
+        let a: SendFileArgs = parse_args(args)?;
+        let source = super::workspace::confine(cx.workspace, "path", &a.path)?;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&source.path)
+            .map_err(|e| ToolError(format!("path: {}: {e}", source.rel.display())))?;
+        let meta = file.metadata().map_err(|e| ToolError(format!("path: {e}")))?;
+        if !meta.is_file() {
+            return Err(ToolError(format!("path: {} is not a regular file", source.rel.display())));
+        }
+        if meta.len() > MAX_SEND_FILE_BYTES {
+            return Err(ToolError(format!("path: {} is larger than 50 MiB", source.rel.display())));
+        }
+        let name = match a.filename {
+            Some(n) => n,
+            None => source.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        };
+        if name.is_empty()
+            || name.len() > MAX_FILE_NAME_BYTES
+            || name == "."
+            || name == ".."
+            || name.contains(['/', '\0'])
+        {
+            return Err(ToolError(format!(
+                "filename: {name:?} is not a plain file name of at most 255 bytes"
+            )));
+        }
+        let caption = a.text.map(|t| t.trim().to_string()).filter(|t| !t.is_empty());
+        let snapshot = cx.snapshot;
+        let (address, to_name) = address_of(snapshot, a.to)?;
+        let id = cx.ledger.next_id();
+        let outbox = cx.workspace.join(OUTBOX_DIR);
+        match std::fs::symlink_metadata(&outbox) {
+            Ok(m) if !m.is_dir() => {
+                return Err(ToolError(format!("{OUTBOX_DIR} in the workspace is not a folder; remove it")));
+            }
+            Ok(_) => {}
+            Err(_) => std::fs::create_dir(&outbox).map_err(|e| ToolError(format!("{OUTBOX_DIR}: {e}")))?,
+        }
+        let folder = outbox.join(&id);
+        std::fs::create_dir(&folder).map_err(|e| ToolError(format!("{OUTBOX_DIR}/{id}: {e}")))?;
+        let mut copy = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(folder.join(&name))
+            .map_err(|e| ToolError(format!("{OUTBOX_DIR}/{id}/{name}: {e}")))?;
+        let copied = std::io::copy(&mut file.take(MAX_SEND_FILE_BYTES), &mut copy)
+            .map_err(|e| ToolError(format!("copying {}: {e}", source.rel.display())))?;
+        let content = OutboundContent::File {
+            text: caption,
+            files: vec![OutboundFileRef { name: name.clone(), path: format!("{OUTBOX_DIR}/{id}/{name}") }],
+        };
+        let row = row_to_chat(snapshot, address, None, &content, id);
+        cx.db
+            .commit_turn(vec![row], &[], None, snapshot.max_inbound_seq)
+            .map_err(|e| ToolError(format!("not sent: {e}")))?;
+        cx.link.output().await;
+        Ok(format!("sent {name} ({copied} bytes) to {to_name}"))
+    }
+}

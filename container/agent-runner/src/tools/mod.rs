@@ -105,6 +105,7 @@ impl ToolRegistry {
     pub fn builtin(selection: &ToolSelection) -> Self {
         let all: Vec<Arc<dyn Tool>> = vec![
             Arc::new(chat::SendMessage),
+            Arc::new(chat::SendFile),
             Arc::new(workspace::ReadFile),
             Arc::new(workspace::WriteFile),
             Arc::new(workspace::EditFile),
