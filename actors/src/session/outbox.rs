@@ -480,10 +480,16 @@ impl Worker {
         }
         let text = match content {
             OutboundContent::Text { text } => text,
-            OutboundContent::File { .. } => {
-                // The runner side exists (send_file); delivery through the channel port is the
-                // next step of issue 6.
-                self.reject(key, "content.type: files are not delivered by this host yet").await?;
+            other => {
+                // The runner side exists (send_file, edit_message, add_reaction, send_card);
+                // delivery through the channel port is the next step of issue 6.
+                let kind = match other {
+                    OutboundContent::File { .. } => "files",
+                    OutboundContent::Edit { .. } => "edits",
+                    OutboundContent::Reaction { .. } => "reactions",
+                    _ => "cards",
+                };
+                self.reject(key, &format!("content.type: {kind} are not delivered by this host yet")).await?;
                 return Ok((true, false));
             }
         };

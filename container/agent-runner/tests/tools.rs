@@ -320,3 +320,58 @@ async fn send_file_refuses_escapes() {
     }
     assert!(!s.workspace.join("outbox").exists(), "nothing was copied");
 }
+
+#[tokio::test]
+async fn edit_message_add_reaction_and_send_card_write_typed_rows() {
+    use nanoclaw_protocol::content::{CardButton, OutboundContent};
+    let mut s = Session::new(None);
+    s.start();
+    assert_eq!(texts(&s.turn("hello", 20).await), vec!["echo: hello"]);
+    let c = nanoclaw_protocol::schema::open_outbound_reader(&s.workspace.join("outbound.db")).unwrap();
+    let (first_id, first_seq): (String, i64) = c
+        .query_row("SELECT id, seq FROM messages_out ORDER BY seq LIMIT 1", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    let lines = [
+        format!(r#"tool edit_message {{"seq":{first_seq},"text":"fixed"}}"#),
+        r#"tool add_reaction {"seq":2,"emoji":"👍"}"#.to_string(),
+        r#"tool send_card {"title":"T","text":"body","buttons":[{"label":"docs","url":"https://example.org"}]}"#
+            .to_string(),
+        r#"tool edit_message {"seq":2,"text":"x"}"#.to_string(),
+        r#"tool add_reaction {"seq":98,"emoji":"x"}"#.to_string(),
+        r#"tool send_card {"title":"T","text":"b","buttons":[{"label":"x","url":"javascript:alert(1)"}]}"#.to_string(),
+    ];
+    let r = texts(&s.turn(&lines.join("\n"), 20).await);
+    // The three typed rows first (the helper shows their `text`, if any), then one answer per call.
+    let expected: Vec<String> = vec![
+        "fixed".into(),
+        "".into(),
+        "body".into(),
+        format!("tool edit_message: edited message {first_seq}"),
+        "tool add_reaction: reacted 👍 to message 2".into(),
+        "tool send_card: card sent to cli".into(),
+        "tool edit_message: error: seq: 2 is a message you received; only your own can be edited".into(),
+        "tool add_reaction: error: seq: no message with id 98 in this conversation".into(),
+        "tool send_card: error: buttons[0].url: only http(s) URLs of at most 2048 bytes".into(),
+    ];
+    assert_eq!(r, expected);
+    let mut st = c.prepare("SELECT content FROM messages_out WHERE seq > ?1 ORDER BY seq LIMIT 3").unwrap();
+    let rows: Vec<OutboundContent> = st
+        .query_map([first_seq], |r| r.get::<_, String>(0))
+        .unwrap()
+        .map(|c| serde_json::from_str(&c.unwrap()).unwrap())
+        .collect();
+    assert_eq!(
+        rows,
+        vec![
+            OutboundContent::Edit { target: first_id, text: "fixed".into() },
+            OutboundContent::Reaction { target: "m2:main".into(), emoji: "👍".into() },
+            OutboundContent::Card {
+                title: "T".into(),
+                text: "body".into(),
+                buttons: vec![CardButton { label: "docs".into(), url: "https://example.org".into() }]
+            },
+        ]
+    );
+}

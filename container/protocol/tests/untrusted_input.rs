@@ -115,6 +115,7 @@ proptest! {
                             prop_assert_eq!(f.path, format!("outbox/{}/{}", v.id, f.name));
                         }
                     }
+                    OutboundBody::Chat(_) => prop_assert!(v.target.is_some()),
                     OutboundBody::System(_) => prop_assert!(v.target.is_none()),
                 }
             }

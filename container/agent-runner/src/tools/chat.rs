@@ -209,3 +209,187 @@ impl Tool for SendFile {
         Ok(format!("sent {name} ({copied} bytes) to {to_name}"))
     }
 }
+
+/// Commits one chat row and tells the host.
+async fn commit_row(
+    cx: &mut ToolContext<'_>,
+    row: nanoclaw_protocol::rows::OutboundRow,
+) -> Result<(), ToolError> {
+    cx.db
+        .commit_turn(vec![row], &[], None, cx.snapshot.max_inbound_seq)
+        .map_err(|e| ToolError(format!("not sent: {e}")))?;
+    cx.link.output().await;
+    Ok(())
+}
+
+/// The message with `seq`, or an error naming `seq`.
+fn by_seq(cx: &ToolContext<'_>, seq: i64) -> Result<crate::db::SeqTarget, ToolError> {
+    cx.db
+        .message_by_seq(seq)
+        .map_err(|e| ToolError(format!("seq: {e}")))?
+        .ok_or_else(|| ToolError(format!("seq: no message with id {seq} in this conversation")))
+}
+
+/// `edit_message {seq, text}`: replaces the text of a message the agent sent.
+#[derive(Debug)]
+pub struct EditMessage;
+
+/// Arguments of `edit_message`.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EditMessageArgs {
+    /// The id of one of your own messages.
+    pub seq: i64,
+    /// Its new text.
+    pub text: String,
+}
+
+#[async_trait]
+impl Tool for EditMessage {
+    fn spec(&self) -> ToolSpec {
+        ToolSpec {
+            name: "edit_message".into(),
+            description: "Replace the text of a message you sent earlier (by its id).".into(),
+            input_schema: schema_of::<EditMessageArgs>(),
+        }
+    }
+
+    async fn call(&self, args: serde_json::Value, cx: &mut ToolContext<'_>) -> ToolResult {
+        let a: EditMessageArgs = parse_args(args)?;
+        let text = a.text.trim().to_string();
+        if text.is_empty() {
+            return Err(ToolError("text: must not be empty".into()));
+        }
+        let target = by_seq(cx, a.seq)?;
+        if !target.sent {
+            return Err(ToolError(format!(
+                "seq: {} is a message you received; only your own can be edited",
+                a.seq
+            )));
+        }
+        let content = OutboundContent::Edit { target: target.id, text };
+        let row = row_to_chat(
+            cx.snapshot,
+            (target.channel_type, target.platform_id),
+            None,
+            &content,
+            cx.ledger.next_id(),
+        );
+        commit_row(cx, row).await?;
+        Ok(format!("edited message {}", a.seq))
+    }
+}
+
+/// `add_reaction {seq, emoji}`.
+#[derive(Debug)]
+pub struct AddReaction;
+
+/// Arguments of `add_reaction`.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddReactionArgs {
+    /// The id of the message (received or sent).
+    pub seq: i64,
+    /// One emoji.
+    pub emoji: String,
+}
+
+#[async_trait]
+impl Tool for AddReaction {
+    fn spec(&self) -> ToolSpec {
+        ToolSpec {
+            name: "add_reaction".into(),
+            description: "React to a message (by its id) with an emoji.".into(),
+            input_schema: schema_of::<AddReactionArgs>(),
+        }
+    }
+
+    async fn call(&self, args: serde_json::Value, cx: &mut ToolContext<'_>) -> ToolResult {
+        let a: AddReactionArgs = parse_args(args)?;
+        let emoji = a.emoji.trim().to_string();
+        if emoji.is_empty() || emoji.len() > nanoclaw_protocol::validate::MAX_EMOJI_BYTES {
+            return Err(ToolError("emoji: one emoji, at most 64 bytes".into()));
+        }
+        let target = by_seq(cx, a.seq)?;
+        let content = OutboundContent::Reaction { target: target.id, emoji: emoji.clone() };
+        let row = row_to_chat(
+            cx.snapshot,
+            (target.channel_type, target.platform_id),
+            None,
+            &content,
+            cx.ledger.next_id(),
+        );
+        commit_row(cx, row).await?;
+        Ok(format!("reacted {emoji} to message {}", a.seq))
+    }
+}
+
+/// `send_card {title, text, buttons?, to?}`.
+#[derive(Debug)]
+pub struct SendCard;
+
+/// A link button of `send_card`.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ButtonArg {
+    /// The label.
+    pub label: String,
+    /// An http(s) URL.
+    pub url: String,
+}
+
+/// Arguments of `send_card`.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SendCardArgs {
+    /// Title.
+    pub title: String,
+    /// Body text.
+    pub text: String,
+    /// Link buttons (at most 10).
+    #[serde(default)]
+    pub buttons: Vec<ButtonArg>,
+    /// Destination name; default: the chat of the message being answered.
+    #[serde(default)]
+    pub to: Option<String>,
+}
+
+#[async_trait]
+impl Tool for SendCard {
+    fn spec(&self) -> ToolSpec {
+        ToolSpec {
+            name: "send_card".into(),
+            description: "Send a card: a title, a text and up to 10 link buttons.".into(),
+            input_schema: schema_of::<SendCardArgs>(),
+        }
+    }
+
+    async fn call(&self, args: serde_json::Value, cx: &mut ToolContext<'_>) -> ToolResult {
+        use nanoclaw_protocol::content::CardButton;
+        use nanoclaw_protocol::validate::{MAX_BUTTONS, MAX_URL_BYTES};
+        let a: SendCardArgs = parse_args(args)?;
+        if a.title.trim().is_empty() {
+            return Err(ToolError("title: must not be empty".into()));
+        }
+        if a.buttons.len() > MAX_BUTTONS {
+            return Err(ToolError(format!("buttons: {} buttons; at most {MAX_BUTTONS}", a.buttons.len())));
+        }
+        for (i, b) in a.buttons.iter().enumerate() {
+            if !(b.url.starts_with("https://") || b.url.starts_with("http://")) || b.url.len() > MAX_URL_BYTES
+            {
+                return Err(ToolError(format!(
+                    "buttons[{i}].url: only http(s) URLs of at most {MAX_URL_BYTES} bytes"
+                )));
+            }
+        }
+        let (address, to_name) = address_of(cx.snapshot, a.to)?;
+        let content = OutboundContent::Card {
+            title: a.title.trim().to_string(),
+            text: a.text,
+            buttons: a.buttons.into_iter().map(|b| CardButton { label: b.label, url: b.url }).collect(),
+        };
+        let row = row_to_chat(cx.snapshot, address, None, &content, cx.ledger.next_id());
+        commit_row(cx, row).await?;
+        Ok(format!("card sent to {to_name}"))
+    }
+}

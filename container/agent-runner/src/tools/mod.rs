@@ -106,6 +106,9 @@ impl ToolRegistry {
         let all: Vec<Arc<dyn Tool>> = vec![
             Arc::new(chat::SendMessage),
             Arc::new(chat::SendFile),
+            Arc::new(chat::EditMessage),
+            Arc::new(chat::AddReaction),
+            Arc::new(chat::SendCard),
             Arc::new(workspace::ReadFile),
             Arc::new(workspace::WriteFile),
             Arc::new(workspace::EditFile),
