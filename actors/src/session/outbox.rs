@@ -478,7 +478,21 @@ impl Worker {
                 return Ok((true, false));
             }
         }
-        let OutboundContent::Text { text } = content;
+        let text = match content {
+            OutboundContent::Text { text } => text,
+            other => {
+                // The runner side exists (send_file, edit_message, add_reaction, send_card);
+                // delivery through the channel port is the next step of issue 6.
+                let kind = match other {
+                    OutboundContent::File { .. } => "files",
+                    OutboundContent::Edit { .. } => "edits",
+                    OutboundContent::Reaction { .. } => "reactions",
+                    _ => "cards",
+                };
+                self.reject(key, &format!("content.type: {kind} are not delivered by this host yet")).await?;
+                return Ok((true, false));
+            }
+        };
         let answered = match &valid.in_reply_to {
             Some(id) => notices::chat_content(&self.paths, id).await,
             None => None,

@@ -340,6 +340,76 @@ fn upsert_state(conn: &Connection, key: &str, value: &str) -> Result<(), DbError
     Ok(())
 }
 
+impl SessionDb {
+    /// The host's answer to the system action row `out_id` (a `system` row `note-<out_id>` in
+    /// `inbound.db`), once it exists. An unparsable answer counts as none.
+    pub fn action_result(
+        &self,
+        out_id: &str,
+    ) -> Result<Option<nanoclaw_protocol::content::SystemNotice>, DbError> {
+        if !self.inbound_path.exists() {
+            return Ok(None);
+        }
+        let inbound = schema::open_inbound_reader(&self.inbound_path)?;
+        let content: Option<String> = inbound
+            .query_row(
+                "SELECT content FROM messages_in WHERE id = ?1 AND kind = 'system'",
+                [format!("note-{out_id}")],
+                |r| r.get(0),
+            )
+            .optional()
+            .ctx("read action result")?;
+        Ok(content.and_then(|c| serde_json::from_str(&c).ok()))
+    }
+}
+
+/// A message of this session named by its agent-visible seq.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeqTarget {
+    /// Its `messages_in` or `messages_out` id.
+    pub id: String,
+    /// True for a message the agent sent (odd seq, `messages_out`).
+    pub sent: bool,
+    /// The chat it belongs to.
+    pub channel_type: Option<String>,
+    /// The chat it belongs to.
+    pub platform_id: Option<String>,
+}
+
+impl SessionDb {
+    /// The chat message with agent-visible `seq`: odd seqs are the agent's own (`messages_out`),
+    /// even ones received (`messages_in`, system rows excluded).
+    pub fn message_by_seq(&self, seq: i64) -> Result<Option<SeqTarget>, DbError> {
+        let map = |r: &rusqlite::Row<'_>| -> rusqlite::Result<(String, Option<String>, Option<String>)> {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        };
+        let sent = seq.rem_euclid(2) == 1;
+        let row = if sent {
+            self.outbound
+                .query_row(
+                    "SELECT id, channel_type, platform_id FROM messages_out WHERE seq = ?1 AND kind = 'chat'",
+                    [seq],
+                    map,
+                )
+                .optional()
+                .ctx("read message by seq")?
+        } else {
+            if !self.inbound_path.exists() {
+                return Ok(None);
+            }
+            schema::open_inbound_reader(&self.inbound_path)?
+                .query_row(
+                    "SELECT id, channel_type, platform_id FROM messages_in WHERE seq = ?1 AND kind <> 'system'",
+                    [seq],
+                    map,
+                )
+                .optional()
+                .ctx("read message by seq")?
+        };
+        Ok(row.map(|(id, channel_type, platform_id)| SeqTarget { id, sent, channel_type, platform_id }))
+    }
+}
+
 /// Key of a provider's continuation in `session_state` (DESIGN §5).
 pub fn continuation_key(provider: &str) -> String {
     format!("continuation:{provider}")

@@ -2,11 +2,15 @@
 
 use crate::db::Snapshot;
 use nanoclaw_protocol::content::{ChatContent, OutboundContent, TaskContent};
+use nanoclaw_protocol::layout::MEMORY_FILE;
 use nanoclaw_protocol::output::{ParsedOutput, parse_output};
 use nanoclaw_protocol::rows::{
     Destination, DestinationType, InboundKind, InboundRow, OutboundKind, OutboundRow,
 };
+use nanoclaw_protocol::settings::{ImageTier, RunnerSettings};
 use nanoclaw_protocol::time::now_ts;
+use std::io::Read;
+use std::path::Path;
 
 /// One message of a batch as the provider sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +38,9 @@ pub struct Turn {
     pub system: String,
     /// The batch rendered as text, for model providers.
     pub prompt: String,
+    /// Each message of the batch rendered on its own (`prompt` is them joined by newlines): one
+    /// text block each in the conversation, so the `echo` model can read them back exactly.
+    pub blocks: Vec<String>,
     /// The batch, structured, for providers that do not need a model (`echo`).
     pub messages: Vec<PromptMessage>,
     /// The provider's continuation from the previous turn, if any.
@@ -77,37 +84,42 @@ fn message_of(row: &InboundRow, dests: &[Destination]) -> PromptMessage {
 }
 
 fn escape_attr(s: &str) -> String {
-    s.replace('&', "&amp;").replace('"', "&quot;").replace('<', "&lt;")
+    s.replace('&', "&amp;").replace('"', "&quot;").replace('<', "&lt;").replace('>', "&gt;")
 }
 
 /// Builds the turn for a snapshot.
 pub fn build_turn(snapshot: &Snapshot, assistant_name: &str, continuation: Option<String>) -> Turn {
     let messages: Vec<PromptMessage> =
         snapshot.batch.iter().map(|r| message_of(r, &snapshot.destinations)).collect();
-    let mut prompt = String::new();
+    let mut blocks = Vec::with_capacity(messages.len());
     for (m, row) in messages.iter().zip(&snapshot.batch) {
-        match m.kind {
-            InboundKind::Task => prompt.push_str(&format!(
-                "<task id=\"{}\" from=\"{}\" time=\"{}\">{}</task>\n",
+        // Rows that did not ask for a reply are marked, so the model (and echo) can tell the
+        // accumulated context of a group chat from what is addressed to it.
+        let context = if m.trigger { "" } else { " context=\"true\"" };
+        blocks.push(match m.kind {
+            InboundKind::Task => format!(
+                "<task id=\"{}\" from=\"{}\" time=\"{}\"{context}>{}</task>",
                 m.seq,
                 escape_attr(&m.from),
                 row.timestamp,
                 m.text
-            )),
-            _ => prompt.push_str(&format!(
-                "<message id=\"{}\" from=\"{}\" sender=\"{}\" time=\"{}\">{}</message>\n",
+            ),
+            _ => format!(
+                "<message id=\"{}\" from=\"{}\" sender=\"{}\" time=\"{}\"{context}>{}</message>",
                 m.seq,
                 escape_attr(&m.from),
                 escape_attr(m.sender.as_deref().unwrap_or("unknown")),
                 row.timestamp,
                 m.text
-            )),
-        }
+            ),
+        });
     }
+    let prompt = blocks.iter().map(|b| format!("{b}\n")).collect::<String>();
     let mut system = format!("# You are {assistant_name}\n\n## Sending messages\n");
     system.push_str(
         "Your final answer reaches people only inside <message to=\"NAME\">…</message> blocks, one per \
          destination. Text outside blocks is a private scratchpad; <internal>…</internal> is always removed.\n\
+         Messages marked context=\"true\" were not addressed to you; they are background.\n\
          Destinations:\n",
     );
     for d in &snapshot.destinations {
@@ -117,7 +129,79 @@ pub fn build_turn(snapshot: &Snapshot, assistant_name: &str, continuation: Optio
             d.display_name.as_deref().unwrap_or(d.kind.as_str())
         ));
     }
-    Turn { system, prompt, messages, continuation }
+    Turn { system, prompt, blocks, messages, continuation }
+}
+
+/// Most bytes of the memory file and of each skill put into the prompt.
+pub const MAX_PROMPT_FILE_BYTES: u64 = 32 * 1024;
+
+/// Reads at most [`MAX_PROMPT_FILE_BYTES`] of a regular file (not through a symlink), marking a
+/// cut; `None` when it is absent or unreadable.
+fn prompt_file(path: &Path) -> Option<String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path).ok()?;
+    if !f.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut bytes = Vec::new();
+    f.take(MAX_PROMPT_FILE_BYTES + 1).read_to_end(&mut bytes).ok()?;
+    let cut = bytes.len() as u64 > MAX_PROMPT_FILE_BYTES;
+    bytes.truncate(MAX_PROMPT_FILE_BYTES as usize);
+    let mut text = String::from_utf8_lossy(&bytes).into_owned();
+    if cut {
+        text.push_str("\n[… cut: the file is longer …]");
+    }
+    Some(text)
+}
+
+/// The agent's own part of the system prompt (issue 6 part 9): the group's memory file, the
+/// selected skills, tool notes, and — last, because it changes every turn and would otherwise
+/// spoil the providers' prompt caches — the time zone and local time.
+///
+/// `workspace` is the session workspace (the group folder is mounted at `agent/` in it) and
+/// `skills_dir` the read-only skills mount.
+pub fn agent_context(
+    settings: &RunnerSettings,
+    workspace: &Path,
+    skills_dir: &Path,
+    now: chrono::DateTime<chrono::Utc>,
+) -> String {
+    let mut s = String::new();
+    let memory = format!("agent/{MEMORY_FILE}");
+    s.push_str(&format!(
+        "\n## Memory\nYour memory file is {memory} (edit it with the file tools to remember things \
+         across conversations).\n"
+    ));
+    if let Some(text) = prompt_file(&workspace.join(&memory)).filter(|t| !t.trim().is_empty()) {
+        s.push_str(&format!("<memory>\n{}\n</memory>\n", text.trim()));
+    }
+    for name in &settings.skills {
+        // A skill is a folder name: never a path that leaves the skills mount.
+        let safe = !name.is_empty() && !name.contains('/') && name != ".." && name != ".";
+        match safe.then(|| prompt_file(&skills_dir.join(name).join("SKILL.md"))).flatten() {
+            Some(text) => s.push_str(&format!("\n## Skill: {name}\n{}\n", text.trim())),
+            None => s.push_str(&format!("\n(The skill {name:?} is not available.)\n")),
+        }
+    }
+    s.push_str(&format!(
+        "\n## Tools\nYour workspace is {} (file tools take paths relative to it). Image tier: {}.\n",
+        workspace.display(),
+        settings.image_tier.as_str()
+    ));
+    if settings.image_tier == ImageTier::Minimal {
+        s.push_str("There is no shell in this image: run_command is not available.\n");
+    }
+    let (tz_name, local) = match settings.timezone.parse::<chrono_tz::Tz>() {
+        Ok(tz) => {
+            (settings.timezone.clone(), now.with_timezone(&tz).format("%A %Y-%m-%d %H:%M %Z").to_string())
+        }
+        Err(_) => (
+            format!("UTC (the configured time zone {:?} is unknown)", settings.timezone),
+            now.format("%A %Y-%m-%d %H:%M UTC").to_string(),
+        ),
+    };
+    s.push_str(&format!("\n## Time\nTime zone: {tz_name}. Local time now: {local}.\n"));
+    s
 }
 
 /// What became of a turn's output.
@@ -131,47 +215,78 @@ pub struct Replies {
     pub scratchpad: String,
 }
 
+/// Where a destination name points: `(channel_type, platform_id)`, `None` for an unknown name.
+pub fn resolve_destination(snapshot: &Snapshot, name: &str) -> Option<(Option<String>, Option<String>)> {
+    let dest = snapshot.destinations.iter().find(|d| d.name == name)?;
+    Some(match dest.kind {
+        DestinationType::Channel => (dest.channel_type.clone(), dest.platform_id.clone()),
+        DestinationType::Agent => (Some("agent".to_string()), dest.agent_group_id.clone()),
+    })
+}
+
+/// The destination name of the chat of the batch's newest triggering row (where a reply goes by
+/// default), or `None` when the batch has no such row or its chat has no name.
+pub fn origin_destination(snapshot: &Snapshot) -> Option<String> {
+    let origin = snapshot.batch.iter().rev().find(|r| r.trigger)?;
+    snapshot
+        .destinations
+        .iter()
+        .find(|d| {
+            d.kind == DestinationType::Channel
+                && d.channel_type == origin.channel_type
+                && d.platform_id == origin.platform_id
+        })
+        .map(|d| d.name.clone())
+}
+
+/// A `messages_out` row for `content` to a chat (seq unassigned). Its thread is the session's
+/// own thread when it goes to the session's chat, and `in_reply_to` is `reply_to` (a seq of the
+/// batch) or else the newest triggering row of the batch from the same chat (reference §5.3):
+/// stamped from the batch being processed, never guessed later.
+pub fn row_to_chat(
+    snapshot: &Snapshot,
+    (channel_type, platform_id): (Option<String>, Option<String>),
+    reply_to: Option<i64>,
+    content: &OutboundContent,
+    id: String,
+) -> OutboundRow {
+    let own_chat =
+        channel_type == snapshot.routing.channel_type && platform_id == snapshot.routing.platform_id;
+    let named = reply_to.and_then(|seq| snapshot.batch.iter().find(|r| r.seq == seq));
+    let in_reply_to = named
+        .or_else(|| {
+            snapshot
+                .batch
+                .iter()
+                .rev()
+                .find(|r| r.trigger && r.channel_type == channel_type && r.platform_id == platform_id)
+        })
+        .map(|r| r.id.clone());
+    OutboundRow {
+        id,
+        seq: 0,
+        in_reply_to,
+        timestamp: now_ts(),
+        deliver_after: None,
+        kind: OutboundKind::Chat,
+        platform_id,
+        channel_type,
+        thread_id: if own_chat { snapshot.routing.thread_id.clone() } else { None },
+        content: serde_json::to_string(content).expect("outbound content serialises"),
+    }
+}
+
 /// Maps the provider's final text to `messages_out` rows via the destinations table.
-///
-/// A block's thread is the session's own thread when it goes to the session's chat, and
-/// `in_reply_to` is the newest triggering row of the batch from the same chat (reference §5.3).
 pub fn replies_for(text: &str, snapshot: &Snapshot, id_prefix: &str) -> Replies {
     let ParsedOutput { messages, scratchpad } = parse_output(text);
     let mut out = Replies { scratchpad, ..Default::default() };
     for (i, block) in messages.into_iter().enumerate() {
-        let Some(dest) = snapshot.destinations.iter().find(|d| d.name == block.to) else {
+        let Some(address) = resolve_destination(snapshot, &block.to) else {
             out.unknown_destinations.push(block.to);
             continue;
         };
-        let (channel_type, platform_id) = match dest.kind {
-            DestinationType::Channel => (dest.channel_type.clone(), dest.platform_id.clone()),
-            DestinationType::Agent => (Some("agent".to_string()), dest.agent_group_id.clone()),
-        };
-        let own_chat =
-            channel_type == snapshot.routing.channel_type && platform_id == snapshot.routing.platform_id;
-        let named = block.reply_to.and_then(|seq| snapshot.batch.iter().find(|r| r.seq == seq));
-        let in_reply_to = named
-            .or_else(|| {
-                snapshot
-                    .batch
-                    .iter()
-                    .rev()
-                    .find(|r| r.trigger && r.channel_type == channel_type && r.platform_id == platform_id)
-            })
-            .map(|r| r.id.clone());
         let content = OutboundContent::Text { text: block.text };
-        out.rows.push(OutboundRow {
-            id: format!("{id_prefix}-{i}"),
-            seq: 0,
-            in_reply_to,
-            timestamp: now_ts(),
-            deliver_after: None,
-            kind: OutboundKind::Chat,
-            platform_id,
-            channel_type,
-            thread_id: if own_chat { snapshot.routing.thread_id.clone() } else { None },
-            content: serde_json::to_string(&content).expect("outbound content serialises"),
-        });
+        out.rows.push(row_to_chat(snapshot, address, block.reply_to, &content, format!("{id_prefix}-{i}")));
     }
     out
 }
@@ -217,6 +332,31 @@ mod tests {
             max_inbound_seq: Some(2),
             next_due: None,
         }
+    }
+
+    #[test]
+    fn agent_context_has_memory_skills_tools_and_local_time() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (ws, skills) = (tmp.path().join("ws"), tmp.path().join("skills"));
+        std::fs::create_dir_all(ws.join("agent")).unwrap();
+        std::fs::create_dir_all(skills.join("git")).unwrap();
+        std::fs::write(ws.join("agent/memory.md"), "the user likes tea").unwrap();
+        std::fs::write(skills.join("git/SKILL.md"), "use git carefully").unwrap();
+        let mut settings = RunnerSettings::echo_default("Andy");
+        settings.timezone = "Europe/Berlin".into();
+        settings.skills = vec!["git".into(), "../etc".into()];
+        let now = chrono::DateTime::parse_from_rfc3339("2026-07-01T10:00:00Z").unwrap().to_utc();
+        let s = agent_context(&settings, &ws, &skills, now);
+        assert!(s.contains("<memory>\nthe user likes tea\n</memory>"), "{s}");
+        assert!(s.contains("## Skill: git\nuse git carefully"), "{s}");
+        assert!(s.contains("(The skill \"../etc\" is not available.)"), "{s}");
+        assert!(s.contains("run_command is not available"), "{s}");
+        assert!(
+            s.ends_with("Time zone: Europe/Berlin. Local time now: Wednesday 2026-07-01 12:00 CEST.\n"),
+            "{s}"
+        );
+        settings.timezone = "Mars/Base".into();
+        assert!(agent_context(&settings, &ws, &skills, now).contains("\"Mars/Base\" is unknown"));
     }
 
     #[test]

@@ -1,26 +1,26 @@
-//! The `Provider` port and the offline `echo` provider.
+//! The `Provider` port: one turn of the agent, whatever runs it.
 //!
-//! A provider runs one turn: it gets the [`Turn`] (system context, prompt, structured messages,
-//! the continuation of the previous turn), reports streaming [`ProviderEvent`]s as they happen —
-//! each one refreshes the heartbeat, and `Init` persists the continuation at once so a crash
-//! mid-turn can resume — and returns the final text, whose `<message to="…">` blocks become
-//! replies. Errors say whether a retry may help ([`ProviderError::retryable`]) and whether the
-//! continuation is unusable ([`ProviderError::session_invalid`]) — the shape real providers
-//! (OpenAI-compatible, Anthropic, external command) need, following reference §9.
+//! A provider runs one turn: it gets the [`Turn`] (system context, the batch, the continuation of
+//! the previous turn) and a [`TurnIo`] — the session DB, the batch's snapshot, the wake link and
+//! the event sink — because tools write rows mid-turn (a `send_message` is committed and shown
+//! while the turn still runs), and the event sink refreshes the heartbeat and records the tool in
+//! flight. It returns the final text, whose `<message to="…">` blocks become replies, plus what
+//! the runner needs to write them once (texts already sent, notes for the user). The one
+//! implementation is [`crate::agent::Agent`], the tool loop over a [`crate::model::Model`].
 
+use crate::db::{SessionDb, Snapshot};
 use crate::prompt::Turn;
 use async_trait::async_trait;
-use nanoclaw_protocol::content::TaskContent;
-use nanoclaw_protocol::output::message_block;
-use nanoclaw_protocol::rows::InboundKind;
-use std::time::Duration;
+use std::path::Path;
+use std::time::SystemTime;
+use tracing::{debug, warn};
 
 /// A streaming event of a turn.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProviderEvent {
     /// The provider (re)opened its conversation; `continuation` resumes it next turn.
     Init {
-        /// Opaque resume token (a conversation id, a turn counter, …).
+        /// Opaque resume token (the transcript's path for the tool loop).
         continuation: String,
     },
     /// Still working (no visible output yet).
@@ -47,13 +47,102 @@ pub trait EventSink: Send {
     fn event(&mut self, event: ProviderEvent);
 }
 
-/// The end of a successful turn.
+/// The runner's line to the host, for output committed in the middle of a turn.
+#[async_trait]
+pub trait HostLink: Send {
+    /// Tells the host that rows were committed to `outbound.db` (the wake socket's OUTPUT byte).
+    async fn output(&mut self);
+}
+
+/// A [`HostLink`] that tells nobody (unit tests, embedders without a wake socket).
+#[derive(Debug, Default)]
+pub struct NoLink;
+
+#[async_trait]
+impl HostLink for NoLink {
+    async fn output(&mut self) {}
+}
+
+/// Sets the heartbeat file's mtime to now (creating it). A failure is logged, never fatal: a
+/// missed beat only makes the host look more closely.
+pub fn touch(path: &Path) {
+    let result = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .and_then(|f| f.set_modified(SystemTime::now()));
+    if let Err(e) = result {
+        warn!(path = %path.display(), error = %e, "heartbeat not written");
+    }
+}
+
+/// What a turn may touch besides its own state: the session DB, the batch it answers, the host
+/// link and the heartbeat. It is also the turn's [`EventSink`]: every event refreshes the
+/// heartbeat, `Init` stores the continuation at once (a crash mid-turn resumes it), tool events
+/// go to `container_state` (the host's stuck detection reads them).
+pub struct TurnIo<'a> {
+    /// The session DBs.
+    pub db: &'a mut SessionDb,
+    /// The batch being answered.
+    pub snapshot: &'a Snapshot,
+    /// The wake link (OUTPUT bytes for mid-turn commits).
+    pub link: &'a mut dyn HostLink,
+    /// The heartbeat file.
+    pub heartbeat: &'a Path,
+    /// `continuation:<provider>`.
+    pub continuation_key: &'a str,
+    /// Prefix of the ids of rows written in this turn (unique per turn).
+    pub id_prefix: &'a str,
+}
+
+impl EventSink for TurnIo<'_> {
+    fn event(&mut self, event: ProviderEvent) {
+        touch(self.heartbeat);
+        let result = match &event {
+            ProviderEvent::Init { continuation } => self.db.set_state(self.continuation_key, continuation),
+            ProviderEvent::ToolStarted { name, declared_timeout_ms } => {
+                self.db.set_tool(Some((name, *declared_timeout_ms)))
+            }
+            ProviderEvent::ToolFinished => self.db.set_tool(None),
+            ProviderEvent::Progress { message } => {
+                debug!(%message, "progress");
+                Ok(())
+            }
+            ProviderEvent::Activity => Ok(()),
+        };
+        if let Err(e) = result {
+            warn!(error = %e, "event not recorded");
+        }
+    }
+}
+
+/// A text a turn already sent through a tool, for the final-answer dedupe.
 #[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentText {
+    /// Channel type of the chat it went to.
+    pub channel_type: Option<String>,
+    /// Platform id of the chat it went to.
+    pub platform_id: Option<String>,
+    /// The text, trimmed.
+    pub text: String,
+}
+
+/// The end of a successful turn.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct TurnOutput {
     /// The final text; its message blocks are the replies.
     pub text: String,
     /// Continuation to store for the next turn (`None` keeps the stored one).
     pub continuation: Option<String>,
+    /// Texts already sent by tools this turn: a final-answer block repeating one to the same chat
+    /// is dropped, so the user sees it once.
+    pub sent: Vec<SentText>,
+    /// Text the model meant as an answer but addressed to nobody (no `<message>` block, even
+    /// after a nudge): sent to the session's own chat.
+    pub unaddressed: Option<String>,
+    /// Notes for the user (an aborted loop, a reset memory), sent to the chat of the batch.
+    pub notes: Vec<String>,
 }
 
 /// A failed turn.
@@ -79,7 +168,7 @@ pub trait Provider: Send {
     fn name(&self) -> &str;
 
     /// Runs one turn. Long waits must be `.await`s so SIGTERM can interrupt them.
-    async fn run_turn(&mut self, turn: &Turn, events: &mut dyn EventSink) -> Result<TurnOutput, TurnFailure>;
+    async fn run_turn(&mut self, turn: &Turn, io: &mut TurnIo<'_>) -> Result<TurnOutput, TurnFailure>;
 }
 
 /// Why a turn did not produce output.
@@ -88,187 +177,6 @@ pub enum TurnFailure {
     /// The provider failed.
     Error(ProviderError),
     /// The turn asked the runner to exit at once with this code, leaving its claims in place
-    /// (a simulated crash: the echo provider's `!exit` directive).
+    /// (a simulated crash: the echo model's `!exit` directive).
     Exit(ExitRequest),
-}
-
-/// Builds the provider named in the configuration.
-///
-/// Errors with the list of known names for an unknown one.
-pub fn by_name(name: &str) -> Result<Box<dyn Provider>, String> {
-    match name {
-        "echo" => Ok(Box::new(EchoProvider::default())),
-        other => Err(format!("unknown provider {other:?} (known: echo)")),
-    }
-}
-
-/// The offline default provider: deterministic, no model (DESIGN §8).
-///
-/// Each triggering chat message gets one reply `echo: <text>` addressed to the chat it came
-/// from (with `reply_to` naming it); a task gets `echo: task: <prompt>`. Accumulated context (`trigger = 0`) gets none.
-/// Directives at the start of a message make every host flow testable without a model:
-///
-/// | directive | effect |
-/// |---|---|
-/// | `!sleep <ms> …` | works for `ms` (heartbeat kept fresh), then replies |
-/// | `!hang <ms> …` | blocks for `ms` without any event (no heartbeat), then replies |
-/// | `!exit <code>` | the runner exits at once with `code`, mid-turn, claims left behind |
-/// | `!error <text>` | the turn fails with a non-retryable error `text` |
-/// | `!raw <text>` | `text` is the whole output, verbatim (tests the output syntax) |
-/// | `!turns` | replies `echo: turns=<n>`, the number of turns in this conversation, which
-/// |  | survives container restarts through the continuation |
-#[derive(Debug, Default)]
-pub struct EchoProvider {
-    _private: (),
-}
-
-fn directive(text: &str) -> Option<(&str, &str)> {
-    let rest = text.strip_prefix('!')?;
-    let (word, args) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
-    Some((word, args.trim()))
-}
-
-fn leading_ms(args: &str) -> u64 {
-    args.split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or(0).min(3_600_000)
-}
-
-#[async_trait]
-impl Provider for EchoProvider {
-    fn name(&self) -> &str {
-        "echo"
-    }
-
-    async fn run_turn(&mut self, turn: &Turn, events: &mut dyn EventSink) -> Result<TurnOutput, TurnFailure> {
-        let turns: u64 = turn
-            .continuation
-            .as_deref()
-            .and_then(|c| c.strip_prefix("turns:"))
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0)
-            + 1;
-        let continuation = format!("turns:{turns}");
-        events.event(ProviderEvent::Init { continuation: continuation.clone() });
-        let mut out = String::new();
-        for m in turn.messages.iter().filter(|m| m.trigger) {
-            let text = match m.kind {
-                InboundKind::Task => format!(
-                    "task: {}",
-                    serde_json::from_str::<TaskContent>(&m.text)
-                        .map(|t| t.prompt)
-                        .unwrap_or_else(|_| m.text.clone())
-                ),
-                _ => m.text.clone(),
-            };
-            match directive(&text) {
-                Some(("sleep", args)) => {
-                    let mut left = leading_ms(args);
-                    while left > 0 {
-                        let step = left.min(200);
-                        tokio::time::sleep(Duration::from_millis(step)).await;
-                        left -= step;
-                        events.event(ProviderEvent::Activity);
-                    }
-                }
-                Some(("hang", args)) => tokio::time::sleep(Duration::from_millis(leading_ms(args))).await,
-                Some(("exit", args)) => {
-                    let code = args.split_whitespace().next().and_then(|c| c.parse().ok()).unwrap_or(1);
-                    return Err(TurnFailure::Exit(ExitRequest(code)));
-                }
-                Some(("error", args)) => {
-                    return Err(TurnFailure::Error(ProviderError {
-                        message: if args.is_empty() { "echo error".into() } else { args.to_string() },
-                        retryable: false,
-                        session_invalid: false,
-                    }));
-                }
-                Some(("raw", args)) => {
-                    out.push_str(args);
-                    continue;
-                }
-                Some(("turns", _)) => {
-                    out.push_str(&message_block(&m.from, Some(m.seq), &format!("echo: turns={turns}")));
-                    continue;
-                }
-                _ => {}
-            }
-            out.push_str(&message_block(&m.from, Some(m.seq), &format!("echo: {text}")));
-        }
-        Ok(TurnOutput { text: out, continuation: Some(continuation) })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::prompt::PromptMessage;
-
-    struct Collect(Vec<ProviderEvent>);
-    impl EventSink for Collect {
-        fn event(&mut self, e: ProviderEvent) {
-            self.0.push(e);
-        }
-    }
-
-    fn turn(texts: &[(&str, bool)], continuation: Option<&str>) -> Turn {
-        Turn {
-            system: String::new(),
-            prompt: String::new(),
-            messages: texts
-                .iter()
-                .enumerate()
-                .map(|(i, (t, trig))| PromptMessage {
-                    id: format!("m{i}"),
-                    seq: 2 * (i as i64 + 1),
-                    from: "cli".into(),
-                    sender: None,
-                    text: t.to_string(),
-                    trigger: *trig,
-                    kind: InboundKind::Chat,
-                })
-                .collect(),
-            continuation: continuation.map(str::to_string),
-        }
-    }
-
-    #[tokio::test]
-    async fn echoes_each_triggering_message_and_counts_turns() {
-        let mut p = EchoProvider::default();
-        let mut sink = Collect(vec![]);
-        let out = p
-            .run_turn(&turn(&[("context", false), ("hello", true)], Some("turns:4")), &mut sink)
-            .await
-            .unwrap();
-        assert_eq!(out.text, "<message to=\"cli\" reply_to=\"4\">echo: hello</message>");
-        assert_eq!(out.continuation.as_deref(), Some("turns:5"));
-        assert_eq!(sink.0[0], ProviderEvent::Init { continuation: "turns:5".into() });
-        let out = p.run_turn(&turn(&[("!turns", true)], Some("turns:5")), &mut sink).await.unwrap();
-        assert!(out.text.contains("echo: turns=6"));
-    }
-
-    #[tokio::test]
-    async fn directives_fail_exit_and_emit_raw() {
-        let mut p = EchoProvider::default();
-        let mut sink = Collect(vec![]);
-        let e = p.run_turn(&turn(&[("!error boom", true)], None), &mut sink).await.unwrap_err();
-        assert_eq!(
-            e,
-            TurnFailure::Error(ProviderError {
-                message: "boom".into(),
-                retryable: false,
-                session_invalid: false
-            })
-        );
-        let e = p.run_turn(&turn(&[("!exit 3", true)], None), &mut sink).await.unwrap_err();
-        assert_eq!(e, TurnFailure::Exit(ExitRequest(3)));
-        let out = p
-            .run_turn(&turn(&[("!raw <message to=\"x\">y</message>", true)], None), &mut sink)
-            .await
-            .unwrap();
-        assert_eq!(out.text, "<message to=\"x\">y</message>");
-    }
-
-    #[test]
-    fn unknown_provider_is_a_clear_error() {
-        assert!(by_name("gpt").err().expect("unknown provider is an error").contains("known: echo"));
-    }
 }

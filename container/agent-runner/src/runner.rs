@@ -1,14 +1,20 @@
 //! The runner's main loop.
 
+use crate::agent::Agent;
 use crate::config::RunnerConfig;
 use crate::db::{DbError, SessionDb, Snapshot, continuation_key};
-use crate::prompt::{build_turn, replies_for};
-use crate::provider::{EventSink, Provider, ProviderEvent, TurnFailure, by_name};
+use crate::prompt::{build_turn, replies_for, row_to_chat};
+use crate::provider::{HostLink, Provider, TurnFailure, TurnIo, TurnOutput, touch};
+use crate::tools::ToolRegistry;
+use async_trait::async_trait;
 use nanoclaw_protocol::content::OutboundContent;
+use nanoclaw_protocol::layout;
 use nanoclaw_protocol::rows::{AckStatus, OutboundKind, OutboundRow};
+use nanoclaw_protocol::settings::{MAX_SETTINGS_BYTES, RunnerSettings};
 use nanoclaw_protocol::time::now_ts;
 use nanoclaw_protocol::wake;
-use std::path::{Path, PathBuf};
+use std::io::Read;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
@@ -27,14 +33,18 @@ pub enum RunnerError {
     /// The configured provider does not exist.
     #[error("provider: {0}")]
     Provider(String),
+    /// `runner.json` is unreadable or invalid.
+    #[error("{path}: {message}")]
+    Settings {
+        /// The file.
+        path: String,
+        /// What is wrong with it.
+        message: String,
+    },
     /// Signal handlers could not be installed.
     #[error("signals: {0}")]
     Signals(std::io::Error),
 }
-
-/// How many attempts a retryable provider error gets inside one container before the batch is
-/// failed.
-const PROVIDER_ATTEMPTS: u32 = 3;
 
 /// The runner's fallback read interval while its wake link is up (DESIGN §6 keeps a 1 s poll only
 /// for when the link is down). A safety net, not a clock: a lost byte costs at most this much.
@@ -146,46 +156,6 @@ impl WakeLink {
     }
 }
 
-fn touch(path: &Path) {
-    let result = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)
-        .and_then(|f| f.set_modified(SystemTime::now()));
-    if let Err(e) = result {
-        warn!(path = %path.display(), error = %e, "heartbeat not written");
-    }
-}
-
-/// Refreshes the heartbeat on every event and stores continuations and tool state at once.
-struct Sink<'a> {
-    db: &'a mut SessionDb,
-    heartbeat: &'a Path,
-    continuation_key: &'a str,
-}
-
-impl EventSink for Sink<'_> {
-    fn event(&mut self, event: ProviderEvent) {
-        touch(self.heartbeat);
-        let result = match &event {
-            ProviderEvent::Init { continuation } => self.db.set_state(self.continuation_key, continuation),
-            ProviderEvent::ToolStarted { name, declared_timeout_ms } => {
-                self.db.set_tool(Some((name, *declared_timeout_ms)))
-            }
-            ProviderEvent::ToolFinished => self.db.set_tool(None),
-            ProviderEvent::Progress { message } => {
-                debug!(%message, "progress");
-                Ok(())
-            }
-            ProviderEvent::Activity => Ok(()),
-        };
-        if let Err(e) = result {
-            warn!(error = %e, "event not recorded");
-        }
-    }
-}
-
 static TURN_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 fn reply_id_prefix(generation: i64) -> String {
@@ -211,11 +181,109 @@ fn error_reply(snapshot: &Snapshot, message: &str, id: String) -> Option<Outboun
     })
 }
 
+#[async_trait]
+impl HostLink for WakeLink {
+    async fn output(&mut self) {
+        WakeLink::output(self).await
+    }
+}
+
+/// Reads `runner.json` from the session folder: `None` when it does not exist (the offline
+/// default applies), an error naming the file when it is too large or invalid — a host and a
+/// runner that disagree must fail loudly, not run with defaults.
+pub fn load_settings(config: &RunnerConfig) -> Result<Option<RunnerSettings>, RunnerError> {
+    let path = config.session_dir.join(layout::RUNNER_SETTINGS);
+    let err = |message: String| RunnerError::Settings { path: path.display().to_string(), message };
+    let file = match std::fs::File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(err(e.to_string())),
+    };
+    let mut bytes = Vec::new();
+    file.take(MAX_SETTINGS_BYTES + 1).read_to_end(&mut bytes).map_err(|e| err(e.to_string()))?;
+    if bytes.len() as u64 > MAX_SETTINGS_BYTES {
+        return Err(err(format!("larger than {MAX_SETTINGS_BYTES} bytes")));
+    }
+    let mut de = serde_json::Deserializer::from_slice(&bytes);
+    serde_path_to_error::deserialize(&mut de).map(Some).map_err(|e| err(e.to_string()))
+}
+
+/// The agent for this container: `runner.json`'s provider and tools, or the offline echo default.
+/// The assistant name of `runner.json` replaces the environment's in `config` (the host's
+/// settings file is the newer, fuller source).
+pub fn agent_for(config: &mut RunnerConfig) -> Result<Agent, RunnerError> {
+    let settings = match load_settings(config)? {
+        Some(s) => s,
+        None if config.provider == "echo" => RunnerSettings::echo_default(&config.assistant_name),
+        None => {
+            return Err(RunnerError::Provider(format!(
+                "{:?} needs {} in the session folder (only echo runs without it)",
+                config.provider,
+                layout::RUNNER_SETTINGS
+            )));
+        }
+    };
+    let model =
+        crate::model::for_settings(&settings.provider, &config.session_dir.join(layout::PROXY_SOCKET))
+            .map_err(RunnerError::Provider)?;
+    let tools = ToolRegistry::builtin(&settings.tools);
+    config.assistant_name = settings.assistant_name.clone();
+    Ok(Agent::new(model, settings, tools, config.workspace_dir.clone()))
+}
+
+/// Rows for what a turn produced: its `<message>` blocks minus texts a tool already sent to the
+/// same chat, its unaddressed text to the session's own chat, and its notes to the batch's chat.
+fn rows_for(output: &TurnOutput, snapshot: &Snapshot, prefix: &str) -> Vec<OutboundRow> {
+    let replies = replies_for(&output.text, snapshot, prefix);
+    if !replies.scratchpad.is_empty() {
+        debug!(scratchpad = %replies.scratchpad, "scratchpad");
+    }
+    for name in &replies.unknown_destinations {
+        warn!(destination = %name, "message to an unknown destination dropped");
+    }
+    let mut rows: Vec<OutboundRow> = replies
+        .rows
+        .into_iter()
+        .filter(|row| {
+            // Both texts are trimmed (blocks by the parser, sends by the tool), so equal texts
+            // serialise to equal content.
+            !output.sent.iter().any(|s| {
+                s.channel_type == row.channel_type
+                    && s.platform_id == row.platform_id
+                    && serde_json::to_string(&OutboundContent::Text { text: s.text.clone() }).ok().as_deref()
+                        == Some(row.content.as_str())
+            })
+        })
+        .collect();
+    if let Some(text) = &output.unaddressed {
+        let own = (snapshot.routing.channel_type.clone(), snapshot.routing.platform_id.clone());
+        if own.0.is_some() || own.1.is_some() {
+            let content = OutboundContent::Text { text: text.clone() };
+            rows.push(row_to_chat(snapshot, own, None, &content, format!("{prefix}-own")));
+        }
+    }
+    for (i, note) in output.notes.iter().enumerate() {
+        if let Some(origin) = snapshot.batch.iter().rev().find(|r| r.trigger) {
+            let content = OutboundContent::Text { text: note.clone() };
+            let address = (origin.channel_type.clone(), origin.platform_id.clone());
+            rows.push(row_to_chat(
+                snapshot,
+                address,
+                Some(origin.seq),
+                &content,
+                format!("{prefix}-note{i}"),
+            ));
+        }
+    }
+    rows
+}
+
 /// Runs the runner until SIGTERM/SIGINT (exit code 0) or a turn asks to exit mid-turn (that
 /// code, claims left in place). Returns the process exit code.
 pub async fn run(config: RunnerConfig) -> Result<i32, RunnerError> {
-    let provider = by_name(&config.provider).map_err(RunnerError::Provider)?;
-    run_with(config, provider).await
+    let mut config = config;
+    let agent = agent_for(&mut config)?;
+    run_with(config, Box::new(agent)).await
 }
 
 /// [`run`] with a given provider (for tests and embedders).
@@ -264,70 +332,56 @@ pub async fn run_with(config: RunnerConfig, mut provider: Box<dyn Provider>) -> 
             .collect();
         info!(batch = ids.len(), traces = %traces.join(","), "turn started");
 
-        let mut attempt = 0;
-        let outcome = loop {
-            attempt += 1;
-            let turn = build_turn(&snapshot, &config.assistant_name, db.state(&key)?);
-            let result = {
-                let mut sink = Sink { db: &mut db, heartbeat: &heartbeat, continuation_key: &key };
-                tokio::select! {
-                    r = provider.run_turn(&turn, &mut sink) => Some(r),
-                    _ = term.recv() => None,
-                    _ = int.recv() => None,
-                }
+        let prefix = reply_id_prefix(config.generation);
+        let turn = build_turn(&snapshot, &config.assistant_name, db.state(&key)?);
+        let result = {
+            let mut io = TurnIo {
+                db: &mut db,
+                snapshot: &snapshot,
+                link: &mut link,
+                heartbeat: &heartbeat,
+                continuation_key: &key,
+                id_prefix: &prefix,
             };
-            match result {
-                None => {
-                    // Stopping mid-turn: hand the batch back untouched, so no try is counted.
-                    db.release(&ids)?;
-                    info!("stopped mid-turn; claims released");
-                    return Ok(0);
-                }
-                Some(Err(TurnFailure::Exit(code))) => {
-                    // A simulated crash: return at once, claims left in place for the host.
-                    warn!(code = code.0, "exit requested mid-turn");
-                    return Ok(code.0);
-                }
-                Some(Err(TurnFailure::Error(e))) if e.session_invalid && attempt < PROVIDER_ATTEMPTS => {
-                    warn!(error = %e, "continuation rejected; starting a fresh conversation");
-                    db.set_state(&key, "")?;
-                }
-                Some(Err(TurnFailure::Error(e))) if e.retryable && attempt < PROVIDER_ATTEMPTS => {
-                    warn!(error = %e, attempt, "retryable provider error");
-                    tokio::time::sleep(Duration::from_secs(1 << attempt)).await;
-                }
-                Some(other) => break other,
+            tokio::select! {
+                r = provider.run_turn(&turn, &mut io) => Some(r),
+                _ = term.recv() => None,
+                _ = int.recv() => None,
             }
         };
-
-        let prefix = reply_id_prefix(config.generation);
-        match outcome {
-            Ok(output) => {
-                let replies = replies_for(&output.text, &snapshot, &prefix);
-                if !replies.scratchpad.is_empty() {
-                    debug!(scratchpad = %replies.scratchpad, "scratchpad");
-                }
-                for name in &replies.unknown_destinations {
-                    warn!(destination = %name, "message to an unknown destination dropped");
-                }
+        // Retries of transient model failures happen inside the model; a turn that still fails
+        // is acked `failed` and the host decides about another try.
+        match result {
+            None => {
+                // Stopping mid-turn: hand the batch back untouched, so no try is counted.
+                db.release(&ids)?;
+                info!("stopped mid-turn; claims released");
+                return Ok(0);
+            }
+            Some(Ok(output)) => {
+                let rows = rows_for(&output, &snapshot, &prefix);
                 let acks: Vec<(String, AckStatus)> =
                     ids.iter().map(|id| (id.clone(), AckStatus::Completed)).collect();
                 let written = db.commit_turn(
-                    replies.rows,
+                    rows,
                     &acks,
                     output.continuation.as_deref().map(|c| (key.as_str(), c)),
                     snapshot.max_inbound_seq,
                 )?;
                 debug!(replies = written.len(), "turn committed");
             }
-            Err(TurnFailure::Error(e)) => {
+            Some(Err(TurnFailure::Error(e))) => {
                 warn!(error = %e, "turn failed");
                 let rows = error_reply(&snapshot, &e.message, format!("{prefix}-err")).into_iter().collect();
                 let acks: Vec<(String, AckStatus)> =
                     ids.iter().map(|id| (id.clone(), AckStatus::Failed)).collect();
                 db.commit_turn(rows, &acks, None, snapshot.max_inbound_seq)?;
             }
-            Err(TurnFailure::Exit(code)) => return Ok(code.0),
+            Some(Err(TurnFailure::Exit(code))) => {
+                // A simulated crash: return at once, claims left in place for the host.
+                warn!(code = code.0, "exit requested mid-turn");
+                return Ok(code.0);
+            }
         }
         touch(&heartbeat);
         link.output().await;

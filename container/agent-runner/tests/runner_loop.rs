@@ -122,7 +122,11 @@ async fn answers_over_the_wake_socket_and_honours_trigger_and_on_wake() {
     let cont: String = c
         .query_row("SELECT value FROM session_state WHERE key='continuation:echo'", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(cont, "turns:1");
+    // The continuation names the provider's transcript in the workspace, which holds the turn.
+    assert!(cont.starts_with("transcripts/echo/") && cont.ends_with(".jsonl"), "{cont}");
+    let transcript = std::fs::read_to_string(workspace.join(&cont)).unwrap();
+    assert_eq!(transcript.lines().count(), 2, "{transcript}");
+    assert!(transcript.contains("echo: hello"), "{transcript}");
     let generation: i64 = c.query_row("SELECT generation FROM container_state", [], |r| r.get(0)).unwrap();
     assert_eq!(generation, 7);
     assert!(workspace.join(".heartbeat").exists());

@@ -72,6 +72,59 @@ pub enum OutboundContent {
         /// The text, at most [`crate::validate::MAX_TEXT_BYTES`] bytes.
         text: String,
     },
+    /// Files the runner copied into the workspace's outbox, with an optional caption.
+    File {
+        /// Caption, at most [`crate::validate::MAX_TEXT_BYTES`] bytes.
+        #[serde(default)]
+        text: Option<String>,
+        /// The files, 1 to [`crate::validate::MAX_FILES`].
+        files: Vec<OutboundFileRef>,
+    },
+    /// A new text for a message the agent sent earlier.
+    Edit {
+        /// The `messages_out` id of that message (same session).
+        target: String,
+        /// The new text.
+        text: String,
+    },
+    /// A reaction to a message of this session (received or sent).
+    Reaction {
+        /// The `messages_in` or `messages_out` id.
+        target: String,
+        /// The emoji, at most [`crate::validate::MAX_EMOJI_BYTES`] bytes.
+        emoji: String,
+    },
+    /// A card: a title, a text and link buttons.
+    Card {
+        /// Title, at most [`crate::validate::MAX_TITLE_BYTES`] bytes.
+        title: String,
+        /// Body text.
+        text: String,
+        /// Link buttons, at most [`crate::validate::MAX_BUTTONS`].
+        #[serde(default)]
+        buttons: Vec<CardButton>,
+    },
+}
+
+/// A link button of an [`OutboundContent::Card`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CardButton {
+    /// The label, at most [`crate::validate::MAX_TITLE_BYTES`] bytes.
+    pub label: String,
+    /// An `http` or `https` URL, at most [`crate::validate::MAX_URL_BYTES`] bytes.
+    pub url: String,
+}
+
+/// One file of an [`OutboundContent::File`] row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboundFileRef {
+    /// The file name shown to the user (no `/`, not `.`/`..`, at most 255 bytes).
+    pub name: String,
+    /// Where it lies in the workspace: exactly `outbox/<row id>/<name>`, so a row can only
+    /// point at its own folder (the host opens it without following links).
+    pub path: String,
 }
 
 /// A typed system action (`messages_out.kind = 'system'`), tagged by `action`.
@@ -213,6 +266,19 @@ mod tests {
         let c = OutboundContent::Text { text: "echo: hi".into() };
         assert_eq!(serde_json::to_string(&c).unwrap(), r#"{"type":"text","text":"echo: hi"}"#);
         round_trip(c);
+        round_trip(OutboundContent::File {
+            text: Some("the report".into()),
+            files: vec![OutboundFileRef { name: "r.pdf".into(), path: "outbox/o1/r.pdf".into() }],
+        });
+        round_trip(OutboundContent::Edit { target: "o1".into(), text: "fixed".into() });
+        round_trip(OutboundContent::Reaction { target: "m1".into(), emoji: "👍".into() });
+        round_trip(OutboundContent::Card {
+            title: "t".into(),
+            text: "x".into(),
+            buttons: vec![CardButton { label: "docs".into(), url: "https://example.org".into() }],
+        });
+        let smuggled = r#"{"type":"file","files":[{"name":"a","path":"outbox/o/a","mode":"0777"}]}"#;
+        assert!(serde_json::from_str::<OutboundContent>(smuggled).unwrap_err().to_string().contains("mode"));
     }
 
     #[test]

@@ -25,6 +25,20 @@ use std::time::Duration;
 pub const MAX_CONTENT_BYTES: i64 = 256 * 1024;
 /// Largest text of one outbound message, in bytes. Channels split further to their own limits.
 pub const MAX_TEXT_BYTES: usize = 64 * 1024;
+/// Most files in one `file` row.
+pub const MAX_FILES: usize = 10;
+/// Longest file name of a sent file, in bytes.
+pub const MAX_FILE_NAME_BYTES: usize = 255;
+/// Longest reaction emoji, in bytes.
+pub const MAX_EMOJI_BYTES: usize = 64;
+/// Longest card title or button label, in bytes.
+pub const MAX_TITLE_BYTES: usize = 256;
+/// Most buttons on a card.
+pub const MAX_BUTTONS: usize = 10;
+/// Longest button URL, in bytes.
+pub const MAX_URL_BYTES: usize = 2048;
+/// Largest file the agent may send (the runner refuses bigger ones, the host checks again).
+pub const MAX_SEND_FILE_BYTES: u64 = 50 * 1024 * 1024;
 /// Largest id (`id`, `in_reply_to`, `message_id`), in bytes.
 pub const MAX_ID_BYTES: usize = 128;
 /// Largest platform or thread id, in bytes.
@@ -448,6 +462,82 @@ pub fn validate_outbound(raw: &RawOutboundRow) -> Result<ValidOutbound, RowError
                         return Err(c.err("content.text", "contains a NUL character"));
                     }
                 }
+                OutboundContent::File { text, files } => {
+                    if let Some(text) = text
+                        && (text.len() > MAX_TEXT_BYTES || text.contains('\0'))
+                    {
+                        return Err(c.err("content.text", "over the size limit or contains a NUL character"));
+                    }
+                    if files.is_empty() || files.len() > MAX_FILES {
+                        return Err(c.err(
+                            "content.files",
+                            format!("{} files; 1 to {MAX_FILES} allowed", files.len()),
+                        ));
+                    }
+                    for f in files {
+                        let name = f.name.as_str();
+                        if name.is_empty()
+                            || name.len() > MAX_FILE_NAME_BYTES
+                            || name == "."
+                            || name == ".."
+                            || name.contains(['/', '\0'])
+                        {
+                            return Err(
+                                c.err("content.files.name", format!("{name:?} is not a plain file name"))
+                            );
+                        }
+                        // A row may only point into its own outbox folder.
+                        if f.path != format!("outbox/{id}/{name}") {
+                            return Err(c.err("content.files.path", format!("must be outbox/{id}/{name}")));
+                        }
+                    }
+                }
+                OutboundContent::Edit { target, text } => {
+                    c.check_id(target, "content.target")?;
+                    if text.trim().is_empty() || text.len() > MAX_TEXT_BYTES || text.contains('\0') {
+                        return Err(
+                            c.err("content.text", "empty, over the size limit or contains a NUL character")
+                        );
+                    }
+                }
+                OutboundContent::Reaction { target, emoji } => {
+                    c.check_id(target, "content.target")?;
+                    if emoji.trim().is_empty() || emoji.len() > MAX_EMOJI_BYTES || emoji.contains('\0') {
+                        return Err(
+                            c.err("content.emoji", format!("empty or longer than {MAX_EMOJI_BYTES} bytes"))
+                        );
+                    }
+                }
+                OutboundContent::Card { title, text, buttons } => {
+                    if title.trim().is_empty() || title.len() > MAX_TITLE_BYTES || title.contains('\0') {
+                        return Err(
+                            c.err("content.title", format!("empty or longer than {MAX_TITLE_BYTES} bytes"))
+                        );
+                    }
+                    if text.len() > MAX_TEXT_BYTES || text.contains('\0') {
+                        return Err(c.err("content.text", "over the size limit or contains a NUL character"));
+                    }
+                    if buttons.len() > MAX_BUTTONS {
+                        return Err(c.err(
+                            "content.buttons",
+                            format!("{} buttons; at most {MAX_BUTTONS}", buttons.len()),
+                        ));
+                    }
+                    for b in buttons {
+                        if b.label.trim().is_empty()
+                            || b.label.len() > MAX_TITLE_BYTES
+                            || b.label.contains('\0')
+                        {
+                            return Err(c.err("content.buttons.label", "empty or too long"));
+                        }
+                        let scheme_ok = b.url.starts_with("https://") || b.url.starts_with("http://");
+                        if !scheme_ok || b.url.len() > MAX_URL_BYTES || b.url.chars().any(char::is_control) {
+                            return Err(
+                                c.err("content.buttons.url", "only http(s) URLs of at most 2048 bytes")
+                            );
+                        }
+                    }
+                }
             }
             (Some(Target { channel_type, platform_id, thread_id }), OutboundBody::Chat(parsed))
         }
@@ -684,6 +774,52 @@ mod tests {
             (rejected.rowid, rejected.key.as_str(), rejected.error.field.as_str()),
             (4, "#rowid:4", "id")
         );
+    }
+
+    #[test]
+    fn file_rows_point_only_into_their_own_outbox_folder() {
+        let file = |name: &str, path: &str| {
+            let content =
+                serde_json::json!({"type": "file", "files": [{"name": name, "path": path}]}).to_string();
+            RawOutboundRow { content: Value::Text(content), ..raw() }
+        };
+        let id = match raw().id {
+            Value::Text(t) => t,
+            other => panic!("{other:?}"),
+        };
+        let ok = validate_outbound(&file("a.txt", &format!("outbox/{id}/a.txt"))).unwrap();
+        assert!(matches!(ok.body, OutboundBody::Chat(OutboundContent::File { .. })));
+        assert_eq!(field_of(file("a.txt", "outbox/other/a.txt")), "content.files.path");
+        assert_eq!(field_of(file("..", &format!("outbox/{id}/.."))), "content.files.name");
+        assert_eq!(field_of(file("x/y", &format!("outbox/{id}/x/y"))), "content.files.name");
+        let none = RawOutboundRow { content: Value::Text(r#"{"type":"file","files":[]}"#.into()), ..raw() };
+        assert_eq!(field_of(none), "content.files");
+    }
+
+    #[test]
+    fn edits_reactions_and_cards_are_checked_by_field() {
+        let row = |content: serde_json::Value| RawOutboundRow {
+            content: Value::Text(content.to_string()),
+            ..raw()
+        };
+        validate_outbound(&row(serde_json::json!({"type": "edit", "target": "out-1", "text": "new"})))
+            .unwrap();
+        validate_outbound(&row(serde_json::json!({"type": "reaction", "target": "m1:main", "emoji": "👍"})))
+            .unwrap();
+        let card = serde_json::json!({"type": "card", "title": "T", "text": "x",
+            "buttons": [{"label": "docs", "url": "https://example.org/a"}]});
+        validate_outbound(&row(card)).unwrap();
+        assert_eq!(
+            field_of(row(serde_json::json!({"type": "edit", "target": "", "text": "x"}))),
+            "content.target"
+        );
+        assert_eq!(
+            field_of(row(serde_json::json!({"type": "reaction", "target": "m1", "emoji": "x".repeat(65)}))),
+            "content.emoji"
+        );
+        let js = serde_json::json!({"type": "card", "title": "T", "text": "",
+            "buttons": [{"label": "x", "url": "javascript:alert(1)"}]});
+        assert_eq!(field_of(row(js)), "content.buttons.url");
     }
 
     #[test]

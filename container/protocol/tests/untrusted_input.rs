@@ -109,6 +109,13 @@ proptest! {
                         prop_assert!(!text.trim().is_empty() && text.len() <= MAX_TEXT_BYTES);
                         prop_assert!(v.target.is_some());
                     }
+                    OutboundBody::Chat(OutboundContent::File { files, .. }) => {
+                        prop_assert!(!files.is_empty() && v.target.is_some());
+                        for f in files {
+                            prop_assert_eq!(f.path, format!("outbox/{}/{}", v.id, f.name));
+                        }
+                    }
+                    OutboundBody::Chat(_) => prop_assert!(v.target.is_some()),
                     OutboundBody::System(_) => prop_assert!(v.target.is_none()),
                 }
             }

@@ -9,6 +9,7 @@
 
 pub mod anthropic;
 pub mod command;
+pub mod echo;
 pub mod http;
 pub mod openai;
 pub mod retry;
@@ -199,6 +200,6 @@ pub fn for_settings(provider: &RunnerProvider, proxy_socket: &Path) -> Result<Bo
         ProviderKind::Command => {
             Ok(Box::new(command::CommandModel::new(&provider.name, provider.command.clone())))
         }
-        ProviderKind::Echo => Err(format!("provider kind {} is not built yet", provider.kind.as_str())),
+        ProviderKind::Echo => Ok(Box::new(echo::EchoModel::new(&provider.name))),
     }
 }

@@ -1,0 +1,396 @@
+//! The tool loop: [`Agent`] runs a turn over a [`Model`] (DESIGN §8, issue 6 part 2).
+//!
+//! A turn: the batch becomes one user message; the model is called; the tools it asks for run
+//! in order, in this process, and their results go back as one tool message; the model is called
+//! again, until it answers without tool calls — at most `max_tool_rounds` model calls. The same
+//! call (name and canonical arguments) made 5 times in one turn ends the turn with a note: a
+//! model stuck in a loop must not burn the budget. Unknown tools and bad arguments come back to
+//! the model as tool errors naming the field. A final answer with text but no `<message>` block
+//! gets one nudge (unless the turn already sent through `send_message`: then the text is its
+//! scratchpad); if the next answer still has none, its text goes to the session's own chat.
+//! The conversation is kept per provider in a transcript ([`transcript`]).
+
+pub mod transcript;
+
+use crate::model::{Block, ChatMessage, Model, ModelError, ModelRequest, Role};
+use crate::prompt::{Turn, agent_context};
+use crate::provider::{
+    EventSink, ExitRequest, Provider, ProviderError, ProviderEvent, TurnFailure, TurnIo, TurnOutput, touch,
+};
+use crate::tools::{ToolContext, ToolError, ToolRegistry, TurnLedger};
+use async_trait::async_trait;
+use nanoclaw_protocol::output::{message_block, parse_output};
+use nanoclaw_protocol::settings::RunnerSettings;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+use tracing::{debug, warn};
+use transcript::{Opened, Transcript};
+
+/// The same call this many times in one turn ends the turn.
+pub const REPEAT_LIMIT: usize = 5;
+
+/// How often the heartbeat is refreshed while a tool runs (the host's stuck detection reads it
+/// together with the tool's declared timeout).
+const TOOL_HEARTBEAT: Duration = Duration::from_secs(10);
+
+/// The message that makes the model address its answer.
+pub const NUDGE: &str = "Your answer had no <message to=\"NAME\">…</message> block, so nobody saw it. Send it again \
+                         inside a block addressed to a destination, or answer with nothing if it was only notes.";
+
+/// The tool loop over one model (see the module docs).
+pub struct Agent {
+    model: Box<dyn Model>,
+    settings: RunnerSettings,
+    tools: ToolRegistry,
+    workspace: PathBuf,
+    skills_dir: PathBuf,
+    transcript: Option<Transcript>,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent").field("model", &self.model.name()).field("tools", &self.tools).finish()
+    }
+}
+
+/// Arguments in a canonical form (object keys sorted), for the repeat guard.
+fn canonical(v: &serde_json::Value) -> String {
+    fn sort(v: &serde_json::Value) -> serde_json::Value {
+        match v {
+            serde_json::Value::Object(m) => {
+                let sorted: std::collections::BTreeMap<&String, serde_json::Value> =
+                    m.iter().map(|(k, v)| (k, sort(v))).collect();
+                serde_json::to_value(sorted).unwrap_or(serde_json::Value::Null)
+            }
+            serde_json::Value::Array(a) => serde_json::Value::Array(a.iter().map(sort).collect()),
+            other => other.clone(),
+        }
+    }
+    sort(v).to_string()
+}
+
+fn text_of(blocks: &[Block]) -> String {
+    blocks
+        .iter()
+        .filter_map(|b| match b {
+            Block::Text { text } => Some(text.as_str()),
+            _ => None,
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn failure(e: ModelError) -> TurnFailure {
+    match e {
+        ModelError::Exit(code) => TurnFailure::Exit(ExitRequest(code)),
+        ModelError::Retryable { message } => {
+            TurnFailure::Error(ProviderError { message, retryable: true, session_invalid: false })
+        }
+        ModelError::Auth { message } | ModelError::Fatal { message } => {
+            TurnFailure::Error(ProviderError { message, retryable: false, session_invalid: false })
+        }
+        ModelError::ContextLength { message } => TurnFailure::Error(ProviderError {
+            message: format!("the conversation is longer than the model's context: {message}"),
+            retryable: false,
+            session_invalid: false,
+        }),
+    }
+}
+
+impl Agent {
+    /// An agent over `model` with `tools`, working in `workspace`.
+    pub fn new(
+        model: Box<dyn Model>,
+        settings: RunnerSettings,
+        tools: ToolRegistry,
+        workspace: PathBuf,
+    ) -> Self {
+        let skills_dir = PathBuf::from(nanoclaw_protocol::layout::CONTAINER_SKILLS_DIR);
+        Self { model, settings, tools, workspace, skills_dir, transcript: None }
+    }
+
+    /// Reads skills from `dir` instead of the container's skills mount (tests, embedders).
+    pub fn with_skills_dir(mut self, dir: PathBuf) -> Self {
+        self.skills_dir = dir;
+        self
+    }
+
+    /// Loads the conversation on the first turn (or after `/clear`). A reset is announced in
+    /// `notes` once; the new transcript's path is stored at once through `Init`.
+    fn conversation(
+        &mut self,
+        continuation: Option<&str>,
+        io: &mut TurnIo<'_>,
+        notes: &mut Vec<String>,
+    ) -> Result<(), TurnFailure> {
+        if self.transcript.is_some() {
+            return Ok(());
+        }
+        let opened = Transcript::open(&self.workspace, self.model.name(), continuation).map_err(|e| {
+            TurnFailure::Error(ProviderError {
+                message: format!("cannot create the conversation transcript: {e}"),
+                retryable: false,
+                session_invalid: false,
+            })
+        })?;
+        let t = match opened {
+            Opened::Resumed(t) => t,
+            Opened::Fresh(t) => {
+                io.event(ProviderEvent::Init { continuation: t.rel.clone() });
+                t
+            }
+            Opened::Reset(t, why) => {
+                warn!(%why, "transcript unreadable; reset");
+                notes.push("Conversation memory was unreadable and was reset.".into());
+                io.event(ProviderEvent::Init { continuation: t.rel.clone() });
+                t
+            }
+        };
+        self.transcript = Some(t);
+        Ok(())
+    }
+}
+
+/// Runs one tool call, refreshing the heartbeat while it runs. (A free function: the agent's
+/// model is not `Sync`, so the turn's future may not hold `&Agent` across an await.)
+async fn run_tool(
+    (tools, settings, workspace): (&ToolRegistry, &RunnerSettings, &std::path::Path),
+    name: &str,
+    args: serde_json::Value,
+    io: &mut TurnIo<'_>,
+    ledger: &mut TurnLedger,
+) -> Result<String, ToolError> {
+    {
+        let Some(tool) = tools.get(name) else {
+            return Err(ToolError(format!("unknown tool {name:?} (available: {})", tools.names())));
+        };
+        let declared = tool.declared_timeout(&args);
+        io.event(ProviderEvent::ToolStarted {
+            name: name.to_string(),
+            declared_timeout_ms: Some(i64::try_from(declared.as_millis()).unwrap_or(i64::MAX)),
+        });
+        let heartbeat = io.heartbeat.to_path_buf();
+        let result = {
+            let mut cx = ToolContext {
+                db: &mut *io.db,
+                snapshot: io.snapshot,
+                settings,
+                workspace,
+                link: &mut *io.link,
+                ledger,
+            };
+            let call = tool.call(args, &mut cx);
+            tokio::pin!(call);
+            let mut beat = tokio::time::interval(TOOL_HEARTBEAT);
+            beat.tick().await;
+            loop {
+                tokio::select! {
+                    r = &mut call => break r,
+                    _ = beat.tick() => touch(&heartbeat),
+                }
+            }
+        };
+        io.event(ProviderEvent::ToolFinished);
+        result
+    }
+}
+
+#[async_trait]
+impl Provider for Agent {
+    fn name(&self) -> &str {
+        self.model.name()
+    }
+
+    async fn run_turn(&mut self, turn: &Turn, io: &mut TurnIo<'_>) -> Result<TurnOutput, TurnFailure> {
+        let mut out = TurnOutput::default();
+        // `/clear` from the chat: a new, empty conversation.
+        if let Some(m) = turn.messages.iter().rev().find(|m| m.trigger && m.text.trim() == "/clear") {
+            let t = Transcript::create(&self.workspace, self.model.name()).map_err(|e| {
+                TurnFailure::Error(ProviderError {
+                    message: format!("cannot create the conversation transcript: {e}"),
+                    retryable: false,
+                    session_invalid: false,
+                })
+            })?;
+            io.event(ProviderEvent::Init { continuation: t.rel.clone() });
+            out.continuation = Some(t.rel.clone());
+            self.transcript = Some(t);
+            out.text = message_block(&m.from, Some(m.seq), "Session cleared.");
+            return Ok(out);
+        }
+        self.conversation(turn.continuation.as_deref(), io, &mut out.notes)?;
+        let system = format!(
+            "{}{}",
+            turn.system,
+            agent_context(&self.settings, &self.workspace, &self.skills_dir, chrono::Utc::now())
+        );
+        let specs = self.tools.specs();
+        let mut transcript = self.transcript.take().expect("conversation loaded above");
+        let mut base = transcript.messages.len();
+        let mut trimmed = false;
+        transcript.messages.push(ChatMessage {
+            role: Role::User,
+            content: turn.blocks.iter().map(|b| Block::Text { text: b.clone() }).collect(),
+        });
+        let mut ledger = TurnLedger::new(io.id_prefix);
+        let mut seen: HashMap<(String, String), usize> = HashMap::new();
+        let mut texts = Vec::new();
+        let mut nudged = false;
+        let mut calls_made = 0u32;
+        let result: Result<(), TurnFailure> = 'turn: loop {
+            if calls_made >= self.settings.max_tool_rounds {
+                out.notes.push(format!(
+                    "Stopped: this turn reached max_tool_rounds ({}) model calls.",
+                    self.settings.max_tool_rounds
+                ));
+                break Ok(());
+            }
+            calls_made += 1;
+            let request = ModelRequest {
+                system: &system,
+                messages: &transcript.messages,
+                tools: &specs,
+                max_output_tokens: self.settings.provider.max_output_tokens,
+                temperature: self.settings.provider.temperature,
+            };
+            let reply = match self.model.complete(&request, io).await {
+                Ok(r) => r,
+                Err(ModelError::ContextLength { message }) if !trimmed => {
+                    // Compaction by a summary is not built yet: drop the older half of the
+                    // earlier turns (cut where a turn starts) and try once more.
+                    trimmed = true;
+                    let starts_turn = |m: &ChatMessage| {
+                        m.role == Role::User
+                            && !matches!(m.content.first(), Some(Block::Text { text }) if text == NUDGE)
+                    };
+                    let Some(cut) =
+                        (base / 2..base).find(|&i| starts_turn(&transcript.messages[i])).filter(|&c| c > 0)
+                    else {
+                        break Err(failure(ModelError::ContextLength { message }));
+                    };
+                    warn!(%message, dropped = cut, "over the context; dropping the oldest messages");
+                    transcript.messages.drain(..cut);
+                    base -= cut;
+                    if let Err(e) = transcript.rewrite(&self.workspace, self.model.name(), base) {
+                        warn!(error = %e, "shortened transcript not written");
+                    }
+                    io.event(ProviderEvent::Init { continuation: transcript.rel.clone() });
+                    out.notes.push(
+                        "The conversation was too long for the model: its oldest part was dropped.".into(),
+                    );
+                    calls_made -= 1;
+                    continue;
+                }
+                Err(e) => break Err(failure(e)),
+            };
+            let calls: Vec<_> = reply
+                .blocks
+                .iter()
+                .filter_map(|b| match b {
+                    Block::ToolCall(c) => Some(c.clone()),
+                    _ => None,
+                })
+                .collect();
+            let text = text_of(&reply.blocks);
+            transcript.messages.push(ChatMessage { role: Role::Assistant, content: reply.blocks });
+            if calls.is_empty() {
+                let parsed = parse_output(&text);
+                texts.push(text);
+                if parsed.messages.is_empty() && !parsed.scratchpad.is_empty() && ledger.sent.is_empty() {
+                    if !nudged {
+                        nudged = true;
+                        transcript.messages.push(ChatMessage {
+                            role: Role::User,
+                            content: vec![Block::Text { text: NUDGE.into() }],
+                        });
+                        continue;
+                    }
+                    out.unaddressed = Some(parsed.scratchpad);
+                }
+                break Ok(());
+            }
+            texts.push(text);
+            // Every call gets a result, run or not, so the conversation stays well-formed for
+            // the next request (APIs refuse a tool call without its result).
+            let mut results = Vec::with_capacity(calls.len());
+            let mut stop: Option<String> = None;
+            for call in calls {
+                if let Some(why) = &stop {
+                    results.push(Block::ToolResult {
+                        call_id: call.id,
+                        content: why.clone(),
+                        is_error: true,
+                    });
+                    continue;
+                }
+                let count = seen.entry((call.name.clone(), canonical(&call.arguments))).or_default();
+                *count += 1;
+                if *count >= REPEAT_LIMIT {
+                    let note = format!(
+                        "Stopped: {} was called {REPEAT_LIMIT} times with the same arguments in this turn.",
+                        call.name
+                    );
+                    out.notes.push(note.clone());
+                    stop = Some(format!("not run: {note}"));
+                    results.push(Block::ToolResult { call_id: call.id, content: note, is_error: true });
+                    continue;
+                }
+                debug!(tool = %call.name, id = %call.id, "tool call");
+                let r = run_tool(
+                    (&self.tools, &self.settings, &self.workspace),
+                    &call.name,
+                    call.arguments,
+                    io,
+                    &mut ledger,
+                )
+                .await;
+                results.push(match r {
+                    Ok(content) => Block::ToolResult { call_id: call.id, content, is_error: false },
+                    Err(e) => Block::ToolResult { call_id: call.id, content: e.0, is_error: true },
+                });
+            }
+            transcript.messages.push(ChatMessage { role: Role::Tool, content: results });
+            if stop.is_some() {
+                break 'turn Ok(());
+            }
+            if calls_made >= self.settings.max_tool_rounds {
+                out.notes.push(format!(
+                    "Stopped: this turn reached max_tool_rounds ({}) model calls.",
+                    self.settings.max_tool_rounds
+                ));
+                break Ok(());
+            }
+        };
+        match result {
+            Ok(()) => {
+                if let Err(e) = transcript.persist(base) {
+                    warn!(error = %e, "transcript not written");
+                }
+                out.continuation = Some(transcript.rel.clone());
+                self.transcript = Some(transcript);
+                out.text = texts.join("\n");
+                out.sent = ledger.sent;
+                Ok(out)
+            }
+            Err(e) => {
+                // The failed turn is not remembered: the next attempt starts from the same point.
+                transcript.messages.truncate(base);
+                self.transcript = Some(transcript);
+                Err(e)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_sorts_keys() {
+        let a = serde_json::json!({"b": 1, "a": {"d": 2, "c": [3, {"f": 4, "e": 5}]}});
+        let b = serde_json::json!({"a": {"c": [3, {"e": 5, "f": 4}], "d": 2}, "b": 1});
+        assert_eq!(canonical(&a), canonical(&b));
+    }
+}
