@@ -533,4 +533,22 @@ mod tests {
         let e = load(Some("this is not toml"), &[], FlagOverrides::default()).unwrap_err();
         assert_eq!(e.key, "(syntax)");
     }
+    #[test]
+    fn the_standard_image_source_is_configurable_and_checked() {
+        let c = load(
+            Some("[container]\ndebian_suite = \"trixie\"\ndebian_mirror = \"http://ftp.de.debian.org/debian\"\n"),
+            &[],
+            FlagOverrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.container.debian_suite.as_deref(), Some("trixie"));
+        assert_eq!(c.container.debian_mirror.as_deref(), Some("http://ftp.de.debian.org/debian"));
+        assert_eq!(load(None, &[], FlagOverrides::default()).unwrap().container.debian_suite, None, "host's");
+        let e =
+            load(Some("[container]\ndebian_suite = \"a b\"\n"), &[], FlagOverrides::default()).unwrap_err();
+        assert_eq!(e.key, "container.debian_suite");
+        let e = load(Some("[container]\ndebian_mirror = \"--foreign\"\n"), &[], FlagOverrides::default())
+            .unwrap_err();
+        assert_eq!(e.key, "container.debian_mirror");
+    }
 }
