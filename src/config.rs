@@ -81,6 +81,10 @@ pub struct ContainerConfig {
     pub workspace_max_mb: u64,
     /// Largest `outbound.db` the host reads, in MiB.
     pub outbound_max_mb: u64,
+    /// Debian suite of the `standard` image; `None`: the host's `VERSION_CODENAME`.
+    pub debian_suite: Option<String>,
+    /// Debian mirror of the `standard` image; `None`: the host's apt sources' first URI.
+    pub debian_mirror: Option<String>,
 }
 
 /// The validated configuration.
@@ -155,6 +159,8 @@ struct FileContainer {
     nofile: Option<u64>,
     workspace_max_mb: Option<u64>,
     outbound_max_mb: Option<u64>,
+    debian_suite: Option<String>,
+    debian_mirror: Option<String>,
 }
 
 /// Values given as flags (each `None` when absent).
@@ -305,6 +311,8 @@ impl Config {
                 )?
                 .or(file.container.outbound_max_mb)
                 .unwrap_or(256),
+                debian_suite: file.container.debian_suite,
+                debian_mirror: file.container.debian_mirror,
             },
             retry_backoff_ms: env_parse(&get, "NANOCLAW_RETRY_BACKOFF_MS", "a whole number of ms")?
                 .or(file.service.retry_backoff_ms)
@@ -375,6 +383,19 @@ impl Config {
                 "container.outbound_max_mb",
                 format!("{} not in 1..={MAX_MIB} MiB", self.container.outbound_max_mb),
             ));
+        }
+        if let Some(suite) =
+            self.container.debian_suite.as_deref().filter(|s| !crate::runtime::standard::valid_suite(s))
+        {
+            return Err(bad(
+                "container.debian_suite",
+                format!("{suite:?} is not a Debian suite name ([a-z0-9.-])"),
+            ));
+        }
+        if let Some(m) =
+            self.container.debian_mirror.as_deref().filter(|m| !crate::runtime::standard::valid_mirror(m))
+        {
+            return Err(bad("container.debian_mirror", format!("{m:?} is not an http(s) URL")));
         }
         if self.min_free_mb > MAX_MIB {
             return Err(bad("service.min_free_mb", format!("{} not in 0..={MAX_MIB} MiB", self.min_free_mb)));
@@ -511,5 +532,23 @@ mod tests {
         );
         let e = load(Some("this is not toml"), &[], FlagOverrides::default()).unwrap_err();
         assert_eq!(e.key, "(syntax)");
+    }
+    #[test]
+    fn the_standard_image_source_is_configurable_and_checked() {
+        let c = load(
+            Some("[container]\ndebian_suite = \"trixie\"\ndebian_mirror = \"http://ftp.de.debian.org/debian\"\n"),
+            &[],
+            FlagOverrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.container.debian_suite.as_deref(), Some("trixie"));
+        assert_eq!(c.container.debian_mirror.as_deref(), Some("http://ftp.de.debian.org/debian"));
+        assert_eq!(load(None, &[], FlagOverrides::default()).unwrap().container.debian_suite, None, "host's");
+        let e =
+            load(Some("[container]\ndebian_suite = \"a b\"\n"), &[], FlagOverrides::default()).unwrap_err();
+        assert_eq!(e.key, "container.debian_suite");
+        let e = load(Some("[container]\ndebian_mirror = \"--foreign\"\n"), &[], FlagOverrides::default())
+            .unwrap_err();
+        assert_eq!(e.key, "container.debian_mirror");
     }
 }

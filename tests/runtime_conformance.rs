@@ -36,6 +36,7 @@ fn spec(data: &Path, install: &str, session: &str, extra_env: &[(&str, &str)]) -
         session_workspace_dir: paths.workspace_dir.clone(),
         agent_group_dir: paths.agent_group_dir.clone(),
         env,
+        image_tier: Default::default(),
     }
 }
 
@@ -131,6 +132,7 @@ async fn the_docker_runtime_conforms() {
         pids_limit: 64,
         user: owner(),
         nofile: 1024,
+        standard: Default::default(),
     };
     conformance(Arc::new(DockerRuntime::connect(settings).await.unwrap())).await;
 }
@@ -153,6 +155,7 @@ async fn docker_containers_have_capped_logs_a_nofile_limit_and_the_hardening() {
         pids_limit: 64,
         user: owner(),
         nofile: 2048,
+        standard: Default::default(),
     };
     let runtime = DockerRuntime::connect(settings).await.unwrap();
     runtime.prepare().await.unwrap();
@@ -210,6 +213,7 @@ async fn the_docker_runtime_remembers_its_image_tag() {
         pids_limit: 64,
         user: owner(),
         nofile: 1024,
+        standard: Default::default(),
     };
     let runtime = DockerRuntime::connect(settings).await.unwrap();
     let learned = runtime.ensure_image().await.unwrap();

@@ -7,14 +7,15 @@
 //! read-write at `/workspace`, the agent group's folder read-write at `/workspace/agent`.
 
 use super::image::{self, BuildContext};
+use super::standard::{self, StandardSettings};
 use async_trait::async_trait;
 use bollard::Docker;
 use bollard::models::{
     ContainerCreateBody, HostConfig, HostConfigLogConfig, Mount, MountType, ResourcesUlimits,
 };
 use bollard::query_parameters::{
-    BuildImageOptionsBuilder, CreateContainerOptionsBuilder, InspectContainerOptions,
-    ListContainersOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+    BuildImageOptionsBuilder, CreateContainerOptionsBuilder, CreateImageOptionsBuilder,
+    InspectContainerOptions, ListContainersOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
     StopContainerOptionsBuilder, WaitContainerOptionsBuilder,
 };
 use futures_util::StreamExt;
@@ -23,6 +24,7 @@ use nanoclaw_actors::ports::runtime::{
     ManagedContainer, RuntimeError,
 };
 use nanoclaw_protocol::layout;
+use nanoclaw_protocol::settings::ImageTier;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -50,6 +52,8 @@ pub struct DockerSettings {
     /// Open-file limit (`nofile` ulimit, soft = hard): a container cannot exhaust the host's file
     /// table.
     pub nofile: u64,
+    /// Where the `standard` image comes from (built on its first use, [`DockerRuntime::ensure_standard`]).
+    pub standard: StandardSettings,
 }
 
 /// Log driver of every container: `json-file`, Docker's default (so `docker logs` and
@@ -68,6 +72,9 @@ pub struct DockerRuntime {
     settings: DockerSettings,
     /// `repository:tag` of the built image, set by `prepare`.
     image_ref: Mutex<Option<String>>,
+    /// `repository:tag` of the `standard` image once found or built. A failed build leaves it
+    /// empty, so the next use tries again; concurrent first uses wait for one build.
+    standard_ref: tokio::sync::OnceCell<String>,
 }
 
 fn op_err<'a>(
@@ -101,7 +108,7 @@ impl DockerRuntime {
             Ok(Err(e)) => return Err(RuntimeError::Unavailable(one_line(&e.to_string()))),
             Err(_) => return Err(RuntimeError::Unavailable("no answer within 5 s".into())),
         }
-        Ok(Self { docker, settings, image_ref: Mutex::new(None) })
+        Ok(Self { docker, settings, image_ref: Mutex::new(None), standard_ref: tokio::sync::OnceCell::new() })
     }
 
     /// The bollard client (tests use it to inspect containers).
@@ -144,6 +151,108 @@ impl DockerRuntime {
             }
         }
         Ok(image_ref)
+    }
+
+    /// `repository:tag` of the `standard` image once ensured.
+    pub fn standard_image_ref(&self) -> Option<String> {
+        self.standard_ref.get().cloned()
+    }
+
+    /// The `standard` image (module [`standard`]): found by its input tag with one `inspect`, else
+    /// built — debootstrap, then a streamed `docker import` — under a host-wide lock, printing
+    /// progress on stderr. Returns its ref. Takes minutes when it builds; errors are one line
+    /// naming the fix (no debootstrap, not root, bad `[container] debian_*`).
+    pub async fn ensure_standard(&self) -> Result<String, RuntimeError> {
+        let image_err = |e: standard::StandardError| RuntimeError::Image(e.to_string());
+        let join_err = |e: tokio::task::JoinError| RuntimeError::Image(e.to_string());
+        let settings = self.settings.standard.clone();
+        let runner = self.settings.agent_binary.clone();
+        let recipe = tokio::task::spawn_blocking(move || standard::Recipe::resolve(&settings, &runner))
+            .await
+            .map_err(join_err)?
+            .map_err(image_err)?;
+        let tag = recipe.tag();
+        let image_ref = format!("{}:{tag}", self.settings.image);
+        if self.docker.inspect_image(&image_ref).await.is_ok() {
+            debug!(image = %image_ref, "standard image present");
+            return Ok(image_ref);
+        }
+        let work_dir = self.settings.standard.work_dir.clone().unwrap_or_else(|| PathBuf::from("/var/tmp"));
+        let lock_dir = work_dir.clone();
+        let _lock = tokio::task::spawn_blocking(move || standard::lock_builds(&lock_dir))
+            .await
+            .map_err(join_err)?
+            .map_err(image_err)?;
+        // Another process may have built it while this one waited for the lock.
+        if self.docker.inspect_image(&image_ref).await.is_ok() {
+            return Ok(image_ref);
+        }
+        let started = std::time::Instant::now();
+        eprintln!(
+            "building the standard image {image_ref} (Debian {} from {}); this takes a few minutes, once",
+            recipe.suite, recipe.mirror
+        );
+        info!(image = %image_ref, suite = %recipe.suite, mirror = %recipe.mirror, "building the standard image");
+        let progress = standard::Progress::new();
+        let _printer = progress.print_every();
+        let (build_dir, root) =
+            standard::build_rootfs(&recipe, &work_dir, &progress).await.map_err(image_err)?;
+        let (body, sent, writer) = standard::tar_stream(root);
+        let counter = {
+            let (progress, sent) = (progress.clone(), sent.clone());
+            tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
+                loop {
+                    let mb = sent.load(std::sync::atomic::Ordering::Relaxed) >> 20;
+                    progress.set(format!("importing into Docker, {mb} MB sent"));
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }))
+        };
+        let options = CreateImageOptionsBuilder::default()
+            .from_src("-")
+            .repo(&self.settings.image)
+            .tag(&tag)
+            .changes(recipe.import_changes())
+            .build();
+        // The default 120 s request timeout covers the wait for the response headers, which the
+        // daemon may only send once it has read the whole upload.
+        let docker = self.docker.clone().with_timeout(Duration::from_secs(3600));
+        let mut stream = docker.create_image(Some(options), Some(bollard::body_try_stream(body)), None);
+        let mut failure = None;
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(info) => {
+                    if let Some(err) = info.error_detail.and_then(|d| d.message) {
+                        failure = Some(one_line(&err));
+                    }
+                }
+                Err(e) => failure = Some(one_line(&e.to_string())),
+            }
+        }
+        drop(stream);
+        drop(counter);
+        // The writer ends once its receiver is gone; its own errors reached the upload already.
+        let _ = writer.await;
+        drop(build_dir);
+        if let Some(message) = failure {
+            return Err(RuntimeError::Image(format!("importing the standard image: {message}")));
+        }
+        let info = self.docker.inspect_image(&image_ref).await.map_err(|e| {
+            RuntimeError::Image(format!(
+                "standard image imported but not found: {}",
+                one_line(&e.to_string())
+            ))
+        })?;
+        let secs = started.elapsed().as_secs();
+        let mb = info.size.unwrap_or(0) >> 20;
+        eprintln!("built the standard image {image_ref} in {}m{:02}s ({mb} MB)", secs / 60, secs % 60);
+        info!(image = %image_ref, seconds = secs, size_mb = mb, "standard image built");
+        Ok(image_ref)
+    }
+
+    /// The standard image's ref, found or built once per runtime.
+    async fn standard_ref(&self) -> Result<String, RuntimeError> {
+        self.standard_ref.get_or_try_init(|| self.ensure_standard()).await.cloned()
     }
 
     /// Builds the image of `context` unless it exists. Returns its ref.
@@ -254,8 +363,21 @@ impl ContainerRuntime for DockerRuntime {
         Ok(())
     }
 
+    async fn ensure_tier(&self, tier: ImageTier) -> Result<(), RuntimeError> {
+        match tier {
+            ImageTier::Minimal => Ok(()),
+            ImageTier::Standard => self.standard_ref().await.map(drop),
+        }
+    }
+
     async fn create(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {
-        let image_ref = self.image_ref().ok_or_else(|| RuntimeError::Image("not prepared".into()))?;
+        let image_ref = match spec.image_tier {
+            ImageTier::Minimal => {
+                self.image_ref().ok_or_else(|| RuntimeError::Image("not prepared".into()))?
+            }
+            // Lazily: a caller that did not `ensure_tier` first still gets the right image.
+            ImageTier::Standard => self.standard_ref().await?,
+        };
         let options = CreateContainerOptionsBuilder::default().name(&spec.name).build();
         let created = self
             .docker

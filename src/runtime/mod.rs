@@ -3,6 +3,7 @@
 pub mod docker;
 pub mod image;
 pub mod process;
+pub mod standard;
 
 use crate::config::{Config, RuntimeKind};
 use nanoclaw_actors::ports::runtime::ContainerRuntime;
@@ -35,6 +36,11 @@ pub async fn from_config(config: &Config) -> Result<(Arc<dyn ContainerRuntime>, 
                 pids_limit: config.container.pids_limit,
                 user,
                 nofile: config.container.nofile,
+                standard: standard::StandardSettings {
+                    debian_suite: config.container.debian_suite.clone(),
+                    debian_mirror: config.container.debian_mirror.clone(),
+                    work_dir: None,
+                },
             };
             match docker::DockerRuntime::connect(settings).await {
                 Ok(rt) => Ok((Arc::new(rt), owner)),

@@ -326,6 +326,19 @@ impl SessionState {
             }
         }
         self.queued_noted = false;
+        // Before the generation and the hello clock start: building the `standard` image the
+        // first time takes minutes. A failure (no debootstrap, not root) is retried with the
+        // spawn backoff, and the slot goes back meanwhile.
+        if let Err(e) = self.ctx.runtime.ensure_tier(self.session.image_tier).await {
+            let delay = match self.spawn_backoff.on_failure() {
+                RestartDecision::RestartAfter(d) => d,
+                RestartDecision::GiveUp { .. } => RestartPolicy::container_spawn().max_delay,
+            };
+            warn!(session = %self.session.id, tier = self.session.image_tier.as_str(), error = %e, ?delay, "agent image unavailable");
+            self.next_spawn_at = Some(Self::now() + delay);
+            self.permit = None;
+            return Ok(());
+        }
         let sid = self.session.id.clone();
         let generation = self.ctx.store.call(move |c| store::next_generation(c, &sid)).await?;
         let agent_group = self.session.agent_group_id.clone();
@@ -354,6 +367,7 @@ impl SessionState {
                     self.session.max_messages_per_prompt.to_string(),
                 ),
             ],
+            image_tier: self.session.image_tier,
         };
         let args = ContainerArgs {
             runtime: self.ctx.runtime.clone(),

@@ -7,6 +7,7 @@
 //! find ones no actor owns ([`ContainerRuntime::list_managed`]).
 
 use async_trait::async_trait;
+use nanoclaw_protocol::settings::ImageTier;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -36,6 +37,8 @@ pub struct ContainerSpec {
     pub agent_group_dir: PathBuf,
     /// Environment for the runner, besides the path variables the runtime sets itself.
     pub env: Vec<(String, String)>,
+    /// Which image the container runs (DESIGN §7); runtimes without images ignore it.
+    pub image_tier: ImageTier,
 }
 
 /// How a container ended.
@@ -90,6 +93,15 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     /// Checks the runtime is reachable and prepares what containers need (the Docker runtime
     /// builds the agent image here). Called once at service start; errors stop the start.
     async fn prepare(&self) -> Result<(), RuntimeError>;
+
+    /// Makes the image of `tier` available, building it if needed (the Docker runtime builds the
+    /// `standard` image on its first use, which takes minutes). Callers run it before
+    /// [`ContainerRuntime::create`] so a long build does not count against the container's start
+    /// deadline; `create` of a tier not ensured yet ensures it itself. Runtimes without images
+    /// have nothing to do.
+    async fn ensure_tier(&self, _tier: ImageTier) -> Result<(), RuntimeError> {
+        Ok(())
+    }
 
     /// Creates (does not start) a container; returns its runtime id.
     async fn create(&self, spec: &ContainerSpec) -> Result<String, RuntimeError>;

@@ -107,10 +107,13 @@ pub struct SessionInfo {
     pub assistant_name: String,
     /// Most messages per prompt.
     pub max_messages_per_prompt: i64,
+    /// Image tier from the container config; NULL or an unknown value is `minimal`.
+    pub image_tier: nanoclaw_protocol::settings::ImageTier,
 }
 
 const SESSION_SELECT: &str = "SELECT s.id, s.agent_group_id, ag.folder, ag.name, s.messaging_group_id, mg.channel_type, mg.platform_id,
-        s.thread_id, coalesce(cc.provider, 'echo'), coalesce(cc.assistant_name, ag.name), coalesce(cc.max_messages_per_prompt, 10)
+        s.thread_id, coalesce(cc.provider, 'echo'), coalesce(cc.assistant_name, ag.name), coalesce(cc.max_messages_per_prompt, 10),
+        cc.image_tier
    FROM sessions s
    JOIN agent_groups ag ON ag.id = s.agent_group_id
    LEFT JOIN messaging_groups mg ON mg.id = s.messaging_group_id
@@ -129,6 +132,11 @@ fn session_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SessionInfo> {
         provider: r.get(8)?,
         assistant_name: r.get(9)?,
         max_messages_per_prompt: r.get(10)?,
+        image_tier: r
+            .get::<_, Option<String>>(11)?
+            .as_deref()
+            .and_then(nanoclaw_protocol::settings::ImageTier::parse)
+            .unwrap_or_default(),
     })
 }
 

@@ -1,0 +1,189 @@
+//! The `standard` image tier (issue 6 part 5) on the real Docker daemon: built by the service
+//! with debootstrap from Debian's mirror, reused by its input tag, and run with the same
+//! hardening as `minimal` — with a shell and the tools `run_command` needs inside.
+//!
+//! The first run on a host builds the image (minutes; progress lines on stderr); later runs find
+//! it. Needs root and `debootstrap` (`.ci/run`: `command -v debootstrap || apt-get install -y
+//! debootstrap`) and the Debian mirror of the host's apt sources.
+
+mod common;
+
+use common::*;
+use nanoclaw::runtime::docker::{DockerRuntime, DockerSettings};
+use nanoclaw_actors::ports::runtime::{ContainerRuntime, ContainerSpec};
+use nanoclaw_actors::session_files::{self, SessionPaths};
+use nanoclaw_protocol::settings::ImageTier;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// The container user, as `nanoclaw::runtime::from_config` chooses it.
+fn owner() -> (u32, u32) {
+    let uid = nix::unistd::getuid().as_raw();
+    if uid == 0 { (65534, 65534) } else { (uid, nix::unistd::getgid().as_raw()) }
+}
+
+fn settings() -> DockerSettings {
+    DockerSettings {
+        image: "nanoclaw-agent".into(),
+        agent_binary: agent_bin(),
+        tag_cache: None,
+        memory_bytes: 512 * 1024 * 1024,
+        nano_cpus: 1_000_000_000,
+        pids_limit: 128,
+        user: owner(),
+        nofile: 1024,
+        standard: Default::default(),
+    }
+}
+
+fn spec(data: &Path, install: &str, session: &str, tier: ImageTier) -> ContainerSpec {
+    let paths = SessionPaths::new(data, "main", session);
+    session_files::prepare(&paths, (nix::unistd::getuid().as_raw() == 0).then(owner)).unwrap();
+    ContainerSpec {
+        name: format!("nanoclaw-{install}-{session}-1"),
+        install_id: install.into(),
+        session_id: session.into(),
+        generation: 1,
+        session_host_dir: paths.host_dir.clone(),
+        session_workspace_dir: paths.workspace_dir.clone(),
+        agent_group_dir: paths.agent_group_dir.clone(),
+        env: vec![
+            ("NANOCLAW_GENERATION".to_string(), "1".to_string()),
+            ("NANOCLAW_SESSION_ID".to_string(), session.to_string()),
+        ],
+        image_tier: tier,
+    }
+}
+
+/// Image id and size of `image_ref`.
+async fn image_id_and_size(rt: &DockerRuntime, image_ref: &str) -> (String, i64) {
+    let info = rt.client().inspect_image(image_ref).await.unwrap();
+    (info.id.unwrap(), info.size.unwrap_or(0))
+}
+
+/// `docker exec` in the running container (same user, network and root fs as its process):
+/// exit code and output.
+fn exec(id: &str, script: &str) -> (i32, String) {
+    let out = Command::new("docker").args(["exec", id, "bash", "-lc", script]).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.code().unwrap_or(-1), text)
+}
+
+/// Built once, then reused: a second runtime (a restarted service) finds the image by its input
+/// tag with no rebuild — the same image id, in well under the build's minutes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standard_image_builds_once_and_is_reused() {
+    if !docker_available() {
+        return;
+    }
+    let first = DockerRuntime::connect(settings()).await.unwrap();
+    let t0 = Instant::now();
+    first.ensure_tier(ImageTier::Standard).await.unwrap();
+    let built_in = t0.elapsed();
+    let image_ref = first.standard_image_ref().expect("ensured");
+    assert!(image_ref.starts_with("nanoclaw-agent:std-"), "{image_ref}");
+    let (id, size) = image_id_and_size(&first, &image_ref).await;
+    eprintln!("standard image {image_ref}: ensured in {built_in:?}, {} MB", size >> 20);
+    // The image carries the same entry point and user as `minimal`, and the tier label.
+    let config = first.client().inspect_image(&image_ref).await.unwrap().config.unwrap();
+    assert_eq!(config.user.as_deref(), Some("65534:65534"));
+    assert_eq!(config.entrypoint, Some(vec!["/usr/local/bin/nanoclaw-agent".to_string()]));
+    assert_eq!(config.labels.unwrap_or_default().get("nanoclaw.tier").map(String::as_str), Some("standard"));
+
+    // Same runtime: remembered in memory.
+    let t1 = Instant::now();
+    first.ensure_tier(ImageTier::Standard).await.unwrap();
+    assert!(t1.elapsed() < Duration::from_millis(100), "{:?}", t1.elapsed());
+
+    // A new runtime: hashes its inputs, finds the tag, builds nothing.
+    let second = DockerRuntime::connect(settings()).await.unwrap();
+    let t2 = Instant::now();
+    second.ensure_tier(ImageTier::Standard).await.unwrap();
+    let reused_in = t2.elapsed();
+    eprintln!("reused in {reused_in:?}");
+    assert!(reused_in < Duration::from_secs(5), "no rebuild: {reused_in:?}");
+    assert_eq!(second.standard_image_ref().as_deref(), Some(image_ref.as_str()));
+    assert_eq!(image_id_and_size(&second, &image_ref).await.0, id, "the same image, not a rebuild");
+
+    // `minimal` needs no build of its own through this path.
+    second.ensure_tier(ImageTier::Minimal).await.unwrap();
+}
+
+/// A `standard` container: the runner runs in it, and it keeps every hardening of `minimal` —
+/// no network, not root, read-only root fs — while bash, git, python3, ripgrep and jq work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standard_is_hardened_and_has_the_tools() {
+    if !docker_available() {
+        return;
+    }
+    let runtime = DockerRuntime::connect(settings()).await.unwrap();
+    runtime.prepare().await.unwrap();
+    let dir = short_tempdir();
+    let data = dir.path().join("data");
+    let install = format!("std{}", std::process::id());
+
+    // The default tier still picks the minimal image.
+    let minimal = spec(&data, &install, "sess-min", ImageTier::default());
+    let min_id = runtime.create(&minimal).await.unwrap();
+    let min_info = runtime
+        .client()
+        .inspect_container(&min_id, None::<bollard::query_parameters::InspectContainerOptions>)
+        .await
+        .unwrap();
+    assert_eq!(min_info.config.unwrap().image, runtime.image_ref());
+    runtime.remove(&min_id).await.unwrap();
+
+    // `create` of a standard spec ensures the image itself (lazily).
+    let s = spec(&data, &install, "sess-std", ImageTier::Standard);
+    let id = runtime.create(&s).await.unwrap();
+    runtime.start(&id).await.unwrap();
+    let info = runtime
+        .client()
+        .inspect_container(&id, None::<bollard::query_parameters::InspectContainerOptions>)
+        .await
+        .unwrap();
+    assert_eq!(info.config.as_ref().unwrap().image, runtime.standard_image_ref());
+    let (uid, gid) = owner();
+    assert_eq!(info.config.as_ref().unwrap().user.as_deref(), Some(format!("{uid}:{gid}").as_str()));
+    let host = info.host_config.unwrap();
+    assert_eq!(host.network_mode.as_deref(), Some("none"));
+    assert_eq!(host.readonly_rootfs, Some(true));
+    assert_eq!(host.cap_drop, Some(vec!["ALL".to_string()]));
+    assert!(host.security_opt.unwrap_or_default().iter().any(|o| o.starts_with("no-new-privileges")));
+
+    // The runner runs there: it creates its outbound.db.
+    let outbound = s.session_workspace_dir.join("outbound.db");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !outbound.exists() {
+        let logs = runtime.logs_tail(&id, 20).await.unwrap_or_default();
+        assert!(Instant::now() < deadline, "the runner never started in the standard image: {logs}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let (code, out) = exec(&id, "git --version && python3 --version && rg --version && jq --version");
+    assert_eq!(code, 0, "{out}");
+    for tool in ["git version", "Python 3", "ripgrep", "jq-"] {
+        assert!(out.contains(tool), "{tool}: {out}");
+    }
+    let (code, out) = exec(&id, "id -u");
+    assert_eq!((code, out.trim()), (0, uid.to_string().as_str()), "not root");
+    assert_ne!(uid, 0);
+    let (code, out) = exec(&id, "touch /x");
+    assert_ne!(code, 0, "the root fs is read-only: {out}");
+    assert!(out.contains("Read-only file system"), "{out}");
+    let (code, out) = exec(&id, "curl -sS --max-time 5 http://deb.debian.org/ >/dev/null");
+    assert_ne!(code, 0, "no network: {out}");
+    // The writable places work: the workspace (git) and /tmp.
+    let (code, out) = exec(
+        &id,
+        "cd /workspace && mkdir -p repo && cd repo && git init -q && git status && echo hi > /tmp/t && cat /tmp/t",
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("No commits yet") && out.contains("hi"), "{out}");
+
+    runtime.stop(&id, Duration::from_secs(5)).await.unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(30), runtime.wait(&id)).await.unwrap().unwrap();
+    assert_eq!(status.code, Some(0), "the runner stops cleanly");
+    runtime.remove(&id).await.unwrap();
+}
