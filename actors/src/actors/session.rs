@@ -26,6 +26,7 @@
 use super::container::{ContainerActor, ContainerArgs, ContainerMessage, ContainerState};
 use crate::container_files;
 use crate::context::ServiceContext;
+use crate::ports::provider::{ProxyEvent, ProxyGuard, ProxyScope};
 use crate::ports::runtime::ContainerSpec;
 use crate::restart::{RestartDecision, RestartPolicy, RestartTracker};
 use crate::session::lifecycle::{Action, ContainerExit, Phase, StopCause};
@@ -95,6 +96,11 @@ pub struct SessionState {
     wake: WakeLink,
     /// The outbox task (drop guard).
     outbox: Outbox,
+    /// The credential proxy on `proxy.sock` (drop guard: its tasks and the socket file go with
+    /// the state). Opened before each container start.
+    proxy: Option<ProxyGuard>,
+    /// The provider error last told to the chat (told once per distinct error per actor).
+    provider_error: Option<String>,
     /// One of the global container slots, held from before a spawn until the container is gone.
     permit: Option<SlotPermit>,
     /// Waiting in the slot queue (drop guard: dropping it leaves the queue).
@@ -169,6 +175,9 @@ pub enum SessionMessage {
     Status(RpcReplyPort<SessionStatus>),
     /// A container slot was granted to this queued session.
     SlotGranted(SlotPermit),
+    /// The credential proxy met something the owner must hear about (already rate-limited by
+    /// the proxy).
+    Proxy(ProxyEvent),
 }
 
 impl std::fmt::Debug for SessionMessage {
@@ -182,6 +191,7 @@ impl std::fmt::Debug for SessionMessage {
             SessionMessage::Timer => f.write_str("Timer"),
             SessionMessage::Status(_) => f.write_str("Status"),
             SessionMessage::SlotGranted(_) => f.write_str("SlotGranted"),
+            SessionMessage::Proxy(e) => write!(f, "Proxy({e:?})"),
         }
     }
 }
@@ -326,6 +336,48 @@ impl SessionState {
             }
         }
         self.queued_noted = false;
+        // The provider, runner.json and the proxy: a provider that cannot be used (unknown,
+        // key unset, bad base_url) stops this session's turns with one line naming the key.
+        let sid = self.session.id.clone();
+        let row = self.ctx.store.call(move |c| store::runner_config(c, &sid)).await?;
+        let prepared = match row {
+            Some(row) => crate::session::runner::settings(&self.ctx, &self.session, &row),
+            None => Err("the session row is gone".to_string()),
+        };
+        let settings = match prepared {
+            Ok(s) => s,
+            Err(line) => {
+                self.provider_failed(line).await?;
+                return Ok(());
+            }
+        };
+        let text = crate::session::runner::to_json(&settings);
+        let file = self.paths.host_dir.join(layout::RUNNER_SETTINGS);
+        tokio::task::spawn_blocking(move || crate::session::runner::write_atomic(&file, text.as_bytes()))
+            .await
+            .map_err(|e| format!("writing {}: {e}", layout::RUNNER_SETTINGS))??;
+        // The old proxy goes first: its drop removes the socket file the new one binds.
+        self.proxy = None;
+        let me = myself.clone();
+        let scope = ProxyScope {
+            session_id: self.session.id.clone(),
+            agent_group_id: self.session.agent_group_id.clone(),
+            provider: settings.provider.name.clone(),
+            egress_allow: settings.egress_allow.clone(),
+            socket: self.paths.host_dir.join(layout::PROXY_SOCKET),
+            store: self.ctx.store.clone(),
+            on_event: Arc::new(move |e| {
+                let _ = me.cast(SessionMessage::Proxy(e));
+            }),
+        };
+        match self.ctx.config.gateway.open(scope).await {
+            Ok(guard) => self.proxy = Some(guard),
+            Err(e) => {
+                self.provider_failed(e.to_string()).await?;
+                return Ok(());
+            }
+        }
+        self.provider_error = None;
         let sid = self.session.id.clone();
         let generation = self.ctx.store.call(move |c| store::next_generation(c, &sid)).await?;
         let agent_group = self.session.agent_group_id.clone();
@@ -347,7 +399,7 @@ impl SessionState {
             env: vec![
                 (layout::ENV_GENERATION.into(), generation.to_string()),
                 (layout::ENV_SESSION_ID.into(), self.session.id.clone()),
-                (layout::ENV_PROVIDER.into(), self.session.provider.clone()),
+                (layout::ENV_PROVIDER.into(), settings.provider.name.clone()),
                 (layout::ENV_ASSISTANT_NAME.into(), self.session.assistant_name.clone()),
                 (
                     layout::ENV_MAX_MESSAGES_PER_PROMPT.into(),
@@ -445,6 +497,22 @@ impl SessionState {
             self.permit = None;
         }
         self.check(myself).await
+    }
+
+    /// The session's provider cannot be used: its waiting messages fail with `line` (which names
+    /// the config key), the slot goes back, and no container starts until a new message comes
+    /// (which meets the same check). Other sessions are not affected.
+    async fn provider_failed(&mut self, line: String) -> Result<(), ActorProcessingErr> {
+        if self.provider_error.as_deref() != Some(line.as_str()) {
+            error!(session = %self.session.id, agent_group = %self.session.agent_group_id, "provider unusable: {line}");
+            self.provider_error = Some(line.clone());
+        }
+        self.permit = None;
+        let failed = blocking(&self.paths, files::fail_pending).await?;
+        for o in failed {
+            self.tell_failed(o, format!("Sorry, I could not process your message: {line}")).await;
+        }
+        Ok(())
     }
 
     /// Tells the user a message will not be answered.
@@ -730,6 +798,8 @@ impl Actor for SessionActor {
             container: None,
             wake,
             outbox,
+            proxy: None,
+            provider_error: None,
             permit: None,
             slot_wait: None,
             queued_noted: false,
@@ -843,6 +913,9 @@ impl Actor for SessionActor {
                     // Nothing to do any more (or spawning is backing off): pass the slot on.
                     state.permit = None;
                 }
+            }
+            SessionMessage::Proxy(event) => {
+                notices::tell_owner_proxy(&state.ctx, &state.session, &event).await
             }
             SessionMessage::Status(reply) => {
                 let pending =

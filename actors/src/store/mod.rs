@@ -19,6 +19,7 @@ use tokio::sync::oneshot;
 pub const MIGRATIONS: &[M<'static>] = &[
     M::up(include_str!("../../../migrations/0001_initial.sql")),
     M::up(include_str!("../../../migrations/0002_session_holds.sql")),
+    M::up(include_str!("../../../migrations/0003_providers.sql")),
 ];
 
 /// Errors of the central store.
