@@ -48,4 +48,12 @@ fn misconfigured_group_only() {
         chat.round_trip(&format!("a-{i}"), &format!("A: still here {i}"), Duration::from_secs(30)).unwrap();
     }
     assert!(server.log().contains("providers.nope: not configured"), "{}", server.log());
+    // The main session's runner.json: the inherited provider, its tier, no secret.
+    let (_, root) = session_of(&data, "main");
+    let text =
+        std::fs::read_to_string(root.join("host").join(nanoclaw_protocol::layout::RUNNER_SETTINGS)).unwrap();
+    let settings: nanoclaw_protocol::settings::RunnerSettings = serde_json::from_str(&text).unwrap();
+    assert_eq!(settings.provider.name, "echo");
+    assert_eq!(settings.image_tier, nanoclaw_protocol::settings::ImageTier::Minimal);
+    assert_eq!(settings.max_tool_rounds, 32);
 }
