@@ -188,7 +188,10 @@ async fn send(socket: &Path, req: Request<Full<Bytes>>) -> Response<Incoming> {
     let stream = UnixStream::connect(socket).await.unwrap();
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
     tokio::spawn(conn);
-    sender.send_request(req).await.unwrap()
+    tokio::time::timeout(Duration::from_secs(10), sender.send_request(req))
+        .await
+        .expect("no response head within 10 s")
+        .unwrap()
 }
 
 fn post(path: &str) -> hyper::http::request::Builder {
@@ -540,4 +543,38 @@ async fn dropping_the_guard_stops_the_proxy() {
     tokio::spawn(conn);
     let req = post("/anth/v1/messages").body(Full::new(Bytes::from(MESSAGES))).unwrap();
     assert!(tokio::time::timeout(Duration::from_secs(10), sender.send_request(req)).await.unwrap().is_err());
+}
+
+#[tokio::test]
+async fn connections_are_bounded() {
+    use tokio::io::AsyncReadExt;
+    let fake = Fake::start().await;
+    let p = open(&fake, "anth", None, vec![]).await;
+    let mut held = Vec::new();
+    for _ in 0..nanoclaw::proxy::MAX_CONNECTIONS {
+        held.push(UnixStream::connect(&p.socket).await.unwrap());
+    }
+    // One more is closed at once.
+    let mut extra = UnixStream::connect(&p.socket).await.unwrap();
+    let mut buf = [0u8; 1];
+    let n = tokio::time::timeout(Duration::from_secs(5), extra.read(&mut buf))
+        .await
+        .expect("the connection over the limit was not closed")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    // Once the held ones go, requests are served again.
+    drop(held);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let stream = UnixStream::connect(&p.socket).await.unwrap();
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+        tokio::spawn(conn);
+        let req = post("/anth/v1/messages").body(Full::new(Bytes::from(MESSAGES))).unwrap();
+        if let Ok(resp) = sender.send_request(req).await {
+            assert_eq!(resp.status(), 200);
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no connection served after the held ones closed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
