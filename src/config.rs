@@ -26,12 +26,32 @@
 //!                              # container died mid-turn (5 s × 2^n, reference §1.10)
 //! min_free_mb = 512            # NANOCLAW_MIN_FREE_MB: under this much free space on the data
 //!                              # dir's filesystem no new work is accepted (0: no floor)
+//!
+//! [agent]
+//! provider = "echo"            # NANOCLAW_PROVIDER, --provider (serve, chat): the default agent's
+//!                              # provider: echo, anthropic, openai or a [providers.<name>] table
+//! max_tool_rounds = 32         # model calls per turn
+//! timezone = "UTC"             # IANA time zone for the agent's prompt
+//!
+//! [providers]
+//! daily_token_budget = 1000000 # optional: tokens per agent group and day (UTC) through the proxy
+//!
+//! [providers.local]            # any name; `anthropic` and `openai` exist without a table
+//! kind = "openai"              # openai | anthropic | command | echo
+//! base_url = "http://127.0.0.1:8080/v1"
+//! model = "smollm2"
+//! api_key_env = "LOCAL_KEY"    # the NAME of a host variable; its value never enters a container
+//! context_tokens = 8192
+//! max_output_tokens = 4096
+//! temperature = 0.0
 //! ```
 //!
 //! The file is `--config PATH`, else `$NANOCLAW_CONFIG`, else `./nanoclaw.toml` when it exists;
 //! with none, built-in defaults apply.
 
+use nanoclaw_protocol::settings::{DEFAULT_MAX_TOOL_ROUNDS, ProviderKind};
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// Largest size setting in MiB (1 TiB): keeps every `× 1024 × 1024` far from overflow.
@@ -87,6 +107,108 @@ pub struct ContainerConfig {
     pub debian_mirror: Option<String>,
 }
 
+/// One model provider (`[providers.<name>]`, or a built-in one). Holds the NAME of the variable
+/// with the key, never the key: the proxy reads the value once at start.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProviderConfig {
+    /// Its name (the table key; `/<name>/…` on the proxy socket).
+    pub name: String,
+    /// The protocol it speaks.
+    pub kind: ProviderKind,
+    /// Base URL of its API as written (checked when a group uses it: a bad one stops only the
+    /// groups using this provider). `None` for `echo` and `command`.
+    pub base_url: Option<String>,
+    /// Default model id (a group's `container_configs.model` overrides it).
+    pub model: Option<String>,
+    /// Name of the host environment variable holding its API key (`None`: no key is sent).
+    pub api_key_env: Option<String>,
+    /// Context window in tokens.
+    pub context_tokens: u32,
+    /// Most tokens per answer.
+    pub max_output_tokens: u32,
+    /// Sampling temperature.
+    pub temperature: Option<f32>,
+    /// Program and arguments for `kind = "command"` (run inside the container).
+    pub command: Vec<String>,
+}
+
+impl ProviderConfig {
+    /// The built-in provider of `name` (`anthropic`, `openai`, `echo`), if it is one.
+    pub fn builtin(name: &str) -> Option<ProviderConfig> {
+        let (kind, base_url, env, context_tokens) = match name {
+            "anthropic" => (
+                ProviderKind::Anthropic,
+                Some("https://api.anthropic.com"),
+                Some("ANTHROPIC_API_KEY"),
+                200_000,
+            ),
+            "openai" => {
+                (ProviderKind::Openai, Some("https://api.openai.com/v1"), Some("OPENAI_API_KEY"), 128_000)
+            }
+            "echo" => (ProviderKind::Echo, None, None, 100_000),
+            _ => return None,
+        };
+        let model = match name {
+            "anthropic" => Some("claude-sonnet-4-5".to_string()),
+            "openai" => Some("gpt-4o".to_string()),
+            _ => None,
+        };
+        Some(ProviderConfig {
+            name: name.into(),
+            kind,
+            base_url: base_url.map(Into::into),
+            model,
+            api_key_env: env.map(Into::into),
+            context_tokens,
+            max_output_tokens: 4096,
+            temperature: None,
+            command: vec![],
+        })
+    }
+}
+
+/// `[providers]`: the configured providers (built-ins included) and the token budget.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProvidersConfig {
+    /// Every provider by name: `echo`, `anthropic`, `openai` and each `[providers.<name>]` table
+    /// (a table named like a built-in overrides its fields).
+    pub by_name: BTreeMap<String, ProviderConfig>,
+    /// Tokens (input + output) one agent group may use per UTC day; `None`: no budget.
+    pub daily_token_budget: Option<u64>,
+}
+
+impl Default for ProvidersConfig {
+    fn default() -> Self {
+        let by_name = ["anthropic", "echo", "openai"]
+            .into_iter()
+            .filter_map(ProviderConfig::builtin)
+            .map(|p| (p.name.clone(), p))
+            .collect();
+        ProvidersConfig { by_name, daily_token_budget: None }
+    }
+}
+
+/// `[agent]`: defaults of every agent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentConfig {
+    /// Provider of groups whose container config names none (the default agent's provider).
+    pub provider: String,
+    /// Model calls per turn at most.
+    pub max_tool_rounds: u32,
+    /// IANA time zone for the prompt's local time.
+    pub timezone: String,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            provider: "echo".into(),
+            max_tool_rounds: DEFAULT_MAX_TOOL_ROUNDS,
+            timezone: "UTC".into(),
+        }
+    }
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -106,6 +228,10 @@ pub struct Config {
     pub retry_backoff_ms: u64,
     /// Free-space floor of the data directory's filesystem in MiB; 0 disables it.
     pub min_free_mb: u64,
+    /// Agent defaults.
+    pub agent: AgentConfig,
+    /// Model providers.
+    pub providers: ProvidersConfig,
 }
 
 /// One-line configuration error naming where the bad value came from.
@@ -131,6 +257,32 @@ struct FileConfig {
     container: FileContainer,
     #[serde(default)]
     service: FileService,
+    #[serde(default)]
+    agent: FileAgent,
+    /// Checked by hand: `daily_token_budget` beside the `<name>` tables.
+    #[serde(default)]
+    providers: toml::Table,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileAgent {
+    provider: Option<String>,
+    max_tool_rounds: Option<u32>,
+    timezone: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileProvider {
+    kind: Option<String>,
+    base_url: Option<String>,
+    model: Option<String>,
+    api_key_env: Option<String>,
+    context_tokens: Option<u32>,
+    max_output_tokens: Option<u32>,
+    temperature: Option<f32>,
+    command: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -176,6 +328,8 @@ pub struct FlagOverrides {
     pub image: Option<String>,
     /// `--log-format`.
     pub log_format: Option<LogFormat>,
+    /// `--provider` (of `serve` and `chat`).
+    pub provider: Option<String>,
 }
 
 fn parse_file(path: &Path) -> Result<FileConfig, ConfigError> {
@@ -198,6 +352,124 @@ fn parse_file(path: &Path) -> Result<FileConfig, ConfigError> {
             problem: first_line(e.inner().message()),
         }
     })
+}
+
+/// A valid provider name: `[a-z0-9_-]`, 1..=32 bytes, starting with a letter or digit (it is a
+/// path segment on the proxy socket, where `_egress` is taken).
+fn provider_name_ok(name: &str) -> bool {
+    (1..=32).contains(&name.len())
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+/// A valid environment variable name: `[A-Za-z_][A-Za-z0-9_]*`, ≤ 128 bytes.
+fn env_name_ok(name: &str) -> bool {
+    (1..=128).contains(&name.len())
+        && !name.as_bytes()[0].is_ascii_digit()
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// `[providers]` of the file: the budget and each table over its built-in (if any).
+fn parse_providers(src: &str, table: toml::Table) -> Result<ProvidersConfig, ConfigError> {
+    let bad = |key: String, problem: String| ConfigError { source_name: src.into(), key, problem };
+    let mut out = ProvidersConfig::default();
+    for (name, value) in table {
+        if name == "daily_token_budget" {
+            let budget = value.as_integer().filter(|n| *n > 0).ok_or_else(|| {
+                bad("providers.daily_token_budget".into(), format!("{value} is not a whole number > 0"))
+            })?;
+            out.daily_token_budget = Some(budget as u64);
+            continue;
+        }
+        let key = format!("providers.{name}");
+        if !provider_name_ok(&name) {
+            return Err(bad(
+                key,
+                "a provider name is 1-32 of a-z 0-9 _ - (starting with a letter or digit)".into(),
+            ));
+        }
+        let toml::Value::Table(t) = value else {
+            return Err(bad(key, "must be a table".into()));
+        };
+        let file: FileProvider = serde_path_to_error::deserialize(toml::Value::Table(t)).map_err(|e| {
+            let path = e.path().to_string();
+            let key = if path == "." { key.clone() } else { format!("{key}.{path}") };
+            bad(key, first_line(&e.inner().to_string()))
+        })?;
+        let kind = match file.kind.as_deref() {
+            Some(k) => ProviderKind::parse(k).ok_or_else(|| {
+                bad(format!("{key}.kind"), format!("{k:?} is not one of openai, anthropic, command, echo"))
+            })?,
+            None => match ProviderConfig::builtin(&name) {
+                Some(b) => b.kind,
+                None => {
+                    return Err(bad(
+                        format!("{key}.kind"),
+                        "missing (openai, anthropic, command or echo)".into(),
+                    ));
+                }
+            },
+        };
+        let base = ProviderConfig::builtin(&name).filter(|b| b.kind == kind);
+        let http = matches!(kind, ProviderKind::Openai | ProviderKind::Anthropic);
+        let base_url = file.base_url.or_else(|| base.as_ref().and_then(|b| b.base_url.clone()));
+        if http && base_url.is_none() {
+            return Err(bad(
+                format!("{key}.base_url"),
+                format!("missing (the {} API's base URL)", kind.as_str()),
+            ));
+        }
+        if let Some(env) = &file.api_key_env
+            && !env_name_ok(env)
+        {
+            return Err(bad(
+                format!("{key}.api_key_env"),
+                format!("{env:?} is not a variable name (give the NAME of the variable, not the key)"),
+            ));
+        }
+        // A local server defaults to a small context; hosted ones to theirs.
+        let context_tokens =
+            file.context_tokens.or(base.as_ref().map(|b| b.context_tokens)).unwrap_or(match kind {
+                ProviderKind::Anthropic => 200_000,
+                ProviderKind::Openai => 8192,
+                _ => 100_000,
+            });
+        if !(1024..=10_000_000).contains(&context_tokens) {
+            return Err(bad(
+                format!("{key}.context_tokens"),
+                format!("{context_tokens} not in 1024..=10000000"),
+            ));
+        }
+        let max_output_tokens = file.max_output_tokens.unwrap_or(4096);
+        if !(1..=context_tokens).contains(&max_output_tokens) {
+            return Err(bad(
+                format!("{key}.max_output_tokens"),
+                format!("{max_output_tokens} not in 1..={context_tokens} (context_tokens)"),
+            ));
+        }
+        if let Some(t) = file.temperature
+            && !(0.0..=2.0).contains(&t)
+        {
+            return Err(bad(format!("{key}.temperature"), format!("{t} not in 0..=2")));
+        }
+        let command = file.command.unwrap_or_default();
+        if kind == ProviderKind::Command && command.is_empty() {
+            return Err(bad(format!("{key}.command"), "missing (the program and its arguments)".into()));
+        }
+        let provider = ProviderConfig {
+            name: name.clone(),
+            kind,
+            base_url: if http { base_url } else { None },
+            model: file.model.or_else(|| base.as_ref().and_then(|b| b.model.clone())),
+            api_key_env: file.api_key_env.or_else(|| base.as_ref().and_then(|b| b.api_key_env.clone())),
+            context_tokens,
+            max_output_tokens,
+            temperature: file.temperature,
+            command,
+        };
+        out.by_name.insert(name, provider);
+    }
+    Ok(out)
 }
 
 fn first_line(s: &str) -> String {
@@ -263,6 +535,34 @@ impl Config {
             }),
         };
         let runtime_choice = flags.runtime.or(runtime_env).or(file.runtime);
+        let src = path.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "defaults".into());
+        let providers = parse_providers(&src, file.providers)?;
+        let (provider, provider_from) = if let Some(p) = flags.provider.clone() {
+            (p, ("flag".to_string(), "--provider".to_string()))
+        } else if let Some(p) = get("NANOCLAW_PROVIDER").filter(|v| !v.is_empty()) {
+            (p, ("environment".to_string(), "NANOCLAW_PROVIDER".to_string()))
+        } else {
+            (
+                file.agent.provider.unwrap_or_else(|| "echo".into()),
+                (src.clone(), "agent.provider".to_string()),
+            )
+        };
+        if !providers.by_name.contains_key(&provider) {
+            let known: Vec<&str> = providers.by_name.keys().map(String::as_str).collect();
+            return Err(ConfigError {
+                source_name: provider_from.0,
+                key: provider_from.1,
+                problem: format!(
+                    "no provider {provider:?} (known: {}; add a [providers.{provider}] table)",
+                    known.join(", ")
+                ),
+            });
+        }
+        let agent = AgentConfig {
+            provider,
+            max_tool_rounds: file.agent.max_tool_rounds.unwrap_or(DEFAULT_MAX_TOOL_ROUNDS),
+            timezone: file.agent.timezone.unwrap_or_else(|| "UTC".into()),
+        };
         let config = Config {
             data_dir: flags
                 .data_dir
@@ -320,6 +620,8 @@ impl Config {
             min_free_mb: env_parse(&get, "NANOCLAW_MIN_FREE_MB", "a whole number of MiB")?
                 .or(file.service.min_free_mb)
                 .unwrap_or(512),
+            agent,
+            providers,
         };
         config.validate(path.as_deref())?;
         let mut config = config;
@@ -406,11 +708,23 @@ impl Config {
                 format!("{} not in 1..=3600000 ms", self.retry_backoff_ms),
             ));
         }
+        if !(1..=1000).contains(&self.agent.max_tool_rounds) {
+            return Err(bad(
+                "agent.max_tool_rounds",
+                format!("{} not in 1..=1000", self.agent.max_tool_rounds),
+            ));
+        }
+        let tz = &self.agent.timezone;
+        let tz_ok = (1..=64).contains(&tz.len())
+            && tz.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'_' | b'-' | b'+'));
+        if !tz_ok {
+            return Err(bad("agent.timezone", format!("{tz:?} is not an IANA time zone name")));
+        }
         if tracing_subscriber::EnvFilter::try_new(&self.log_level).is_err() {
             return Err(bad("log.level", format!("{:?} is not a log filter", self.log_level)));
         }
         // Sockets live in the data dir; Unix socket paths are limited to 107 bytes.
-        let longest = self.data_dir.join("sessions/x/sess-0000000000-000000/host/wake.sock");
+        let longest = self.data_dir.join("sessions/x/sess-0000000000-000000/host/proxy.sock");
         if longest.as_os_str().len() > 107 {
             return Err(bad(
                 "data_dir",
@@ -550,5 +864,79 @@ mod tests {
         let e = load(Some("[container]\ndebian_mirror = \"--foreign\"\n"), &[], FlagOverrides::default())
             .unwrap_err();
         assert_eq!(e.key, "container.debian_mirror");
+    }
+
+    #[test]
+    fn providers_have_builtins_tables_and_a_default() {
+        let c = load(None, &[], FlagOverrides::default()).unwrap();
+        assert_eq!(c.agent.provider, "echo");
+        assert_eq!(c.agent.max_tool_rounds, 32);
+        let a = &c.providers.by_name["anthropic"];
+        assert_eq!(
+            (a.kind, a.base_url.as_deref(), a.api_key_env.as_deref()),
+            (ProviderKind::Anthropic, Some("https://api.anthropic.com"), Some("ANTHROPIC_API_KEY"))
+        );
+        let o = &c.providers.by_name["openai"];
+        assert_eq!(o.base_url.as_deref(), Some("https://api.openai.com/v1"));
+        assert_eq!(o.api_key_env.as_deref(), Some("OPENAI_API_KEY"));
+        let file = "[agent]\nprovider = \"local\"\nmax_tool_rounds = 5\n[providers]\ndaily_token_budget = 1000\n\
+                    [providers.local]\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:8080/v1\"\nmodel = \"smollm2\"\n\
+                    temperature = 0.0\n[providers.anthropic]\nmodel = \"claude-x\"\n";
+        let c = load(Some(file), &[], FlagOverrides::default()).unwrap();
+        assert_eq!((c.agent.provider.as_str(), c.agent.max_tool_rounds), ("local", 5));
+        assert_eq!(c.providers.daily_token_budget, Some(1000));
+        let l = &c.providers.by_name["local"];
+        assert_eq!(
+            (l.kind, l.model.as_deref(), l.context_tokens, l.api_key_env.as_deref()),
+            (ProviderKind::Openai, Some("smollm2"), 8192, None)
+        );
+        let a = &c.providers.by_name["anthropic"];
+        assert_eq!(
+            (a.model.as_deref(), a.api_key_env.as_deref()),
+            (Some("claude-x"), Some("ANTHROPIC_API_KEY"))
+        );
+        // Environment over file, flag over environment.
+        let c = load(Some(file), &[("NANOCLAW_PROVIDER", "openai")], FlagOverrides::default()).unwrap();
+        assert_eq!(c.agent.provider, "openai");
+        let flags = FlagOverrides { provider: Some("anthropic".into()), ..Default::default() };
+        let c = load(Some(file), &[("NANOCLAW_PROVIDER", "openai")], flags).unwrap();
+        assert_eq!(c.agent.provider, "anthropic");
+    }
+
+    #[test]
+    fn provider_errors_name_the_key() {
+        for (text, key) in [
+            ("[providers.local]\nbase_url = \"http://x/v1\"\n", "providers.local.kind"),
+            ("[providers.local]\nkind = \"gpt\"\nbase_url = \"http://x\"\n", "providers.local.kind"),
+            ("[providers.local]\nkind = \"openai\"\n", "providers.local.base_url"),
+            (
+                "[providers.local]\nkind = \"openai\"\nbase_url = \"http://x\"\nmodle = \"m\"\n",
+                "providers.local",
+            ),
+            ("[providers.local]\nkind = \"openai\"\nbase_url = 5\n", "providers.local.base_url"),
+            (
+                "[providers.local]\nkind = \"openai\"\nbase_url = \"http://x\"\napi_key_env = \"sk-123 abc\"\n",
+                "providers.local.api_key_env",
+            ),
+            (
+                "[providers.local]\nkind = \"openai\"\nbase_url = \"http://x\"\ntemperature = 7.0\n",
+                "providers.local.temperature",
+            ),
+            ("[providers.local]\nkind = \"command\"\n", "providers.local.command"),
+            ("[providers.Bad]\nkind = \"echo\"\n", "providers.Bad"),
+            ("[providers]\ndaily_token_budget = -3\n", "providers.daily_token_budget"),
+            ("[agent]\nprovider = \"nope\"\n", "agent.provider"),
+            ("[agent]\nmax_tool_rounds = 0\n", "agent.max_tool_rounds"),
+        ] {
+            let e = load(Some(text), &[], FlagOverrides::default()).unwrap_err();
+            assert!(e.key.starts_with(key), "{text}: {e}");
+            assert!(!e.to_string().contains('\n'), "{e}");
+        }
+        let e = load(None, &[("NANOCLAW_PROVIDER", "nope")], FlagOverrides::default()).unwrap_err();
+        assert_eq!(e.key, "NANOCLAW_PROVIDER");
+        let flags = FlagOverrides { provider: Some("local".into()), ..Default::default() };
+        let e = load(None, &[], flags).unwrap_err();
+        assert_eq!(e.key, "--provider");
+        assert!(e.problem.contains("[providers.local]"), "{e}");
     }
 }

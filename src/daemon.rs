@@ -40,7 +40,18 @@ pub fn service_config(config: &Config, container_owner: Option<(u32, u32)>) -> S
     service_config.workspace_max_bytes = config.container.workspace_max_mb * MIB;
     service_config.outbound_max_bytes = config.container.outbound_max_mb * MIB;
     service_config.min_free_bytes = config.min_free_mb * MIB;
+    service_config.max_tool_rounds = config.agent.max_tool_rounds;
+    service_config.timezone = config.agent.timezone.clone();
     service_config
+}
+
+/// The credential proxy for a [`Config`]: its providers, with each key read from the process
+/// environment now, once.
+pub fn gateway(config: &Config) -> Result<Arc<crate::proxy::ProxyGateway>, DaemonError> {
+    let gateway =
+        crate::proxy::ProxyGateway::new(&config.providers, &config.agent.provider, |k| std::env::var(k).ok())
+            .map_err(DaemonError::Runtime)?;
+    Ok(Arc::new(gateway))
 }
 
 /// Starts the service with the configured runtime and the CLI channel. The data directory's lock
@@ -50,5 +61,7 @@ pub async fn start(config: &Config) -> Result<Service, DaemonError> {
     let lock = Service::lock_data_dir(&config.data_dir).await?;
     let (runtime, owner) = crate::runtime::from_config(config).await.map_err(DaemonError::Runtime)?;
     let cli = CliChannel::new(cli_socket(config));
-    Ok(Service::start_with_lock(lock, service_config(config, owner), runtime, vec![Arc::new(cli)]).await?)
+    let mut service_config = service_config(config, owner);
+    service_config.gateway = gateway(config)?;
+    Ok(Service::start_with_lock(lock, service_config, runtime, vec![Arc::new(cli)]).await?)
 }

@@ -7,4 +7,5 @@ pub mod channels;
 pub mod chat;
 pub mod config;
 pub mod daemon;
+pub mod proxy;
 pub mod runtime;

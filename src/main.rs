@@ -39,9 +39,17 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the service in the foreground until SIGINT/SIGTERM.
-    Serve,
+    Serve {
+        /// The default agent's model provider: echo, anthropic, openai or a [providers.<name>]
+        /// table of the config file (also NANOCLAW_PROVIDER, agent.provider).
+        #[arg(long)]
+        provider: Option<String>,
+    },
     /// Chat with the default agent (starts a service for its own duration if none is running).
     Chat {
+        /// The default agent's model provider when this command starts the service (see `serve`).
+        #[arg(long)]
+        provider: Option<String>,
         /// Send this one message, print the replies, exit.
         #[arg(short = 'm', long = "message")]
         message: Option<String>,
@@ -156,7 +164,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let provider = match &cli.command {
+        Command::Serve { provider } | Command::Chat { provider, .. } => provider.clone(),
+        Command::Sessions { .. } => None,
+    };
     let flags = FlagOverrides {
+        provider,
         config: cli.config,
         data_dir: cli.data_dir,
         runtime: cli.runtime,
@@ -170,7 +183,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    init_logs(&config, !matches!(cli.command, Command::Serve));
+    init_logs(&config, !matches!(cli.command, Command::Serve { .. }));
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -180,8 +193,8 @@ fn main() -> ExitCode {
     };
     let code = runtime.block_on(async {
         match cli.command {
-            Command::Serve => serve(config).await,
-            Command::Chat { message, timeout } => {
+            Command::Serve { .. } => serve(config).await,
+            Command::Chat { message, timeout, .. } => {
                 let options = nanoclaw::chat::ChatOptions { message, timeout: Duration::from_secs(timeout) };
                 nanoclaw::chat::run(&config, options, stop_signal()).await
             }

@@ -2,6 +2,7 @@
 
 use crate::handles::channel::ChannelHandle;
 use crate::ports::channel::ChannelAdapter;
+use crate::ports::provider::{EchoOnlyGateway, ProviderGateway};
 use crate::ports::runtime::ContainerRuntime;
 use crate::store::Store;
 use parking_lot::{Mutex, RwLock};
@@ -41,7 +42,8 @@ pub struct ServiceConfig {
     pub session_linger: Duration,
     /// A claim older than this with no heartbeat since is stuck (reference §1.10: 60 s).
     pub claim_stuck_after: Duration,
-    /// A heartbeat older than this with work in flight is stuck (reference §1.10: 30 min).
+    /// A heartbeat older than this with work in flight is stuck (reference §1.10: 30 min; 65 min
+    /// here, above `run_command`'s longest declared timeout of 60 min).
     pub heartbeat_ceiling: Duration,
     /// Timeout of one channel delivery.
     pub delivery_timeout: Duration,
@@ -64,6 +66,13 @@ pub struct ServiceConfig {
     /// ([`crate::disk::disk_ok`]); 0 disables the check. Config `service.min_free_mb`, default
     /// 512 MiB. A data dir under the floor at start still starts, with a warning.
     pub min_free_bytes: u64,
+    // --- Providers (issue 6). ---
+    /// Model providers and the per-session credential proxy; [`EchoOnlyGateway`] by default.
+    pub gateway: Arc<dyn ProviderGateway>,
+    /// Model calls per turn at most (`agent.max_tool_rounds`, 32), written to `runner.json`.
+    pub max_tool_rounds: u32,
+    /// IANA time zone of the agents' prompts (`agent.timezone`, UTC), written to `runner.json`.
+    pub timezone: String,
 }
 
 impl ServiceConfig {
@@ -83,7 +92,7 @@ impl ServiceConfig {
             container_idle_timeout: Duration::from_secs(30 * 60),
             session_linger: Duration::from_secs(60),
             claim_stuck_after: Duration::from_secs(60),
-            heartbeat_ceiling: Duration::from_secs(30 * 60),
+            heartbeat_ceiling: Duration::from_secs(65 * 60),
             delivery_timeout: Duration::from_secs(30),
             max_containers: 10,
             fallback_check: Duration::from_secs(30),
@@ -91,6 +100,9 @@ impl ServiceConfig {
             workspace_check_every: Duration::from_secs(300),
             outbound_max_bytes: 256 * 1024 * 1024,
             min_free_bytes: 512 * 1024 * 1024,
+            gateway: Arc::new(EchoOnlyGateway),
+            max_tool_rounds: nanoclaw_protocol::settings::DEFAULT_MAX_TOOL_ROUNDS,
+            timezone: "UTC".into(),
         }
     }
 }

@@ -26,6 +26,7 @@
 use super::container::{ContainerActor, ContainerArgs, ContainerMessage, ContainerState};
 use crate::container_files;
 use crate::context::ServiceContext;
+use crate::ports::provider::{ProxyEvent, ProxyGuard, ProxyScope};
 use crate::ports::runtime::ContainerSpec;
 use crate::restart::{RestartDecision, RestartPolicy, RestartTracker};
 use crate::session::lifecycle::{Action, ContainerExit, Phase, StopCause};
@@ -95,6 +96,11 @@ pub struct SessionState {
     wake: WakeLink,
     /// The outbox task (drop guard).
     outbox: Outbox,
+    /// The credential proxy on `proxy.sock` (drop guard: its tasks and the socket file go with
+    /// the state). Opened before each container start.
+    proxy: Option<ProxyGuard>,
+    /// The provider error last told to the chat (told once per distinct error per actor).
+    provider_error: Option<String>,
     /// One of the global container slots, held from before a spawn until the container is gone.
     permit: Option<SlotPermit>,
     /// Waiting in the slot queue (drop guard: dropping it leaves the queue).
@@ -169,6 +175,9 @@ pub enum SessionMessage {
     Status(RpcReplyPort<SessionStatus>),
     /// A container slot was granted to this queued session.
     SlotGranted(SlotPermit),
+    /// The credential proxy met something the owner must hear about (already rate-limited by
+    /// the proxy).
+    Proxy(ProxyEvent),
 }
 
 impl std::fmt::Debug for SessionMessage {
@@ -182,6 +191,7 @@ impl std::fmt::Debug for SessionMessage {
             SessionMessage::Timer => f.write_str("Timer"),
             SessionMessage::Status(_) => f.write_str("Status"),
             SessionMessage::SlotGranted(_) => f.write_str("SlotGranted"),
+            SessionMessage::Proxy(e) => write!(f, "Proxy({e:?})"),
         }
     }
 }
@@ -326,15 +336,58 @@ impl SessionState {
             }
         }
         self.queued_noted = false;
-        // Before the generation and the hello clock start: building the `standard` image the
+        // The provider, runner.json and the proxy: a provider that cannot be used (unknown,
+        // key unset, bad base_url) stops this session's turns with one line naming the key.
+        let sid = self.session.id.clone();
+        let row = self.ctx.store.call(move |c| store::runner_config(c, &sid)).await?;
+        let prepared = match row {
+            Some(row) => crate::session::runner::settings(&self.ctx, &self.session, &row),
+            None => Err("the session row is gone".to_string()),
+        };
+        let settings = match prepared {
+            Ok(s) => s,
+            Err(line) => {
+                self.provider_failed(line).await?;
+                return Ok(());
+            }
+        };
+        let text = crate::session::runner::to_json(&settings);
+        let file = self.paths.host_dir.join(layout::RUNNER_SETTINGS);
+        tokio::task::spawn_blocking(move || crate::session::runner::write_atomic(&file, text.as_bytes()))
+            .await
+            .map_err(|e| format!("writing {}: {e}", layout::RUNNER_SETTINGS))??;
+        // The old proxy goes first: its drop removes the socket file the new one binds.
+        self.proxy = None;
+        let me = myself.clone();
+        let scope = ProxyScope {
+            session_id: self.session.id.clone(),
+            agent_group_id: self.session.agent_group_id.clone(),
+            provider: settings.provider.name.clone(),
+            egress_allow: settings.egress_allow.clone(),
+            socket: self.paths.host_dir.join(layout::PROXY_SOCKET),
+            store: self.ctx.store.clone(),
+            on_event: Arc::new(move |e| {
+                let _ = me.cast(SessionMessage::Proxy(e));
+            }),
+        };
+        match self.ctx.config.gateway.open(scope).await {
+            Ok(guard) => self.proxy = Some(guard),
+            Err(e) => {
+                self.provider_failed(e.to_string()).await?;
+                return Ok(());
+            }
+        }
+        self.provider_error = None;
+        // The tier runner.json names (explicit, else `standard` for a real provider), before the
+        // generation and the hello clock start: building the `standard` image the
         // first time takes minutes. A failure (no debootstrap, not root) is retried with the
         // spawn backoff, and the slot goes back meanwhile.
-        if let Err(e) = self.ctx.runtime.ensure_tier(self.session.image_tier).await {
+        if let Err(e) = self.ctx.runtime.ensure_tier(settings.image_tier).await {
             let delay = match self.spawn_backoff.on_failure() {
                 RestartDecision::RestartAfter(d) => d,
                 RestartDecision::GiveUp { .. } => RestartPolicy::container_spawn().max_delay,
             };
-            warn!(session = %self.session.id, tier = self.session.image_tier.as_str(), error = %e, ?delay, "agent image unavailable");
+            warn!(session = %self.session.id, tier = settings.image_tier.as_str(), error = %e, ?delay, "agent image unavailable");
             self.next_spawn_at = Some(Self::now() + delay);
             self.permit = None;
             return Ok(());
@@ -360,14 +413,14 @@ impl SessionState {
             env: vec![
                 (layout::ENV_GENERATION.into(), generation.to_string()),
                 (layout::ENV_SESSION_ID.into(), self.session.id.clone()),
-                (layout::ENV_PROVIDER.into(), self.session.provider.clone()),
+                (layout::ENV_PROVIDER.into(), settings.provider.name.clone()),
                 (layout::ENV_ASSISTANT_NAME.into(), self.session.assistant_name.clone()),
                 (
                     layout::ENV_MAX_MESSAGES_PER_PROMPT.into(),
                     self.session.max_messages_per_prompt.to_string(),
                 ),
             ],
-            image_tier: self.session.image_tier,
+            image_tier: settings.image_tier,
         };
         let args = ContainerArgs {
             runtime: self.ctx.runtime.clone(),
@@ -459,6 +512,22 @@ impl SessionState {
             self.permit = None;
         }
         self.check(myself).await
+    }
+
+    /// The session's provider cannot be used: its waiting messages fail with `line` (which names
+    /// the config key), the slot goes back, and no container starts until a new message comes
+    /// (which meets the same check). Other sessions are not affected.
+    async fn provider_failed(&mut self, line: String) -> Result<(), ActorProcessingErr> {
+        if self.provider_error.as_deref() != Some(line.as_str()) {
+            error!(session = %self.session.id, agent_group = %self.session.agent_group_id, "provider unusable: {line}");
+            self.provider_error = Some(line.clone());
+        }
+        self.permit = None;
+        let failed = blocking(&self.paths, files::fail_pending).await?;
+        for o in failed {
+            self.tell_failed(o, format!("Sorry, I could not process your message: {line}")).await;
+        }
+        Ok(())
     }
 
     /// Tells the user a message will not be answered.
@@ -744,6 +813,8 @@ impl Actor for SessionActor {
             container: None,
             wake,
             outbox,
+            proxy: None,
+            provider_error: None,
             permit: None,
             slot_wait: None,
             queued_noted: false,
@@ -857,6 +928,9 @@ impl Actor for SessionActor {
                     // Nothing to do any more (or spawning is backing off): pass the slot on.
                     state.permit = None;
                 }
+            }
+            SessionMessage::Proxy(event) => {
+                notices::tell_owner_proxy(&state.ctx, &state.session, &event).await
             }
             SessionMessage::Status(reply) => {
                 let pending =

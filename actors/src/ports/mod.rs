@@ -5,6 +5,9 @@
 //!   [`crate::testing`]).
 //! - [`channel::ChannelAdapter`]: a chat platform account (the CLI socket in `nanoclaw`; an
 //!   in-memory channel in [`crate::testing`]).
+//! - [`provider::ProviderGateway`]: model providers and the per-session credential proxy (the
+//!   proxy lives in `nanoclaw`; [`provider::EchoOnlyGateway`] is the built-in default).
 
 pub mod channel;
+pub mod provider;
 pub mod runtime;

@@ -14,4 +14,5 @@ pub mod lifecycle;
 pub mod liveness;
 pub mod notices;
 pub mod outbox;
+pub mod runner;
 pub mod wake;

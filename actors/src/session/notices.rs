@@ -7,6 +7,7 @@
 
 use crate::context::ServiceContext;
 use crate::ports::channel::{DeliveryError, Notice, OutboundMessage};
+use crate::ports::provider::ProxyEvent;
 use crate::session_files::{self as files, SessionPaths};
 use crate::store::{self, SessionHold, SessionInfo};
 use nanoclaw_protocol::content::ChatContent;
@@ -98,6 +99,38 @@ pub async fn tell_held(ctx: &ServiceContext, session: &SessionInfo, hold: &Sessi
             warn!(session = %session.id, error = %e, "note to the owner not delivered");
         }
     }
+}
+
+/// Tells the owner (the local CLI chat) `text` about `session` (best effort, logged when
+/// undeliverable). Rate limits are the caller's (see [`crate::store::claim_owner_notice`]).
+pub async fn tell_owner(ctx: &ServiceContext, session: &SessionInfo, text: String) {
+    info!(session = %session.id, "note to the owner: {text}");
+    let message = OutboundMessage {
+        platform_id: store::CLI_PLATFORM_ID.to_string(),
+        thread_id: None,
+        text,
+        in_reply_to: None,
+        message_out_id: store::new_id("host-owner"),
+    };
+    if let Err(e) = send(ctx, "cli", message).await {
+        warn!(session = %session.id, error = %e, "note to the owner not delivered");
+    }
+}
+
+/// Tells the owner what the credential proxy met (the proxy already limited how often).
+pub async fn tell_owner_proxy(ctx: &ServiceContext, session: &SessionInfo, event: &ProxyEvent) {
+    let text = match event {
+        ProxyEvent::BudgetExceeded { used, budget } => format!(
+            "Agent group {} has used {used} tokens today, its daily budget (providers.daily_token_budget) is {budget}: model calls are refused until tomorrow (UTC).",
+            session.agent_group_name
+        ),
+        ProxyEvent::KeyRefused { provider, env, status } => format!(
+            "The {provider} API refused the key in {env} (HTTP {status}); agent group {}'s turns fail until it is fixed.",
+            session.agent_group_name
+        ),
+        ProxyEvent::Refused { .. } => return,
+    };
+    tell_owner(ctx, session, text).await;
 }
 
 /// The content of an inbound chat row (its platform message id and trace id), if any.

@@ -19,6 +19,7 @@ use tokio::sync::oneshot;
 pub const MIGRATIONS: &[M<'static>] = &[
     M::up(include_str!("../../../migrations/0001_initial.sql")),
     M::up(include_str!("../../../migrations/0002_session_holds.sql")),
+    M::up(include_str!("../../../migrations/0003_providers.sql")),
 ];
 
 /// Errors of the central store.
@@ -162,6 +163,72 @@ mod tests {
     #[test]
     fn migrations_are_valid() {
         Migrations::from_slice(MIGRATIONS).validate().unwrap();
+    }
+
+    #[tokio::test]
+    async fn migration_0003_turns_bootstrap_defaults_into_inherit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nanoclaw.db");
+        {
+            // A data dir of before issue 6: bootstrapped with provider 'echo', tier 'minimal'.
+            let mut conn = Connection::open(&path).unwrap();
+            conn.pragma_update(None, "foreign_keys", "OFF").unwrap();
+            Migrations::from_slice(&MIGRATIONS[..2]).to_latest(&mut conn).unwrap();
+            conn.execute_batch(
+                "INSERT INTO agent_groups (id, name, folder, created_at) VALUES ('ag-a', 'A', 'a', 'now'), ('ag-b', 'B', 'b', 'now');
+                 INSERT INTO container_configs (agent_group_id, provider, cli_scope, updated_at) VALUES ('ag-a', 'echo', 'global', 'now');
+                 INSERT INTO container_configs (agent_group_id, provider, image_tier, model, updated_at) VALUES ('ag-b', 'local', 'standard', 'm', 'now');",
+            )
+            .unwrap();
+        }
+        let store = Store::open(&path).await.unwrap();
+        let rows = store
+            .call(|c| {
+                let mut st = c
+                    .prepare("SELECT agent_group_id, provider, image_tier, model, cli_scope, egress_allow, tools FROM container_configs ORDER BY 1")
+                    .sql("select")?;
+                let rows = st
+                    .query_map([], |r| {
+                        Ok((
+                            r.get::<_, String>(0)?,
+                            r.get::<_, Option<String>>(1)?,
+                            r.get::<_, Option<String>>(2)?,
+                            r.get::<_, Option<String>>(3)?,
+                            r.get::<_, String>(4)?,
+                            r.get::<_, String>(5)?,
+                            r.get::<_, String>(6)?,
+                        ))
+                    })
+                    .sql("query")?
+                    .collect::<Result<Vec<_>, _>>()
+                    .sql("rows")?;
+                Ok(rows)
+            })
+            .await
+            .unwrap();
+        let s = |v: &str| v.to_string();
+        assert_eq!(
+            rows,
+            vec![
+                (s("ag-a"), None, None, None, s("global"), s("[]"), s("\"all\"")),
+                (
+                    s("ag-b"),
+                    Some(s("local")),
+                    Some(s("standard")),
+                    Some(s("m")),
+                    s("group"),
+                    s("[]"),
+                    s("\"all\"")
+                ),
+            ]
+        );
+        // The new tables exist and take their rows.
+        store.call(|c| queries::record_tokens(c, "ag-a", "2026-12-02", "local", 3, 4)).await.unwrap();
+        store.call(|c| queries::record_tokens(c, "ag-a", "2026-12-02", "other", 1, 0)).await.unwrap();
+        assert_eq!(store.call(|c| queries::tokens_on(c, "ag-a", "2026-12-02")).await.unwrap(), 8);
+        let hour = std::time::Duration::from_secs(3600);
+        assert!(store.call(move |c| queries::claim_owner_notice(c, "k", hour)).await.unwrap());
+        assert!(!store.call(move |c| queries::claim_owner_notice(c, "k", hour)).await.unwrap());
     }
 
     #[tokio::test]

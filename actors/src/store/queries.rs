@@ -24,7 +24,7 @@ pub struct BootstrapReport {
     pub created: bool,
 }
 
-/// First run: creates agent group `main` (echo provider, global CLI scope as the owner's
+/// First run: creates agent group `main` (the host's default provider, global CLI scope as the owner's
 /// agent), owner user `cli:local`, the CLI messaging group, a wiring that engages on every
 /// message with a shared session, and the `cli` destination. Idempotent: later calls change
 /// nothing (a user's edits to these rows are kept).
@@ -45,7 +45,7 @@ pub fn bootstrap(conn: &mut Connection) -> Result<BootstrapReport, StoreError> {
     )
     .sql("create agent group main")?;
     tx.execute(
-        "INSERT INTO container_configs (agent_group_id, provider, cli_scope, updated_at) VALUES (?1, 'echo', 'global', ?2)",
+        "INSERT INTO container_configs (agent_group_id, provider, cli_scope, updated_at) VALUES (?1, NULL, 'global', ?2)",
         params![MAIN_AGENT_GROUP_ID, now],
     )
     .sql("create container config of main")?;
@@ -101,19 +101,17 @@ pub struct SessionInfo {
     pub platform_id: Option<String>,
     /// Thread of a per-thread session.
     pub thread_id: Option<String>,
-    /// Provider from the container config.
-    pub provider: String,
+    /// Provider named by the session row, else by the container config; `None`: the host's
+    /// default (`agent.provider`, see [`crate::ports::provider::ProviderGateway::default_provider`]).
+    pub provider: Option<String>,
     /// Assistant name from the container config (defaults to the group name).
     pub assistant_name: String,
     /// Most messages per prompt.
     pub max_messages_per_prompt: i64,
-    /// Image tier from the container config; NULL or an unknown value is `minimal`.
-    pub image_tier: nanoclaw_protocol::settings::ImageTier,
 }
 
 const SESSION_SELECT: &str = "SELECT s.id, s.agent_group_id, ag.folder, ag.name, s.messaging_group_id, mg.channel_type, mg.platform_id,
-        s.thread_id, coalesce(cc.provider, 'echo'), coalesce(cc.assistant_name, ag.name), coalesce(cc.max_messages_per_prompt, 10),
-        cc.image_tier
+        s.thread_id, coalesce(s.agent_provider, cc.provider), coalesce(cc.assistant_name, ag.name), coalesce(cc.max_messages_per_prompt, 10)
    FROM sessions s
    JOIN agent_groups ag ON ag.id = s.agent_group_id
    LEFT JOIN messaging_groups mg ON mg.id = s.messaging_group_id
@@ -132,12 +130,111 @@ fn session_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SessionInfo> {
         provider: r.get(8)?,
         assistant_name: r.get(9)?,
         max_messages_per_prompt: r.get(10)?,
-        image_tier: r
-            .get::<_, Option<String>>(11)?
-            .as_deref()
-            .and_then(nanoclaw_protocol::settings::ImageTier::parse)
-            .unwrap_or_default(),
     })
+}
+
+/// The parts of a session's agent settings that `runner.json` needs, read before each container
+/// start (so a change to the container config applies at the next start). JSON columns are
+/// returned as stored; the caller parses them and names the column when one does not parse.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunnerConfigRow {
+    /// `sessions.agent_provider`, else `container_configs.provider` (`None`: host default).
+    pub provider: Option<String>,
+    /// `container_configs.model` (overrides the provider's model).
+    pub model: Option<String>,
+    /// `container_configs.image_tier` (`None`: by provider).
+    pub image_tier: Option<String>,
+    /// `container_configs.egress_allow` (JSON list of host patterns).
+    pub egress_allow: String,
+    /// `container_configs.tools` (JSON: `"all"` or `{"only": [...]}`).
+    pub tools: String,
+    /// `container_configs.mcp_servers` (JSON object).
+    pub mcp_servers: String,
+    /// `container_configs.skills` (JSON: `"all"` or a list).
+    pub skills: String,
+}
+
+/// Loads the [`RunnerConfigRow`] of a session (defaults when its group has no container config).
+pub fn runner_config(conn: &Connection, session_id: &str) -> Result<Option<RunnerConfigRow>, StoreError> {
+    conn.query_row(
+        "SELECT coalesce(s.agent_provider, cc.provider), cc.model, cc.image_tier, coalesce(cc.egress_allow, '[]'),
+                coalesce(cc.tools, '\"all\"'), coalesce(cc.mcp_servers, '{}'), coalesce(cc.skills, '\"all\"')
+           FROM sessions s LEFT JOIN container_configs cc ON cc.agent_group_id = s.agent_group_id
+          WHERE s.id = ?1",
+        [session_id],
+        |r| {
+            Ok(RunnerConfigRow {
+                provider: r.get(0)?,
+                model: r.get(1)?,
+                image_tier: r.get(2)?,
+                egress_allow: r.get(3)?,
+                tools: r.get(4)?,
+                mcp_servers: r.get(5)?,
+                skills: r.get(6)?,
+            })
+        },
+    )
+    .optional()
+    .sql(format!("load runner config of {session_id}"))
+}
+
+/// Tokens (input + output) agent group `agent_group_id` used on `day` (`YYYY-MM-DD`, UTC) over all
+/// providers.
+pub fn tokens_on(conn: &Connection, agent_group_id: &str, day: &str) -> Result<u64, StoreError> {
+    conn.query_row(
+        "SELECT coalesce(sum(input_tokens + output_tokens), 0) FROM token_usage WHERE agent_group_id = ?1 AND day = ?2",
+        params![agent_group_id, day],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| n.max(0) as u64)
+    .sql(format!("token usage of {agent_group_id}"))
+}
+
+/// Adds one request's tokens to `token_usage` (saturating at `i64::MAX`).
+pub fn record_tokens(
+    conn: &Connection,
+    agent_group_id: &str,
+    day: &str,
+    provider: &str,
+    input_tokens: u64,
+    output_tokens: u64,
+) -> Result<(), StoreError> {
+    let (i, o) =
+        (input_tokens.min(i64::MAX as u64 / 2) as i64, output_tokens.min(i64::MAX as u64 / 2) as i64);
+    conn.execute(
+        "INSERT INTO token_usage (agent_group_id, day, provider, input_tokens, output_tokens, requests)
+              VALUES (?1, ?2, ?3, ?4, ?5, 1)
+         ON CONFLICT (agent_group_id, day, provider) DO UPDATE SET
+              input_tokens = min(input_tokens + excluded.input_tokens, 4611686018427387903),
+              output_tokens = min(output_tokens + excluded.output_tokens, 4611686018427387903),
+              requests = requests + 1",
+        params![agent_group_id, day, provider, i, o],
+    )
+    .map(|_| ())
+    .sql(format!("record token usage of {agent_group_id}"))
+}
+
+/// True (and the notice recorded as sent now) when the owner notice `key` was never sent or last
+/// sent at least `min_interval` ago; false when it was sent more recently. One statement, so two
+/// callers racing for the same key send it once.
+pub fn claim_owner_notice(
+    conn: &Connection,
+    key: &str,
+    min_interval: std::time::Duration,
+) -> Result<bool, StoreError> {
+    let now = chrono::Utc::now();
+    let before = chrono::Duration::from_std(min_interval)
+        .ok()
+        .and_then(|d| now.checked_sub_signed(d))
+        .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
+    let changed = conn
+        .execute(
+            "INSERT INTO owner_notices (key, sent_at) VALUES (?1, ?2)
+             ON CONFLICT (key) DO UPDATE SET sent_at = excluded.sent_at WHERE owner_notices.sent_at <= ?3",
+            params![key, nanoclaw_protocol::time::format_ts(now), nanoclaw_protocol::time::format_ts(before)],
+        )
+        .sql(format!("owner notice {key}"))?;
+    Ok(changed > 0)
 }
 
 /// Loads one session.
@@ -666,7 +763,7 @@ mod tests {
             .unwrap();
         assert_eq!(s1, s2, "shared mode: one session per chat");
         assert_eq!(s1.agent_group_folder, "main");
-        assert_eq!(s1.provider, "echo");
+        assert_eq!(s1.provider, None, "main inherits the host's agent.provider");
         let d = store.call(|c| destinations_of(c, MAIN_AGENT_GROUP_ID)).await.unwrap();
         assert_eq!(d[0].name, "cli");
         assert_eq!(d[0].platform_id.as_deref(), Some(CLI_PLATFORM_ID));
