@@ -45,6 +45,8 @@ pub struct Agent {
     tools: ToolRegistry,
     workspace: PathBuf,
     transcript: Option<Transcript>,
+    /// Extra lines for the system prompt's tools section (the MCP servers that failed).
+    system_note: Option<String>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -105,7 +107,14 @@ impl Agent {
         tools: ToolRegistry,
         workspace: PathBuf,
     ) -> Self {
-        Self { model, settings, tools, workspace, transcript: None }
+        Self { model, settings, tools, workspace, transcript: None, system_note: None }
+    }
+
+    /// Adds `note` (when there is one) to the system prompt's tools section: what the model
+    /// should know about its tools that the specs cannot say (MCP servers that failed to start).
+    pub fn with_system_note(mut self, note: Option<String>) -> Self {
+        self.system_note = note;
+        self
     }
 
     /// Loads the conversation on the first turn (or after `/clear`). A reset is announced in
@@ -213,10 +222,11 @@ impl Provider for Agent {
         }
         self.conversation(turn.continuation.as_deref(), io, &mut out.notes)?;
         let system = format!(
-            "{}\n## Tools\nYour workspace is {} (file tools take paths relative to it). Image tier: {}.\n",
+            "{}\n## Tools\nYour workspace is {} (file tools take paths relative to it). Image tier: {}.\n{}",
             turn.system,
             self.workspace.display(),
-            self.settings.image_tier.as_str()
+            self.settings.image_tier.as_str(),
+            self.system_note.as_deref().unwrap_or("")
         );
         let specs = self.tools.specs();
         let mut transcript = self.transcript.take().expect("conversation loaded above");

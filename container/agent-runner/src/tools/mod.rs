@@ -8,6 +8,7 @@
 
 pub mod chat;
 pub mod command;
+pub mod mcp;
 pub mod workspace;
 
 use crate::db::{SessionDb, Snapshot};
