@@ -208,10 +208,10 @@ pub fn load_settings(config: &RunnerConfig) -> Result<Option<RunnerSettings>, Ru
     serde_path_to_error::deserialize(&mut de).map(Some).map_err(|e| err(e.to_string()))
 }
 
-/// The agent for this container: `runner.json`'s provider and tools, or the offline echo default.
-/// The assistant name of `runner.json` replaces the environment's in `config` (the host's
-/// settings file is the newer, fuller source).
-pub fn agent_for(config: &mut RunnerConfig) -> Result<Agent, RunnerError> {
+/// The agent for this container: `runner.json`'s provider and tools (its MCP servers started),
+/// or the offline echo default. The assistant name of `runner.json` replaces the environment's in
+/// `config` (the host's settings file is the newer, fuller source).
+pub async fn agent_for(config: &mut RunnerConfig) -> Result<Agent, RunnerError> {
     let settings = match load_settings(config)? {
         Some(s) => s,
         None if config.provider == "echo" => RunnerSettings::echo_default(&config.assistant_name),
@@ -226,9 +226,13 @@ pub fn agent_for(config: &mut RunnerConfig) -> Result<Agent, RunnerError> {
     let model =
         crate::model::for_settings(&settings.provider, &config.session_dir.join(layout::PROXY_SOCKET))
             .map_err(RunnerError::Provider)?;
-    let tools = ToolRegistry::builtin(&settings.tools);
+    let mut tools = ToolRegistry::builtin(&settings.tools);
     config.assistant_name = settings.assistant_name.clone();
-    Ok(Agent::new(model, settings, tools, config.workspace_dir.clone()))
+    // MCP servers: those that fail are named in the system prompt; the others' tools are offered.
+    let mcp = crate::tools::mcp::McpHost::start(&settings.mcp_servers).await;
+    mcp.register_into(&mut tools, &settings.tools);
+    let note = mcp.prompt_note();
+    Ok(Agent::new(model, settings, tools, config.workspace_dir.clone()).with_system_note(note))
 }
 
 /// Rows for what a turn produced: its `<message>` blocks minus texts a tool already sent to the
@@ -282,7 +286,7 @@ fn rows_for(output: &TurnOutput, snapshot: &Snapshot, prefix: &str) -> Vec<Outbo
 /// code, claims left in place). Returns the process exit code.
 pub async fn run(config: RunnerConfig) -> Result<i32, RunnerError> {
     let mut config = config;
-    let agent = agent_for(&mut config)?;
+    let agent = agent_for(&mut config).await?;
     run_with(config, Box::new(agent)).await
 }
 

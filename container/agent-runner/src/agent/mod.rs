@@ -46,6 +46,8 @@ pub struct Agent {
     workspace: PathBuf,
     skills_dir: PathBuf,
     transcript: Option<Transcript>,
+    /// Extra lines for the system prompt's tools section (the MCP servers that failed).
+    system_note: Option<String>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -107,12 +109,19 @@ impl Agent {
         workspace: PathBuf,
     ) -> Self {
         let skills_dir = PathBuf::from(nanoclaw_protocol::layout::CONTAINER_SKILLS_DIR);
-        Self { model, settings, tools, workspace, skills_dir, transcript: None }
+        Self { model, settings, tools, workspace, skills_dir, transcript: None, system_note: None }
     }
 
     /// Reads skills from `dir` instead of the container's skills mount (tests, embedders).
     pub fn with_skills_dir(mut self, dir: PathBuf) -> Self {
         self.skills_dir = dir;
+        self
+    }
+
+    /// Adds `note` (when there is one) to the system prompt's tools section: what the model
+    /// should know about its tools that the specs cannot say (MCP servers that failed to start).
+    pub fn with_system_note(mut self, note: Option<String>) -> Self {
+        self.system_note = note;
         self
     }
 
@@ -221,9 +230,10 @@ impl Provider for Agent {
         }
         self.conversation(turn.continuation.as_deref(), io, &mut out.notes)?;
         let system = format!(
-            "{}{}",
+            "{}{}{}",
             turn.system,
-            agent_context(&self.settings, &self.workspace, &self.skills_dir, chrono::Utc::now())
+            agent_context(&self.settings, &self.workspace, &self.skills_dir, chrono::Utc::now()),
+            self.system_note.as_deref().map(|n| format!("\n{n}\n")).unwrap_or_default()
         );
         let specs = self.tools.specs();
         let mut transcript = self.transcript.take().expect("conversation loaded above");

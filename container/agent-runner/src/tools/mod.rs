@@ -8,6 +8,7 @@
 
 pub mod chat;
 pub mod command;
+pub mod mcp;
 pub mod system;
 pub mod workspace;
 
