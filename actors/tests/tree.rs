@@ -991,3 +991,50 @@ async fn files_cards_and_a_working_notice_reach_the_channel() {
     );
     service.shutdown(Duration::from_secs(20)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_row_naming_a_symlink_fails_with_its_reason_and_the_session_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let channel = MemoryChannel::new("mem");
+    let service = start(dir.path(), runner_runtime(), &channel).await;
+    channel.submit("chat-1", "a1", "one").await.unwrap();
+    assert_shown(&channel, "echo: one").await;
+    let session = mem_session(&service).await;
+    let paths = SessionPaths::new(&dir.path().join("data"), "main", &session.id);
+    // The container links /etc/passwd into a row's outbox folder and names it in a file row.
+    let folder = paths.workspace_dir.join("outbox").join("evil-1");
+    std::fs::create_dir_all(&folder).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", folder.join("passwd")).unwrap();
+    let planted = rusqlite::Connection::open(paths.outbound_db()).unwrap();
+    planted
+        .execute(
+            "INSERT INTO messages_out (id, seq, timestamp, kind, platform_id, channel_type, content)
+             VALUES ('evil-1', 1001, ?1, 'chat', 'chat-1', 'mem', ?2)",
+            rusqlite::params![
+                nanoclaw_protocol::time::now_ts(),
+                r#"{"type":"file","files":[{"name":"passwd","path":"outbox/evil-1/passwd"}]}"#
+            ],
+        )
+        .unwrap();
+    drop(planted);
+    channel.submit("chat-1", "a2", "two").await.unwrap();
+    assert_shown(&channel, "echo: two").await;
+    let inbound = rusqlite::Connection::open(paths.inbound_db()).unwrap();
+    let mut error = None;
+    eventually(Duration::from_secs(20), "the file row failed", || {
+        error = inbound
+            .query_row("SELECT status, error FROM delivered WHERE message_out_id = 'evil-1'", [], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
+            })
+            .ok();
+        let done = matches!(&error, Some((s, _)) if s == "failed");
+        async move { done }
+    })
+    .await;
+    let reason = error.unwrap().1.unwrap();
+    assert!(reason.starts_with("row evil-1: content.files.path: outbox/evil-1/passwd:"), "{reason}");
+    assert!(reason.contains("symlink") && !reason.contains('\n'), "{reason}");
+    assert!(channel.shown().is_empty(), "nothing of /etc/passwd was sent");
+    assert!(hold_of(&service, &session.id).await.is_none(), "the session is not held");
+    service.shutdown(Duration::from_secs(20)).await;
+}
