@@ -222,6 +222,9 @@ pub struct EditRequest {
     pub text: String,
     /// The key of the edit (the edit row's key): logs, and dedupe where the platform keeps keys.
     pub message_out_id: String,
+    /// The platform id of the message the edit row answers, when known (a client that shows
+    /// only the answers to its own message uses it).
+    pub in_reply_to: Option<String>,
 }
 
 /// A reaction to a message of the chat (received or sent).
@@ -235,6 +238,8 @@ pub struct ReactionRequest {
     pub emoji: String,
     /// The key of the reaction row.
     pub message_out_id: String,
+    /// The platform id of the message the reaction row answers, when known.
+    pub in_reply_to: Option<String>,
 }
 
 /// One delivery of any kind, as the outbox hands it to a channel.

@@ -717,6 +717,7 @@ impl Worker {
                             platform_message_id: pmid,
                             text: text.clone(),
                             message_out_id: message.message_out_id,
+                            in_reply_to: message.in_reply_to,
                         }),
                         text.clone(),
                     ),
@@ -758,6 +759,7 @@ impl Worker {
                         platform_message_id: pmid,
                         emoji: emoji.clone(),
                         message_out_id: message.message_out_id,
+                        in_reply_to: message.in_reply_to,
                     }),
                     emoji.clone(),
                 )
