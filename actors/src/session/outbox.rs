@@ -721,7 +721,7 @@ impl Worker {
                         }),
                         text.clone(),
                     ),
-                    Some(Err(p)) => p,
+                    Some(Err(p)) => *p,
                     None => Prepared::Failed(format!(
                         "row {row}: content.target: {original:?} is not a message this agent sent"
                     )),
@@ -730,7 +730,7 @@ impl Worker {
             OutboundContent::Reaction { target: original, emoji } => {
                 let pmid = match self.sent_platform_id(row, original).await? {
                     Some(Ok(pmid)) => pmid,
-                    Some(Err(p)) => return Ok(p),
+                    Some(Err(p)) => return Ok(*p),
                     None => {
                         let (p, id) = (self.paths.clone(), original.clone());
                         match self.blocking(move |_| files::inbound_origin(&p, &id)).await? {
@@ -773,19 +773,19 @@ impl Worker {
         &self,
         row: &str,
         original: &str,
-    ) -> Result<Option<Result<String, Prepared>>, PassError> {
+    ) -> Result<Option<Result<String, Box<Prepared>>>, PassError> {
         let id = original.to_string();
         let record = self.blocking(move |p| files::delivery_record(p, &id)).await?;
         Ok(record.map(|r| match (r.status.as_str(), r.platform_message_id) {
             ("delivered", Some(pmid)) => Ok(pmid),
-            ("delivered", None) => Err(Prepared::Failed(format!(
+            ("delivered", None) => Err(Box::new(Prepared::Failed(format!(
                 "row {row}: content.target: the channel gave no platform message id for {original:?}"
-            ))),
-            ("failed", _) => {
-                Err(Prepared::Failed(format!("row {row}: content.target: {original:?} was never delivered")))
-            }
+            )))),
+            ("failed", _) => Err(Box::new(Prepared::Failed(format!(
+                "row {row}: content.target: {original:?} was never delivered"
+            )))),
             // `sending` / `retrying`: its outcome comes first.
-            _ => Err(Prepared::Wait),
+            _ => Err(Box::new(Prepared::Wait)),
         }))
     }
 
