@@ -9,6 +9,12 @@
 //! - interactive (a terminal on stdin): each line is a message; replies print as they arrive;
 //!   Ctrl-D quits.
 //!
+//! Besides replies, the chat prints files (`[file <name> (<N> bytes)]`, nothing is saved),
+//! cards (`[card] <title> / <text> / <label>: <url>`), edits (`[edited <platform message id>]
+//! <text>`, the id the CLI channel gave the original reply: `cli-out-<its key>`) and reactions
+//! (`[reaction <emoji> on <id>]`), kept and acked like replies; and, on stderr, a typing line
+//! `[working: <tool>]` while the agent runs a tool.
+//!
 //! The service keeps each reply until a client acks it (module doc of
 //! [`crate::channels::cli`]): an interactive chat acks every reply it prints, a one-turn chat
 //! only the replies to its own message, so replies to other messages wait for the next
@@ -173,6 +179,30 @@ fn first_showing(seen: &mut RecentIds, message_out_id: Option<&str>) -> bool {
     message_out_id.is_none_or(|id| seen.insert(id))
 }
 
+/// The typing line for a `working` frame.
+fn working_line(tool: Option<&str>) -> String {
+    match tool {
+        Some(t) => format!("[working: {t}]"),
+        None => "[working]".to_string(),
+    }
+}
+
+/// Prints a kept frame (a reply, file, card, edit or reaction) unless its key was seen, and
+/// acks it (a repeat too: its first ack may not have arrived). False when the service closed
+/// the connection.
+async fn show(out: &mut Out, seen: &mut RecentIds, frame: &ServerFrame) -> bool {
+    let key = frame.message_out_id();
+    if first_showing(seen, key)
+        && let Some(text) = frame.shown_text()
+    {
+        println!("{text}");
+    }
+    match key {
+        Some(key) => send(out, &ClientFrame::Ack { message_out_id: key.to_string() }).await,
+        None => true,
+    }
+}
+
 type Frames = FramedRead<OwnedReadHalf, LinesCodec>;
 type Out = FramedWrite<OwnedWriteHalf, LinesCodec>;
 
@@ -228,21 +258,15 @@ async fn one_turn(stream: UnixStream, text: String, timeout: Duration) -> i32 {
             Ok(Some(Ok(line))) => line,
         };
         match read_frame(&next) {
-            // Only replies to this chat's message are its own to show and ack; the others wait
-            // in the service for an interactive chat.
-            Ok(Some(ServerFrame::Reply { text, in_reply_to, message_out_id }))
-                if in_reply_to.as_deref() == Some(id.as_str()) =>
-            {
-                if first_showing(&mut seen, message_out_id.as_deref()) {
-                    println!("{text}");
-                }
-                if let Some(key) = message_out_id
-                    && !send(&mut out, &ClientFrame::Ack { message_out_id: key }).await
-                {
+            // Only replies (and files, cards, edits, reactions) to this chat's message are its
+            // own to show and ack; the others wait in the service for an interactive chat.
+            Ok(Some(frame)) if frame.shown_text().is_some() && frame.in_reply_to() == Some(id.as_str()) => {
+                if !show(&mut out, &mut seen, &frame).await {
                     eprintln!("nanoclaw: the service closed the connection");
                     return 1;
                 }
             }
+            Ok(Some(ServerFrame::Working { tool })) => eprintln!("{}", working_line(tool.as_deref())),
             Ok(Some(ServerFrame::Done { id: done })) if done == id => break 0,
             Ok(Some(ServerFrame::Failed { id: failed, reason })) if failed == id => {
                 eprintln!("nanoclaw: {reason}");
@@ -291,16 +315,12 @@ async fn interactive(stream: UnixStream) -> i32 {
                 Some(Ok(l)) => match read_frame(&l) {
                     // Every reply is this chat's to show, and to ack (a repeat too: its first
                     // ack may not have arrived).
-                    Ok(Some(ServerFrame::Reply { text, message_out_id, .. })) => {
-                        if first_showing(&mut seen, message_out_id.as_deref()) {
-                            println!("{text}");
-                        }
-                        if let Some(key) = message_out_id
-                            && !send(&mut out, &ClientFrame::Ack { message_out_id: key }).await
-                        {
+                    Ok(Some(frame)) if frame.shown_text().is_some() => {
+                        if !show(&mut out, &mut seen, &frame).await {
                             return closed();
                         }
                     }
+                    Ok(Some(ServerFrame::Working { tool })) => eprintln!("{}", working_line(tool.as_deref())),
                     Ok(Some(ServerFrame::Failed { reason, .. })) => eprintln!("! {reason}"),
                     Ok(Some(ServerFrame::Error { message, fatal })) => {
                         eprintln!("nanoclaw: {message}");

@@ -71,3 +71,52 @@ fn a_one_turn_chat_leaves_replies_to_other_messages_for_the_next_client() {
     );
     assert_eq!(replies_to(&frames, "back-1"), vec!["echo: back again"], "{frames:?}");
 }
+
+#[test]
+fn a_one_turn_chat_shows_files_cards_edits_and_reactions() {
+    let dir = short_tempdir();
+    let data = dir.path().join("data");
+    let _server = Server::start(&data, &["--runtime", "process"], &[]);
+    let out =
+        nanoclaw(&data).args(["chat", "-m", r#"tool send_message {"text":"version one"}"#]).output().unwrap();
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("version one\n"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // The agent-visible seq of that message, and the key the CLI channel named it by.
+    let outbound = rusqlite::Connection::open_with_flags(
+        session_dir(&data).join("workspace/outbound.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let (seq, row): (i64, String) = outbound
+        .query_row(
+            "SELECT seq, id FROM messages_out WHERE json_extract(content, '$.text') = 'version one'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    let session = session_dir(&data).file_name().unwrap().to_string_lossy().to_string();
+    let original = format!("cli-out-{session}:{row}");
+    let turn = format!(
+        "tool edit_message {{\"seq\":{seq},\"text\":\"version two\"}}\n\
+         tool add_reaction {{\"seq\":{seq},\"emoji\":\"👍\"}}\n\
+         tool write_file {{\"path\":\"notes.txt\",\"content\":\"twelve bytes\"}}\n\
+         tool send_file {{\"path\":\"notes.txt\"}}\n\
+         tool send_card {{\"title\":\"Docs\",\"text\":\"read these\",\"buttons\":[{{\"label\":\"site\",\"url\":\"https://example.org/\"}}]}}"
+    );
+    let out = nanoclaw(&data).args(["chat", "-m", &turn]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<&str> = stdout.lines().collect();
+    for want in [
+        format!("[edited {original}] version two"),
+        format!("[reaction 👍 on {original}]"),
+        "[file notes.txt (12 bytes)]".to_string(),
+        "[card] Docs / read these / site: https://example.org/".to_string(),
+    ] {
+        assert!(lines.contains(&want.as_str()), "missing {want:?} in:\n{stdout}");
+    }
+}

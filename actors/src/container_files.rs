@@ -44,6 +44,14 @@
 //! 9. **One snapshot.** All reads of one pass run in one connection and one read transaction, so
 //!    messages, acks, claims and state agree with each other.
 //!
+//! Files the agent sends (`send_file`) are read by [`read_outbox_file`]: the path must be exactly
+//! `outbox/<row id>/<name>`; each component is opened with `openat(O_NOFOLLOW)` from the one
+//! before (so no symlink anywhere on the way is followed and `..` or `/` never appear), the file
+//! must be regular by `fstat` of the opened descriptor (`O_NONBLOCK`, so a FIFO never blocks the
+//! open), at most [`MAX_OUTBOX_FILE_BYTES`], and the read runs on the blocking pool under a
+//! deadline. Any broken rule fails that row only ([`OutboxFileError::Refused`]), not the session:
+//! a model can be tricked into sending a link, and the host's files stay out of reach either way.
+//!
 //! The host never writes in `workspace/` (DESIGN §5), and the folder itself is created by the
 //! host and is the container's mount point, so only the names inside it can be hostile.
 
@@ -841,6 +849,160 @@ pub fn heartbeat_age(paths: &SessionPaths) -> Option<Duration> {
         return None;
     }
     meta.modified().ok()?.elapsed().ok()
+}
+
+/// Largest file the host reads from a container's outbox, in bytes (50 MiB): above the limits
+/// of the chat platforms, small enough to hold in memory a few at a time.
+pub const MAX_OUTBOX_FILE_BYTES: u64 = 50 * 1024 * 1024;
+
+/// Why [`read_outbox_file`] returned no bytes. Display is one line naming the path and the rule.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OutboxFileError {
+    /// The path or the file breaks a rule (not `outbox/<row id>/<name>`, a symlink, not a
+    /// regular file, too large, absent): the row fails, the session goes on.
+    #[error("{path}: {rule}")]
+    Refused {
+        /// The path as the row gave it (at most 300 bytes shown).
+        path: String,
+        /// The rule it broke.
+        rule: String,
+    },
+    /// The read passed its deadline (a file system that blocks); retry later, boundedly.
+    #[error("{path}: reading passed its deadline of {after:?}")]
+    Deadline {
+        /// The path.
+        path: String,
+        /// The deadline.
+        after: Duration,
+    },
+    /// Transient: an I/O error other than a rule, or too many reads in flight.
+    #[error("{path}: cannot read now: {reason}")]
+    Unavailable {
+        /// The path.
+        path: String,
+        /// What happened.
+        reason: String,
+    },
+}
+
+/// A name usable as one path component: non-empty, no `/` or NUL, not `.` or `..`.
+fn plain_component(name: &str) -> bool {
+    !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\0'])
+}
+
+/// `openat(dir, name, flags | O_NOFOLLOW | O_CLOEXEC)`: one component, never following a link.
+fn open_at(
+    dir: std::os::fd::BorrowedFd<'_>,
+    name: &str,
+    flags: nix::fcntl::OFlag,
+) -> std::io::Result<std::os::fd::OwnedFd> {
+    use nix::fcntl::OFlag;
+    nix::fcntl::openat(dir, name, flags | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())
+        .map_err(std::io::Error::from)
+}
+
+/// What a failed `openat` of `name` under `dir` means: a rule when it met a symlink (`ELOOP`), a
+/// non-directory on the way (`ENOTDIR`) or nothing (`ENOENT`); the kind is named by an `lstat`
+/// of `shown` (informational only: the open itself is what refused it).
+fn open_error(e: std::io::Error, path: &str, shown: &Path, what: &str) -> OutboxFileError {
+    let refused = |rule: String| OutboxFileError::Refused { path: path.to_string(), rule };
+    match e.raw_os_error() {
+        Some(libc::ELOOP) | Some(libc::ENOTDIR) => {
+            let kind = std::fs::symlink_metadata(shown)
+                .ok()
+                .and_then(|m| FileKind::of(m.file_type()))
+                .map_or("not a plain directory or file".to_string(), |k| k.to_string());
+            refused(format!("{what} is a {kind}; links are never followed"))
+        }
+        Some(libc::ENOENT) => refused(format!("{what} does not exist")),
+        _ => OutboxFileError::Unavailable { path: path.to_string(), reason: format!("{what}: {e}") },
+    }
+}
+
+/// [`read_outbox_file`] on the calling (blocking) thread.
+fn read_outbox_file_blocking(
+    paths: &SessionPaths,
+    row_id: &str,
+    path: &str,
+    max_bytes: u64,
+) -> Result<Vec<u8>, OutboxFileError> {
+    use std::os::fd::AsFd;
+    let shown: String = path.chars().take(300).collect();
+    let refused = |rule: String| OutboxFileError::Refused { path: shown.clone(), rule };
+    // Rule: exactly `outbox/<row id>/<name>`, three plain components (no `..`, no absolute path).
+    let parts: Vec<&str> = path.split('/').collect();
+    let [dir, row, name] = parts.as_slice() else {
+        return Err(refused(format!("must be {}/{row_id}/<name>", layout::OUTBOX_DIR)));
+    };
+    if *dir != layout::OUTBOX_DIR || *row != row_id || !plain_component(row) || !plain_component(name) {
+        return Err(refused(format!("must be {}/{row_id}/<name> with a plain name", layout::OUTBOX_DIR)));
+    }
+    let workspace = std::fs::File::open(&paths.workspace_dir).map_err(|e| OutboxFileError::Unavailable {
+        path: shown.clone(),
+        reason: format!("workspace: {e}"),
+    })?;
+    let dir_flags = nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY;
+    let outbox = open_at(workspace.as_fd(), dir, dir_flags)
+        .map_err(|e| open_error(e, &shown, &paths.workspace_dir.join(dir), dir))?;
+    let folder = open_at(outbox.as_fd(), row, dir_flags).map_err(|e| {
+        open_error(e, &shown, &paths.workspace_dir.join(dir).join(row), &format!("{dir}/{row}"))
+    })?;
+    let file = open_at(folder.as_fd(), name, nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_NONBLOCK)
+        .map_err(|e| open_error(e, &shown, &paths.workspace_dir.join(path), "the file"))?;
+    let mut file = std::fs::File::from(file);
+    let meta = file
+        .metadata()
+        .map_err(|e| OutboxFileError::Unavailable { path: shown.clone(), reason: format!("fstat: {e}") })?;
+    if let Some(kind) = FileKind::of(meta.file_type()) {
+        return Err(refused(format!("not a regular file ({kind})")));
+    }
+    let too_large = |bytes: u64| refused(format!("{bytes} bytes exceeds the limit of {max_bytes}"));
+    if meta.len() > max_bytes {
+        return Err(too_large(meta.len()));
+    }
+    // Bounded even if the file grows after the fstat.
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    (&mut file)
+        .take(max_bytes + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| OutboxFileError::Unavailable { path: shown.clone(), reason: format!("read: {e}") })?;
+    if bytes.len() as u64 > max_bytes {
+        return Err(too_large(bytes.len() as u64));
+    }
+    Ok(bytes)
+}
+
+/// Reads `path` (from an outbound `file` row whose id is `row_id`) from the container's
+/// workspace under the rules in the module doc: exactly `outbox/<row_id>/<name>`, no link
+/// followed, a regular file of at most `max_bytes` (capped at [`MAX_OUTBOX_FILE_BYTES`]), on
+/// the blocking pool under `deadline`. Errors: see [`OutboxFileError`].
+pub async fn read_outbox_file(
+    paths: SessionPaths,
+    row_id: &str,
+    path: &str,
+    max_bytes: u64,
+    deadline: Duration,
+) -> Result<Vec<u8>, OutboxFileError> {
+    let shown: String = path.chars().take(300).collect();
+    let Ok(permit) = InFlight::acquire() else {
+        return Err(OutboxFileError::Unavailable {
+            path: shown,
+            reason: format!("{MAX_READS_IN_FLIGHT} container reads still running"),
+        });
+    };
+    let (row_id, path) = (row_id.to_string(), path.to_string());
+    let max = max_bytes.min(MAX_OUTBOX_FILE_BYTES);
+    let task = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        read_outbox_file_blocking(&paths, &row_id, &path, max)
+    });
+    match tokio::time::timeout(deadline, task).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(join)) => {
+            Err(OutboxFileError::Unavailable { path: shown, reason: format!("read task failed: {join}") })
+        }
+        Err(_) => Err(OutboxFileError::Deadline { path: shown, after: deadline }),
+    }
 }
 
 #[cfg(test)]

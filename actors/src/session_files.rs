@@ -266,6 +266,43 @@ pub fn chat_content(
     Ok(content.and_then(|c| serde_json::from_str(&c).ok()))
 }
 
+/// Where an inbound chat row came from: its chat and the platform's id of the message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboundOrigin {
+    /// The channel type.
+    pub channel_type: String,
+    /// The chat.
+    pub platform_id: String,
+    /// The platform's id of the message.
+    pub platform_message_id: String,
+}
+
+/// The origin of the inbound chat row `message_id` (written by the host, so trusted), if it
+/// exists, is chat content and names all three.
+pub fn inbound_origin(
+    paths: &SessionPaths,
+    message_id: &str,
+) -> Result<Option<InboundOrigin>, SessionFileError> {
+    let db = paths.inbound_db();
+    let conn = schema::open_inbound_writer(&db)?;
+    let row: Option<(Option<String>, Option<String>, String)> = conn
+        .query_row(
+            "SELECT channel_type, platform_id, content FROM messages_in WHERE id = ?1 AND kind = 'chat'",
+            [message_id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()
+        .map_err(sq(&db, "read origin"))?;
+    Ok(row.and_then(|(ct, pid, content)| {
+        let content: nanoclaw_protocol::content::ChatContent = serde_json::from_str(&content).ok()?;
+        Some(InboundOrigin {
+            channel_type: ct?,
+            platform_id: pid?,
+            platform_message_id: content.platform_message_id?,
+        })
+    }))
+}
+
 /// A `delivered` row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeliveryRecord {
@@ -273,15 +310,20 @@ pub struct DeliveryRecord {
     pub status: String,
     /// Attempts made.
     pub attempts: i64,
+    /// The platform's id of the message, recorded when it was delivered (edits and reactions
+    /// name a sent message by it).
+    pub platform_message_id: Option<String>,
 }
 
 /// Looks up the delivery ledger entry of a `messages_out` row.
 pub fn delivery_record(paths: &SessionPaths, key: &str) -> Result<Option<DeliveryRecord>, SessionFileError> {
     let db = paths.inbound_db();
     let conn = schema::open_inbound_writer(&db)?;
-    conn.query_row("SELECT status, attempts FROM delivered WHERE message_out_id = ?1", [key], |r| {
-        Ok(DeliveryRecord { status: r.get(0)?, attempts: r.get(1)? })
-    })
+    conn.query_row(
+        "SELECT status, attempts, platform_message_id FROM delivered WHERE message_out_id = ?1",
+        [key],
+        |r| Ok(DeliveryRecord { status: r.get(0)?, attempts: r.get(1)?, platform_message_id: r.get(2)? }),
+    )
     .optional()
     .map_err(sq(&db, "read delivery record"))
 }
@@ -557,7 +599,11 @@ mod tests {
         assert_eq!(delivery_record(&p, "o1").unwrap().unwrap().status, "sending");
         assert_eq!(
             delivery_record(&p, "o2").unwrap().unwrap(),
-            DeliveryRecord { status: "delivered".into(), attempts: 1 }
+            DeliveryRecord {
+                status: "delivered".into(),
+                attempts: 1,
+                platform_message_id: Some("p-9".into())
+            }
         );
     }
 

@@ -3,15 +3,16 @@
 //! - [`FakeRuntime`]: a container is a tokio task running an entrypoint the test supplies (for
 //!   example the real agent runner with host paths). It tracks, per session, how many containers
 //!   were alive at once — the quantity DESIGN §5 invariant 4 bounds.
-//! - [`MemoryChannel`]: records every send (with its key), the deliveries the user saw and the
-//!   notices; lets a test submit messages; can be told to fail, lose the answer of, delay or panic
+//! - [`MemoryChannel`]: records every send (with its key), the deliveries the user saw, the
+//!   files, cards, edits and reactions (as [`Shown`] entries, with the platform ids it gave) and
+//!   the notices; lets a test submit messages; can be told to fail, lose the answer of, delay or panic
 //!   in the next deliveries; declares idempotent sends or not, as configured; holds an exclusive
 //!   per-run resource (like a socket path) that its guard releases.
 //! - [`Failable`]: wraps any adapter so a test can make its channel actor fail.
 
 use crate::ports::channel::{
-    AdapterGuard, ChannelAdapter, ChannelError, DeliveryError, InboundAck, InboundEvent, InboundSink, Notice,
-    OutboundMessage, SubmitError,
+    AdapterGuard, ChannelAdapter, ChannelError, DeliveryError, EditRequest, InboundAck, InboundEvent,
+    InboundSink, Notice, OutboundCard, OutboundFile, OutboundMessage, ReactionRequest, SubmitError,
 };
 use crate::ports::runtime::{ContainerRuntime, ContainerSpec, ExitStatus, ManagedContainer, RuntimeError};
 use async_trait::async_trait;
@@ -71,6 +72,11 @@ impl FakeRuntime {
                 0
             })
         }))
+    }
+
+    /// What its containers run (to wrap it in another runtime's entrypoint).
+    pub fn entrypoint(&self) -> Entrypoint {
+        self.entrypoint.clone()
     }
 
     /// The most containers of `session_id` that were running at the same time.
@@ -249,8 +255,37 @@ enum Fault {
     PanicAfterShowing,
 }
 
+/// Something other than a text message a [`MemoryChannel`] showed, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Shown {
+    /// Files with their caption; `platform_message_id` is the id the channel gave them.
+    Files {
+        /// The caption, its key and chat.
+        message: OutboundMessage,
+        /// The files, bytes included.
+        files: Vec<OutboundFile>,
+        /// The platform id returned.
+        platform_message_id: String,
+    },
+    /// A card.
+    Card {
+        /// Its key and chat.
+        message: OutboundMessage,
+        /// The card.
+        card: OutboundCard,
+        /// The platform id returned.
+        platform_message_id: String,
+    },
+    /// An edit.
+    Edit(EditRequest),
+    /// A reaction.
+    Reaction(ReactionRequest),
+}
+
 #[derive(Default)]
 struct MemoryState {
+    /// Files, cards, edits and reactions, in order.
+    shown: Vec<Shown>,
     sink: Option<InboundSink>,
     /// Messages the user saw, in order.
     delivered: Vec<OutboundMessage>,
@@ -371,6 +406,39 @@ impl MemoryChannel {
     /// How many deliver calls carried `message_out_id` ("never a second send" is `<= 1`).
     pub fn sends_of(&self, message_out_id: &str) -> usize {
         self.state.lock().sends.iter().filter(|s| s.message_out_id == message_out_id).count()
+    }
+
+    /// Every file, card, edit and reaction shown so far, in order.
+    pub fn shown(&self) -> Vec<Shown> {
+        self.state.lock().shown.clone()
+    }
+
+    /// Waits until `pred` holds over [`MemoryChannel::shown`], or `timeout` passes.
+    pub async fn wait_for_shown(&self, timeout: Duration, pred: impl Fn(&[Shown]) -> bool) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.changed.notified();
+            if pred(&self.state.lock().shown) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return pred(&self.state.lock().shown);
+            }
+        }
+    }
+
+    /// Waits until `pred` holds over [`MemoryChannel::notices`], or `timeout` passes.
+    pub async fn wait_for_notice(&self, timeout: Duration, pred: impl Fn(&[Notice]) -> bool) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.changed.notified();
+            if pred(&self.state.lock().notices) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return pred(&self.state.lock().notices);
+            }
+        }
     }
 
     /// Every notice so far.
@@ -519,8 +587,95 @@ impl ChannelAdapter for MemoryChannel {
         self.changed.notify_waiters();
     }
 
+    /// Shows the files (no faults injected: those exercise [`ChannelAdapter::deliver`]); the
+    /// platform id is `mem-other-<n>`. The key is deduplicated when idempotent.
+    async fn deliver_files(
+        &self,
+        message: &OutboundMessage,
+        files: &[OutboundFile],
+    ) -> Result<Option<String>, DeliveryError> {
+        let id = self.show_other(message, |platform_message_id| Shown::Files {
+            message: message.clone(),
+            files: files.to_vec(),
+            platform_message_id,
+        });
+        Ok(Some(id))
+    }
+
+    /// Shows the card; the platform id is `mem-other-<n>`.
+    async fn deliver_card(
+        &self,
+        message: &OutboundMessage,
+        card: &OutboundCard,
+    ) -> Result<Option<String>, DeliveryError> {
+        let id = self.show_other(message, |platform_message_id| Shown::Card {
+            message: message.clone(),
+            card: card.clone(),
+            platform_message_id,
+        });
+        Ok(Some(id))
+    }
+
+    /// Records the edit; an id this channel never gave is refused, as a platform would.
+    async fn edit(&self, edit: &EditRequest) -> Result<(), DeliveryError> {
+        {
+            let mut st = self.state.lock();
+            let known = (1..=st.delivered.len()).any(|i| format!("mem-{i}") == edit.platform_message_id)
+                || st.shown.iter().any(|s| {
+                    matches!(s, Shown::Files { platform_message_id, .. } | Shown::Card { platform_message_id, .. }
+                        if *platform_message_id == edit.platform_message_id)
+                });
+            if !known {
+                return Err(DeliveryError::rejected(format!("no message {}", edit.platform_message_id)));
+            }
+            st.shown.push(Shown::Edit(edit.clone()));
+        }
+        self.changed.notify_waiters();
+        Ok(())
+    }
+
+    /// Records the reaction.
+    async fn react(&self, reaction: &ReactionRequest) -> Result<(), DeliveryError> {
+        self.state.lock().shown.push(Shown::Reaction(reaction.clone()));
+        self.changed.notify_waiters();
+        Ok(())
+    }
+
     fn liveness_timeout(&self) -> Option<Duration> {
         self.liveness
+    }
+}
+
+impl MemoryChannel {
+    /// Shows a file or card delivery under its key (once when idempotent); returns its id.
+    fn show_other(&self, message: &OutboundMessage, make: impl FnOnce(String) -> Shown) -> String {
+        let id = {
+            let mut st = self.state.lock();
+            let key = message.message_out_id.clone();
+            let before = st.shown.iter().find_map(|s| match s {
+                Shown::Files { message, platform_message_id, .. }
+                | Shown::Card { message, platform_message_id, .. }
+                    if message.message_out_id == key =>
+                {
+                    Some(platform_message_id.clone())
+                }
+                _ => None,
+            });
+            match before {
+                Some(id) if self.idempotent => {
+                    st.sends.push(SendAttempt { message_out_id: key, shown: false, error: None });
+                    id
+                }
+                _ => {
+                    let id = format!("mem-other-{}", st.shown.len() + 1);
+                    st.shown.push(make(id.clone()));
+                    st.sends.push(SendAttempt { message_out_id: key, shown: true, error: None });
+                    id
+                }
+            }
+        };
+        self.changed.notify_waiters();
+        id
     }
 }
 
@@ -589,6 +744,30 @@ impl<A: ChannelAdapter> ChannelAdapter for Failable<A> {
 
     async fn notice(&self, notice: &Notice) {
         self.inner.notice(notice).await
+    }
+
+    async fn deliver_files(
+        &self,
+        message: &OutboundMessage,
+        files: &[OutboundFile],
+    ) -> Result<Option<String>, DeliveryError> {
+        self.inner.deliver_files(message, files).await
+    }
+
+    async fn deliver_card(
+        &self,
+        message: &OutboundMessage,
+        card: &OutboundCard,
+    ) -> Result<Option<String>, DeliveryError> {
+        self.inner.deliver_card(message, card).await
+    }
+
+    async fn edit(&self, edit: &EditRequest) -> Result<(), DeliveryError> {
+        self.inner.edit(edit).await
+    }
+
+    async fn react(&self, reaction: &ReactionRequest) -> Result<(), DeliveryError> {
+        self.inner.react(reaction).await
     }
 
     fn liveness_timeout(&self) -> Option<Duration> {

@@ -3,7 +3,7 @@
 //! quickly, without hanging the host or loading what it must not.
 
 use nanoclaw_actors::container_files::{
-    self, FileKind, OutboundRequest, OutboundSnapshot, ReadError, ReadLimits, Violation,
+    self, FileKind, OutboundRequest, OutboundSnapshot, OutboxFileError, ReadError, ReadLimits, Violation,
 };
 use nanoclaw_actors::session_files::SessionPaths;
 use nanoclaw_protocol::schema::{OUTBOUND_OBJECTS, open_outbound_writer};
@@ -478,4 +478,107 @@ fn the_heartbeat_is_only_ever_lstat_ed() {
     std::fs::remove_file(paths.heartbeat()).unwrap();
     std::fs::write(paths.heartbeat(), b"").unwrap();
     assert!(container_files::heartbeat_age(&paths).is_some_and(|age| age < Duration::from_secs(60)));
+}
+
+/// Reads `path` of row `row` from the outbox through the one door, with `max` bytes allowed.
+async fn outbox_file(
+    paths: &SessionPaths,
+    row: &str,
+    path: &str,
+    max: u64,
+) -> Result<Vec<u8>, OutboxFileError> {
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        container_files::read_outbox_file(paths.clone(), row, path, max, Duration::from_secs(5)),
+    )
+    .await
+    .expect("the host must not hang on an outbox file")
+}
+
+/// The rule of a refusal (panics on any other answer).
+fn refused(r: Result<Vec<u8>, OutboxFileError>) -> String {
+    match r {
+        Err(OutboxFileError::Refused { rule, .. }) => rule,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+fn outbox_folder(paths: &SessionPaths, row: &str) -> PathBuf {
+    let dir = paths.workspace_dir.join("outbox").join(row);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[tokio::test]
+async fn an_honest_outbox_file_is_read_whole() {
+    let (_dir, paths) = session();
+    std::fs::write(outbox_folder(&paths, "o1").join("r.txt"), b"report").unwrap();
+    assert_eq!(outbox_file(&paths, "o1", "outbox/o1/r.txt", 1024).await.unwrap(), b"report");
+}
+
+#[tokio::test]
+async fn an_outbox_symlink_to_etc_passwd_is_refused_at_any_depth() {
+    let (_dir, paths) = session();
+    let folder = outbox_folder(&paths, "o1");
+    std::os::unix::fs::symlink("/etc/passwd", folder.join("passwd")).unwrap();
+    let rule = refused(outbox_file(&paths, "o1", "outbox/o1/passwd", 1 << 20).await);
+    assert!(rule.contains("symlink"), "{rule}");
+    // The row's folder itself a link to /etc.
+    std::os::unix::fs::symlink("/etc", paths.workspace_dir.join("outbox").join("o2")).unwrap();
+    let rule = refused(outbox_file(&paths, "o2", "outbox/o2/passwd", 1 << 20).await);
+    assert!(rule.contains("symlink"), "{rule}");
+    // The outbox folder a link to a folder holding a passwd-like file of the host.
+    let host = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(host.path().join("o3")).unwrap();
+    std::fs::write(host.path().join("o3").join("secret"), b"host secret").unwrap();
+    let (_dir2, other) = session();
+    std::os::unix::fs::symlink(host.path(), other.workspace_dir.join("outbox")).unwrap();
+    let rule = refused(outbox_file(&other, "o3", "outbox/o3/secret", 1 << 20).await);
+    assert!(rule.contains("symlink"), "{rule}");
+}
+
+#[tokio::test]
+async fn outbox_paths_other_than_the_rows_own_folder_are_refused() {
+    let (_dir, paths) = session();
+    outbox_folder(&paths, "o1");
+    std::fs::write(paths.workspace_dir.join("x"), b"x").unwrap();
+    for path in [
+        "../x",
+        "outbox/o1/../x",
+        "outbox/o1/../../x",
+        "/etc/passwd",
+        "outbox/o2/x",
+        "outbox/o1/",
+        "outbox/o1/a/b",
+    ] {
+        let rule = refused(outbox_file(&paths, "o1", path, 1024).await);
+        assert!(rule.contains("must be outbox/o1/<name>"), "{path}: {rule}");
+    }
+    let rule = refused(outbox_file(&paths, "o1", "outbox/o1/absent", 1024).await);
+    assert!(rule.contains("does not exist"), "{rule}");
+}
+
+#[tokio::test]
+async fn an_outbox_fifo_is_refused_without_hanging() {
+    let (_dir, paths) = session();
+    mkfifo(&outbox_folder(&paths, "o1").join("pipe"));
+    let rule = refused(outbox_file(&paths, "o1", "outbox/o1/pipe", 1024).await);
+    assert!(rule.contains("fifo"), "{rule}");
+}
+
+#[tokio::test]
+async fn an_oversize_outbox_file_is_refused_before_it_is_read() {
+    let (_dir, paths) = session();
+    let folder = outbox_folder(&paths, "o1");
+    // Sparse: costs the container nothing, and the host must not read it.
+    let big = std::fs::File::create(folder.join("big")).unwrap();
+    big.set_len(container_files::MAX_OUTBOX_FILE_BYTES + 1).unwrap();
+    let rule = refused(outbox_file(&paths, "o1", "outbox/o1/big", u64::MAX).await);
+    assert!(
+        rule.contains(&format!("exceeds the limit of {}", container_files::MAX_OUTBOX_FILE_BYTES)),
+        "{rule}"
+    );
+    std::fs::write(folder.join("small"), vec![0u8; 2048]).unwrap();
+    let rule = refused(outbox_file(&paths, "o1", "outbox/o1/small", 1024).await);
+    assert!(rule.contains("2048 bytes exceeds the limit of 1024"), "{rule}");
 }

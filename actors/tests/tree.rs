@@ -6,7 +6,7 @@ use nanoclaw_actors::ports::channel::{DeliveryError, Notice};
 use nanoclaw_actors::ports::runtime::ContainerSpec;
 use nanoclaw_actors::session_files::SessionPaths;
 use nanoclaw_actors::store;
-use nanoclaw_actors::testing::{FakeRuntime, MemoryChannel};
+use nanoclaw_actors::testing::{FakeRuntime, MemoryChannel, Shown};
 use nanoclaw_actors::{Service, ServiceConfig};
 use nanoclaw_agent::config::RunnerConfig;
 use std::sync::Arc;
@@ -99,6 +99,7 @@ fn has_notice(channel: &MemoryChannel, failed: bool, id: &str) -> bool {
     channel.notices().iter().any(|n| match n {
         Notice::Processed { platform_message_id, .. } => !failed && platform_message_id == id,
         Notice::Failed { platform_message_id, .. } => failed && platform_message_id == id,
+        Notice::Working { .. } => false,
     })
 }
 
@@ -845,5 +846,195 @@ async fn a_container_that_never_says_hello_is_a_failure_backed_off_and_the_user_
     channel.submit("chat-1", "p-mute", "say something").await.unwrap();
     assert_told_it_keeps_failing(&channel).await;
     assert_eq!(runtime.created(), 5, "five containers without a hello, then the user is told");
+    service.shutdown(Duration::from_secs(20)).await;
+}
+
+/// The runner as the container, on the `standard` tier (so `run_command` runs a shell): the
+/// entrypoint writes `runner.json` before the runner reads it.
+fn standard_runner_runtime() -> FakeRuntime {
+    let inner = runner_runtime();
+    FakeRuntime::new(Arc::new(move |spec: ContainerSpec, cancel: CancellationToken| {
+        let mut settings = nanoclaw_protocol::settings::RunnerSettings::echo_default("Andy");
+        settings.image_tier = nanoclaw_protocol::settings::ImageTier::Standard;
+        let path = spec.session_host_dir.join(nanoclaw_protocol::layout::RUNNER_SETTINGS);
+        std::fs::write(path, serde_json::to_vec(&settings).unwrap()).unwrap();
+        let run = inner.entrypoint();
+        run(spec, cancel)
+    }))
+}
+
+/// The agent-visible seq of the message the agent sent with `text` (read from its outbound.db).
+fn sent_seq(paths: &SessionPaths, text: &str) -> i64 {
+    let c = rusqlite::Connection::open_with_flags(
+        paths.outbound_db(),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    c.query_row(
+        "SELECT seq FROM messages_out WHERE kind = 'chat' AND json_extract(content, '$.text') = ?1",
+        [text],
+        |r| r.get(0),
+    )
+    .unwrap()
+}
+
+/// The platform id the memory channel gave the delivery with `text` (`mem-<position>`).
+fn platform_id_of(channel: &MemoryChannel, text: &str) -> String {
+    let i = channel.delivered().iter().position(|m| m.text == text).expect("delivered");
+    format!("mem-{}", i + 1)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edit_message_uses_platform_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let channel = MemoryChannel::new("mem");
+    let service = start(dir.path(), runner_runtime(), &channel).await;
+    channel.submit("chat-1", "a1", r#"tool send_message {"text":"first version"}"#).await.unwrap();
+    assert!(channel.wait_for(Duration::from_secs(20), |d| d.iter().any(|m| m.text == "first version")).await);
+    let first = platform_id_of(&channel, "first version");
+    let session = mem_session(&service).await;
+    let paths = SessionPaths::new(&dir.path().join("data"), "main", &session.id);
+    let seq = sent_seq(&paths, "first version");
+    channel
+        .submit(
+            "chat-1",
+            "a2",
+            &format!(
+                "tool edit_message {{\"seq\":{seq},\"text\":\"second version\"}}\ntool add_reaction {{\"seq\":{seq},\"emoji\":\"👍\"}}"
+            ),
+        )
+        .await
+        .unwrap();
+    let edited = channel
+        .wait_for_shown(Duration::from_secs(20), |s| {
+            s.iter().any(|x| matches!(x, Shown::Edit(e) if e.text == "second version"))
+                && s.iter().any(|x| matches!(x, Shown::Reaction(_)))
+        })
+        .await;
+    assert!(edited, "edit and reaction shown: {:?}", channel.shown());
+    for shown in channel.shown() {
+        match shown {
+            Shown::Edit(e) => {
+                assert_eq!(
+                    (e.platform_id.as_str(), e.platform_message_id.as_str()),
+                    ("chat-1", first.as_str())
+                )
+            }
+            Shown::Reaction(r) => {
+                assert_eq!((r.platform_message_id.as_str(), r.emoji.as_str()), (first.as_str(), "👍"))
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    // An edit of a message that does not exist fails its row; the session goes on answering.
+    channel.submit("chat-1", "a3", r#"tool edit_message {"seq":999,"text":"nope"}"#).await.unwrap();
+    channel.submit("chat-1", "a4", "still here").await.unwrap();
+    assert_shown(&channel, "echo: still here").await;
+    assert_eq!(channel.shown().len(), 2, "nothing else was edited");
+    service.shutdown(Duration::from_secs(20)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_cards_and_a_working_notice_reach_the_channel() {
+    let dir = tempfile::tempdir().unwrap();
+    let channel = MemoryChannel::new("mem");
+    let service = start(dir.path(), standard_runner_runtime(), &channel).await;
+    channel
+        .submit(
+            "chat-1",
+            "a1",
+            concat!(
+                "tool write_file {\"path\":\"report.txt\",\"content\":\"the report\\n\"}\n",
+                "tool send_file {\"path\":\"report.txt\",\"text\":\"here it is\"}\n",
+                "tool send_card {\"title\":\"Docs\",\"text\":\"read these\",\"buttons\":[{\"label\":\"site\",\"url\":\"https://example.org/\"}]}\n",
+                "tool run_command {\"command\":\"sleep 2\"}",
+            ),
+        )
+        .await
+        .unwrap();
+    let shown = channel
+        .wait_for_shown(Duration::from_secs(20), |s| {
+            s.iter().any(|x| matches!(x, Shown::Files { .. }))
+                && s.iter().any(|x| matches!(x, Shown::Card { .. }))
+        })
+        .await;
+    assert!(shown, "file and card shown: {:?}", channel.shown());
+    for s in channel.shown() {
+        match s {
+            Shown::Files { message, files, .. } => {
+                assert_eq!(message.text, "here it is");
+                assert_eq!(files.len(), 1);
+                assert_eq!(
+                    (files[0].name.as_str(), files[0].bytes.as_slice()),
+                    ("report.txt", &b"the report\n"[..])
+                );
+            }
+            Shown::Card { card, .. } => {
+                assert_eq!((card.title.as_str(), card.text.as_str()), ("Docs", "read these"));
+                assert_eq!(card.buttons[0].url, "https://example.org/");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let working = channel
+        .wait_for_notice(Duration::from_secs(20), |n| {
+            n.iter().any(|x| matches!(x, Notice::Working { tool: Some(t), platform_id } if t == "run_command" && platform_id == "chat-1"))
+        })
+        .await;
+    assert!(working, "a working notice naming run_command: {:?}", channel.notices());
+    assert!(
+        channel
+            .wait_for_notice(Duration::from_secs(20), |n| n
+                .iter()
+                .any(|x| matches!(x, Notice::Processed { .. })))
+            .await
+    );
+    service.shutdown(Duration::from_secs(20)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_row_naming_a_symlink_fails_with_its_reason_and_the_session_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let channel = MemoryChannel::new("mem");
+    let service = start(dir.path(), runner_runtime(), &channel).await;
+    channel.submit("chat-1", "a1", "one").await.unwrap();
+    assert_shown(&channel, "echo: one").await;
+    let session = mem_session(&service).await;
+    let paths = SessionPaths::new(&dir.path().join("data"), "main", &session.id);
+    // The container links /etc/passwd into a row's outbox folder and names it in a file row.
+    let folder = paths.workspace_dir.join("outbox").join("evil-1");
+    std::fs::create_dir_all(&folder).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", folder.join("passwd")).unwrap();
+    let planted = rusqlite::Connection::open(paths.outbound_db()).unwrap();
+    planted
+        .execute(
+            "INSERT INTO messages_out (id, seq, timestamp, kind, platform_id, channel_type, content)
+             VALUES ('evil-1', 1001, ?1, 'chat', 'chat-1', 'mem', ?2)",
+            rusqlite::params![
+                nanoclaw_protocol::time::now_ts(),
+                r#"{"type":"file","files":[{"name":"passwd","path":"outbox/evil-1/passwd"}]}"#
+            ],
+        )
+        .unwrap();
+    drop(planted);
+    channel.submit("chat-1", "a2", "two").await.unwrap();
+    assert_shown(&channel, "echo: two").await;
+    let inbound = rusqlite::Connection::open(paths.inbound_db()).unwrap();
+    let mut error = None;
+    eventually(Duration::from_secs(20), "the file row failed", || {
+        error = inbound
+            .query_row("SELECT status, error FROM delivered WHERE message_out_id = 'evil-1'", [], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
+            })
+            .ok();
+        let done = matches!(&error, Some((s, _)) if s == "failed");
+        async move { done }
+    })
+    .await;
+    let reason = error.unwrap().1.unwrap();
+    assert!(reason.starts_with("row evil-1: content.files.path: outbox/evil-1/passwd:"), "{reason}");
+    assert!(reason.contains("symlink") && !reason.contains('\n'), "{reason}");
+    assert!(channel.shown().is_empty(), "nothing of /etc/passwd was sent");
+    assert!(hold_of(&service, &session.id).await.is_none(), "the session is not held");
     service.shutdown(Duration::from_secs(20)).await;
 }

@@ -20,6 +20,16 @@
 //!   key) are left out when unknown. A reply may come more than once (until acked, it is sent to
 //!   each connection; after a crash its send may repeat): a client shows a key it has seen
 //!   before only once (`nanoclaw chat` remembers the last [`RECENT_REPLY_IDS`]);
+//! - `{"type":"file","text":…,"files":[{"name":…,"bytes":<size>}],"in_reply_to":…,
+//!   "message_out_id":…}`: files from the agent (the caption `text` may be absent; names and
+//!   sizes only: the bytes stay on the host); `{"type":"card","title":…,"text":…,"buttons":
+//!   [{"label":…,"url":…}],…}`: a card with link buttons; `{"type":"edit","platform_message_id":
+//!   …,"text":…,…}`: a new text for the reply whose platform message id (`cli-out-<key>`) is
+//!   given; `{"type":"reaction","platform_message_id":…,"emoji":…,…}`: a reaction to a message
+//!   (a client message id, or a reply's `cli-out-<key>`). These four are kept and acked like
+//!   replies, and carry `in_reply_to` and `message_out_id` the same way;
+//! - `{"type":"working","tool":…}`: the agent is working (running `tool`, absent between tools);
+//!   sent live, at most about once a second, never kept;
 //! - `{"type":"done","id":…}`: the agent finished with a message — every reply to it that was
 //!   delivered came before; `{"type":"failed","id":…,"reason":…}`: it will not be answered;
 //! - `{"type":"error","message":…,"fatal":…}`: the client's last frame was rejected (one line).
@@ -65,8 +75,8 @@ use replies::{Put, ReplyStore, ReplyStoreError};
 use async_trait::async_trait;
 use futures_util::{SinkExt, StreamExt};
 use nanoclaw_actors::ports::channel::{
-    AdapterGuard, ChannelAdapter, ChannelError, DeliveryError, InboundEvent, InboundSink, Notice,
-    OutboundMessage,
+    AdapterGuard, ChannelAdapter, ChannelError, DeliveryError, EditRequest, InboundEvent, InboundSink,
+    Notice, OutboundCard, OutboundFile, OutboundMessage, ReactionRequest,
 };
 use nanoclaw_actors::store::{CLI_OWNER_USER_ID, CLI_PLATFORM_ID};
 use parking_lot::Mutex;
@@ -146,6 +156,68 @@ pub enum ServerFrame {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         message_out_id: Option<String>,
     },
+    /// Files from the agent: names and sizes (the bytes stay on the host).
+    File {
+        /// The caption.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        text: Option<String>,
+        /// The files.
+        files: Vec<FileInfo>,
+        /// As in `reply`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        in_reply_to: Option<String>,
+        /// As in `reply`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        message_out_id: Option<String>,
+    },
+    /// A card with link buttons.
+    Card {
+        /// The title.
+        title: String,
+        /// The text.
+        text: String,
+        /// The link buttons.
+        #[serde(default)]
+        buttons: Vec<CardLink>,
+        /// As in `reply`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        in_reply_to: Option<String>,
+        /// As in `reply`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        message_out_id: Option<String>,
+    },
+    /// A new text for an earlier reply.
+    Edit {
+        /// The platform message id the channel gave the reply (`cli-out-<its key>`).
+        platform_message_id: String,
+        /// The new text.
+        text: String,
+        /// As in `reply`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        in_reply_to: Option<String>,
+        /// As in `reply`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        message_out_id: Option<String>,
+    },
+    /// A reaction to a message (a client message id, or a reply's `cli-out-<key>`).
+    Reaction {
+        /// The message reacted to.
+        platform_message_id: String,
+        /// The emoji.
+        emoji: String,
+        /// As in `reply`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        in_reply_to: Option<String>,
+        /// As in `reply`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        message_out_id: Option<String>,
+    },
+    /// The agent is working (a typing indicator), running `tool` when given.
+    Working {
+        /// The tool being run.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tool: Option<String>,
+    },
     /// The agent finished with a message.
     Done {
         /// The client's message id.
@@ -173,8 +245,80 @@ fn always() -> bool {
     true
 }
 
+/// One file of a `file` frame.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileInfo {
+    /// Its name.
+    pub name: String,
+    /// Its size in bytes.
+    pub bytes: u64,
+}
+
+/// A link button of a `card` frame.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CardLink {
+    /// The label.
+    pub label: String,
+    /// The URL.
+    pub url: String,
+}
+
+impl ServerFrame {
+    /// The key of a kept frame (`reply`, `file`, `card`, `edit`, `reaction`), which a client acks
+    /// and shows once; `None` for live frames and keyless ones.
+    pub fn message_out_id(&self) -> Option<&str> {
+        match self {
+            ServerFrame::Reply { message_out_id, .. }
+            | ServerFrame::File { message_out_id, .. }
+            | ServerFrame::Card { message_out_id, .. }
+            | ServerFrame::Edit { message_out_id, .. }
+            | ServerFrame::Reaction { message_out_id, .. } => message_out_id.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// The client message id a kept frame answers, when known.
+    pub fn in_reply_to(&self) -> Option<&str> {
+        match self {
+            ServerFrame::Reply { in_reply_to, .. }
+            | ServerFrame::File { in_reply_to, .. }
+            | ServerFrame::Card { in_reply_to, .. }
+            | ServerFrame::Edit { in_reply_to, .. }
+            | ServerFrame::Reaction { in_reply_to, .. } => in_reply_to.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// The lines a chat prints for a kept frame (`None` for the others): a reply's text;
+    /// `[file <name> (<N> bytes)]` per file after the caption; `[card] <title> / <text> /
+    /// <label>: <url>`; `[edited <platform message id>] <text>`; `[reaction <emoji> on <id>]`.
+    pub fn shown_text(&self) -> Option<String> {
+        Some(match self {
+            ServerFrame::Reply { text, .. } => text.clone(),
+            ServerFrame::File { text, files, .. } => {
+                let mut lines: Vec<String> = text.iter().cloned().collect();
+                lines.extend(files.iter().map(|f| format!("[file {} ({} bytes)]", f.name, f.bytes)));
+                lines.join("\n")
+            }
+            ServerFrame::Card { title, text, buttons, .. } => {
+                let mut parts = vec![format!("[card] {title}"), text.clone()];
+                parts.extend(buttons.iter().map(|b| format!("{}: {}", b.label, b.url)));
+                parts.join(" / ")
+            }
+            ServerFrame::Edit { platform_message_id, text, .. } => {
+                format!("[edited {platform_message_id}] {text}")
+            }
+            ServerFrame::Reaction { platform_message_id, emoji, .. } => {
+                format!("[reaction {emoji} on {platform_message_id}]")
+            }
+            _ => return None,
+        })
+    }
+}
+
 /// The `type` of every [`ServerFrame`] (a test checks it against the enum).
-pub const SERVER_FRAME_TYPES: &[&str] = &["accepted", "reply", "done", "failed", "error"];
+pub const SERVER_FRAME_TYPES: &[&str] =
+    &["accepted", "reply", "file", "card", "edit", "reaction", "working", "done", "failed", "error"];
 
 /// A line read as a frame of a known type, or found to be of a type this build does not know.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -331,6 +475,36 @@ impl CliChannel {
     fn broadcast(&self, frame: ServerFrame, keep_if_nobody: bool) {
         let after = self.head();
         self.inner.lock().broadcast(frame, after, keep_if_nobody);
+    }
+
+    /// Keeps a frame for the clients under `key` (idempotent mode: committed to the reply store,
+    /// once per key; otherwise broadcast, or backlogged while nobody is connected). Returns the
+    /// platform message id of the frame, `cli-out-<key>`. Errors: see [`CliChannel::deliver`].
+    async fn keep(
+        &self,
+        platform_id: &str,
+        key: &str,
+        frame: ServerFrame,
+    ) -> Result<Option<String>, DeliveryError> {
+        if platform_id != CLI_PLATFORM_ID {
+            return Err(DeliveryError::rejected(format!("the CLI has no chat {platform_id:?}")));
+        }
+        let platform_message_id = format!("cli-out-{key}");
+        let Some(store) = self.store().await.map_err(|e| DeliveryError::transient(e.to_string()))? else {
+            self.broadcast(frame, true);
+            return Ok(Some(platform_message_id));
+        };
+        let line =
+            serde_json::to_string(&frame).map_err(|e| DeliveryError::rejected(format!("frame: {e}")))?;
+        match store.put(key.to_string(), platform_id.to_string(), line).await {
+            Ok(Put::New(seq)) => debug!(row = %key, seq, "cli frame stored"),
+            Ok(Put::Known) => debug!(row = %key, "cli frame stored before; not sending it again"),
+            Err(e @ ReplyStoreError::Closed { .. }) => {
+                return Err(DeliveryError::OutcomeUnknown { message: e.to_string() });
+            }
+            Err(e) => return Err(DeliveryError::transient(e.to_string())),
+        }
+        Ok(Some(platform_message_id))
     }
 }
 
@@ -661,32 +835,73 @@ impl ChannelAdapter for CliChannel {
     /// there already); the connections send it from there. Errors: `NotSent` (retryable) when
     /// the store failed, `OutcomeUnknown` when its thread died with the commit in flight.
     async fn deliver(&self, message: &OutboundMessage) -> Result<Option<String>, DeliveryError> {
-        if message.platform_id != CLI_PLATFORM_ID {
-            return Err(DeliveryError::rejected(format!("the CLI has no chat {:?}", message.platform_id)));
-        }
-        let platform_message_id = format!("cli-out-{}", message.message_out_id);
         let frame = ServerFrame::Reply {
             text: message.text.clone(),
             in_reply_to: message.in_reply_to.clone(),
             message_out_id: self.idempotent.then(|| message.message_out_id.clone()),
         };
-        let Some(store) = self.store().await.map_err(|e| DeliveryError::transient(e.to_string()))? else {
-            self.broadcast(frame, true);
-            return Ok(Some(platform_message_id));
+        self.keep(&message.platform_id, &message.message_out_id, frame).await
+    }
+
+    /// A `file` frame with names and sizes; the bytes are not sent to clients (a terminal chat
+    /// has nowhere sensible to put them). Kept and acked like a reply.
+    async fn deliver_files(
+        &self,
+        message: &OutboundMessage,
+        files: &[OutboundFile],
+    ) -> Result<Option<String>, DeliveryError> {
+        let frame = ServerFrame::File {
+            text: (!message.text.is_empty()).then(|| message.text.clone()),
+            files: files
+                .iter()
+                .map(|f| FileInfo { name: f.name.clone(), bytes: f.bytes.len() as u64 })
+                .collect(),
+            in_reply_to: message.in_reply_to.clone(),
+            message_out_id: self.idempotent.then(|| message.message_out_id.clone()),
         };
-        let line = serde_json::to_string(&frame)
-            .map_err(|e| DeliveryError::rejected(format!("reply frame: {e}")))?;
-        match store.put(message.message_out_id.clone(), message.platform_id.clone(), line).await {
-            Ok(Put::New(seq)) => debug!(row = %message.message_out_id, seq, "cli reply stored"),
-            Ok(Put::Known) => {
-                debug!(row = %message.message_out_id, "cli reply stored before; not sending it again")
-            }
-            Err(e @ ReplyStoreError::Closed { .. }) => {
-                return Err(DeliveryError::OutcomeUnknown { message: e.to_string() });
-            }
-            Err(e) => return Err(DeliveryError::transient(e.to_string())),
-        }
-        Ok(Some(platform_message_id))
+        self.keep(&message.platform_id, &message.message_out_id, frame).await
+    }
+
+    /// A `card` frame, kept and acked like a reply.
+    async fn deliver_card(
+        &self,
+        message: &OutboundMessage,
+        card: &OutboundCard,
+    ) -> Result<Option<String>, DeliveryError> {
+        let frame = ServerFrame::Card {
+            title: card.title.clone(),
+            text: card.text.clone(),
+            buttons: card
+                .buttons
+                .iter()
+                .map(|b| CardLink { label: b.label.clone(), url: b.url.clone() })
+                .collect(),
+            in_reply_to: message.in_reply_to.clone(),
+            message_out_id: self.idempotent.then(|| message.message_out_id.clone()),
+        };
+        self.keep(&message.platform_id, &message.message_out_id, frame).await
+    }
+
+    /// An `edit` frame naming the reply by the platform message id this channel gave it.
+    async fn edit(&self, edit: &EditRequest) -> Result<(), DeliveryError> {
+        let frame = ServerFrame::Edit {
+            platform_message_id: edit.platform_message_id.clone(),
+            text: edit.text.clone(),
+            in_reply_to: edit.in_reply_to.clone(),
+            message_out_id: self.idempotent.then(|| edit.message_out_id.clone()),
+        };
+        self.keep(&edit.platform_id, &edit.message_out_id, frame).await.map(|_| ())
+    }
+
+    /// A `reaction` frame.
+    async fn react(&self, reaction: &ReactionRequest) -> Result<(), DeliveryError> {
+        let frame = ServerFrame::Reaction {
+            platform_message_id: reaction.platform_message_id.clone(),
+            emoji: reaction.emoji.clone(),
+            in_reply_to: reaction.in_reply_to.clone(),
+            message_out_id: self.idempotent.then(|| reaction.message_out_id.clone()),
+        };
+        self.keep(&reaction.platform_id, &reaction.message_out_id, frame).await.map(|_| ())
     }
 
     async fn notice(&self, notice: &Notice) {
@@ -697,6 +912,7 @@ impl ChannelAdapter for CliChannel {
             Notice::Failed { platform_message_id, reason, .. } => {
                 ServerFrame::Failed { id: platform_message_id.clone(), reason: reason.clone() }
             }
+            Notice::Working { tool, .. } => ServerFrame::Working { tool: tool.clone() },
         };
         self.broadcast(frame, false);
     }
@@ -800,6 +1016,32 @@ mod tests {
         let server = [
             ServerFrame::Accepted { id: "m".into(), duplicate: false },
             ServerFrame::Reply { text: "t".into(), in_reply_to: None, message_out_id: None },
+            ServerFrame::File {
+                text: None,
+                files: vec![FileInfo { name: "a".into(), bytes: 1 }],
+                in_reply_to: None,
+                message_out_id: None,
+            },
+            ServerFrame::Card {
+                title: "t".into(),
+                text: "x".into(),
+                buttons: vec![],
+                in_reply_to: None,
+                message_out_id: None,
+            },
+            ServerFrame::Edit {
+                platform_message_id: "p".into(),
+                text: "t".into(),
+                in_reply_to: None,
+                message_out_id: None,
+            },
+            ServerFrame::Reaction {
+                platform_message_id: "p".into(),
+                emoji: "e".into(),
+                in_reply_to: None,
+                message_out_id: None,
+            },
+            ServerFrame::Working { tool: None },
             ServerFrame::Done { id: "m".into() },
             ServerFrame::Failed { id: "m".into(), reason: "r".into() },
             ServerFrame::Error { message: "e".into(), fatal: true },

@@ -118,10 +118,10 @@ impl Actor for ChannelActor {
                 if reply.is_closed() {
                     // The caller timed out while this waited in the mailbox and has reported
                     // `Timeout`; sending now could only duplicate what it retries or report.
-                    debug!(channel = account, row = %message.message_out_id, "delivery abandoned by its caller; not sent");
+                    debug!(channel = account, row = %message.key(), "delivery abandoned by its caller; not sent");
                     return Ok(());
                 }
-                let result = state.adapter.deliver(&message).await;
+                let result = message.run(state.adapter.as_ref()).await;
                 let _ = reply.send(result);
             }
             ChannelMessage::Notice(notice) => state.adapter.notice(&notice).await,

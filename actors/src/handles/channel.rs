@@ -2,7 +2,7 @@
 //! channels need to deliver, without depending on the channel actor's implementation (which
 //! depends on the router, which depends on the sessions).
 
-use crate::ports::channel::{ChannelAdapter, DeliveryError, Notice, OutboundMessage};
+use crate::ports::channel::{ChannelAdapter, Delivery, DeliveryError, Notice, OutboundMessage};
 use ractor::rpc::CallResult;
 use ractor::{ActorRef, MessagingErr, RpcReplyPort};
 use std::sync::Arc;
@@ -10,10 +10,10 @@ use std::time::Duration;
 
 /// Messages of the channel actor (`crate::actors::channel::ChannelActor`).
 pub enum ChannelMessage {
-    /// Deliver one message.
+    /// Deliver one message, file, card, edit or reaction.
     Deliver {
-        /// The message.
-        message: OutboundMessage,
+        /// What to deliver.
+        message: Delivery,
         /// The platform message id, or why not.
         reply: RpcReplyPort<Result<Option<String>, DeliveryError>>,
     },
@@ -80,6 +80,16 @@ impl ChannelHandle {
     pub async fn deliver(
         &self,
         message: OutboundMessage,
+        timeout: Duration,
+    ) -> Result<Option<String>, DeliveryError> {
+        self.perform(Delivery::Message(message), timeout).await
+    }
+
+    /// Delivers anything ([`Delivery`]): the same answers and errors as
+    /// [`ChannelHandle::deliver`], whose general form it is.
+    pub async fn perform(
+        &self,
+        message: Delivery,
         timeout: Duration,
     ) -> Result<Option<String>, DeliveryError> {
         match self.actor.call(|reply| ChannelMessage::Deliver { message, reply }, Some(timeout)).await {

@@ -13,6 +13,14 @@
 //!   platform did **not** accept the message. [`DeliveryError::Timeout`] and
 //!   [`DeliveryError::OutcomeUnknown`] mean it may have; retrying could show it twice.
 //!
+//! Besides text, an adapter may deliver files ([`ChannelAdapter::deliver_files`]) and cards
+//! ([`ChannelAdapter::deliver_card`]), edit a message it sent ([`ChannelAdapter::edit`]), react
+//! to a message ([`ChannelAdapter::react`]) and show that the agent is working
+//! ([`Notice::Working`]). Platforms differ: each default says what the platform cannot do
+//! ([`DeliveryError::Unsupported`], never retried) or degrades to text (a card). The same rule
+//! holds for every kind; edits and reactions carry a key too, and setting the same text or
+//! reaction twice shows once on every platform, so they are naturally idempotent.
+//!
 //! The rule for the session's outbox is [`DeliveryError::may_retry`]: retry `NotSent{retryable}`
 //! freely; `Timeout` / `OutcomeUnknown` only on an idempotent channel (same key); otherwise mark
 //! the row failed and tell the chat that a reply may be missing.
@@ -155,6 +163,134 @@ pub struct OutboundMessage {
     pub message_out_id: String,
 }
 
+/// One file to send, read by the host from the container's outbox (at most 50 MiB).
+#[derive(Clone, PartialEq, Eq)]
+pub struct OutboundFile {
+    /// The name the user sees (no `/`, not `.` or `..`).
+    pub name: String,
+    /// The content.
+    pub bytes: Vec<u8>,
+}
+
+impl std::fmt::Debug for OutboundFile {
+    // The bytes are left out: a log line must not carry 50 MiB.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutboundFile").field("name", &self.name).field("bytes", &self.bytes.len()).finish()
+    }
+}
+
+/// A link button of a card.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkButton {
+    /// The label.
+    pub label: String,
+    /// An `http` or `https` URL (validated).
+    pub url: String,
+}
+
+/// A card: a title, a text and link buttons.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboundCard {
+    /// The title.
+    pub title: String,
+    /// The body text.
+    pub text: String,
+    /// The link buttons, at most 10.
+    pub buttons: Vec<LinkButton>,
+}
+
+impl OutboundCard {
+    /// The card as plain text (title, text, one `label: url` line per button), for platforms
+    /// without cards.
+    pub fn as_text(&self) -> String {
+        let mut out = format!("{}\n{}", self.title, self.text);
+        for b in &self.buttons {
+            out.push_str(&format!("\n{}: {}", b.label, b.url));
+        }
+        out
+    }
+}
+
+/// A new text for a message the bot sent earlier.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EditRequest {
+    /// The chat.
+    pub platform_id: String,
+    /// The platform's id of the message to edit, as [`ChannelAdapter::deliver`] returned it.
+    pub platform_message_id: String,
+    /// The new text.
+    pub text: String,
+    /// The key of the edit (the edit row's key): logs, and dedupe where the platform keeps keys.
+    pub message_out_id: String,
+    /// The platform id of the message the edit row answers, when known (a client that shows
+    /// only the answers to its own message uses it).
+    pub in_reply_to: Option<String>,
+}
+
+/// A reaction to a message of the chat (received or sent).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReactionRequest {
+    /// The chat.
+    pub platform_id: String,
+    /// The platform's id of the message reacted to.
+    pub platform_message_id: String,
+    /// The emoji.
+    pub emoji: String,
+    /// The key of the reaction row.
+    pub message_out_id: String,
+    /// The platform id of the message the reaction row answers, when known.
+    pub in_reply_to: Option<String>,
+}
+
+/// One delivery of any kind, as the outbox hands it to a channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    /// A text message ([`ChannelAdapter::deliver`]).
+    Message(OutboundMessage),
+    /// Files with the message's text as caption (empty: none) ([`ChannelAdapter::deliver_files`]).
+    Files {
+        /// Chat, caption, reply-to and key.
+        message: OutboundMessage,
+        /// The files, 1 to 10.
+        files: Vec<OutboundFile>,
+    },
+    /// A card; the message's text is unused ([`ChannelAdapter::deliver_card`]).
+    Card {
+        /// Chat, reply-to and key.
+        message: OutboundMessage,
+        /// The card.
+        card: OutboundCard,
+    },
+    /// An edit ([`ChannelAdapter::edit`]).
+    Edit(EditRequest),
+    /// A reaction ([`ChannelAdapter::react`]).
+    Reaction(ReactionRequest),
+}
+
+impl Delivery {
+    /// The idempotency key, also the key in logs.
+    pub fn key(&self) -> &str {
+        match self {
+            Delivery::Message(m) | Delivery::Files { message: m, .. } | Delivery::Card { message: m, .. } => {
+                &m.message_out_id
+            }
+            Delivery::Edit(e) => &e.message_out_id,
+            Delivery::Reaction(r) => &r.message_out_id,
+        }
+    }
+
+    /// Runs it on `adapter`; returns the platform's message id of a new message, when given.
+    pub async fn run(&self, adapter: &dyn ChannelAdapter) -> Result<Option<String>, DeliveryError> {
+        match self {
+            Delivery::Message(m) => adapter.deliver(m).await,
+            Delivery::Files { message, files } => adapter.deliver_files(message, files).await,
+            Delivery::Card { message, card } => adapter.deliver_card(message, card).await,
+            Delivery::Edit(e) => adapter.edit(e).await.map(|()| None),
+            Delivery::Reaction(r) => adapter.react(r).await.map(|()| None),
+        }
+    }
+}
+
 /// A delivery failure, typed by what it says about the platform's state (see the module doc).
 /// Display is one line; `NotSent` and `OutcomeUnknown` show their message as is.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -179,6 +315,15 @@ pub enum DeliveryError {
         /// What went wrong.
         message: String,
     },
+    /// The platform (or this adapter) cannot do this at all: nothing was sent, and a retry
+    /// never helps.
+    #[error("channel {channel_type} cannot {operation}")]
+    Unsupported {
+        /// The channel type.
+        channel_type: String,
+        /// What it cannot do (`send files`, `edit messages`, `add reactions`).
+        operation: &'static str,
+    },
 }
 
 impl DeliveryError {
@@ -200,13 +345,19 @@ impl DeliveryError {
     pub fn may_retry(&self, idempotent_sends: bool) -> bool {
         match self {
             DeliveryError::NotSent { retryable, .. } => *retryable,
+            DeliveryError::Unsupported { .. } => false,
             DeliveryError::Timeout | DeliveryError::OutcomeUnknown { .. } => idempotent_sends,
         }
     }
 
     /// True when the platform certainly did not accept the message.
     pub fn certainly_not_sent(&self) -> bool {
-        matches!(self, DeliveryError::NotSent { .. })
+        matches!(self, DeliveryError::NotSent { .. } | DeliveryError::Unsupported { .. })
+    }
+
+    /// The channel of `channel_type` cannot do `operation`.
+    pub fn unsupported(channel_type: &str, operation: &'static str) -> Self {
+        Self::Unsupported { channel_type: channel_type.to_string(), operation }
     }
 }
 
@@ -229,6 +380,14 @@ pub enum Notice {
         platform_message_id: String,
         /// Why, for the user.
         reason: String,
+    },
+    /// The agent is working on the chat's messages (a typing indicator). Advisory, coalesced by
+    /// the host to at most one per second per chat; sent when the tool being run changes.
+    Working {
+        /// The chat.
+        platform_id: String,
+        /// The tool being run, if any (at most 64 bytes, no control characters).
+        tool: Option<String>,
     },
 }
 
@@ -307,6 +466,40 @@ pub trait ChannelAdapter: Send + Sync + 'static {
     /// Errors: see [`DeliveryError`]; return `NotSent` only when the platform certainly did not
     /// accept the message, `OutcomeUnknown` when the request may have reached it.
     async fn deliver(&self, message: &OutboundMessage) -> Result<Option<String>, DeliveryError>;
+
+    /// Delivers files, with `message.text` as their caption (empty: none); returns the platform's
+    /// id of the (first) message. The same rules as [`ChannelAdapter::deliver`], the same key.
+    /// The default: [`DeliveryError::Unsupported`].
+    async fn deliver_files(
+        &self,
+        _message: &OutboundMessage,
+        _files: &[OutboundFile],
+    ) -> Result<Option<String>, DeliveryError> {
+        Err(DeliveryError::unsupported(self.channel_type(), "send files"))
+    }
+
+    /// Delivers a card (title, text, link buttons). The default sends
+    /// [`OutboundCard::as_text`] through [`ChannelAdapter::deliver`] with the same key: a
+    /// platform without buttons still shows the links.
+    async fn deliver_card(
+        &self,
+        message: &OutboundMessage,
+        card: &OutboundCard,
+    ) -> Result<Option<String>, DeliveryError> {
+        let text = OutboundMessage { text: card.as_text(), ..message.clone() };
+        self.deliver(&text).await
+    }
+
+    /// Replaces the text of a message this adapter delivered. The default:
+    /// [`DeliveryError::Unsupported`].
+    async fn edit(&self, _edit: &EditRequest) -> Result<(), DeliveryError> {
+        Err(DeliveryError::unsupported(self.channel_type(), "edit messages"))
+    }
+
+    /// Adds a reaction to a message of the chat. The default: [`DeliveryError::Unsupported`].
+    async fn react(&self, _reaction: &ReactionRequest) -> Result<(), DeliveryError> {
+        Err(DeliveryError::unsupported(self.channel_type(), "add reactions"))
+    }
 
     /// A progress note about an inbound message. The default ignores it.
     async fn notice(&self, _notice: &Notice) {}

@@ -18,9 +18,11 @@
 //! The outbox reports to the session actor through a callback (one report per pass, so reports
 //! are as coalesced as passes): progress, and rule violations that call for quarantine.
 
-use crate::container_files::{self, OutboundRequest, ReadError, ReadLimits};
+use crate::container_files::{self, OutboundRequest, OutboxFileError, ReadError, ReadLimits};
 use crate::context::ServiceContext;
-use crate::ports::channel::{Notice, OutboundMessage};
+use crate::ports::channel::{
+    Delivery, EditRequest, LinkButton, Notice, OutboundCard, OutboundFile, OutboundMessage, ReactionRequest,
+};
 use crate::session_files::{self as files, Cursors, FinishedMessage, NewInbound, SessionPaths};
 use crate::store::{self, SessionInfo};
 use nanoclaw_protocol::content::{OutboundContent, SystemNotice};
@@ -67,6 +69,19 @@ static CRASH_AFTER_RESERVE: std::sync::LazyLock<bool> =
 
 /// Between two looks for a channel that is not running.
 const CHANNEL_POLL: Duration = Duration::from_secs(2);
+
+/// Least time between two "working" notices to one chat (a typing indicator, not a log).
+pub const WORKING_EVERY: Duration = Duration::from_secs(1);
+
+/// What a chat row becomes before its send.
+enum Prepared {
+    /// Send this; the text is what the chat is told if its outcome stays unknown.
+    Ready(Delivery, String),
+    /// The row fails with this one-line reason (names the row and the rule).
+    Failed(String),
+    /// Not yet (a transient read error, the target's delivery still in flight): look again.
+    Wait,
+}
 
 /// What a pass tells the session actor.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,6 +144,9 @@ impl Outbox {
             scheduled: None,
             claims_seen: HashMap::new(),
             waiting_notices: VecDeque::new(),
+            working_shown: None,
+            working_sent: None,
+            working_due: None,
             strikes: 0,
             unavailable: None,
             last_warning: None,
@@ -167,6 +185,12 @@ struct Worker {
     claims_seen: HashMap<String, (i64, Instant)>,
     /// Finished turns whose notices wait until every reply read so far is final.
     waiting_notices: VecDeque<FinishedMessage>,
+    /// The "working" state the chat was last told (`Some(tool)`); `None`: not working.
+    working_shown: Option<Option<String>>,
+    /// When the last "working" notice went out.
+    working_sent: Option<Instant>,
+    /// A changed "working" state waits for [`WORKING_EVERY`] to pass since the last notice.
+    working_due: Option<Instant>,
     /// Consecutive reads past their deadline.
     strikes: u32,
     /// Retry after a transient read error, with its backoff.
@@ -220,7 +244,7 @@ impl Worker {
     /// The next instant a pass is due without a poke.
     fn next_due(&self) -> Instant {
         let mut next = Instant::now() + FALLBACK;
-        for t in self.retry_at.values().chain(self.scheduled.iter()) {
+        for t in self.retry_at.values().chain(self.scheduled.iter()).chain(self.working_due.iter()) {
             next = next.min(*t);
         }
         if let Some((t, _)) = self.unavailable {
@@ -311,6 +335,13 @@ impl Worker {
             }
         }
         self.claims_seen = current_claims;
+        let tool = snapshot
+            .container_state
+            .as_ref()
+            .and_then(|s| s.as_ref().ok())
+            .filter(|s| s.generation == generation)
+            .and_then(|s| s.current_tool.clone());
+        self.working(!self.claims_seen.is_empty() || tool.is_some(), tool);
         let finished = self.blocking(move |p| files::apply_acks(p, &final_acks)).await?;
         let finished_count = finished.len();
         for f in finished {
@@ -360,6 +391,38 @@ impl Worker {
             declared_timeout,
             outstanding,
         })
+    }
+
+    /// Tells the session's chat that the agent is working (and with which tool) when that
+    /// changed: at most one notice per [`WORKING_EVERY`]; a change within it waits for a timer
+    /// (its pass reads the state again, so changes in between coalesce into the latest).
+    fn working(&mut self, busy: bool, tool: Option<String>) {
+        if !busy {
+            // The turn's end is told by its "processed" notice.
+            self.working_shown = None;
+            self.working_due = None;
+            return;
+        }
+        if self.working_shown.as_ref() == Some(&tool) {
+            self.working_due = None;
+            return;
+        }
+        let (Some(ct), Some(pid)) = (self.session.channel_type.clone(), self.session.platform_id.clone())
+        else {
+            return;
+        };
+        let now = Instant::now();
+        if let Some(last) = self.working_sent
+            && now < last + WORKING_EVERY
+        {
+            self.working_due = Some(last + WORKING_EVERY);
+            return;
+        }
+        debug!(session = %self.session.id, ?tool, "working notice");
+        notices::notice(&self.ctx, &ct, Notice::Working { platform_id: pid, tool: tool.clone() });
+        self.working_shown = Some(tool);
+        self.working_sent = Some(now);
+        self.working_due = None;
     }
 
     /// Notices of finished turns: every reply read so far is final.
@@ -478,21 +541,6 @@ impl Worker {
                 return Ok((true, false));
             }
         }
-        let text = match content {
-            OutboundContent::Text { text } => text,
-            other => {
-                // The runner side exists (send_file, edit_message, add_reaction, send_card);
-                // delivery through the channel port is the next step of issue 6.
-                let kind = match other {
-                    OutboundContent::File { .. } => "files",
-                    OutboundContent::Edit { .. } => "edits",
-                    OutboundContent::Reaction { .. } => "reactions",
-                    _ => "cards",
-                };
-                self.reject(key, &format!("content.type: {kind} are not delivered by this host yet")).await?;
-                return Ok((true, false));
-            }
-        };
         let answered = match &valid.in_reply_to {
             Some(id) => notices::chat_content(&self.paths, id).await,
             None => None,
@@ -501,12 +549,33 @@ impl Worker {
         let message = OutboundMessage {
             platform_id: target.platform_id.clone(),
             thread_id: target.thread_id.clone(),
-            text: text.clone(),
+            text: String::new(),
             in_reply_to: answered.and_then(|c| c.platform_message_id),
             // The channel's idempotency key: row ids are unique per container only (and a
             // container can pick another session's on purpose), so the key is scoped by session.
             message_out_id: delivery_key(&self.session.id, &valid.id),
         };
+        let (delivery, text) = match self.prepare(valid, content, &target, message).await? {
+            Prepared::Ready(d, text) => (d, text),
+            Prepared::Failed(reason) => {
+                warn!(session = %self.session.id, row = %key, %trace, %reason, "outbound row refused");
+                self.reject(key, &reason).await?;
+                self.forget(key);
+                return Ok((true, false));
+            }
+            Prepared::Wait => {
+                let since = *self.channel_wait.entry(key.to_string()).or_insert_with(Instant::now);
+                if since.elapsed() < CHANNEL_WAIT {
+                    self.retry_at.insert(key.to_string(), Instant::now() + CHANNEL_POLL);
+                    return Ok((false, false));
+                }
+                let reason = format!("row {}: not ready to send for {CHANNEL_WAIT:?}", valid.id);
+                self.reject(key, &reason).await?;
+                self.forget(key);
+                return Ok((true, false));
+            }
+        };
+        let text = &text;
         // A channel that is not running (restarting) is waited for without spending attempts.
         let Some(idempotent) = notices::channel_state(&self.ctx, &target.channel_type) else {
             let since = *self.channel_wait.entry(key.to_string()).or_insert_with(Instant::now);
@@ -521,6 +590,9 @@ impl Worker {
             return Ok((true, false));
         };
         self.channel_wait.remove(key);
+        // Setting the same text or the same reaction twice shows once on every platform: edits
+        // and reactions may be repeated whatever the channel promises for new messages.
+        let idempotent = idempotent || matches!(delivery, Delivery::Edit(_) | Delivery::Reaction(_));
         if interrupted && !idempotent {
             // The platform may have shown it: never a second send. Fail it, and say so.
             let reason = "delivery outcome unknown: the host stopped during the send; not re-sent to avoid a duplicate";
@@ -539,7 +611,14 @@ impl Worker {
             warn!(session = %self.session.id, row = %key, "{CRASH_AFTER_RESERVE_ENV} is set: aborting after the reservation");
             std::process::abort();
         }
-        match notices::send(&self.ctx, &target.channel_type, message).await {
+        let sent = match self.ctx.channels.for_channel_type(&target.channel_type) {
+            Some(ch) => ch.perform(delivery, self.ctx.config.delivery_timeout).await,
+            None => Err(crate::ports::channel::DeliveryError::transient(format!(
+                "channel {} is not running",
+                target.channel_type
+            ))),
+        };
+        match sent {
             Ok(platform_message_id) => {
                 self.record(key, "delivered", platform_message_id.as_deref(), None, false).await?;
                 self.forget(key);
@@ -563,6 +642,151 @@ impl Worker {
                 Ok((true, false))
             }
         }
+    }
+
+    /// Turns a chat row into what the channel gets: files read from the outbox through the one
+    /// door for container files, edit and reaction targets resolved to platform message ids.
+    async fn prepare(
+        &mut self,
+        valid: &ValidOutbound,
+        content: &OutboundContent,
+        target: &nanoclaw_protocol::validate::Target,
+        message: OutboundMessage,
+    ) -> Result<Prepared, PassError> {
+        let row = &valid.id;
+        Ok(match content {
+            OutboundContent::Text { text } => Prepared::Ready(
+                Delivery::Message(OutboundMessage { text: text.clone(), ..message }),
+                text.clone(),
+            ),
+            OutboundContent::File { text, files } => {
+                let mut out = Vec::with_capacity(files.len());
+                // One row holds at most this much in memory, whatever its number of files.
+                let mut budget = container_files::MAX_OUTBOX_FILE_BYTES;
+                for f in files {
+                    let read = container_files::read_outbox_file(
+                        self.paths.clone(),
+                        row,
+                        &f.path,
+                        budget,
+                        self.limits.read_deadline,
+                    )
+                    .await;
+                    match read {
+                        Ok(bytes) => {
+                            budget = budget.saturating_sub(bytes.len() as u64);
+                            out.push(OutboundFile { name: f.name.clone(), bytes });
+                        }
+                        Err(e @ (OutboxFileError::Refused { .. } | OutboxFileError::Deadline { .. })) => {
+                            return Ok(Prepared::Failed(format!("row {row}: content.files.path: {e}")));
+                        }
+                        Err(e @ OutboxFileError::Unavailable { .. }) => {
+                            debug!(session = %self.session.id, row = %row, error = %e, "outbox file not readable now");
+                            return Ok(Prepared::Wait);
+                        }
+                    }
+                }
+                let names: Vec<&str> = files.iter().map(|f| f.name.as_str()).collect();
+                let summary = match text {
+                    Some(t) => t.clone(),
+                    None => format!("file {}", names.join(", ")),
+                };
+                let caption = text.clone().unwrap_or_default();
+                Prepared::Ready(
+                    Delivery::Files { message: OutboundMessage { text: caption, ..message }, files: out },
+                    summary,
+                )
+            }
+            OutboundContent::Card { title, text, buttons } => {
+                let card = OutboundCard {
+                    title: title.clone(),
+                    text: text.clone(),
+                    buttons: buttons
+                        .iter()
+                        .map(|b| LinkButton { label: b.label.clone(), url: b.url.clone() })
+                        .collect(),
+                };
+                Prepared::Ready(Delivery::Card { message, card }, title.clone())
+            }
+            OutboundContent::Edit { target: original, text } => {
+                // Only the agent's own messages can be edited: a `messages_out` row of this session.
+                match self.sent_platform_id(row, original).await? {
+                    Some(Ok(pmid)) => Prepared::Ready(
+                        Delivery::Edit(EditRequest {
+                            platform_id: target.platform_id.clone(),
+                            platform_message_id: pmid,
+                            text: text.clone(),
+                            message_out_id: message.message_out_id,
+                            in_reply_to: message.in_reply_to,
+                        }),
+                        text.clone(),
+                    ),
+                    Some(Err(p)) => *p,
+                    None => Prepared::Failed(format!(
+                        "row {row}: content.target: {original:?} is not a message this agent sent"
+                    )),
+                }
+            }
+            OutboundContent::Reaction { target: original, emoji } => {
+                let pmid = match self.sent_platform_id(row, original).await? {
+                    Some(Ok(pmid)) => pmid,
+                    Some(Err(p)) => return Ok(*p),
+                    None => {
+                        let (p, id) = (self.paths.clone(), original.clone());
+                        match self.blocking(move |_| files::inbound_origin(&p, &id)).await? {
+                            Some(o)
+                                if o.channel_type == target.channel_type
+                                    && o.platform_id == target.platform_id =>
+                            {
+                                o.platform_message_id
+                            }
+                            Some(_) => {
+                                return Ok(Prepared::Failed(format!(
+                                    "row {row}: content.target: {original:?} is a message of another chat"
+                                )));
+                            }
+                            None => {
+                                return Ok(Prepared::Failed(format!(
+                                    "row {row}: content.target: no message {original:?} in this session"
+                                )));
+                            }
+                        }
+                    }
+                };
+                Prepared::Ready(
+                    Delivery::Reaction(ReactionRequest {
+                        platform_id: target.platform_id.clone(),
+                        platform_message_id: pmid,
+                        emoji: emoji.clone(),
+                        message_out_id: message.message_out_id,
+                        in_reply_to: message.in_reply_to,
+                    }),
+                    emoji.clone(),
+                )
+            }
+        })
+    }
+
+    /// The platform message id the host recorded when it delivered row `original` of this
+    /// session: `None` when no such row was handled, `Some(Err(_))` when it cannot be used (yet).
+    async fn sent_platform_id(
+        &self,
+        row: &str,
+        original: &str,
+    ) -> Result<Option<Result<String, Box<Prepared>>>, PassError> {
+        let id = original.to_string();
+        let record = self.blocking(move |p| files::delivery_record(p, &id)).await?;
+        Ok(record.map(|r| match (r.status.as_str(), r.platform_message_id) {
+            ("delivered", Some(pmid)) => Ok(pmid),
+            ("delivered", None) => Err(Box::new(Prepared::Failed(format!(
+                "row {row}: content.target: the channel gave no platform message id for {original:?}"
+            )))),
+            ("failed", _) => Err(Box::new(Prepared::Failed(format!(
+                "row {row}: content.target: {original:?} was never delivered"
+            )))),
+            // `sending` / `retrying`: its outcome comes first.
+            _ => Err(Box::new(Prepared::Wait)),
+        }))
     }
 
     fn forget(&mut self, key: &str) {

@@ -179,6 +179,9 @@ async fn run_tool(
             name: name.to_string(),
             declared_timeout_ms: Some(i64::try_from(declared.as_millis()).unwrap_or(i64::MAX)),
         });
+        // The host shows the tool being run in the chat ("working"): tell it the state changed
+        // rather than leaving it to the host's next pass (the poke is coalesced there).
+        io.link.output().await;
         let heartbeat = io.heartbeat.to_path_buf();
         let result = {
             let mut cx = ToolContext {
