@@ -107,3 +107,86 @@ fn openai_local_server_replies() {
 fn anthropic_local_server_replies() {
     local_server_replies("anthropic", LlmServer::base_url);
 }
+
+/// The few-shot history seeded as the transcript: three examples of a user request answered by
+/// one `send_message` call, its result, and a closing "Done." (the shape of
+/// `container/agent-runner`'s `ChatMessage` JSONL).
+fn few_shot_transcript() -> String {
+    let mut lines = vec![];
+    for (i, (ask, say)) in [
+        ("Say good morning.", "Good morning!"),
+        ("Say thank you.", "Thank you!"),
+        ("Say goodbye.", "Goodbye!"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let id = format!("call_{i}");
+        lines.push(serde_json::json!({"role": "user", "content": [{"type": "text", "text": ask}]}));
+        lines.push(serde_json::json!({"role": "assistant", "content": [
+            {"type": "tool_call", "id": id, "name": "send_message", "arguments": {"text": say}}]}));
+        lines.push(serde_json::json!({"role": "user", "content": [
+            {"type": "tool_result", "call_id": id, "content": "sent", "is_error": false}]}));
+        lines.push(serde_json::json!({"role": "assistant", "content": [{"type": "text", "text": "Done."}]}));
+    }
+    lines.iter().map(|l| format!("{l}\n")).collect()
+}
+
+/// A real tool call from the real model: with a seeded few-shot transcript, "Say hello." makes
+/// the model call `send_message`, and exactly one message (the text the model put in the call,
+/// read back from the transcript the runner kept) reaches the chat; none more within 5 s.
+#[test]
+fn real_tool_call_sends_once() {
+    if !docker_available() {
+        return;
+    }
+    let Some(llm) = LlmServer::start() else { return };
+    let dir = short_tempdir();
+    let data = dir.path().join("data");
+    let config = local_config(dir.path(), "openai", &format!("{}/v1", llm.base_url()));
+    let args = ["--config", config.to_str().unwrap()];
+    // A first turn makes the runner create the session's transcript and its continuation.
+    let server = Server::start(&data, &args, &[]);
+    small_model_group(&data);
+    let mut c = server.client();
+    c.send("m-0", "Hi.");
+    c.until(TURN, |f| f["type"] == "done" && f["id"] == "m-0");
+    drop(c);
+    server.stop();
+
+    // Replace that conversation by the few-shot history.
+    let workspace = session_dir(&data).join("workspace");
+    let rel: String = rusqlite::Connection::open(workspace.join("outbound.db"))
+        .unwrap()
+        .query_row("SELECT value FROM session_state WHERE key = 'continuation:local'", [], |r| r.get(0))
+        .expect("the first turn stored continuation:local");
+    assert!(rel.starts_with("transcripts/local/"), "{rel}");
+    std::fs::write(workspace.join(&rel), few_shot_transcript()).unwrap();
+
+    let server = Server::start(&data, &args, &[]);
+    let mut c = server.client();
+    c.send("m-1", "Say hello.");
+    let mut frames = c.until(TURN, |f| f["type"] == "done" && f["id"] == "m-1");
+    frames.extend(c.drain(Duration::from_secs(5)));
+    let messages: Vec<&str> =
+        frames.iter().filter(|f| f["type"] == "reply").filter_map(|f| f["text"].as_str()).collect();
+
+    // What the model server returned, as the runner recorded it after the seeded history.
+    let transcript = std::fs::read_to_string(workspace.join(&rel)).unwrap();
+    let turn: Vec<serde_json::Value> =
+        transcript.lines().skip(12).map(|l| serde_json::from_str(l).unwrap()).collect();
+    let calls: Vec<&serde_json::Value> = turn
+        .iter()
+        .filter(|m| m["role"] == "assistant")
+        .flat_map(|m| m["content"].as_array().into_iter().flatten())
+        .filter(|b| b["type"] == "tool_call")
+        .collect();
+    eprintln!("the model's turn: {turn:?}\nchat: {messages:?}");
+    assert_eq!(calls.len(), 1, "the model did not make exactly one tool call; its turn: {turn:?}");
+    assert_eq!(calls[0]["name"], "send_message", "{turn:?}");
+    let said = calls[0]["arguments"]["text"].as_str().expect("a text argument");
+    assert!(!said.trim().is_empty(), "{turn:?}");
+    assert_eq!(messages, vec![said], "frames: {frames:?}; log: {}", server.log());
+    let (requests, _, _) = local_usage(&data);
+    assert!(requests >= 2, "the proxy recorded {requests} requests");
+}
