@@ -189,3 +189,37 @@ async fn a_context_length_error_drops_the_oldest_turns_and_retries_once() {
     assert_eq!(kept.lines().count(), 4, "{kept}");
     assert!(!kept.contains(">a</message>") && kept.contains(">b</message>") && kept.contains(">c</message>"));
 }
+
+/// A model that answers nothing at all.
+struct Silent;
+
+#[async_trait::async_trait]
+impl nanoclaw_agent::model::Model for Silent {
+    fn name(&self) -> &str {
+        "silent"
+    }
+
+    async fn complete(
+        &mut self,
+        _request: &nanoclaw_agent::model::ModelRequest<'_>,
+        _events: &mut dyn nanoclaw_agent::provider::EventSink,
+    ) -> Result<nanoclaw_agent::model::ModelReply, nanoclaw_agent::model::ModelError> {
+        use nanoclaw_agent::model::{ModelReply, StopReason, Usage};
+        Ok(ModelReply { blocks: vec![], stop: StopReason::EndTurn, usage: Usage::default() })
+    }
+}
+
+#[tokio::test]
+async fn an_empty_answer_is_told_not_silent() {
+    let mut s = Session::new(None);
+    let mut settings = nanoclaw_protocol::settings::RunnerSettings::echo_default("Andy");
+    settings.provider.name = "silent".into();
+    let agent = Box::new(nanoclaw_agent::agent::Agent::new(
+        Box::new(Silent),
+        settings,
+        nanoclaw_agent::tools::ToolRegistry::default(),
+        s.workspace.clone(),
+    ));
+    s.start_with(Some(agent));
+    assert_eq!(texts(&s.turn("hello?", 20).await), vec![nanoclaw_agent::agent::EMPTY_ANSWER_NOTE]);
+}

@@ -38,6 +38,9 @@ const TOOL_HEARTBEAT: Duration = Duration::from_secs(10);
 pub const NUDGE: &str = "Your answer had no <message to=\"NAME\">…</message> block, so nobody saw it. Send it again \
                          inside a block addressed to a destination, or answer with nothing if it was only notes.";
 
+/// Told to the user when the model's final answer is empty and the turn sent nothing.
+pub const EMPTY_ANSWER_NOTE: &str = "The model gave an empty answer; nothing was sent.";
+
 /// The tool loop over one model (see the module docs).
 pub struct Agent {
     model: Box<dyn Model>,
@@ -309,6 +312,11 @@ impl Provider for Agent {
             transcript.messages.push(ChatMessage { role: Role::Assistant, content: reply.blocks });
             if calls.is_empty() {
                 let parsed = parse_output(&text);
+                // A model that answers nothing at all (seen with a small local model over the
+                // Messages API) would otherwise end the turn in silence: the user is told.
+                if text.trim().is_empty() && ledger.sent.is_empty() {
+                    out.notes.push(EMPTY_ANSWER_NOTE.into());
+                }
                 texts.push(text);
                 if parsed.messages.is_empty() && !parsed.scratchpad.is_empty() && ledger.sent.is_empty() {
                     if !nudged {
