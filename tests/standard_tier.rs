@@ -187,3 +187,75 @@ async fn standard_is_hardened_and_has_the_tools() {
     assert_eq!(status.code, Some(0), "the runner stops cleanly");
     runtime.remove(&id).await.unwrap();
 }
+
+/// Starts the real binary with the main group on the `standard` tier (set before the first
+/// message: the host reads container_configs when it spawns the container).
+fn standard_server(data: &Path) -> Server {
+    let server = Server::start(data, &[], &[]);
+    let changed = store_db(data)
+        .execute("UPDATE container_configs SET image_tier = 'standard' WHERE agent_group_id = 'ag-main'", [])
+        .unwrap();
+    assert_eq!(changed, 1);
+    server
+}
+
+/// `run_command` through the real binary: the echo provider calls it from a `tool` line, and git
+/// (in the `standard` image) answers in the reply. The first build takes minutes: 10 min budget.
+#[test]
+#[ignore = "not run yet (written at the i6-tier deadline): run with --ignored, then drop this"]
+fn run_command_git() {
+    if !docker_available() {
+        return;
+    }
+    let dir = short_tempdir();
+    let data = dir.path().join("data");
+    let server = standard_server(&data);
+    let mut c = server.client();
+    c.send("m-0", r#"tool run_command {"command":"git init -q && git status"}"#);
+    let frames = c.until(Duration::from_secs(600), |f| f["type"] == "done" && f["id"] == "m-0");
+    let replies = replies_to(&frames, "m-0");
+    assert_eq!(replies.len(), 1, "{frames:?}");
+    assert!(replies[0].starts_with("tool run_command: exit code 0"), "{replies:?}");
+    assert!(replies[0].contains("No commits yet") && replies[0].contains("On branch"), "{replies:?}");
+    let install = nanoclaw::daemon::install_id(&data);
+    assert!(server.stop().success());
+    assert!(all_containers_of(&install).is_empty(), "shutdown removes containers");
+}
+
+/// A command past its `timeout_s` is killed with its whole process group: the reply comes within
+/// seconds and says so, and no `sleep` is left in the container.
+#[test]
+#[ignore = "not run yet (written at the i6-tier deadline): run with --ignored, then drop this"]
+fn run_command_timeout_kills_group() {
+    if !docker_available() {
+        return;
+    }
+    let dir = short_tempdir();
+    let data = dir.path().join("data");
+    let server = standard_server(&data);
+    let mut c = server.client();
+    // A first turn starts the container (and builds the image if needed) outside the clock.
+    c.send("m-0", "hello");
+    let frames = c.until(Duration::from_secs(600), |f| f["type"] == "done" && f["id"] == "m-0");
+    assert_eq!(replies_to(&frames, "m-0"), vec!["echo: hello"], "{frames:?}");
+
+    let started = Instant::now();
+    c.send("m-1", r#"tool run_command {"command":"sleep 600 & sleep 600","timeout_s":2}"#);
+    let frames = c.until(Duration::from_secs(15), |f| f["type"] == "done" && f["id"] == "m-1");
+    let took = started.elapsed();
+    let replies = replies_to(&frames, "m-1");
+    assert_eq!(replies.len(), 1, "{frames:?}");
+    assert!(
+        replies[0].contains("error: killed after") && replies[0].contains("timeout_s = 2"),
+        "{replies:?}"
+    );
+    assert!(took < Duration::from_secs(15), "{took:?}");
+    let install = nanoclaw::daemon::install_id(&data);
+    let containers = containers_of(&install);
+    assert_eq!(containers.len(), 1, "{containers:?}");
+    // Both sleeps (the background one too) were in the killed group.
+    let top = docker(&["top", &containers[0]]);
+    assert!(!top.contains("sleep"), "{top}");
+    assert!(server.stop().success());
+    assert!(all_containers_of(&install).is_empty(), "shutdown removes containers");
+}

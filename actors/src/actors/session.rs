@@ -39,6 +39,7 @@ use crate::slots::SlotPermit;
 use crate::store::{self, SessionHold, SessionInfo};
 use nanoclaw_protocol::layout;
 use nanoclaw_protocol::rows::SessionRouting;
+use nanoclaw_protocol::settings::ImageTier;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use std::sync::Arc;
 use std::time::Duration;
@@ -105,6 +106,12 @@ pub struct SessionState {
     permit: Option<SlotPermit>,
     /// Waiting in the slot queue (drop guard: dropping it leaves the queue).
     slot_wait: Option<AbortOnDropHandle<()>>,
+    /// The image tier being ensured (building `standard` the first time takes minutes), off the
+    /// mailbox so Status, Kill, Enqueue and shutdown are answered meanwhile; it casts
+    /// [`SessionMessage::TierReady`]. Drop guard: a stopping actor aborts it.
+    tier_wait: Option<AbortOnDropHandle<()>>,
+    /// The tier ensured for the next spawn (consumed by it, so each spawn checks its image again).
+    tier_ready: Option<ImageTier>,
     /// The chat was told it waits for a slot (once per wait).
     queued_noted: bool,
     /// Quarantined or paused: input is kept, no container runs.
@@ -175,6 +182,13 @@ pub enum SessionMessage {
     Status(RpcReplyPort<SessionStatus>),
     /// A container slot was granted to this queued session.
     SlotGranted(SlotPermit),
+    /// The image tier ensure started by a spawn finished (the error is the runtime's, one line).
+    TierReady {
+        /// The tier that was ensured.
+        tier: ImageTier,
+        /// Whether its image is usable.
+        result: Result<(), String>,
+    },
     /// The credential proxy met something the owner must hear about (already rate-limited by
     /// the proxy).
     Proxy(ProxyEvent),
@@ -191,6 +205,9 @@ impl std::fmt::Debug for SessionMessage {
             SessionMessage::Timer => f.write_str("Timer"),
             SessionMessage::Status(_) => f.write_str("Status"),
             SessionMessage::SlotGranted(_) => f.write_str("SlotGranted"),
+            SessionMessage::TierReady { tier, result } => {
+                write!(f, "TierReady({}, {result:?})", tier.as_str())
+            }
             SessionMessage::Proxy(e) => write!(f, "Proxy({e:?})"),
         }
     }
@@ -303,15 +320,48 @@ impl SessionState {
         Ok(())
     }
 
-    /// Takes a slot and spawns a container, or joins the slot queue.
+    /// Ensures the image tier (off the mailbox), takes a slot and spawns a container, or joins
+    /// the slot queue. Re-entered by [`SessionMessage::TierReady`] and
+    /// [`SessionMessage::SlotGranted`], so every guard is checked again then: a Kill, a hold or
+    /// a backoff may have arrived meanwhile.
     async fn spawn_container(&mut self, myself: &ActorRef<SessionMessage>) -> Result<(), ActorProcessingErr> {
         if !matches!(self.phase, Phase::Gone) || self.hold.is_some() || !self.resumed {
+            return Ok(());
+        }
+        // Already waiting for the image or for a slot: their messages come back here.
+        if self.tier_wait.is_some() || (self.slot_wait.is_some() && self.permit.is_none()) {
             return Ok(());
         }
         if self.next_spawn_at.is_some_and(|t| Self::now() < t) {
             return Ok(());
         }
         if self.check_workspace().await? {
+            return Ok(());
+        }
+        // The provider, runner.json and the proxy: a provider that cannot be used (unknown,
+        // key unset, bad base_url) stops this session's turns with one line naming the key.
+        let sid = self.session.id.clone();
+        let row = self.ctx.store.call(move |c| store::runner_config(c, &sid)).await?;
+        let prepared = match row {
+            Some(row) => crate::session::runner::settings(&self.ctx, &self.session, &row),
+            None => Err("the session row is gone".to_string()),
+        };
+        let settings = match prepared {
+            Ok(s) => s,
+            Err(line) => {
+                self.provider_failed(line).await?;
+                return Ok(());
+            }
+        };
+        // The tier runner.json names (explicit, else `standard` for a real provider) is ensured
+        // before a slot is taken: building the `standard` image the first time takes minutes,
+        // and a slot held that long would keep other sessions' containers from starting.
+        if self.tier_ready != Some(settings.image_tier) {
+            let (runtime, tier, me) = (self.ctx.runtime.clone(), settings.image_tier, myself.clone());
+            self.tier_wait = Some(AbortOnDropHandle::new(tokio::spawn(async move {
+                let result = runtime.ensure_tier(tier).await.map_err(|e| e.to_string());
+                let _ = me.cast(SessionMessage::TierReady { tier, result });
+            })));
             return Ok(());
         }
         if self.permit.is_none() {
@@ -336,21 +386,6 @@ impl SessionState {
             }
         }
         self.queued_noted = false;
-        // The provider, runner.json and the proxy: a provider that cannot be used (unknown,
-        // key unset, bad base_url) stops this session's turns with one line naming the key.
-        let sid = self.session.id.clone();
-        let row = self.ctx.store.call(move |c| store::runner_config(c, &sid)).await?;
-        let prepared = match row {
-            Some(row) => crate::session::runner::settings(&self.ctx, &self.session, &row),
-            None => Err("the session row is gone".to_string()),
-        };
-        let settings = match prepared {
-            Ok(s) => s,
-            Err(line) => {
-                self.provider_failed(line).await?;
-                return Ok(());
-            }
-        };
         let text = crate::session::runner::to_json(&settings);
         let file = self.paths.host_dir.join(layout::RUNNER_SETTINGS);
         tokio::task::spawn_blocking(move || crate::session::runner::write_atomic(&file, text.as_bytes()))
@@ -378,20 +413,8 @@ impl SessionState {
             }
         }
         self.provider_error = None;
-        // The tier runner.json names (explicit, else `standard` for a real provider), before the
-        // generation and the hello clock start: building the `standard` image the
-        // first time takes minutes. A failure (no debootstrap, not root) is retried with the
-        // spawn backoff, and the slot goes back meanwhile.
-        if let Err(e) = self.ctx.runtime.ensure_tier(settings.image_tier).await {
-            let delay = match self.spawn_backoff.on_failure() {
-                RestartDecision::RestartAfter(d) => d,
-                RestartDecision::GiveUp { .. } => RestartPolicy::container_spawn().max_delay,
-            };
-            warn!(session = %self.session.id, tier = settings.image_tier.as_str(), error = %e, ?delay, "agent image unavailable");
-            self.next_spawn_at = Some(Self::now() + delay);
-            self.permit = None;
-            return Ok(());
-        }
+        // The ensure was for this spawn only: the next one checks the image again.
+        self.tier_ready = None;
         let sid = self.session.id.clone();
         let generation = self.ctx.store.call(move |c| store::next_generation(c, &sid)).await?;
         let agent_group = self.session.agent_group_id.clone();
@@ -629,6 +652,8 @@ impl SessionState {
             let _ = c.cast(ContainerMessage::Stop { cause });
         }
         self.slot_wait = None;
+        // No container will run: a build in progress is abandoned (the next spawn restarts it).
+        self.tier_wait = None;
         if first {
             notices::tell_held(&self.ctx, &self.session, &hold).await;
         }
@@ -735,6 +760,7 @@ impl SessionState {
                 }
                 let quiet = matches!(self.phase, Phase::Gone)
                     && self.slot_wait.is_none()
+                    && self.tier_wait.is_none()
                     && (work.pending == 0 || self.hold.is_some())
                     && !self.outstanding;
                 if quiet && self.hold.is_some() {
@@ -817,6 +843,8 @@ impl Actor for SessionActor {
             provider_error: None,
             permit: None,
             slot_wait: None,
+            tier_wait: None,
+            tier_ready: None,
             queued_noted: false,
             hold: None,
             resumed: false,
@@ -928,6 +956,25 @@ impl Actor for SessionActor {
                     // Nothing to do any more (or spawning is backing off): pass the slot on.
                     state.permit = None;
                 }
+            }
+            SessionMessage::TierReady { tier, result } => {
+                state.tier_wait = None;
+                match result {
+                    Ok(()) => state.tier_ready = Some(tier),
+                    Err(e) => {
+                        // No debootstrap, not root, a failed build: retried with the spawn
+                        // backoff (no slot is held while ensuring, so none goes back).
+                        let delay = match state.spawn_backoff.on_failure() {
+                            RestartDecision::RestartAfter(d) => d,
+                            RestartDecision::GiveUp { .. } => RestartPolicy::container_spawn().max_delay,
+                        };
+                        warn!(session = %state.session.id, tier = tier.as_str(), error = %e, ?delay, "agent image unavailable");
+                        state.next_spawn_at = Some(SessionState::now() + delay);
+                    }
+                }
+                // Spawns now if still wanted (phase, hold and work are checked again), else
+                // arms the timer for the backoff.
+                state.check(&myself).await?;
             }
             SessionMessage::Proxy(event) => {
                 notices::tell_owner_proxy(&state.ctx, &state.session, &event).await
