@@ -238,6 +238,8 @@ impl Tally {
                     self.done_before_reply.push(i);
                 }
             }
+            // The typing line while a turn runs: live only, never an answer or a failure.
+            Some("working") => {}
             _ => self.failures.push(frame),
         }
     }

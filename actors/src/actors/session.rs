@@ -972,8 +972,12 @@ impl Actor for SessionActor {
                         state.next_spawn_at = Some(SessionState::now() + delay);
                     }
                 }
-                // Spawns now if still wanted (phase, hold and work are checked again), else
-                // arms the timer for the backoff.
+                // The spawn that asked for the image goes on (it re-checks phase, hold, backoff
+                // and the workspace itself): a kill-then-respawn has no pending work to make
+                // `check` spawn. Then `check` arms the timer (the backoff after a failure).
+                if state.tier_ready.is_some() {
+                    state.spawn_container(&myself).await?;
+                }
                 state.check(&myself).await?;
             }
             SessionMessage::Proxy(event) => {
