@@ -68,6 +68,20 @@ fn local_usage(data: &Path) -> (i64, i64, i64) {
         .unwrap()
 }
 
+/// Every transcript the runner kept in the session's workspace (what the model said), for
+/// failure messages.
+fn transcripts(data: &Path) -> String {
+    let dir = session_dir(data).join("workspace/transcripts");
+    let mut out = String::new();
+    for provider in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+        for file in std::fs::read_dir(provider.path()).into_iter().flatten().flatten() {
+            let text = std::fs::read_to_string(file.path()).unwrap_or_default();
+            out.push_str(&format!("\n--- {}\n{text}", file.path().display()));
+        }
+    }
+    if out.is_empty() { format!("(no transcript under {})", dir.display()) } else { out }
+}
+
 /// One chat message through the real binary, a real container and the proxy to the real model
 /// server speaking `kind`: a non-empty reply that is not an echo arrives, and the proxy counted
 /// the request and its tokens.
@@ -90,14 +104,18 @@ fn local_server_replies(kind: &str, base_url: impl Fn(&LlmServer) -> String) {
     // Every chat message of the turn: the final answer, and what the model sent via send_message.
     let replies: Vec<&str> =
         frames.iter().filter(|f| f["type"] == "reply").filter_map(|f| f["text"].as_str()).collect();
-    eprintln!("{kind} model, chat messages of the turn: {replies:?}");
+    eprintln!(
+        "{kind} model, chat messages of the turn: {replies:?}\nwhat the model said: {}",
+        transcripts(&data)
+    );
     let written: Vec<&&str> = replies
         .iter()
         .filter(|t| !t.trim().is_empty() && !t.starts_with("echo:") && !t.starts_with("Stopped:"))
         .collect();
     assert!(
         !written.is_empty(),
-        "no model-written message (only runner notes or echoes): {frames:?}; log: {}",
+        "no model-written message (only runner notes or echoes): {frames:?}; what the model said: {}; log: {}",
+        transcripts(&data),
         server.log()
     );
     let (requests, input, output) = local_usage(&data);
@@ -133,6 +151,11 @@ fn few_shot_transcript() -> String {
     .enumerate()
     {
         let id = format!("call_{i}");
+        // The user's turn in the shape the runner gives it, so the example matches the real turn.
+        let ask = format!(
+            "<message id=\"{}\" from=\"cli\" sender=\"Local\" time=\"2026-12-01T09:0{i}:00.000Z\">{ask}</message>",
+            2 * i + 2
+        );
         lines.push(serde_json::json!({"role": "user", "content": [{"type": "text", "text": ask}]}));
         lines.push(serde_json::json!({"role": "assistant", "content": [
             {"type": "tool_call", "id": id, "name": "send_message", "arguments": {"text": say}}]}));

@@ -235,8 +235,8 @@ pub async fn agent_for(config: &mut RunnerConfig) -> Result<Agent, RunnerError> 
     Ok(Agent::new(model, settings, tools, config.workspace_dir.clone()).with_system_note(note))
 }
 
-/// Rows for what a turn produced: its `<message>` blocks minus texts a tool already sent to the
-/// same chat, its unaddressed text to the session's own chat, and its notes to the batch's chat.
+/// Rows for what a turn produced: its `<message>` blocks (each text once per chat) minus texts a
+/// tool already sent to the same chat, its unaddressed text to the session's own chat, and its notes to the batch's chat.
 fn rows_for(output: &TurnOutput, snapshot: &Snapshot, prefix: &str) -> Vec<OutboundRow> {
     let replies = replies_for(&output.text, snapshot, prefix);
     if !replies.scratchpad.is_empty() {
@@ -245,9 +245,12 @@ fn rows_for(output: &TurnOutput, snapshot: &Snapshot, prefix: &str) -> Vec<Outbo
     for name in &replies.unknown_destinations {
         warn!(destination = %name, "message to an unknown destination dropped");
     }
+    // One text once per chat: a model asked to correct an answer often repeats its good blocks.
+    let mut seen = std::collections::HashSet::new();
     let mut rows: Vec<OutboundRow> = replies
         .rows
         .into_iter()
+        .filter(|row| seen.insert((row.channel_type.clone(), row.platform_id.clone(), row.content.clone())))
         .filter(|row| {
             // Both texts are trimmed (blocks by the parser, sends by the tool), so equal texts
             // serialise to equal content.

@@ -223,3 +223,74 @@ async fn an_empty_answer_is_told_not_silent() {
     s.start_with(Some(agent));
     assert_eq!(texts(&s.turn("hello?", 20).await), vec![nanoclaw_agent::agent::EMPTY_ANSWER_NOTE]);
 }
+
+#[tokio::test]
+async fn a_message_to_an_unknown_destination_is_corrected_once_then_sent_to_the_own_chat() {
+    let mut s = Session::new(None);
+    s.start();
+    // Echo answers the correction with its previous answer, verbatim: it misses again.
+    let r = s.turn(r#"!raw <message to="cli">one</message><message to="nobody">two</message>"#, 20).await;
+    assert_eq!(texts(&r), vec!["one", "two"], "the known block once, the unknown one to the own chat");
+    let path = s.state("continuation:echo").unwrap();
+    let transcript = std::fs::read_to_string(s.workspace.join(path)).unwrap();
+    assert_eq!(
+        transcript.matches(nanoclaw_agent::agent::UNKNOWN_DESTINATION).count(),
+        1,
+        "one correction naming the destinations: {transcript}"
+    );
+    assert!(transcript.contains(r#"\"nobody\". Your destinations are: cli."#), "{transcript}");
+}
+
+#[tokio::test]
+async fn an_answer_of_only_empty_blocks_is_told_not_silent() {
+    let mut s = Session::new(None);
+    s.start();
+    let r = s.turn(r#"!raw <message to="cli">  </message>"#, 20).await;
+    assert_eq!(texts(&r), vec![nanoclaw_agent::agent::EMPTY_ANSWER_NOTE]);
+}
+
+#[tokio::test]
+async fn an_answer_of_only_internal_text_is_a_deliberate_silence() {
+    let mut s = Session::new(None);
+    s.start();
+    let r = s.turn("!raw <internal>not for me</internal>", 20).await;
+    assert_eq!(texts(&r), Vec::<String>::new());
+    // The next turn is answered as usual.
+    assert_eq!(texts(&s.turn("after", 20).await), vec!["echo: after"]);
+}
+
+/// A model that answers a plain text first, then nothing.
+struct PlainThenSilent(u32);
+
+#[async_trait::async_trait]
+impl nanoclaw_agent::model::Model for PlainThenSilent {
+    fn name(&self) -> &str {
+        "plain"
+    }
+
+    async fn complete(
+        &mut self,
+        _request: &nanoclaw_agent::model::ModelRequest<'_>,
+        _events: &mut dyn nanoclaw_agent::provider::EventSink,
+    ) -> Result<nanoclaw_agent::model::ModelReply, nanoclaw_agent::model::ModelError> {
+        use nanoclaw_agent::model::{Block, ModelReply, StopReason, Usage};
+        self.0 += 1;
+        let blocks = if self.0 == 1 { vec![Block::Text { text: "Paris.".into() }] } else { vec![] };
+        Ok(ModelReply { blocks, stop: StopReason::EndTurn, usage: Usage::default() })
+    }
+}
+
+#[tokio::test]
+async fn an_empty_answer_to_the_nudge_sends_what_the_model_said_before() {
+    let mut s = Session::new(None);
+    let mut settings = nanoclaw_protocol::settings::RunnerSettings::echo_default("Andy");
+    settings.provider.name = "plain".into();
+    let agent = Box::new(nanoclaw_agent::agent::Agent::new(
+        Box::new(PlainThenSilent(0)),
+        settings,
+        nanoclaw_agent::tools::ToolRegistry::default(),
+        s.workspace.clone(),
+    ));
+    s.start_with(Some(agent));
+    assert_eq!(texts(&s.turn("capital of France?", 20).await), vec!["Paris."]);
+}

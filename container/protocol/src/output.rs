@@ -65,7 +65,7 @@ pub fn parse_output(text: &str) -> ParsedOutput {
 }
 
 /// Removes `<internal>…</internal>` spans; an unterminated one runs to the end of the text.
-fn strip_internal(text: &str) -> String {
+pub fn strip_internal(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(start) = rest.find("<internal>") {

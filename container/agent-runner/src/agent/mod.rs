@@ -5,15 +5,27 @@
 //! again, until it answers without tool calls — at most `max_tool_rounds` model calls. The same
 //! call (name and canonical arguments) made 5 times in one turn ends the turn with a note: a
 //! model stuck in a loop must not burn the budget. Unknown tools and bad arguments come back to
-//! the model as tool errors naming the field. A final answer with text but no `<message>` block
-//! gets one nudge (unless the turn already sent through `send_message`: then the text is its
-//! scratchpad); if the next answer still has none, its text goes to the session's own chat.
-//! The conversation is kept per provider in a transcript ([`transcript`]).
+//! the model as tool errors naming the field. The conversation is kept per provider in a
+//! transcript ([`transcript`]).
+//!
+//! A turn never ends in silence by accident: the final answer is checked before the turn ends.
+//! - Text but no `<message>` block (and nothing sent through `send_message`, which makes the
+//!   text a scratchpad): one nudge; if the next answer still has none, the text goes to the
+//!   session's own chat — the first answer's text, which answered the user (the second one
+//!   answered the nudge, and a small model merely repeats it), also when the second is empty.
+//! - A block addressed to a name that is not a destination: one correction naming the
+//!   destinations; if the next answer misses again, the first answer's misaddressed blocks go
+//!   to the session's own chat.
+//! - Nothing at all (empty text, or only empty blocks) with nothing sent: the user is told
+//!   ([`EMPTY_ANSWER_NOTE`]).
+//! - Only `<internal>` text: a deliberate silence (an agent in a busy group chat may choose not
+//!   to speak); logged, nothing sent.
 
 pub mod transcript;
 
+use crate::db::Snapshot;
 use crate::model::{Block, ChatMessage, Model, ModelError, ModelRequest, Role};
-use crate::prompt::{Turn, agent_context};
+use crate::prompt::{Turn, agent_context, resolve_destination};
 use crate::provider::{
     EventSink, ExitRequest, Provider, ProviderError, ProviderEvent, TurnFailure, TurnIo, TurnOutput, touch,
 };
@@ -24,7 +36,7 @@ use nanoclaw_protocol::settings::RunnerSettings;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 use transcript::{Opened, Transcript};
 
 /// The same call this many times in one turn ends the turn.
@@ -36,7 +48,11 @@ const TOOL_HEARTBEAT: Duration = Duration::from_secs(10);
 
 /// The message that makes the model address its answer.
 pub const NUDGE: &str = "Your answer had no <message to=\"NAME\">…</message> block, so nobody saw it. Send it again \
-                         inside a block addressed to a destination, or answer with nothing if it was only notes.";
+                         inside a block addressed to one of your destinations.";
+
+/// The start of the correction sent when a block names an unknown destination (the names and
+/// the list of destinations follow).
+pub const UNKNOWN_DESTINATION: &str = "Not delivered: there is no destination named";
 
 /// Told to the user when the model's final answer is empty and the turn sent nothing.
 pub const EMPTY_ANSWER_NOTE: &str = "The model gave an empty answer; nothing was sent.";
@@ -101,6 +117,52 @@ fn failure(e: ModelError) -> TurnFailure {
             session_invalid: false,
         }),
     }
+}
+
+/// What a final answer (one without tool calls) calls for.
+#[derive(Debug, PartialEq, Eq)]
+enum Final {
+    /// Deliverable as it is (or the turn already sent through a tool).
+    Done,
+    /// Nothing to deliver on purpose: only `<internal>` text.
+    Silent,
+    /// Nothing at all: empty text or only empty blocks.
+    Empty,
+    /// Not deliverable as written: tell the model `say`; if it fails again, `unaddressed` goes
+    /// to the session's own chat.
+    Retry { say: String, unaddressed: String },
+}
+
+/// Checks a final answer against the destinations of `snapshot` (see the module docs).
+/// `sent` says whether the turn already sent a message through a tool.
+fn final_answer(text: &str, snapshot: &Snapshot, sent: bool) -> Final {
+    let parsed = parse_output(text);
+    let unknown: Vec<_> =
+        parsed.messages.iter().filter(|m| resolve_destination(snapshot, &m.to).is_none()).collect();
+    if !unknown.is_empty() {
+        let mut names: Vec<&str> = unknown.iter().map(|m| m.to.as_str()).collect();
+        names.dedup();
+        let known: Vec<&str> = snapshot.destinations.iter().map(|d| d.name.as_str()).collect();
+        return Final::Retry {
+            say: format!(
+                "{UNKNOWN_DESTINATION} {}. Your destinations are: {}. Send those messages again, each inside \
+                 <message to=\"NAME\">…</message> with NAME one of them.",
+                names.iter().map(|n| format!("{n:?}")).collect::<Vec<_>>().join(", "),
+                if known.is_empty() { "(none)".to_string() } else { known.join(", ") }
+            ),
+            unaddressed: unknown.iter().map(|m| m.text.as_str()).collect::<Vec<_>>().join("\n\n"),
+        };
+    }
+    if !parsed.messages.is_empty() || sent {
+        return Final::Done;
+    }
+    if !parsed.scratchpad.is_empty() {
+        return Final::Retry { say: NUDGE.into(), unaddressed: parsed.scratchpad };
+    }
+    if text.contains("<internal>") && !nanoclaw_protocol::output::strip_internal(text).contains("<message") {
+        return Final::Silent;
+    }
+    Final::Empty
 }
 
 impl Agent {
@@ -252,7 +314,9 @@ impl Provider for Agent {
         let mut ledger = TurnLedger::new(io.id_prefix);
         let mut seen: HashMap<(String, String), usize> = HashMap::new();
         let mut texts = Vec::new();
-        let mut nudged = false;
+        // One nudge or correction per turn; `earlier` keeps what the corrected answer said.
+        let mut corrected = false;
+        let mut earlier: Option<String> = None;
         let mut calls_made = 0u32;
         let result: Result<(), TurnFailure> = 'turn: loop {
             if calls_made >= self.settings.max_tool_rounds {
@@ -311,23 +375,36 @@ impl Provider for Agent {
             let text = text_of(&reply.blocks);
             transcript.messages.push(ChatMessage { role: Role::Assistant, content: reply.blocks });
             if calls.is_empty() {
-                let parsed = parse_output(&text);
-                // A model that answers nothing at all (seen with a small local model over the
-                // Messages API) would otherwise end the turn in silence: the user is told.
-                if text.trim().is_empty() && ledger.sent.is_empty() {
-                    out.notes.push(EMPTY_ANSWER_NOTE.into());
-                }
-                texts.push(text);
-                if parsed.messages.is_empty() && !parsed.scratchpad.is_empty() && ledger.sent.is_empty() {
-                    if !nudged {
-                        nudged = true;
-                        transcript.messages.push(ChatMessage {
-                            role: Role::User,
-                            content: vec![Block::Text { text: NUDGE.into() }],
-                        });
+                match final_answer(&text, io.snapshot, !ledger.sent.is_empty()) {
+                    Final::Done => texts.push(text),
+                    Final::Silent => {
+                        info!("the agent chose not to reply (only <internal> text)");
+                        texts.push(text);
+                    }
+                    Final::Empty => match earlier.take() {
+                        // The answer to a nudge or correction is empty: what the model said
+                        // before is not lost.
+                        Some(before) => out.unaddressed = Some(before),
+                        None => out.notes.push(EMPTY_ANSWER_NOTE.into()),
+                    },
+                    Final::Retry { say, unaddressed } if !corrected => {
+                        // Blocks to known destinations in this answer are delivered as they are.
+                        texts.push(text);
+                        corrected = true;
+                        earlier = Some(unaddressed);
+                        transcript
+                            .messages
+                            .push(ChatMessage { role: Role::User, content: vec![Block::Text { text: say }] });
                         continue;
                     }
-                    out.unaddressed = Some(parsed.scratchpad);
+                    Final::Retry { unaddressed, .. } => {
+                        // The deliverable blocks of this answer still go where they point. Of the
+                        // rest, the first answer goes to the own chat: it answered the user, while
+                        // the second one answered the correction (a small model repeats it).
+                        texts.push(text);
+                        out.unaddressed =
+                            Some(earlier.take().filter(|e| !e.trim().is_empty()).unwrap_or(unaddressed));
+                    }
                 }
                 break Ok(());
             }
