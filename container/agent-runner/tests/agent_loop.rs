@@ -136,8 +136,11 @@ async fn a_corrupt_transcript_is_reset_once_with_a_note() {
     assert_eq!(texts(&s.turn("!turns", 20).await), vec!["echo: turns=2"]);
 }
 
-/// A model that fails with a context-length error whenever it gets more than 3 messages.
-struct SmallContext;
+/// A model that fails with a context-length error whenever it gets more than 3 messages;
+/// summary requests are answered `SUMMARY` (or fail, when `summaries` is false).
+struct SmallContext {
+    summaries: bool,
+}
 
 #[async_trait::async_trait]
 impl nanoclaw_agent::model::Model for SmallContext {
@@ -151,10 +154,16 @@ impl nanoclaw_agent::model::Model for SmallContext {
         _events: &mut dyn nanoclaw_agent::provider::EventSink,
     ) -> Result<nanoclaw_agent::model::ModelReply, nanoclaw_agent::model::ModelError> {
         use nanoclaw_agent::model::{Block, ModelError, ModelReply, StopReason, Usage};
-        if request.messages.len() > 3 {
+        let text = if request.system == nanoclaw_agent::agent::compact::SUMMARY_SYSTEM {
+            if !self.summaries {
+                return Err(ModelError::Retryable { message: "overloaded".into() });
+            }
+            "SUMMARY".to_string()
+        } else if request.messages.len() > 3 {
             return Err(ModelError::ContextLength { message: "too many tokens".into() });
-        }
-        let text = format!("<message to=\"cli\">seen {}</message>", request.messages.len());
+        } else {
+            format!("<message to=\"cli\">seen {}</message>", request.messages.len())
+        };
         Ok(ModelReply {
             blocks: vec![Block::Text { text }],
             stop: StopReason::EndTurn,
@@ -163,31 +172,52 @@ impl nanoclaw_agent::model::Model for SmallContext {
     }
 }
 
+fn small_context(ws: &std::path::Path, summaries: bool) -> Box<nanoclaw_agent::agent::Agent> {
+    let mut settings = nanoclaw_protocol::settings::RunnerSettings::echo_default("Andy");
+    settings.provider.name = "small".into();
+    Box::new(nanoclaw_agent::agent::Agent::new(
+        Box::new(SmallContext { summaries }),
+        settings,
+        nanoclaw_agent::tools::ToolRegistry::default(),
+        ws.to_path_buf(),
+    ))
+}
+
 #[tokio::test]
-async fn a_context_length_error_drops_the_oldest_turns_and_retries_once() {
+async fn a_context_length_error_summarises_the_oldest_turns_and_retries_once() {
     let mut s = Session::new(None);
-    let agent = |ws: &std::path::Path| {
-        let mut settings = nanoclaw_protocol::settings::RunnerSettings::echo_default("Andy");
-        settings.provider.name = "small".into();
-        Box::new(nanoclaw_agent::agent::Agent::new(
-            Box::new(SmallContext),
-            settings,
-            nanoclaw_agent::tools::ToolRegistry::default(),
-            ws.to_path_buf(),
-        ))
-    };
-    s.start_with(Some(agent(&s.workspace)));
+    s.start_with(Some(small_context(&s.workspace, true)));
     assert_eq!(texts(&s.turn("a", 20).await), vec!["seen 1"]);
     assert_eq!(texts(&s.turn("b", 20).await), vec!["seen 3"]);
-    // 5 messages are too many: the first turn is dropped, the call is retried with 3.
-    assert_eq!(
-        texts(&s.turn("c", 20).await),
-        vec!["seen 3", "The conversation was too long for the model: its oldest part was dropped."]
-    );
+    // 5 messages are refused: the earlier turns become the summary pair, the call is retried
+    // with it and the running turn (3 messages), silently.
+    assert_eq!(texts(&s.turn("c", 20).await), vec!["seen 3"]);
     let path = s.state("continuation:small").unwrap();
     let kept = std::fs::read_to_string(s.workspace.join(path)).unwrap();
     assert_eq!(kept.lines().count(), 4, "{kept}");
-    assert!(!kept.contains(">a</message>") && kept.contains(">b</message>") && kept.contains(">c</message>"));
+    assert!(kept.lines().next().unwrap().contains(nanoclaw_agent::agent::compact::SUMMARY_MARKER), "{kept}");
+    assert!(
+        !kept.contains(">a</message>") && !kept.contains(">b</message>") && kept.contains(">c</message>")
+    );
+}
+
+#[tokio::test]
+async fn a_context_length_error_drops_the_oldest_turns_when_the_summary_fails() {
+    let mut s = Session::new(None);
+    s.start_with(Some(small_context(&s.workspace, false)));
+    assert_eq!(texts(&s.turn("a", 20).await), vec!["seen 1"]);
+    assert_eq!(texts(&s.turn("b", 20).await), vec!["seen 3"]);
+    // 5 messages are refused, the summary fails: the oldest turns are dropped until the rest is
+    // at most half of the refused request, and the user is told once.
+    assert_eq!(texts(&s.turn("c", 20).await), vec!["seen 1", nanoclaw_agent::agent::compact::DROPPED_NOTE]);
+    let path = s.state("continuation:small").unwrap();
+    let kept = std::fs::read_to_string(s.workspace.join(path)).unwrap();
+    assert_eq!(kept.lines().count(), 2, "{kept}");
+    assert!(
+        !kept.contains(">a</message>") && !kept.contains(">b</message>") && kept.contains(">c</message>")
+    );
+    // The next turn goes on from there.
+    assert_eq!(texts(&s.turn("d", 20).await), vec!["seen 3"]);
 }
 
 /// A model that answers nothing at all.

@@ -6,7 +6,7 @@
 //! call (name and canonical arguments) made 5 times in one turn ends the turn with a note: a
 //! model stuck in a loop must not burn the budget. Unknown tools and bad arguments come back to
 //! the model as tool errors naming the field. The conversation is kept per provider in a
-//! transcript ([`transcript`]).
+//! transcript ([`transcript`]) and kept within the model's context by compaction ([`compact`]).
 //!
 //! A turn never ends in silence by accident: the final answer is checked before the turn ends.
 //! - Text but no `<message>` block (and nothing sent through `send_message`, which makes the
@@ -21,10 +21,11 @@
 //! - Only `<internal>` text: a deliberate silence (an agent in a busy group chat may choose not
 //!   to speak); logged, nothing sent.
 
+pub mod compact;
 pub mod transcript;
 
 use crate::db::Snapshot;
-use crate::model::{Block, ChatMessage, Model, ModelError, ModelRequest, Role};
+use crate::model::{Block, ChatMessage, Model, ModelError, ModelRequest, Role, ToolSpec};
 use crate::prompt::{Turn, agent_context, resolve_destination};
 use crate::provider::{
     EventSink, ExitRequest, Provider, ProviderError, ProviderEvent, TurnFailure, TurnIo, TurnOutput, touch,
@@ -67,6 +68,8 @@ pub struct Agent {
     transcript: Option<Transcript>,
     /// Extra lines for the system prompt's tools section (the MCP servers that failed).
     system_note: Option<String>,
+    /// Token counts of the conversation, for compaction.
+    meter: compact::Meter,
 }
 
 impl std::fmt::Debug for Agent {
@@ -174,7 +177,16 @@ impl Agent {
         workspace: PathBuf,
     ) -> Self {
         let skills_dir = PathBuf::from(nanoclaw_protocol::layout::CONTAINER_SKILLS_DIR);
-        Self { model, settings, tools, workspace, skills_dir, transcript: None, system_note: None }
+        Self {
+            model,
+            settings,
+            tools,
+            workspace,
+            skills_dir,
+            transcript: None,
+            system_note: None,
+            meter: compact::Meter::default(),
+        }
     }
 
     /// Reads skills from `dir` instead of the container's skills mount (tests, embedders).
@@ -221,8 +233,56 @@ impl Agent {
                 t
             }
         };
+        self.meter.forget();
         self.transcript = Some(t);
         Ok(())
+    }
+
+    /// Compacts the turns before the running one (which starts at `base`; see [`compact`]):
+    /// `refused` is the estimate of a request the API refused as over the context (`None` when
+    /// the threshold was passed). Returns false when there was nothing to compact. The
+    /// transcript file is rewritten and `base` moved; a drop without summary adds the note once.
+    async fn compact(
+        &mut self,
+        transcript: &mut Transcript,
+        base: &mut usize,
+        (system, specs): (&str, &[ToolSpec]),
+        refused: Option<u64>,
+        io: &mut TurnIo<'_>,
+        notes: &mut Vec<String>,
+    ) -> bool {
+        let limit = compact::threshold(self.settings.provider.context_tokens);
+        let fixed = self.meter.scaled(compact::byte_estimate(system, &[], specs));
+        let keep = refused.map_or(limit / 2, |r| (limit / 2).min(r / 2));
+        let Some(cut) = compact::choose_cut(&self.meter, &transcript.messages, *base, fixed, keep) else {
+            return false;
+        };
+        // Only a summary before the running turn: summarising it again gains nothing unless the
+        // API refused the request.
+        if refused.is_none() && cut == 2 && compact::is_summary(&transcript.messages[0]) {
+            return false;
+        }
+        let older = &transcript.messages[..cut];
+        match compact::summarise(self.model.as_mut(), older, &self.settings.provider, &mut *io).await {
+            Ok(summary) => {
+                info!(compacted = cut, summary_bytes = summary.len(), ?refused, "older turns summarised");
+                transcript.messages.splice(..cut, compact::summary_pair(&summary));
+                *base = *base - cut + 2;
+            }
+            Err(why) => {
+                warn!(%why, dropped = cut, ?refused, "summary failed; dropping the oldest turns");
+                transcript.messages.drain(..cut);
+                *base -= cut;
+                if !notes.iter().any(|n| n == compact::DROPPED_NOTE) {
+                    notes.push(compact::DROPPED_NOTE.into());
+                }
+            }
+        }
+        self.meter.forget();
+        if let Err(e) = transcript.rewrite(*base) {
+            warn!(error = %e, "compacted transcript not written");
+        }
+        true
     }
 }
 
@@ -292,6 +352,7 @@ impl Provider for Agent {
             })?;
             io.event(ProviderEvent::Init { continuation: t.rel.clone() });
             out.continuation = Some(t.rel.clone());
+            self.meter.forget();
             self.transcript = Some(t);
             out.text = message_block(&m.from, Some(m.seq), "Session cleared.");
             return Ok(out);
@@ -306,7 +367,9 @@ impl Provider for Agent {
         let specs = self.tools.specs();
         let mut transcript = self.transcript.take().expect("conversation loaded above");
         let mut base = transcript.messages.len();
-        let mut trimmed = false;
+        // Compaction at most once per turn for the threshold, once for a refusal.
+        let (mut compacted, mut refused_once) = (false, false);
+        let limit = compact::threshold(self.settings.provider.context_tokens);
         transcript.messages.push(ChatMessage {
             role: Role::User,
             content: turn.blocks.iter().map(|b| Block::Text { text: b.clone() }).collect(),
@@ -334,31 +397,41 @@ impl Provider for Agent {
                 max_output_tokens: self.settings.provider.max_output_tokens,
                 temperature: self.settings.provider.temperature,
             };
+            let estimate = self.meter.estimate(&request);
+            if !compacted && estimate > limit {
+                compacted = true;
+                debug!(estimate, limit, "over the compaction threshold");
+                self.compact(&mut transcript, &mut base, (&system, &specs), None, io, &mut out.notes).await;
+            }
+            let request = ModelRequest {
+                system: &system,
+                messages: &transcript.messages,
+                tools: &specs,
+                max_output_tokens: self.settings.provider.max_output_tokens,
+                temperature: self.settings.provider.temperature,
+            };
             let reply = match self.model.complete(&request, io).await {
-                Ok(r) => r,
-                Err(ModelError::ContextLength { message }) if !trimmed => {
-                    // Compaction by a summary is not built yet: drop the older half of the
-                    // earlier turns (cut where a turn starts) and try once more.
-                    trimmed = true;
-                    let starts_turn = |m: &ChatMessage| {
-                        m.role == Role::User
-                            && !matches!(m.content.first(), Some(Block::Text { text }) if text == NUDGE)
-                    };
-                    let Some(cut) =
-                        (base / 2..base).find(|&i| starts_turn(&transcript.messages[i])).filter(|&c| c > 0)
-                    else {
+                Ok(r) => {
+                    self.meter.reported(&request, r.usage);
+                    r
+                }
+                Err(ModelError::ContextLength { message }) if !refused_once => {
+                    refused_once = true;
+                    let refused = self.meter.estimate(&request);
+                    warn!(%message, refused, "over the context");
+                    if !self
+                        .compact(
+                            &mut transcript,
+                            &mut base,
+                            (&system, &specs),
+                            Some(refused),
+                            io,
+                            &mut out.notes,
+                        )
+                        .await
+                    {
                         break Err(failure(ModelError::ContextLength { message }));
-                    };
-                    warn!(%message, dropped = cut, "over the context; dropping the oldest messages");
-                    transcript.messages.drain(..cut);
-                    base -= cut;
-                    if let Err(e) = transcript.rewrite(&self.workspace, self.model.name(), base) {
-                        warn!(error = %e, "shortened transcript not written");
                     }
-                    io.event(ProviderEvent::Init { continuation: transcript.rel.clone() });
-                    out.notes.push(
-                        "The conversation was too long for the model: its oldest part was dropped.".into(),
-                    );
                     calls_made -= 1;
                     continue;
                 }
@@ -474,6 +547,7 @@ impl Provider for Agent {
             Err(e) => {
                 // The failed turn is not remembered: the next attempt starts from the same point.
                 transcript.messages.truncate(base);
+                self.meter.forget();
                 self.transcript = Some(transcript);
                 Err(e)
             }

@@ -6,6 +6,11 @@
 //! host restarts, and each provider keeps its own, so switching provider and back resumes the
 //! first thread. A file that cannot be read or parsed is replaced by a fresh one (the caller
 //! tells the user once); the new path is stored at once, so it is never retried in a loop.
+//!
+//! Compaction ([`super::compact`]) rewrites the file in place: the older turns become a summary
+//! pair (a user message starting with [`super::compact::SUMMARY_MARKER`] and an assistant
+//! acknowledgement), plain messages of the same format, so files written before compaction
+//! existed and files written after read the same way.
 
 use crate::model::ChatMessage;
 use nanoclaw_protocol::layout::TRANSCRIPTS_DIR;
@@ -96,20 +101,28 @@ impl Transcript {
             .collect()
     }
 
-    /// Moves the conversation to a new file holding `self.messages[..upto]` (after older turns
-    /// were dropped; the rest is the running turn, written when it succeeds). The old file stays
-    /// as it was, and the caller stores the new path.
-    pub fn rewrite(&mut self, workspace: &Path, provider: &str, upto: usize) -> std::io::Result<()> {
-        let mut new = Self::create(workspace, provider)?;
-        new.messages = std::mem::take(&mut self.messages);
+    /// Replaces the file's content by `self.messages[..upto]` (after a compaction; the rest is
+    /// the running turn, written when it succeeds). The new content goes to a temporary file
+    /// beside it, renamed over it: a crash leaves the old conversation or the new one, never a
+    /// mix, and the continuation (the path) stays the same.
+    pub fn rewrite(&self, upto: usize) -> std::io::Result<()> {
         let mut buf = Vec::new();
-        for m in new.messages.get(..upto).unwrap_or_default() {
+        for m in self.messages.get(..upto).unwrap_or_default() {
             serde_json::to_writer(&mut buf, m).map_err(std::io::Error::other)?;
             buf.push(b'\n');
         }
-        let written =
-            std::fs::OpenOptions::new().append(true).open(&new.path).and_then(|mut f| f.write_all(&buf));
-        *self = new;
+        let tmp = self.path.with_extension("jsonl.tmp");
+        // A leftover (or anything planted there) goes first: `create_new` follows no link.
+        let _ = std::fs::remove_file(&tmp);
+        let written = std::fs::OpenOptions::new()
+            .create_new(true)
+            .write(true)
+            .open(&tmp)
+            .and_then(|mut f| f.write_all(&buf).and_then(|()| f.sync_all()))
+            .and_then(|()| std::fs::rename(&tmp, &self.path));
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
         written
     }
 
