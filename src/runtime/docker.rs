@@ -4,7 +4,8 @@
 //! `no-new-privileges`, a read-only root filesystem with a tmpfs `/tmp`, memory (no swap), CPU
 //! and pids limits, an open-file (`nofile`) limit, size-capped logs, no network, an init process,
 //! labels `nanoclaw.install` / `nanoclaw.session`, and no Docker socket. Mounts: the session's host folder read-only at `/session`, its workspace
-//! read-write at `/workspace`, the agent group's folder read-write at `/workspace/agent`.
+//! read-write at `/workspace`, the agent group's folder read-write at `/workspace/agent`, the
+//! skills folder (when there is one) read-only at `/skills`.
 
 use super::image::{self, BuildContext};
 use super::standard::{self, StandardSettings};
@@ -301,6 +302,16 @@ impl DockerRuntime {
             read_only: Some(read_only),
             ..Default::default()
         };
+        let mut mounts = vec![
+            bind(&spec.session_host_dir, layout::CONTAINER_SESSION_DIR, true),
+            bind(&spec.session_workspace_dir, layout::CONTAINER_WORKSPACE_DIR, false),
+            bind(&spec.agent_group_dir, layout::CONTAINER_AGENT_DIR, false),
+        ];
+        if let Some(skills) = &spec.skills_dir {
+            // The whole folder, read-only: skills are public text shipped with nanoclaw; the
+            // runner reads only the ones runner.json selects.
+            mounts.push(bind(skills, layout::CONTAINER_SKILLS_DIR, true));
+        }
         let labels = HashMap::from([
             (LABEL_INSTALL.to_string(), spec.install_id.clone()),
             (LABEL_SESSION.to_string(), spec.session_id.clone()),
@@ -314,11 +325,7 @@ impl DockerRuntime {
             labels: Some(labels),
             network_disabled: Some(true),
             host_config: Some(HostConfig {
-                mounts: Some(vec![
-                    bind(&spec.session_host_dir, layout::CONTAINER_SESSION_DIR, true),
-                    bind(&spec.session_workspace_dir, layout::CONTAINER_WORKSPACE_DIR, false),
-                    bind(&spec.agent_group_dir, layout::CONTAINER_AGENT_DIR, false),
-                ]),
+                mounts: Some(mounts),
                 network_mode: Some("none".into()),
                 cap_drop: Some(vec!["ALL".into()]),
                 security_opt: Some(vec!["no-new-privileges".into()]),

@@ -433,6 +433,7 @@ impl SessionState {
             session_host_dir: self.paths.host_dir.clone(),
             session_workspace_dir: self.paths.workspace_dir.clone(),
             agent_group_dir: self.paths.agent_group_dir.clone(),
+            skills_dir: self.ctx.config.skills_dir.clone(),
             env: vec![
                 (layout::ENV_GENERATION.into(), generation.to_string()),
                 (layout::ENV_SESSION_ID.into(), self.session.id.clone()),
@@ -937,7 +938,12 @@ impl Actor for SessionActor {
                 newest_claim_seen,
                 declared_timeout,
                 outstanding,
+                notes,
             }) => {
+                if notes > 0 {
+                    // The runner may be waiting in a tool for one of these (an action's answer).
+                    state.wake.wake();
+                }
                 if finished > 0 || delivered > 0 {
                     state.last_activity = SessionState::now();
                     state.spawn_backoff.reset();
