@@ -15,7 +15,8 @@ use std::time::Duration;
 fn task_and_question_actions_get_the_hosts_answer_on_the_wake_byte() {
     let dir = short_tempdir();
     let data = dir.path().join("data");
-    let server = Server::start(&data, &["--runtime", "process"], &[("NANOCLAW_ANSWER_FALLBACK_MS", "3600000")]);
+    let server =
+        Server::start(&data, &["--runtime", "process"], &[("NANOCLAW_ANSWER_FALLBACK_MS", "3600000")]);
     let chat = ChatLog::connect(&data.join("cli.sock"));
     let lines = [
         r#"tool ask_user_question {"title":"Lunch","question":"Which?","options":["pizza","salad"],"timeout_s":3600}"#,
@@ -25,13 +26,16 @@ fn task_and_question_actions_get_the_hosts_answer_on_the_wake_byte() {
         r#"tool resume_task {"task_id":"task-1"}"#,
     ];
     chat.send("m-0", &lines.join("\n"));
-    let expected: Vec<String> = ["ask_user_question", "list_tasks", "update_task", "pause_task", "resume_task"]
-        .iter()
-        .map(|n| format!("tool {n}: error: system action {n} is not supported by this host yet"))
-        .collect();
+    let expected: Vec<String> =
+        ["ask_user_question", "list_tasks", "update_task", "pause_task", "resume_task"]
+            .iter()
+            .map(|n| format!("tool {n}: error: system action {n} is not supported by this host yet"))
+            .collect();
     for line in &expected {
         chat.wait(Duration::from_secs(120), |f| f["type"] == "reply" && f["text"] == line.as_str())
-            .unwrap_or_else(|| panic!("no reply {line:?}; frames: {:?}; log: {}", chat.frames(), server.log()));
+            .unwrap_or_else(|| {
+                panic!("no reply {line:?}; frames: {:?}; log: {}", chat.frames(), server.log())
+            });
     }
     assert!(server.stop().success());
 }

@@ -246,7 +246,8 @@ async fn system_tools_write_the_row_and_return_the_hosts_answer() {
         .await,
     );
     host.abort();
-    let unsupported = |name: &str| format!("tool {name}: error: system action {name} is not supported by this host yet");
+    let unsupported =
+        |name: &str| format!("tool {name}: error: system action {name} is not supported by this host yet");
     assert_eq!(
         r,
         vec![
@@ -478,9 +479,13 @@ async fn system_tool_wakes_on_the_hosts_input_byte() {
     let host = async move {
         // The fake host: answer the system row once it is there, then send one INPUT byte.
         loop {
-            let row: Option<String> = nanoclaw_protocol::schema::open_outbound_reader(&workspace.join("outbound.db"))
-                .ok()
-                .and_then(|c| c.query_row("SELECT id FROM messages_out WHERE kind = 'system'", [], |r| r.get(0)).ok());
+            let row: Option<String> =
+                nanoclaw_protocol::schema::open_outbound_reader(&workspace.join("outbound.db"))
+                    .ok()
+                    .and_then(|c| {
+                        c.query_row("SELECT id FROM messages_out WHERE kind = 'system'", [], |r| r.get(0))
+                            .ok()
+                    });
             if let Some(row) = row {
                 let notice = json!({"type": "action_result", "message_out_id": row, "action": "ask_user_question",
                     "ok": true, "message": "pizza"});
@@ -497,7 +502,8 @@ async fn system_tool_wakes_on_the_hosts_input_byte() {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     };
-    let _wake = tokio::time::timeout(std::time::Duration::from_secs(30), host).await.expect("no system row written");
+    let _wake =
+        tokio::time::timeout(std::time::Duration::from_secs(30), host).await.expect("no system row written");
     tokio::time::timeout(std::time::Duration::from_secs(120), async {
         while s.ack(&id).is_none_or(|a| a == "processing") {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;

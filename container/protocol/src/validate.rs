@@ -620,7 +620,9 @@ fn check_action(c: &Check, action: &SystemAction) -> Result<(), RowError> {
                 }
             }
             if !(1..=MAX_QUESTION_TIMEOUT_S).contains(timeout_s) {
-                return Err(c.err("content.timeout_s", format!("{timeout_s} not in 1..={MAX_QUESTION_TIMEOUT_S}")));
+                return Err(
+                    c.err("content.timeout_s", format!("{timeout_s} not in 1..={MAX_QUESTION_TIMEOUT_S}"))
+                );
             }
             Ok(())
         }
@@ -934,14 +936,21 @@ mod tests {
         validate_outbound(&row(serde_json::json!({"action": "update_task", "task_id": "t1",
             "process_after": "2026-07-01T09:00:00Z", "recurrence": "0 9 * * *"})))
         .unwrap();
-        assert_eq!(field_of(row(serde_json::json!({"action": "resume_task", "task_id": "a b"}))), "content.task_id");
+        assert_eq!(
+            field_of(row(serde_json::json!({"action": "resume_task", "task_id": "a b"}))),
+            "content.task_id"
+        );
         assert_eq!(field_of(row(serde_json::json!({"action": "update_task", "task_id": "t1"}))), "content");
         assert_eq!(
-            field_of(row(serde_json::json!({"action": "update_task", "task_id": "t1", "process_after": "soon"}))),
+            field_of(row(
+                serde_json::json!({"action": "update_task", "task_id": "t1", "process_after": "soon"})
+            )),
             "content.process_after"
         );
         assert_eq!(
-            field_of(row(serde_json::json!({"action": "update_task", "task_id": "t1", "timezone": "x".repeat(200)}))),
+            field_of(row(
+                serde_json::json!({"action": "update_task", "task_id": "t1", "timezone": "x".repeat(200)})
+            )),
             "content.timezone"
         );
         assert_eq!(field_of(question(serde_json::json!(["only"]), 300)), "content.options");

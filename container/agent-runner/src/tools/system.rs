@@ -312,7 +312,10 @@ pub fn all() -> Vec<SystemTool> {
             schema: schema_of::<UpdateTaskArgs>,
             build: |v, _| {
                 let a: UpdateTaskArgs = parse_args(v)?;
-                if a.prompt.is_none() && a.process_after.is_none() && a.recurrence.is_none() && a.timezone.is_none()
+                if a.prompt.is_none()
+                    && a.process_after.is_none()
+                    && a.recurrence.is_none()
+                    && a.timezone.is_none()
                 {
                     return Err(ToolError(
                         "invalid arguments: give at least one of prompt, process_after, recurrence, timezone"
@@ -419,7 +422,9 @@ impl Tool for SystemTool {
             _ => None,
         };
         let timeout = match &action {
-            SystemAction::AskUserQuestion { timeout_s, .. } => ANSWER_TIMEOUT + Duration::from_secs((*timeout_s).into()),
+            SystemAction::AskUserQuestion { timeout_s, .. } => {
+                ANSWER_TIMEOUT + Duration::from_secs((*timeout_s).into())
+            }
             _ => ANSWER_TIMEOUT,
         };
         let deadline = tokio::time::Instant::now() + timeout;
