@@ -837,6 +837,18 @@ mod tests {
     }
 
     #[test]
+    fn skills_dir_must_be_a_directory_and_is_found_in_the_source_tree() {
+        let c = load(Some("[container]\nskills_dir = \"/\"\n"), &[], FlagOverrides::default()).unwrap();
+        assert_eq!(c.container.skills_dir.as_deref(), Some(Path::new("/")));
+        let e = load(None, &[("NANOCLAW_SKILLS_DIR", "/nonexistent/skills")], FlagOverrides::default())
+            .unwrap_err();
+        assert_eq!(e.key, "container.skills_dir", "{e}");
+        // Unset: a build from source finds container/skills.
+        let found = crate::runtime::locate_skills_dir(None).unwrap();
+        assert!(found.ends_with("container/skills") && found.join("memory/SKILL.md").is_file(), "{found:?}");
+    }
+
+    #[test]
     fn errors_name_the_key() {
         let e = load(Some("[container]\nmemory_mb = \"lots\"\n"), &[], FlagOverrides::default()).unwrap_err();
         assert_eq!(e.key, "container.memory_mb");
