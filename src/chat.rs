@@ -13,7 +13,7 @@
 //! cards (`[card] <title> / <text> / <label>: <url>`), edits (`[edited <platform message id>]
 //! <text>`, the id the CLI channel gave the original reply: `cli-out-<its key>`) and reactions
 //! (`[reaction <emoji> on <id>]`), kept and acked like replies; and, on stderr, a typing line
-//! `[working: <tool>]` while the agent runs a tool.
+//! `[working…]` once when a turn starts working and `[working: <tool>]` while the agent runs a tool.
 //!
 //! The service keeps each reply until a client acks it (module doc of
 //! [`crate::channels::cli`]): an interactive chat acks every reply it prints, a one-turn chat
@@ -179,11 +179,38 @@ fn first_showing(seen: &mut RecentIds, message_out_id: Option<&str>) -> bool {
     message_out_id.is_none_or(|id| seen.insert(id))
 }
 
-/// The typing line for a `working` frame.
-fn working_line(tool: Option<&str>) -> String {
-    match tool {
-        Some(t) => format!("[working: {t}]"),
-        None => "[working]".to_string(),
+/// The typing line of a turn that works without a tool (yet).
+pub const WORKING_LINE: &str = "[working…]";
+
+/// The typing lines of `working` frames: [`WORKING_LINE`] once per turn when the agent works
+/// without a tool (the service sends a tool-less frame when a turn starts and again between
+/// tools: repeating it would be noise), and `[working: <tool>]` each time a tool runs.
+#[derive(Debug, Default)]
+struct Typing {
+    /// [`WORKING_LINE`] was printed for the current turn.
+    said_working: bool,
+}
+
+impl Typing {
+    /// The line to print for a `working` frame, if any.
+    fn line(&mut self, tool: Option<&str>) -> Option<String> {
+        match tool {
+            Some(t) => {
+                // Between tools the agent still works on the turn it announced.
+                self.said_working = true;
+                Some(format!("[working: {t}]"))
+            }
+            None if self.said_working => None,
+            None => {
+                self.said_working = true;
+                Some(WORKING_LINE.to_string())
+            }
+        }
+    }
+
+    /// A turn ended (`done` or `failed`): the next one is announced again.
+    fn turn_ended(&mut self) {
+        self.said_working = false;
     }
 }
 
@@ -241,6 +268,7 @@ async fn one_turn(stream: UnixStream, text: String, timeout: Duration) -> i32 {
     }
     let deadline = tokio::time::Instant::now() + timeout;
     let mut seen = RecentIds::new(RECENT_REPLY_IDS);
+    let mut typing = Typing::default();
     let code = loop {
         let next = match tokio::time::timeout_at(deadline, frames.next()).await {
             Err(_) => {
@@ -266,7 +294,11 @@ async fn one_turn(stream: UnixStream, text: String, timeout: Duration) -> i32 {
                     return 1;
                 }
             }
-            Ok(Some(ServerFrame::Working { tool })) => eprintln!("{}", working_line(tool.as_deref())),
+            Ok(Some(ServerFrame::Working { tool })) => {
+                if let Some(line) = typing.line(tool.as_deref()) {
+                    eprintln!("{line}");
+                }
+            }
             Ok(Some(ServerFrame::Done { id: done })) if done == id => break 0,
             Ok(Some(ServerFrame::Failed { id: failed, reason })) if failed == id => {
                 eprintln!("nanoclaw: {reason}");
@@ -296,6 +328,7 @@ async fn interactive(stream: UnixStream) -> i32 {
     eprintln!("nanoclaw chat — type a message and press Enter; Ctrl-D quits.");
     let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     let mut seen = RecentIds::new(RECENT_REPLY_IDS);
+    let mut typing = Typing::default();
     let closed = || {
         eprintln!("nanoclaw: the service closed the connection");
         1
@@ -320,8 +353,16 @@ async fn interactive(stream: UnixStream) -> i32 {
                             return closed();
                         }
                     }
-                    Ok(Some(ServerFrame::Working { tool })) => eprintln!("{}", working_line(tool.as_deref())),
-                    Ok(Some(ServerFrame::Failed { reason, .. })) => eprintln!("! {reason}"),
+                    Ok(Some(ServerFrame::Working { tool })) => {
+                        if let Some(line) = typing.line(tool.as_deref()) {
+                            eprintln!("{line}");
+                        }
+                    }
+                    Ok(Some(ServerFrame::Done { .. })) => typing.turn_ended(),
+                    Ok(Some(ServerFrame::Failed { reason, .. })) => {
+                        typing.turn_ended();
+                        eprintln!("! {reason}");
+                    }
                     Ok(Some(ServerFrame::Error { message, fatal })) => {
                         eprintln!("nanoclaw: {message}");
                         if fatal {
@@ -356,6 +397,34 @@ mod tests {
             first_showing(&mut seen, None) && first_showing(&mut seen, None),
             "older services send no key"
         );
+    }
+
+    #[test]
+    fn a_turn_without_a_tool_says_working_once_and_tools_are_named() {
+        let mut typing = Typing::default();
+        // A turn starts, runs two tools (a tool-less frame between them), and ends.
+        let lines: Vec<Option<String>> = [None, Some("run_command"), None, Some("write_file"), None]
+            .iter()
+            .map(|t| typing.line(*t))
+            .collect();
+        assert_eq!(
+            lines,
+            vec![
+                Some("[working…]".to_string()),
+                Some("[working: run_command]".to_string()),
+                None,
+                Some("[working: write_file]".to_string()),
+                None,
+            ]
+        );
+        // A tool-less turn repeats its frame (the service sends one per change): said once.
+        typing.turn_ended();
+        assert_eq!(typing.line(None).as_deref(), Some(WORKING_LINE));
+        assert_eq!(typing.line(None), None);
+        typing.turn_ended();
+        // A turn whose first frame names a tool needs no bare line afterwards either.
+        assert_eq!(typing.line(Some("run_command")).as_deref(), Some("[working: run_command]"));
+        assert_eq!(typing.line(None), None);
     }
 
     #[test]

@@ -17,6 +17,8 @@
 //! pids_limit = 256             # NANOCLAW_CONTAINER_PIDS_LIMIT
 //! max_concurrent = 10          # NANOCLAW_CONTAINER_MAX_CONCURRENT (over all sessions; more queue)
 //! agent_binary = "…"           # NANOCLAW_AGENT_BINARY (default: nanoclaw-agent beside this program)
+//! skills_dir = "…"             # NANOCLAW_SKILLS_DIR (default: skills/ beside this program, else the
+//!                              # source tree's container/skills; mounted read-only at /skills)
 //! nofile     = 1024            # NANOCLAW_CONTAINER_NOFILE (open-file limit, soft = hard)
 //! workspace_max_mb = 1024      # NANOCLAW_CONTAINER_WORKSPACE_MAX_MB (a session's workspace/)
 //! outbound_max_mb  = 256       # NANOCLAW_CONTAINER_OUTBOUND_MAX_MB (largest outbound.db read)
@@ -95,6 +97,9 @@ pub struct ContainerConfig {
     pub max_concurrent: usize,
     /// The agent runner binary put into the image (and run by the process runtime).
     pub agent_binary: Option<PathBuf>,
+    /// The skills folder (`<name>/SKILL.md` each); `None`: looked for beside the binary, then in
+    /// the source tree ([`crate::runtime::locate_skills_dir`]).
+    pub skills_dir: Option<PathBuf>,
     /// Open-file limit (`nofile`, soft and hard) of every container.
     pub nofile: u64,
     /// Most MiB a session's `workspace/` may take.
@@ -308,6 +313,7 @@ struct FileContainer {
     pids_limit: Option<i64>,
     max_concurrent: Option<usize>,
     agent_binary: Option<PathBuf>,
+    skills_dir: Option<PathBuf>,
     nofile: Option<u64>,
     workspace_max_mb: Option<u64>,
     outbound_max_mb: Option<u64>,
@@ -594,6 +600,7 @@ impl Config {
                     .or(file.container.max_concurrent)
                     .unwrap_or(10),
                 agent_binary: get("NANOCLAW_AGENT_BINARY").map(PathBuf::from).or(file.container.agent_binary),
+                skills_dir: get("NANOCLAW_SKILLS_DIR").map(PathBuf::from).or(file.container.skills_dir),
                 nofile: env_parse(&get, "NANOCLAW_CONTAINER_NOFILE", "a whole number")?
                     .or(file.container.nofile)
                     .unwrap_or(1024),
@@ -698,6 +705,9 @@ impl Config {
             self.container.debian_mirror.as_deref().filter(|m| !crate::runtime::standard::valid_mirror(m))
         {
             return Err(bad("container.debian_mirror", format!("{m:?} is not an http(s) URL")));
+        }
+        if let Some(dir) = self.container.skills_dir.as_deref().filter(|d| !d.is_dir()) {
+            return Err(bad("container.skills_dir", format!("{} is not a directory", dir.display())));
         }
         if self.min_free_mb > MAX_MIB {
             return Err(bad("service.min_free_mb", format!("{} not in 0..={MAX_MIB} MiB", self.min_free_mb)));
@@ -824,6 +834,18 @@ mod tests {
         }
         let e = load(None, &[("NANOCLAW_MIN_FREE_MB", "lots")], FlagOverrides::default()).unwrap_err();
         assert_eq!(e.key, "NANOCLAW_MIN_FREE_MB");
+    }
+
+    #[test]
+    fn skills_dir_must_be_a_directory_and_is_found_in_the_source_tree() {
+        let c = load(Some("[container]\nskills_dir = \"/\"\n"), &[], FlagOverrides::default()).unwrap();
+        assert_eq!(c.container.skills_dir.as_deref(), Some(Path::new("/")));
+        let e = load(None, &[("NANOCLAW_SKILLS_DIR", "/nonexistent/skills")], FlagOverrides::default())
+            .unwrap_err();
+        assert_eq!(e.key, "container.skills_dir", "{e}");
+        // Unset: a build from source finds container/skills.
+        let found = crate::runtime::locate_skills_dir(None).unwrap();
+        assert!(found.ends_with("container/skills") && found.join("memory/SKILL.md").is_file(), "{found:?}");
     }
 
     #[test]

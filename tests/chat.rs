@@ -120,3 +120,19 @@ fn a_one_turn_chat_shows_files_cards_edits_and_reactions() {
         assert!(lines.contains(&want.as_str()), "missing {want:?} in:\n{stdout}");
     }
 }
+
+/// A turn that works without any tool says so once, in words (`[working…]`), never as a bare
+/// `[working]` line.
+#[test]
+fn a_turn_without_a_tool_says_working_once() {
+    let dir = short_tempdir();
+    let data = dir.path().join("data");
+    let _server = Server::start(&data, &["--runtime", "process"], &[]);
+    // Long enough for the service to see the claim and send its `working` frame.
+    let out = nanoclaw(&data).args(["chat", "-m", "!sleep 3000 thinking"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stderr: {stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "echo: !sleep 3000 thinking\n");
+    let working: Vec<&str> = stderr.lines().filter(|l| l.starts_with("[working")).collect();
+    assert_eq!(working, vec!["[working…]"], "{stderr}");
+}

@@ -146,7 +146,8 @@ fn a_running_agent_container_has_every_hardening_setting() {
     assert_eq!(by_target("/session")["RW"], false, "host-written folder is read-only");
     assert_eq!(by_target("/workspace")["RW"], true);
     assert_eq!(by_target("/workspace/agent")["RW"], true);
-    assert_eq!(mounts.len(), 3, "{mounts:?}");
+    assert_eq!(by_target("/skills")["RW"], false, "the shipped skills are read-only");
+    assert_eq!(mounts.len(), 4, "{mounts:?}");
     let frames = c.until(Duration::from_secs(60), |f| f["type"] == "done");
     assert_eq!(replies_to(&frames, "h-1").len(), 1);
 }

@@ -44,12 +44,12 @@ fn local_config(dir: &Path, kind: &str, base_url: &str) -> std::path::PathBuf {
 }
 
 /// Offers the main group's model only `send_message` (the full tool list is thousands of tokens,
-/// more than a 135M model's context takes well) and runs it on the minimal image (the standard
-/// one takes minutes to build).
+/// more than a 135M model's context takes well), no skills (the same reason), and runs it on the
+/// minimal image (the standard one takes minutes to build).
 fn small_model_group(data: &Path, tools: &str) {
     let changed = store_db(data)
         .execute(
-            "UPDATE container_configs SET tools = ?1, image_tier = 'minimal' WHERE agent_group_id = 'ag-main'",
+            "UPDATE container_configs SET tools = ?1, skills = '[]', image_tier = 'minimal' WHERE agent_group_id = 'ag-main'",
             [tools],
         )
         .unwrap();

@@ -35,6 +35,7 @@ fn spec(data: &Path, install: &str, session: &str, extra_env: &[(&str, &str)]) -
         session_host_dir: paths.host_dir.clone(),
         session_workspace_dir: paths.workspace_dir.clone(),
         agent_group_dir: paths.agent_group_dir.clone(),
+        skills_dir: None,
         env,
         image_tier: Default::default(),
     }

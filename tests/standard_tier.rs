@@ -48,6 +48,7 @@ fn spec(data: &Path, install: &str, session: &str, tier: ImageTier) -> Container
         session_host_dir: paths.host_dir.clone(),
         session_workspace_dir: paths.workspace_dir.clone(),
         agent_group_dir: paths.agent_group_dir.clone(),
+        skills_dir: None,
         env: vec![
             ("NANOCLAW_GENERATION".to_string(), "1".to_string()),
             ("NANOCLAW_SESSION_ID".to_string(), session.to_string()),

@@ -73,6 +73,10 @@ pub struct ServiceConfig {
     pub max_tool_rounds: u32,
     /// IANA time zone of the agents' prompts (`agent.timezone`, UTC), written to `runner.json`.
     pub timezone: String,
+    /// The skills folder shipped with nanoclaw (`container.skills_dir`, else found beside the
+    /// binary or in the source tree), absolute; `None`: no skills. Mounted read-only into every
+    /// container; `container_configs.skills = "all"` selects every skill in it.
+    pub skills_dir: Option<PathBuf>,
 }
 
 impl ServiceConfig {
@@ -103,6 +107,7 @@ impl ServiceConfig {
             gateway: Arc::new(EchoOnlyGateway),
             max_tool_rounds: nanoclaw_protocol::settings::DEFAULT_MAX_TOOL_ROUNDS,
             timezone: "UTC".into(),
+            skills_dir: None,
         }
     }
 }

@@ -55,11 +55,13 @@ fn runner_runtime() -> FakeRuntime {
             let config = RunnerConfig {
                 session_dir: spec.session_host_dir.clone(),
                 workspace_dir: spec.session_workspace_dir.clone(),
+                skills_dir: spec.skills_dir.clone().unwrap_or_default(),
                 generation: spec.generation,
                 provider: "echo".into(),
                 assistant_name: "Andy".into(),
                 poll_ms: 1000,
                 max_messages_per_prompt: 10,
+                answer_fallback: nanoclaw_agent::tools::system::ANSWER_FALLBACK,
                 host_lost_exit: None,
             };
             tokio::select! {

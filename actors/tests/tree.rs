@@ -20,11 +20,13 @@ fn runner_runtime() -> FakeRuntime {
             let config = RunnerConfig {
                 session_dir: spec.session_host_dir.clone(),
                 workspace_dir: spec.session_workspace_dir.clone(),
+                skills_dir: spec.skills_dir.clone().unwrap_or_default(),
                 generation: spec.generation,
                 provider: env.get("NANOCLAW_PROVIDER").cloned().unwrap_or_else(|| "echo".into()),
                 assistant_name: "Andy".into(),
                 poll_ms: 1000,
                 max_messages_per_prompt: 10,
+                answer_fallback: nanoclaw_agent::tools::system::ANSWER_FALLBACK,
                 host_lost_exit: None,
             };
             tokio::select! {
@@ -508,6 +510,70 @@ async fn the_container_cap_queues_sessions_fairly_and_tells_the_waiting_user() {
     let second = order.iter().position(|t| t == "echo: second").unwrap();
     assert!(queued < second, "{order:?}");
     assert_eq!(order.iter().filter(|t| t.starts_with("Queued:")).count(), 1, "told once: {order:?}");
+    assert_eq!(runtime.max_concurrent_total(), 1, "the cap held");
+    service.shutdown(Duration::from_secs(20)).await;
+}
+
+/// The session of memory chat `chat`.
+async fn session_of(service: &Service, chat: &'static str) -> store::SessionInfo {
+    service
+        .store()
+        .call(|c| store::active_sessions(c))
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|s| s.platform_id.as_deref() == Some(chat))
+        .unwrap()
+}
+
+/// A kill-then-respawn that has to wait for a container slot spawns when the slot comes, though
+/// the session has no pending work; and the slot it then frees serves the other session again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_respawn_that_waits_for_a_slot_spawns_when_the_slot_comes() {
+    let dir = tempfile::tempdir().unwrap();
+    let channel = MemoryChannel::new("mem");
+    // Which session each container was created for, in order.
+    let created: Arc<parking_lot::Mutex<Vec<String>>> = Arc::default();
+    let runner = runner_runtime().entrypoint();
+    let seen = created.clone();
+    let runtime = FakeRuntime::new(Arc::new(move |spec: ContainerSpec, cancel: CancellationToken| {
+        seen.lock().push(spec.session_id.clone());
+        runner(spec, cancel)
+    }));
+    let mut cfg = config(dir.path());
+    cfg.max_containers = 1;
+    cfg.container_idle_timeout = Duration::from_secs(1);
+    let service =
+        Service::start(cfg, Arc::new(runtime.clone()), vec![Arc::new(channel.clone())]).await.unwrap();
+    wire_memory_chat(&service).await;
+    service.store().call(|c| wire_chat(c, "mem2", "chat-2")).await.unwrap();
+
+    // Session A answers, and its idle container goes, freeing the one slot.
+    channel.submit("chat-1", "a1", "hello").await.unwrap();
+    assert_shown(&channel, "echo: hello").await;
+    let a = session_of(&service, "chat-1").await;
+    eventually(Duration::from_secs(20), "A's idle container to stop", || async { runtime.running() == 0 })
+        .await;
+    // Session B takes the slot with a turn that works a while.
+    channel.submit("chat-2", "b1", "!sleep 1500 busy").await.unwrap();
+    eventually(Duration::from_secs(20), "B's container", || async { runtime.running() == 1 }).await;
+    assert_eq!(created.lock().len(), 2);
+
+    // A is asked to respawn while B holds the slot: A waits in the slot queue.
+    service
+        .kill_container(&a.id, "test: respawn", nanoclaw_actors::actors::session::Then::Respawn)
+        .await
+        .unwrap();
+    // B finishes and goes idle: its slot passes to A, which respawns (no work pending for it).
+    assert_shown(&channel, "echo: !sleep 1500 busy").await;
+    eventually(Duration::from_secs(20), "A's respawned container", || async { created.lock().len() == 3 })
+        .await;
+    assert_eq!(created.lock()[2], a.id, "{:?}", created.lock());
+    assert_eq!(runtime.max_concurrent_total(), 1, "the cap held");
+
+    // Nothing leaked: A's respawned container goes idle and B gets the slot again.
+    channel.submit("chat-2", "b2", "again").await.unwrap();
+    assert_shown(&channel, "echo: again").await;
     assert_eq!(runtime.max_concurrent_total(), 1, "the cap held");
     service.shutdown(Duration::from_secs(20)).await;
 }

@@ -4,7 +4,8 @@
 //! `no-new-privileges`, a read-only root filesystem with a tmpfs `/tmp`, memory (no swap), CPU
 //! and pids limits, an open-file (`nofile`) limit, size-capped logs, no network, an init process,
 //! labels `nanoclaw.install` / `nanoclaw.session`, and no Docker socket. Mounts: the session's host folder read-only at `/session`, its workspace
-//! read-write at `/workspace`, the agent group's folder read-write at `/workspace/agent`.
+//! read-write at `/workspace`, the agent group's folder read-write at `/workspace/agent`, the
+//! skills folder (when there is one) read-only at `/skills`.
 
 use super::image::{self, BuildContext};
 use super::standard::{self, StandardSettings};
@@ -19,6 +20,7 @@ use bollard::query_parameters::{
     StopContainerOptionsBuilder, WaitContainerOptionsBuilder,
 };
 use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
 use nanoclaw_actors::ports::runtime::{
     ContainerRuntime, ContainerSpec, ExitStatus, LABEL_GENERATION, LABEL_INSTALL, LABEL_SESSION,
     ManagedContainer, RuntimeError,
@@ -28,6 +30,7 @@ use nanoclaw_protocol::settings::ImageTier;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 use tracing::{debug, info};
 
@@ -72,9 +75,109 @@ pub struct DockerRuntime {
     settings: DockerSettings,
     /// `repository:tag` of the built image, set by `prepare`.
     image_ref: Mutex<Option<String>>,
-    /// `repository:tag` of the `standard` image once found or built. A failed build leaves it
-    /// empty, so the next use tries again; concurrent first uses wait for one build.
-    standard_ref: tokio::sync::OnceCell<String>,
+    /// `repository:tag` of the `standard` image once found or built, by one build shared by
+    /// every use (see [`SharedStandard`]).
+    standard: SharedStandard,
+    /// The step that finds or builds the standard image ([`build_standard`] over this runtime's
+    /// client and settings); unit tests put a fake in its place (a real build takes minutes).
+    standard_build: StandardBuild,
+}
+
+/// See [`DockerRuntime::standard_build`].
+type StandardBuild = Arc<dyn Fn() -> BoxFuture<'static, Result<String, RuntimeError>> + Send + Sync>;
+
+/// The outcome of a standard build, sent once to everyone waiting for it.
+type Outcome = Option<Result<String, RuntimeError>>;
+
+/// The `standard` image of one runtime, found or built at most once at a time. The build runs
+/// on a task of its own and its waiters only watch for its outcome: one that goes away (its
+/// session actor stopped, its ensure task aborted) never cancels the build the others wait for
+/// — a cancelled build would start again from scratch, minutes each time. A failed build leaves
+/// it empty, so the next use tries again. Dropping the runtime aborts a build in progress.
+#[derive(Default)]
+struct SharedStandard {
+    state: Arc<Mutex<StandardState>>,
+    /// The task of the latest build.
+    task: Mutex<Option<tokio_util::task::AbortOnDropHandle<()>>>,
+}
+
+/// Where the standard image stands.
+#[derive(Default)]
+enum StandardState {
+    /// Not found or built yet, or the last build failed.
+    #[default]
+    Idle,
+    /// A build runs; its outcome comes on this channel.
+    Building(tokio::sync::watch::Receiver<Outcome>),
+    /// Found or built: its ref.
+    Ready(String),
+}
+
+/// Puts the state back to `Idle` when a build task ends without an outcome (it panicked, or it
+/// was aborted with its runtime), so the next use builds again instead of waiting forever.
+struct IdleUnlessFinished {
+    state: Arc<Mutex<StandardState>>,
+    finished: bool,
+}
+
+impl Drop for IdleUnlessFinished {
+    fn drop(&mut self) {
+        if !self.finished {
+            *self.state.lock() = StandardState::Idle;
+        }
+    }
+}
+
+impl SharedStandard {
+    /// The ref once found or built.
+    fn get(&self) -> Option<String> {
+        match &*self.state.lock() {
+            StandardState::Ready(image_ref) => Some(image_ref.clone()),
+            _ => None,
+        }
+    }
+
+    /// The ref: at once when known, else the outcome of the build in progress, else of a new
+    /// build (`build` started on a task of its own). Dropping this future only stops waiting.
+    async fn get_or_build(&self, build: &StandardBuild) -> Result<String, RuntimeError> {
+        let mut outcome = {
+            let mut state = self.state.lock();
+            match &*state {
+                StandardState::Ready(image_ref) => return Ok(image_ref.clone()),
+                StandardState::Building(rx) => rx.clone(),
+                StandardState::Idle => {
+                    let (tx, rx) = tokio::sync::watch::channel(None);
+                    let future = build();
+                    let shared = self.state.clone();
+                    let task = tokio::spawn(async move {
+                        let mut guard = IdleUnlessFinished { state: shared, finished: false };
+                        let result = future.await;
+                        // State and outcome change together, under the lock: a use that finds
+                        // `Idle` after a failure (and replaces this task's handle, aborting it)
+                        // comes only after the outcome was sent.
+                        let mut state = guard.state.lock();
+                        *state = match &result {
+                            Ok(image_ref) => StandardState::Ready(image_ref.clone()),
+                            Err(_) => StandardState::Idle,
+                        };
+                        let _ = tx.send(Some(result));
+                        drop(state);
+                        guard.finished = true;
+                    });
+                    *state = StandardState::Building(rx.clone());
+                    *self.task.lock() = Some(tokio_util::task::AbortOnDropHandle::new(task));
+                    rx
+                }
+            }
+        };
+        match outcome.wait_for(Option::is_some).await {
+            Ok(result) => result.clone().unwrap_or_else(|| unreachable!("waited for an outcome")),
+            Err(_) => Err(RuntimeError::Image(
+                "the standard image build ended without an outcome (see the log); the next use builds again"
+                    .into(),
+            )),
+        }
+    }
 }
 
 fn op_err<'a>(
@@ -108,7 +211,17 @@ impl DockerRuntime {
             Ok(Err(e)) => return Err(RuntimeError::Unavailable(one_line(&e.to_string()))),
             Err(_) => return Err(RuntimeError::Unavailable("no answer within 5 s".into())),
         }
-        Ok(Self { docker, settings, image_ref: Mutex::new(None), standard_ref: tokio::sync::OnceCell::new() })
+        let standard_build: StandardBuild = {
+            let (docker, settings) = (docker.clone(), settings.clone());
+            Arc::new(move || Box::pin(build_standard(docker.clone(), settings.clone())))
+        };
+        Ok(Self {
+            docker,
+            settings,
+            image_ref: Mutex::new(None),
+            standard: SharedStandard::default(),
+            standard_build,
+        })
     }
 
     /// The bollard client (tests use it to inspect containers).
@@ -155,104 +268,22 @@ impl DockerRuntime {
 
     /// `repository:tag` of the `standard` image once ensured.
     pub fn standard_image_ref(&self) -> Option<String> {
-        self.standard_ref.get().cloned()
+        self.standard.get()
     }
 
     /// The `standard` image (module [`standard`]): found by its input tag with one `inspect`, else
     /// built — debootstrap, then a streamed `docker import` — under a host-wide lock, printing
     /// progress on stderr. Returns its ref. Takes minutes when it builds; errors are one line
-    /// naming the fix (no debootstrap, not root, bad `[container] debian_*`).
+    /// naming the fix (no debootstrap, not root, bad `[container] debian_*`). Dropping the future
+    /// abandons the build; [`ContainerRuntime::ensure_tier`] runs it on a task of its own instead.
     pub async fn ensure_standard(&self) -> Result<String, RuntimeError> {
-        let image_err = |e: standard::StandardError| RuntimeError::Image(e.to_string());
-        let join_err = |e: tokio::task::JoinError| RuntimeError::Image(e.to_string());
-        let settings = self.settings.standard.clone();
-        let runner = self.settings.agent_binary.clone();
-        let recipe = tokio::task::spawn_blocking(move || standard::Recipe::resolve(&settings, &runner))
-            .await
-            .map_err(join_err)?
-            .map_err(image_err)?;
-        let tag = recipe.tag();
-        let image_ref = format!("{}:{tag}", self.settings.image);
-        if self.docker.inspect_image(&image_ref).await.is_ok() {
-            debug!(image = %image_ref, "standard image present");
-            return Ok(image_ref);
-        }
-        let work_dir = self.settings.standard.work_dir.clone().unwrap_or_else(|| PathBuf::from("/var/tmp"));
-        let lock_dir = work_dir.clone();
-        let _lock = tokio::task::spawn_blocking(move || standard::lock_builds(&lock_dir))
-            .await
-            .map_err(join_err)?
-            .map_err(image_err)?;
-        // Another process may have built it while this one waited for the lock.
-        if self.docker.inspect_image(&image_ref).await.is_ok() {
-            return Ok(image_ref);
-        }
-        let started = std::time::Instant::now();
-        eprintln!(
-            "building the standard image {image_ref} (Debian {} from {}); this takes a few minutes, once",
-            recipe.suite, recipe.mirror
-        );
-        info!(image = %image_ref, suite = %recipe.suite, mirror = %recipe.mirror, "building the standard image");
-        let progress = standard::Progress::new();
-        let _printer = progress.print_every();
-        let (build_dir, root) =
-            standard::build_rootfs(&recipe, &work_dir, &progress).await.map_err(image_err)?;
-        let (body, sent, writer) = standard::tar_stream(root);
-        let counter = {
-            let (progress, sent) = (progress.clone(), sent.clone());
-            tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
-                loop {
-                    let mb = sent.load(std::sync::atomic::Ordering::Relaxed) >> 20;
-                    progress.set(format!("importing into Docker, {mb} MB sent"));
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-            }))
-        };
-        let options = CreateImageOptionsBuilder::default()
-            .from_src("-")
-            .repo(&self.settings.image)
-            .tag(&tag)
-            .changes(recipe.import_changes())
-            .build();
-        // The default 120 s request timeout covers the wait for the response headers, which the
-        // daemon may only send once it has read the whole upload.
-        let docker = self.docker.clone().with_timeout(Duration::from_secs(3600));
-        let mut stream = docker.create_image(Some(options), Some(bollard::body_try_stream(body)), None);
-        let mut failure = None;
-        while let Some(item) = stream.next().await {
-            match item {
-                Ok(info) => {
-                    if let Some(err) = info.error_detail.and_then(|d| d.message) {
-                        failure = Some(one_line(&err));
-                    }
-                }
-                Err(e) => failure = Some(one_line(&e.to_string())),
-            }
-        }
-        drop(stream);
-        drop(counter);
-        // The writer ends once its receiver is gone; its own errors reached the upload already.
-        let _ = writer.await;
-        drop(build_dir);
-        if let Some(message) = failure {
-            return Err(RuntimeError::Image(format!("importing the standard image: {message}")));
-        }
-        let info = self.docker.inspect_image(&image_ref).await.map_err(|e| {
-            RuntimeError::Image(format!(
-                "standard image imported but not found: {}",
-                one_line(&e.to_string())
-            ))
-        })?;
-        let secs = started.elapsed().as_secs();
-        let mb = info.size.unwrap_or(0) >> 20;
-        eprintln!("built the standard image {image_ref} in {}m{:02}s ({mb} MB)", secs / 60, secs % 60);
-        info!(image = %image_ref, seconds = secs, size_mb = mb, "standard image built");
-        Ok(image_ref)
+        build_standard(self.docker.clone(), self.settings.clone()).await
     }
 
-    /// The standard image's ref, found or built once per runtime.
+    /// The standard image's ref, found or built once per runtime (on a task of its own: see
+    /// [`SharedStandard`]).
     async fn standard_ref(&self) -> Result<String, RuntimeError> {
-        self.standard_ref.get_or_try_init(|| self.ensure_standard()).await.cloned()
+        self.standard.get_or_build(&self.standard_build).await
     }
 
     /// Builds the image of `context` unless it exists. Returns its ref.
@@ -301,6 +332,16 @@ impl DockerRuntime {
             read_only: Some(read_only),
             ..Default::default()
         };
+        let mut mounts = vec![
+            bind(&spec.session_host_dir, layout::CONTAINER_SESSION_DIR, true),
+            bind(&spec.session_workspace_dir, layout::CONTAINER_WORKSPACE_DIR, false),
+            bind(&spec.agent_group_dir, layout::CONTAINER_AGENT_DIR, false),
+        ];
+        if let Some(skills) = &spec.skills_dir {
+            // The whole folder, read-only: skills are public text shipped with nanoclaw; the
+            // runner reads only the ones runner.json selects.
+            mounts.push(bind(skills, layout::CONTAINER_SKILLS_DIR, true));
+        }
         let labels = HashMap::from([
             (LABEL_INSTALL.to_string(), spec.install_id.clone()),
             (LABEL_SESSION.to_string(), spec.session_id.clone()),
@@ -314,11 +355,7 @@ impl DockerRuntime {
             labels: Some(labels),
             network_disabled: Some(true),
             host_config: Some(HostConfig {
-                mounts: Some(vec![
-                    bind(&spec.session_host_dir, layout::CONTAINER_SESSION_DIR, true),
-                    bind(&spec.session_workspace_dir, layout::CONTAINER_WORKSPACE_DIR, false),
-                    bind(&spec.agent_group_dir, layout::CONTAINER_AGENT_DIR, false),
-                ]),
+                mounts: Some(mounts),
                 network_mode: Some("none".into()),
                 cap_drop: Some(vec!["ALL".into()]),
                 security_opt: Some(vec!["no-new-privileges".into()]),
@@ -349,6 +386,91 @@ impl DockerRuntime {
             ..Default::default()
         }
     }
+}
+
+/// [`DockerRuntime::ensure_standard`] over owned parts, so it can run on a task of its own.
+async fn build_standard(docker: Docker, settings: DockerSettings) -> Result<String, RuntimeError> {
+    let image_err = |e: standard::StandardError| RuntimeError::Image(e.to_string());
+    let join_err = |e: tokio::task::JoinError| RuntimeError::Image(e.to_string());
+    let standard_settings = settings.standard.clone();
+    let runner = settings.agent_binary.clone();
+    let recipe = tokio::task::spawn_blocking(move || standard::Recipe::resolve(&standard_settings, &runner))
+        .await
+        .map_err(join_err)?
+        .map_err(image_err)?;
+    let tag = recipe.tag();
+    let image_ref = format!("{}:{tag}", settings.image);
+    if docker.inspect_image(&image_ref).await.is_ok() {
+        debug!(image = %image_ref, "standard image present");
+        return Ok(image_ref);
+    }
+    let work_dir = settings.standard.work_dir.clone().unwrap_or_else(|| PathBuf::from("/var/tmp"));
+    let lock_dir = work_dir.clone();
+    let _lock = tokio::task::spawn_blocking(move || standard::lock_builds(&lock_dir))
+        .await
+        .map_err(join_err)?
+        .map_err(image_err)?;
+    // Another process may have built it while this one waited for the lock.
+    if docker.inspect_image(&image_ref).await.is_ok() {
+        return Ok(image_ref);
+    }
+    let started = std::time::Instant::now();
+    eprintln!(
+        "building the standard image {image_ref} (Debian {} from {}); this takes a few minutes, once",
+        recipe.suite, recipe.mirror
+    );
+    info!(image = %image_ref, suite = %recipe.suite, mirror = %recipe.mirror, "building the standard image");
+    let progress = standard::Progress::new();
+    let _printer = progress.print_every();
+    let (build_dir, root) = standard::build_rootfs(&recipe, &work_dir, &progress).await.map_err(image_err)?;
+    let (body, sent, writer) = standard::tar_stream(root);
+    let counter = {
+        let (progress, sent) = (progress.clone(), sent.clone());
+        tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
+            loop {
+                let mb = sent.load(std::sync::atomic::Ordering::Relaxed) >> 20;
+                progress.set(format!("importing into Docker, {mb} MB sent"));
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }))
+    };
+    let options = CreateImageOptionsBuilder::default()
+        .from_src("-")
+        .repo(&settings.image)
+        .tag(&tag)
+        .changes(recipe.import_changes())
+        .build();
+    // The default 120 s request timeout covers the wait for the response headers, which the
+    // daemon may only send once it has read the whole upload.
+    let docker = docker.clone().with_timeout(Duration::from_secs(3600));
+    let mut stream = docker.create_image(Some(options), Some(bollard::body_try_stream(body)), None);
+    let mut failure = None;
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(info) => {
+                if let Some(err) = info.error_detail.and_then(|d| d.message) {
+                    failure = Some(one_line(&err));
+                }
+            }
+            Err(e) => failure = Some(one_line(&e.to_string())),
+        }
+    }
+    drop(stream);
+    drop(counter);
+    // The writer ends once its receiver is gone; its own errors reached the upload already.
+    let _ = writer.await;
+    drop(build_dir);
+    if let Some(message) = failure {
+        return Err(RuntimeError::Image(format!("importing the standard image: {message}")));
+    }
+    let info = docker.inspect_image(&image_ref).await.map_err(|e| {
+        RuntimeError::Image(format!("standard image imported but not found: {}", one_line(&e.to_string())))
+    })?;
+    let secs = started.elapsed().as_secs();
+    let mb = info.size.unwrap_or(0) >> 20;
+    eprintln!("built the standard image {image_ref} in {}m{:02}s ({mb} MB)", secs / 60, secs % 60);
+    info!(image = %image_ref, seconds = secs, size_mb = mb, "standard image built");
+    Ok(image_ref)
 }
 
 #[async_trait]
@@ -465,5 +587,134 @@ impl ContainerRuntime for DockerRuntime {
                     .unwrap_or(false),
             })
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn settings() -> DockerSettings {
+        DockerSettings {
+            image: "nanoclaw-agent".into(),
+            agent_binary: PathBuf::from("/nonexistent/nanoclaw-agent"),
+            tag_cache: None,
+            memory_bytes: 1 << 29,
+            nano_cpus: 1_000_000_000,
+            pids_limit: 128,
+            user: (65534, 65534),
+            nofile: 1024,
+            standard: Default::default(),
+        }
+    }
+
+    /// A runtime whose standard build is `build` (the client is never used: no daemon needed).
+    fn with_build(build: StandardBuild) -> DockerRuntime {
+        let docker = Docker::connect_with_local_defaults().expect("a client (it does not connect)");
+        DockerRuntime {
+            docker,
+            settings: settings(),
+            image_ref: Mutex::new(None),
+            standard: SharedStandard::default(),
+            standard_build: build,
+        }
+    }
+
+    /// A fake build counting its starts and ends, each waiting for a permit of `gate`, then
+    /// answering with `answers` in turn (the last one repeats).
+    fn gated_build(
+        gate: Arc<tokio::sync::Semaphore>,
+        started: Arc<AtomicUsize>,
+        finished: Arc<AtomicUsize>,
+        answers: Vec<Result<String, RuntimeError>>,
+    ) -> StandardBuild {
+        Arc::new(move || {
+            let n = started.fetch_add(1, Ordering::SeqCst);
+            let answer = answers[n.min(answers.len() - 1)].clone();
+            let (gate, finished) = (gate.clone(), finished.clone());
+            Box::pin(async move {
+                gate.acquire().await.expect("gate open").forget();
+                finished.fetch_add(1, Ordering::SeqCst);
+                answer
+            })
+        })
+    }
+
+    async fn until(what: &str, check: impl Fn() -> bool) {
+        for _ in 0..500 {
+            if check() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("timed out waiting for {what}");
+    }
+
+    /// The session that started the shared build is cancelled (its ensure task aborted): the
+    /// build goes on, a later waiter gets its result, and the image was built once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cancelled_ensure_does_not_cancel_the_shared_standard_build() {
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let (started, finished) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let image = "nanoclaw-agent:std-000000000000".to_string();
+        let rt = Arc::new(with_build(gated_build(
+            gate.clone(),
+            started.clone(),
+            finished.clone(),
+            vec![Ok(image.clone())],
+        )));
+        let first = tokio::spawn({
+            let rt = rt.clone();
+            async move { rt.ensure_tier(ImageTier::Standard).await }
+        });
+        until("the build to start", || started.load(Ordering::SeqCst) == 1).await;
+        first.abort();
+        assert!(first.await.unwrap_err().is_cancelled());
+
+        let second = tokio::spawn({
+            let rt = rt.clone();
+            async move { rt.ensure_tier(ImageTier::Standard).await }
+        });
+        gate.add_permits(1);
+        second.await.unwrap().unwrap();
+        assert_eq!(started.load(Ordering::SeqCst), 1, "one build for both sessions");
+        assert_eq!(finished.load(Ordering::SeqCst), 1, "the build ran to its end");
+        assert_eq!(rt.standard_image_ref(), Some(image.clone()));
+        // Found: no further build.
+        rt.ensure_tier(ImageTier::Standard).await.unwrap();
+        assert_eq!(started.load(Ordering::SeqCst), 1);
+    }
+
+    /// Every waiter of a failed build gets its error, and the next use builds again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_standard_build_reaches_every_waiter_and_the_next_use_tries_again() {
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let (started, finished) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let failure = RuntimeError::Image("the standard image needs debootstrap".into());
+        let image = "nanoclaw-agent:std-000000000001".to_string();
+        let rt = Arc::new(with_build(gated_build(
+            gate.clone(),
+            started.clone(),
+            finished.clone(),
+            vec![Err(failure.clone()), Ok(image.clone())],
+        )));
+        let waiters: Vec<_> = (0..3)
+            .map(|_| {
+                let rt = rt.clone();
+                tokio::spawn(async move { rt.ensure_tier(ImageTier::Standard).await })
+            })
+            .collect();
+        until("the build to start", || started.load(Ordering::SeqCst) == 1).await;
+        gate.add_permits(1);
+        for w in waiters {
+            assert_eq!(w.await.unwrap(), Err(failure.clone()));
+        }
+        assert_eq!(started.load(Ordering::SeqCst), 1, "the waiters shared one build");
+        assert_eq!(rt.standard_image_ref(), None);
+        gate.add_permits(1);
+        rt.ensure_tier(ImageTier::Standard).await.unwrap();
+        assert_eq!(started.load(Ordering::SeqCst), 2, "retried after the failure");
+        assert_eq!(rt.standard_image_ref(), Some(image));
     }
 }

@@ -53,6 +53,30 @@ pub async fn from_config(config: &Config) -> Result<(Arc<dyn ContainerRuntime>, 
     }
 }
 
+/// The skills folder: `configured` when given (the config checked that it is a directory), else
+/// `skills/` beside this program (an installed layout), else the source tree's
+/// `container/skills` (a build from source: `cargo run`, the tests). Absolute, since it is bind
+/// mounted. `None` (with a warning) when there is none: agents then run without skills.
+pub fn locate_skills_dir(configured: Option<&std::path::Path>) -> Option<std::path::PathBuf> {
+    let beside = std::env::current_exe().ok().and_then(|exe| exe.parent().map(|d| d.join("skills")));
+    let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("container").join("skills");
+    let found = match configured {
+        Some(dir) => Some(dir.to_path_buf()),
+        None => beside.into_iter().chain([source]).find(|d| d.is_dir()),
+    };
+    match found.map(|d| std::fs::canonicalize(&d).map_err(|e| (d, e))) {
+        Some(Ok(dir)) => Some(dir),
+        Some(Err((dir, e))) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "skills folder unusable; agents run without skills");
+            None
+        }
+        None => {
+            tracing::warn!("no skills folder found (set container.skills_dir); agents run without skills");
+            None
+        }
+    }
+}
+
 /// Where the Docker runtime remembers the agent image's tag ([`image::cached_tag`]): the user's
 /// cache directory (`$XDG_CACHE_HOME/nanoclaw`, else `~/.cache/nanoclaw`), one file per agent
 /// binary path — the image lives in the Docker daemon, not in a data directory, so a new data

@@ -83,6 +83,11 @@ impl ContainerRuntime for ProcessRuntime {
         cmd.env(layout::ENV_SESSION_DIR, &spec.session_host_dir)
             .env(layout::ENV_WORKSPACE_DIR, &spec.session_workspace_dir)
             .envs(spec.env.iter().cloned())
+            // Without a skills folder, a path that never exists: never the host's own /skills.
+            .env(
+                layout::ENV_SKILLS_DIR,
+                spec.skills_dir.clone().unwrap_or_else(|| spec.session_host_dir.join("no-skills")),
+            )
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .kill_on_drop(true);

@@ -112,6 +112,10 @@ pub struct SessionState {
     tier_wait: Option<AbortOnDropHandle<()>>,
     /// The tier ensured for the next spawn (consumed by it, so each spawn checks its image again).
     tier_ready: Option<ImageTier>,
+    /// A kill-then-respawn asked for a container that is not spawned yet: it waits for the
+    /// image, a slot or a backoff. [`SessionState::check`] spawns for it as for pending work (a
+    /// respawn has none of its own); cleared by the spawn, a hold or an unusable provider.
+    respawn: Respawn,
     /// The chat was told it waits for a slot (once per wait).
     queued_noted: bool,
     /// Quarantined or paused: input is kept, no container runs.
@@ -136,6 +140,15 @@ pub struct SessionState {
     last_workspace_check: Option<Instant>,
     /// The one timer armed for the next due instant (drop guard).
     timer: Option<(Instant, TimerHandle)>,
+}
+
+/// Whether a kill-then-respawn still wants its new container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Respawn {
+    /// No respawn is waiting.
+    NotWanted,
+    /// A respawn was asked and no container was spawned for it yet.
+    Wanted,
 }
 
 /// A snapshot for `ncl` and tests.
@@ -433,6 +446,7 @@ impl SessionState {
             session_host_dir: self.paths.host_dir.clone(),
             session_workspace_dir: self.paths.workspace_dir.clone(),
             agent_group_dir: self.paths.agent_group_dir.clone(),
+            skills_dir: self.ctx.config.skills_dir.clone(),
             env: vec![
                 (layout::ENV_GENERATION.into(), generation.to_string()),
                 (layout::ENV_SESSION_ID.into(), self.session.id.clone()),
@@ -458,6 +472,7 @@ impl SessionState {
         let (actor, _) = Actor::spawn_linked(None, ContainerActor, args, myself.get_cell()).await?;
         self.container = Some(actor);
         self.phase.spawned(generation, Self::now().into_std());
+        self.respawn = Respawn::NotWanted;
         self.last_activity = Self::now();
         let sid = self.session.id.clone();
         self.ctx.store.call(move |c| store::set_container_status(c, &sid, "starting")).await?;
@@ -479,6 +494,9 @@ impl SessionState {
                 Ok(())
             }
             Action::Spawn => {
+                // Wanted until a container is spawned: the spawn may have to wait for the image
+                // or a slot, whose messages come back through `check`.
+                self.respawn = Respawn::Wanted;
                 self.next_spawn_at = None;
                 self.spawn_container(myself).await
             }
@@ -528,8 +546,9 @@ impl SessionState {
             }
         }
         if gone.then == Some(Then::Respawn) && self.hold.is_none() {
+            // `check` spawns it, keeping the slot of the container it replaces.
+            self.respawn = Respawn::Wanted;
             self.next_spawn_at = None;
-            self.spawn_container(myself).await?;
         } else {
             // Others may be waiting: the slot goes back, and this session queues like anyone else.
             self.permit = None;
@@ -546,6 +565,7 @@ impl SessionState {
             self.provider_error = Some(line.clone());
         }
         self.permit = None;
+        self.respawn = Respawn::NotWanted;
         let failed = blocking(&self.paths, files::fail_pending).await?;
         for o in failed {
             self.tell_failed(o, format!("Sorry, I could not process your message: {line}")).await;
@@ -654,6 +674,7 @@ impl SessionState {
         self.slot_wait = None;
         // No container will run: a build in progress is abandoned (the next spawn restarts it).
         self.tier_wait = None;
+        self.respawn = Respawn::NotWanted;
         if first {
             notices::tell_held(&self.ctx, &self.session, &hold).await;
         }
@@ -745,8 +766,10 @@ impl SessionState {
             Phase::Gone => {
                 let work = blocking(&self.paths, files::pending_work).await?;
                 if self.hold.is_none() {
-                    if work.due_now {
-                        self.set_work_flag(true).await?;
+                    if work.due_now || self.respawn == Respawn::Wanted {
+                        if work.due_now {
+                            self.set_work_flag(true).await?;
+                        }
                         self.spawn_container(myself).await?;
                         if let Some(t) = self.next_spawn_at {
                             at(t);
@@ -761,6 +784,7 @@ impl SessionState {
                 let quiet = matches!(self.phase, Phase::Gone)
                     && self.slot_wait.is_none()
                     && self.tier_wait.is_none()
+                    && self.respawn == Respawn::NotWanted
                     && (work.pending == 0 || self.hold.is_some())
                     && !self.outstanding;
                 if quiet && self.hold.is_some() {
@@ -845,6 +869,7 @@ impl Actor for SessionActor {
             slot_wait: None,
             tier_wait: None,
             tier_ready: None,
+            respawn: Respawn::NotWanted,
             queued_noted: false,
             hold: None,
             resumed: false,
@@ -937,7 +962,12 @@ impl Actor for SessionActor {
                 newest_claim_seen,
                 declared_timeout,
                 outstanding,
+                notes,
             }) => {
+                if notes > 0 {
+                    // The runner may be waiting in a tool for one of these (an action's answer).
+                    state.wake.wake();
+                }
                 if finished > 0 || delivered > 0 {
                     state.last_activity = SessionState::now();
                     state.spawn_backoff.reset();
@@ -951,9 +981,10 @@ impl Actor for SessionActor {
             SessionMessage::SlotGranted(permit) => {
                 state.slot_wait = None;
                 state.permit = Some(permit);
+                // Spawns for pending work or a wanted respawn.
                 state.check(&myself).await?;
                 if matches!(state.phase, Phase::Gone) {
-                    // Nothing to do any more (or spawning is backing off): pass the slot on.
+                    // Neither (any more), or spawning is backing off: pass the slot on.
                     state.permit = None;
                 }
             }
@@ -972,12 +1003,9 @@ impl Actor for SessionActor {
                         state.next_spawn_at = Some(SessionState::now() + delay);
                     }
                 }
-                // The spawn that asked for the image goes on (it re-checks phase, hold, backoff
-                // and the workspace itself): a kill-then-respawn has no pending work to make
-                // `check` spawn. Then `check` arms the timer (the backoff after a failure).
-                if state.tier_ready.is_some() {
-                    state.spawn_container(&myself).await?;
-                }
+                // The spawn that asked for the image goes on through `check` (for pending work
+                // or a wanted respawn; `spawn_container` re-checks phase, hold, backoff and the
+                // workspace), which also arms the timer (the backoff after a failure).
                 state.check(&myself).await?;
             }
             SessionMessage::Proxy(event) => {

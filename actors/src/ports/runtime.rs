@@ -35,6 +35,10 @@ pub struct ContainerSpec {
     pub session_workspace_dir: PathBuf,
     /// The agent group's folder; mounted read-write.
     pub agent_group_dir: PathBuf,
+    /// The host's skills folder (`<name>/SKILL.md` each), absolute; mounted read-only at
+    /// [`nanoclaw_protocol::layout::CONTAINER_SKILLS_DIR`] (the process runtime passes its path
+    /// in [`nanoclaw_protocol::layout::ENV_SKILLS_DIR`]). `None`: no skills are shipped.
+    pub skills_dir: Option<PathBuf>,
     /// Environment for the runner, besides the path variables the runtime sets itself.
     pub env: Vec<(String, String)>,
     /// Which image the container runs (DESIGN §7); runtimes without images ignore it.

@@ -30,7 +30,7 @@ use nanoclaw_protocol::rows::AckStatus;
 use nanoclaw_protocol::validate::{OutboundBody, Rejected, ValidOutbound};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -99,6 +99,10 @@ pub enum OutboxReport {
         declared_timeout: Option<Duration>,
         /// Rows not yet final remain (retries, scheduled messages, unread pages).
         outstanding: bool,
+        /// Notes to the agent written since the last report (answers to its system actions,
+        /// refusals): the session sends the runner a wake byte, so a tool waiting for its
+        /// answer sees it at once instead of at its fallback read.
+        notes: usize,
     },
     /// The container's files break the rules: quarantine the session.
     Violation(String),
@@ -150,6 +154,7 @@ impl Outbox {
             strikes: 0,
             unavailable: None,
             last_warning: None,
+            notes_written: AtomicUsize::new(0),
         };
         Outbox { notify, generation, _task: AbortOnDropHandle::new(tokio::spawn(worker.run())) }
     }
@@ -197,6 +202,8 @@ struct Worker {
     unavailable: Option<(Instant, Duration)>,
     /// The last warning logged, so a broken state is logged once, not every pass.
     last_warning: Option<String>,
+    /// Notes to the agent written since the last report (`notes` of [`OutboxReport::Progress`]).
+    notes_written: AtomicUsize,
 }
 
 /// Why a pass stopped early.
@@ -390,6 +397,7 @@ impl Worker {
             newest_claim_seen: self.claims_seen.values().map(|(_, t)| *t).max(),
             declared_timeout,
             outstanding,
+            notes: self.notes_written.swap(0, Ordering::Relaxed),
         })
     }
 
@@ -869,6 +877,7 @@ impl Worker {
         {
             warn!(session = %self.session.id, error = %e, "note to agent not written");
         } else {
+            self.notes_written.fetch_add(1, Ordering::Relaxed);
             debug!(session = %self.session.id, row = %key, "note to agent written");
         }
     }

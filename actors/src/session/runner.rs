@@ -50,11 +50,21 @@ pub fn settings(
     let mcp_servers: BTreeMap<String, McpServerSpec> =
         serde_json::from_str(&row.mcp_servers).map_err(|e| format!("container_configs.mcp_servers: {e}"))?;
     let skills = match serde_json::from_str::<serde_json::Value>(&row.skills) {
-        Ok(serde_json::Value::String(s)) if s == "all" => vec![],
+        Ok(serde_json::Value::String(s)) if s == "all" => {
+            ctx.config.skills_dir.as_deref().map(shipped_skills).unwrap_or_default()
+        }
         Ok(v) => serde_json::from_value::<Vec<String>>(v)
             .map_err(|e| format!("container_configs.skills: not \"all\" or a list of names: {e}"))?,
         Err(e) => return Err(format!("container_configs.skills: {e}")),
     };
+    if skills.len() > MAX_SKILLS {
+        return Err(format!("container_configs.skills: {} skills; at most {MAX_SKILLS}", skills.len()));
+    }
+    if let Some(bad) = skills.iter().find(|s| !skill_name_ok(s)) {
+        return Err(format!(
+            "container_configs.skills: {bad:?} is not a skill folder name (ASCII letters, digits, . _ -; not . or ..)"
+        ));
+    }
     Ok(RunnerSettings {
         provider,
         image_tier,
@@ -66,6 +76,31 @@ pub fn settings(
         assistant_name: session.assistant_name.clone(),
         egress_allow,
     })
+}
+
+/// Most skills one agent may select: each puts up to 32 KiB into every prompt.
+pub const MAX_SKILLS: usize = 32;
+
+/// A skill name is one folder name inside the skills folder: 1 to 64 bytes of ASCII letters,
+/// digits, `.`, `_`, `-`, and not `.` or `..` — never a path (no `/`) that leaves the folder.
+pub fn skill_name_ok(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name != "."
+        && name != ".."
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// The skills in `dir` (`container_configs.skills = "all"`): its sub-folders with a valid name
+/// and a `SKILL.md`, sorted, at most [`MAX_SKILLS`]. An unreadable folder has none.
+pub fn shipped_skills(dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return vec![] };
+    let mut names: Vec<String> = entries
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| skill_name_ok(n) && dir.join(n).join(nanoclaw_protocol::layout::SKILL_FILE).is_file())
+        .collect();
+    names.sort();
+    names.truncate(MAX_SKILLS);
+    names
 }
 
 /// An `egress_allow` entry: a host name (`example.org`), `*.suffix`, or an IP literal, each
@@ -111,6 +146,24 @@ mod tests {
         assert_eq!(effective_tier(None, ProviderKind::Echo), ImageTier::Minimal);
         assert_eq!(effective_tier(None, ProviderKind::Openai), ImageTier::Standard);
         assert_eq!(effective_tier(Some(ImageTier::Minimal), ProviderKind::Anthropic), ImageTier::Minimal);
+    }
+
+    #[test]
+    fn skill_names_and_the_shipped_skills() {
+        for ok in ["memory", "run-command", "a.b_c"] {
+            assert!(skill_name_ok(ok), "{ok}");
+        }
+        for bad in ["", ".", "..", "a/b", "../etc", "x y", &"x".repeat(65)] {
+            assert!(!skill_name_ok(bad), "{bad}");
+        }
+        // The skills shipped in this repository: "all" selects each of them.
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../container/skills");
+        assert_eq!(shipped_skills(&shipped), vec!["memory", "run-command", "scheduling"]);
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(tmp.path().join("no-file")).unwrap();
+        std::fs::create_dir_all(tmp.path().join("bad name")).unwrap();
+        std::fs::write(tmp.path().join("bad name/SKILL.md"), "x").unwrap();
+        assert!(shipped_skills(tmp.path()).is_empty());
     }
 
     #[test]

@@ -10,6 +10,9 @@ pub struct RunnerConfig {
     pub session_dir: PathBuf,
     /// Folder with `outbound.db` and `.heartbeat` (written by the runner).
     pub workspace_dir: PathBuf,
+    /// The read-only skills folder (`<name>/SKILL.md`); only the skills `runner.json` selects
+    /// are read from it.
+    pub skills_dir: PathBuf,
     /// This container's generation; stamped on every claim.
     pub generation: i64,
     /// Provider name (`echo`).
@@ -21,6 +24,9 @@ pub struct RunnerConfig {
     pub poll_ms: u64,
     /// Most messages in one prompt.
     pub max_messages_per_prompt: usize,
+    /// Fallback read interval of system-action tools waiting for the host's answer (they wake
+    /// on the host's `INPUT` byte first).
+    pub answer_fallback: std::time::Duration,
     /// Exit after the host has been unreachable this long, once it had been connected
     /// (`None` = never). A host killed outright cannot stop its containers; they stop themselves.
     pub host_lost_exit: Option<std::time::Duration>,
@@ -65,11 +71,20 @@ impl RunnerConfig {
                 problem: format!("{max_messages_per_prompt} not in 1..=100"),
             });
         }
+        let answer_fallback_ms = num(&get, l::ENV_ANSWER_FALLBACK_MS, 1000u64)?;
+        if !(1..=3_600_000).contains(&answer_fallback_ms) {
+            return Err(ConfigError {
+                var: l::ENV_ANSWER_FALLBACK_MS,
+                problem: format!("{answer_fallback_ms} not in 1..=3600000"),
+            });
+        }
         Ok(Self {
+            answer_fallback: std::time::Duration::from_millis(answer_fallback_ms),
             session_dir: get(l::ENV_SESSION_DIR).unwrap_or_else(|| l::CONTAINER_SESSION_DIR.into()).into(),
             workspace_dir: get(l::ENV_WORKSPACE_DIR)
                 .unwrap_or_else(|| l::CONTAINER_WORKSPACE_DIR.into())
                 .into(),
+            skills_dir: get(l::ENV_SKILLS_DIR).unwrap_or_else(|| l::CONTAINER_SKILLS_DIR.into()).into(),
             generation: num(&get, l::ENV_GENERATION, 0i64)?,
             provider: get(l::ENV_PROVIDER).unwrap_or_else(|| "echo".into()),
             assistant_name: get(l::ENV_ASSISTANT_NAME).unwrap_or_else(|| "Andy".into()),
@@ -118,6 +133,7 @@ mod tests {
         let c = cfg(&[]).unwrap();
         assert_eq!(c.inbound_db(), PathBuf::from("/session/inbound.db"));
         assert_eq!(c.outbound_db(), PathBuf::from("/workspace/outbound.db"));
+        assert_eq!(c.skills_dir, PathBuf::from("/skills"));
         assert_eq!(c.poll_ms, 1000);
         assert_eq!(c.provider, "echo");
     }

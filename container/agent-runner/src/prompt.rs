@@ -360,6 +360,26 @@ mod tests {
     }
 
     #[test]
+    fn skills_are_capped_and_not_read_through_links() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (ws, skills) = (tmp.path().join("ws"), tmp.path().join("skills"));
+        std::fs::create_dir_all(&ws).unwrap();
+        for name in ["big", "link"] {
+            std::fs::create_dir_all(skills.join(name)).unwrap();
+        }
+        std::fs::write(skills.join("big/SKILL.md"), "x".repeat(100 * 1024)).unwrap();
+        std::fs::write(tmp.path().join("secret"), "SECRET").unwrap();
+        std::os::unix::fs::symlink(tmp.path().join("secret"), skills.join("link/SKILL.md")).unwrap();
+        let mut settings = RunnerSettings::echo_default("Andy");
+        settings.skills = vec!["big".into(), "link".into()];
+        let now = chrono::Utc::now();
+        let s = agent_context(&settings, &ws, &skills, now);
+        assert!(s.contains("[… cut: the file is longer …]"), "the big skill is cut");
+        assert!(s.len() < MAX_PROMPT_FILE_BYTES as usize + 4096, "{}", s.len());
+        assert!(!s.contains("SECRET") && s.contains("(The skill \"link\" is not available.)"), "{s}");
+    }
+
+    #[test]
     fn prompt_names_the_sender_destination() {
         let t = build_turn(&snapshot(), "Andy", None);
         assert!(t.prompt.contains("from=\"cli\" sender=\"Local\""), "{}", t.prompt);

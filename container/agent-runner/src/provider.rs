@@ -47,11 +47,20 @@ pub trait EventSink: Send {
     fn event(&mut self, event: ProviderEvent);
 }
 
-/// The runner's line to the host, for output committed in the middle of a turn.
+/// The runner's line to the host, for output committed in the middle of a turn and for waiting
+/// on the host's answers (system-action tools).
 #[async_trait]
 pub trait HostLink: Send {
     /// Tells the host that rows were committed to `outbound.db` (the wake socket's OUTPUT byte).
     async fn output(&mut self);
+
+    /// Waits until the host signals new input in `inbound.db` (the wake socket's INPUT byte) or
+    /// `at_most` has passed, whichever comes first. A byte that arrived since the last wait
+    /// counts (it is not lost between a read and the wait), so callers read, then wait, then
+    /// read again. Without a link this only sleeps.
+    async fn input(&mut self, at_most: std::time::Duration) {
+        tokio::time::sleep(at_most).await;
+    }
 }
 
 /// A [`HostLink`] that tells nobody (unit tests, embedders without a wake socket).

@@ -62,10 +62,12 @@ struct WakeLink {
     /// Since when the host has been unreachable, after having been connected once.
     lost_since: Option<std::time::Instant>,
     was_connected: bool,
+    /// The poll interval while the link is down (`NANOCLAW_POLL_MS`).
+    poll: Duration,
 }
 
 impl WakeLink {
-    fn new(path: PathBuf, generation: i64) -> Self {
+    fn new(path: PathBuf, generation: i64, poll: Duration) -> Self {
         Self {
             path,
             generation,
@@ -74,6 +76,7 @@ impl WakeLink {
             reader: None,
             lost_since: None,
             was_connected: false,
+            poll,
         }
     }
 
@@ -186,6 +189,14 @@ impl HostLink for WakeLink {
     async fn output(&mut self) {
         WakeLink::output(self).await
     }
+
+    async fn input(&mut self, at_most: Duration) {
+        // The reader task stores one permit per burst of INPUT bytes (and one when the link
+        // closes), so a byte that came between the caller's read and this wait is not lost.
+        // While the link is down no byte can come: wait no longer than the idle poll then.
+        let wait = if self.connected() { at_most } else { at_most.min(self.poll) };
+        let _ = tokio::time::timeout(wait, self.notify.notified()).await;
+    }
 }
 
 /// Reads `runner.json` from the session folder: `None` when it does not exist (the offline
@@ -227,12 +238,19 @@ pub async fn agent_for(config: &mut RunnerConfig) -> Result<Agent, RunnerError> 
         crate::model::for_settings(&settings.provider, &config.session_dir.join(layout::PROXY_SOCKET))
             .map_err(RunnerError::Provider)?;
     let mut tools = ToolRegistry::builtin(&settings.tools);
+    if config.answer_fallback != crate::tools::system::ANSWER_FALLBACK {
+        for tool in crate::tools::system::all().into_iter().filter(|t| settings.tools.allows(t.name())) {
+            tools.register(Arc::new(tool.with_answer_fallback(config.answer_fallback)));
+        }
+    }
     config.assistant_name = settings.assistant_name.clone();
     // MCP servers: those that fail are named in the system prompt; the others' tools are offered.
     let mcp = crate::tools::mcp::McpHost::start(&settings.mcp_servers).await;
     mcp.register_into(&mut tools, &settings.tools);
     let note = mcp.prompt_note();
-    Ok(Agent::new(model, settings, tools, config.workspace_dir.clone()).with_system_note(note))
+    Ok(Agent::new(model, settings, tools, config.workspace_dir.clone())
+        .with_skills_dir(config.skills_dir.clone())
+        .with_system_note(note))
 }
 
 /// Rows for what a turn produced: its `<message>` blocks (each text once per chat) minus texts a
@@ -302,10 +320,10 @@ pub async fn run_with(config: RunnerConfig, mut provider: Box<dyn Provider>) -> 
     let heartbeat = config.heartbeat();
     touch(&heartbeat);
     let key = continuation_key(provider.name());
-    let mut link = WakeLink::new(config.wake_socket(), config.generation);
+    let poll = Duration::from_millis(config.poll_ms);
+    let mut link = WakeLink::new(config.wake_socket(), config.generation, poll);
     link.ensure().await;
     info!(generation = config.generation, provider = provider.name(), "runner started");
-    let poll = Duration::from_millis(config.poll_ms);
     let mut first_read = true;
 
     loop {

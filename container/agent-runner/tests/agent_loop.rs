@@ -59,7 +59,7 @@ async fn bad_arguments_come_back_naming_the_field() {
     assert!(r[3].starts_with("tool read_file: error: invalid arguments: expected a JSON object"), "{}", r[3]);
     assert!(
         r[4].starts_with(
-            "tool no_such_tool: error: unknown tool \"no_such_tool\" (available: add_mcp_server, add_reaction, cancel_task,"
+            "tool no_such_tool: error: unknown tool \"no_such_tool\" (available: add_mcp_server, add_reaction, ask_user_question, cancel_task,"
         ),
         "{}",
         r[4]

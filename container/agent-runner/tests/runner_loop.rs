@@ -30,11 +30,13 @@ fn runner_config(
     RunnerConfig {
         session_dir: session.to_path_buf(),
         workspace_dir: workspace.to_path_buf(),
+        skills_dir: workspace.join("no-skills"),
         generation,
         provider: "echo".into(),
         assistant_name: "Andy".into(),
         poll_ms,
         max_messages_per_prompt: 10,
+        answer_fallback: nanoclaw_agent::tools::system::ANSWER_FALLBACK,
         host_lost_exit,
     }
 }

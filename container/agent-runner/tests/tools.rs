@@ -235,23 +235,62 @@ async fn system_tools_write_the_row_and_return_the_hosts_answer() {
              tool install_packages {\"apt\":[\"jq\"]}\n\
              tool add_mcp_server {\"name\":\"x\",\"command\":\"/bin/x\"}\n\
              tool run_host_command {\"name\":\"backup\"}\n\
-             tool create_agent {\"name\":\"Bob\"}",
+             tool create_agent {\"name\":\"Bob\"}\n\
+             tool list_tasks {}\n\
+             tool update_task {\"task_id\":\"task-1\",\"recurrence\":\"0 8 * * *\"}\n\
+             tool pause_task {\"task_id\":\"task-1\"}\n\
+             tool resume_task {\"task_id\":\"task-1\"}\n\
+             tool ask_user_question {\"title\":\"Lunch\",\"question\":\"Which?\",\"options\":[\"pizza\",\"salad\"]}",
             30,
         )
         .await,
     );
     host.abort();
+    let unsupported =
+        |name: &str| format!("tool {name}: error: system action {name} is not supported by this host yet");
     assert_eq!(
         r,
         vec![
-            "tool schedule_task: error: system action schedule_task is not supported by this host yet",
-            "tool request_rebuild: rebuilt (new deps)",
-            "tool cancel_task: error: system action cancel_task is not supported by this host yet",
-            "tool install_packages: error: system action install_packages is not supported by this host yet",
-            "tool add_mcp_server: error: system action add_mcp_server is not supported by this host yet",
-            "tool run_host_command: error: system action run_host_command is not supported by this host yet",
-            "tool create_agent: error: system action create_agent is not supported by this host yet",
+            unsupported("schedule_task"),
+            "tool request_rebuild: rebuilt (new deps)".into(),
+            unsupported("cancel_task"),
+            unsupported("install_packages"),
+            unsupported("add_mcp_server"),
+            unsupported("run_host_command"),
+            unsupported("create_agent"),
+            unsupported("list_tasks"),
+            unsupported("update_task"),
+            unsupported("pause_task"),
+            unsupported("resume_task"),
+            unsupported("ask_user_question"),
         ]
+    );
+    // Each new action reached the host as its typed row (the question with its default timeout).
+    let c = nanoclaw_protocol::schema::open_outbound_reader(&s.workspace.join("outbound.db")).unwrap();
+    let mut st = c.prepare("SELECT content FROM messages_out WHERE kind = 'system' ORDER BY seq").unwrap();
+    let actions: Vec<nanoclaw_protocol::content::SystemAction> = st
+        .query_map([], |r| r.get::<_, String>(0))
+        .unwrap()
+        .map(|c| serde_json::from_str(&c.unwrap()).unwrap())
+        .collect();
+    use nanoclaw_protocol::content::SystemAction as A;
+    assert_eq!(actions.len(), 12, "{actions:?}");
+    assert_eq!(actions[7], A::ListTasks {});
+    assert!(
+        matches!(&actions[8], A::UpdateTask { task_id, recurrence: Some(r), prompt: None, .. } if task_id == "task-1" && r == "0 8 * * *"),
+        "{:?}",
+        actions[8]
+    );
+    assert_eq!(actions[9], A::PauseTask { task_id: "task-1".into() });
+    assert_eq!(actions[10], A::ResumeTask { task_id: "task-1".into() });
+    assert_eq!(
+        actions[11],
+        A::AskUserQuestion {
+            title: "Lunch".into(),
+            question: "Which?".into(),
+            options: vec!["pizza".into(), "salad".into()],
+            timeout_s: 300
+        }
     );
     // The row is the typed action the host parses, answering the message.
     let c = nanoclaw_protocol::schema::open_outbound_reader(&s.workspace.join("outbound.db")).unwrap();
@@ -374,4 +413,103 @@ async fn edit_message_add_reaction_and_send_card_write_typed_rows() {
             },
         ]
     );
+}
+
+/// Bad arguments of the new system tools come back to the model naming the field, and no row
+/// is written for them.
+#[tokio::test]
+async fn task_and_question_tools_name_the_bad_field() {
+    let mut s = Session::new(None);
+    s.start();
+    let r = texts(
+        &s.turn(
+            "tool ask_user_question {\"title\":\"T\",\"question\":\"Q\",\"options\":[\"only\"]}\n\
+             tool ask_user_question {\"title\":\"T\",\"question\":\"Q\",\"options\":[\"a\",\"b\"],\"timeout_s\":0}\n\
+             tool ask_user_question {\"title\":\"T\",\"question\":\"Q\",\"options\":[\"a\",\"b\"],\"colour\":\"red\"}\n\
+             tool update_task {\"task_id\":\"task-1\"}\n\
+             tool pause_task {\"task\":\"task-1\"}\n\
+             tool list_tasks {\"all\":true}",
+            30,
+        )
+        .await,
+    );
+    assert_eq!(r.len(), 6, "{r:#?}");
+    assert!(r[0].starts_with("tool ask_user_question: error: invalid arguments: options:"), "{}", r[0]);
+    assert!(r[1].starts_with("tool ask_user_question: error: invalid arguments: timeout_s:"), "{}", r[1]);
+    assert!(r[2].contains("unknown field `colour`"), "{}", r[2]);
+    assert!(r[3].contains("invalid arguments: give at least one of prompt"), "{}", r[3]);
+    assert!(r[4].contains("unknown field `task`"), "{}", r[4]);
+    assert!(r[5].contains("unknown field `all`"), "{}", r[5]);
+    let c = nanoclaw_protocol::schema::open_outbound_reader(&s.workspace.join("outbound.db")).unwrap();
+    let rows: i64 =
+        c.query_row("SELECT count(*) FROM messages_out WHERE kind = 'system'", [], |r| r.get(0)).unwrap();
+    assert_eq!(rows, 0);
+}
+
+/// A system tool sees the host's answer on the host's wake byte: with its fallback read set to
+/// an hour and a question that may wait an hour, the only thing that can end its wait before
+/// the test gives up is the `INPUT` byte a fake host sends after writing the answer (no timing is
+/// asserted: the turn finishing at all is the evidence).
+#[tokio::test]
+async fn system_tool_wakes_on_the_hosts_input_byte() {
+    use nanoclaw_agent::tools::{ToolRegistry, system};
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = Session::new(None);
+    let listener = tokio::net::UnixListener::bind(s.session.join("wake.sock")).unwrap();
+    let settings = nanoclaw_protocol::settings::RunnerSettings::echo_default("Andy");
+    let mut tools = ToolRegistry::builtin(&settings.tools);
+    for tool in system::all() {
+        tools.register(Arc::new(tool.with_answer_fallback(std::time::Duration::from_secs(3600))));
+    }
+    let model =
+        nanoclaw_agent::model::for_settings(&settings.provider, &s.session.join("proxy.sock")).unwrap();
+    let agent = nanoclaw_agent::agent::Agent::new(model, settings, tools, s.workspace.clone());
+    s.start_with(Some(Box::new(agent)));
+    let (mut wake, _) = listener.accept().await.unwrap();
+    let mut hello = [0u8; 3];
+    wake.read_exact(&mut hello).await.unwrap();
+    assert_eq!(&hello, b"h1\n");
+    let id = s.send(
+        "tool ask_user_question {\"title\":\"Lunch\",\"question\":\"Which?\",\"options\":[\"pizza\",\"salad\"],\"timeout_s\":3600}",
+    );
+    // The runner waits for a byte while its link is up (its own fallback is 30 s): tell it.
+    wake.write_all(b"i").await.unwrap();
+    let (session, workspace) = (s.session.clone(), s.workspace.clone());
+    let host = async move {
+        // The fake host: answer the system row once it is there, then send one INPUT byte.
+        loop {
+            let row: Option<String> =
+                nanoclaw_protocol::schema::open_outbound_reader(&workspace.join("outbound.db"))
+                    .ok()
+                    .and_then(|c| {
+                        c.query_row("SELECT id FROM messages_out WHERE kind = 'system'", [], |r| r.get(0))
+                            .ok()
+                    });
+            if let Some(row) = row {
+                let notice = json!({"type": "action_result", "message_out_id": row, "action": "ask_user_question",
+                    "ok": true, "message": "pizza"});
+                nanoclaw_protocol::schema::open_inbound_writer(&session.join("inbound.db"))
+                    .unwrap()
+                    .execute(
+                        "INSERT INTO messages_in (id, seq, kind, timestamp, trigger, content) VALUES (?1, 100, 'system', ?2, 0, ?3)",
+                        rusqlite::params![format!("note-{row}"), nanoclaw_protocol::time::now_ts(), notice.to_string()],
+                    )
+                    .unwrap();
+                wake.write_all(b"i").await.unwrap();
+                return wake;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    };
+    let _wake =
+        tokio::time::timeout(std::time::Duration::from_secs(30), host).await.expect("no system row written");
+    tokio::time::timeout(std::time::Duration::from_secs(120), async {
+        while s.ack(&id).is_none_or(|a| a == "processing") {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the tool did not see the answer on the wake byte");
+    assert_eq!(texts(&s.replies()), vec!["tool ask_user_question: pizza"]);
 }

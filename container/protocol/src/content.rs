@@ -193,6 +193,47 @@ pub enum SystemAction {
         /// The task (series) id.
         task_id: String,
     },
+    /// List the session's agent group's scheduled tasks.
+    ListTasks {},
+    /// Change a scheduled task; fields left out keep their value (at least one is given).
+    UpdateTask {
+        /// The task (series) id.
+        task_id: String,
+        /// New prompt.
+        #[serde(default)]
+        prompt: Option<String>,
+        /// New next run time (RFC 3339).
+        #[serde(default)]
+        process_after: Option<String>,
+        /// New 5-field cron recurrence.
+        #[serde(default)]
+        recurrence: Option<String>,
+        /// New IANA time zone of the recurrence.
+        #[serde(default)]
+        timezone: Option<String>,
+    },
+    /// Pause a task series (no runs until it is resumed).
+    PauseTask {
+        /// The task (series) id.
+        task_id: String,
+    },
+    /// Resume a paused task series.
+    ResumeTask {
+        /// The task (series) id.
+        task_id: String,
+    },
+    /// Ask the user a multiple-choice question; the answer is the chosen option.
+    AskUserQuestion {
+        /// Short title (a card's title), at most [`crate::validate::MAX_TITLE_BYTES`] bytes.
+        title: String,
+        /// The question, at most [`crate::validate::MAX_TEXT_BYTES`] bytes.
+        question: String,
+        /// The choices, [`crate::validate::MIN_QUESTION_OPTIONS`] to
+        /// [`crate::validate::MAX_QUESTION_OPTIONS`], each a button label.
+        options: Vec<String>,
+        /// Seconds to wait for the answer, 1 to [`crate::validate::MAX_QUESTION_TIMEOUT_S`].
+        timeout_s: u32,
+    },
     /// Create a new agent group and destinations to it.
     CreateAgent {
         /// The new agent's name.
@@ -223,6 +264,11 @@ impl SystemAction {
             SystemAction::RunHostCommand { .. } => "run_host_command",
             SystemAction::ScheduleTask { .. } => "schedule_task",
             SystemAction::CancelTask { .. } => "cancel_task",
+            SystemAction::ListTasks {} => "list_tasks",
+            SystemAction::UpdateTask { .. } => "update_task",
+            SystemAction::PauseTask { .. } => "pause_task",
+            SystemAction::ResumeTask { .. } => "resume_task",
+            SystemAction::AskUserQuestion { .. } => "ask_user_question",
             SystemAction::CreateAgent { .. } => "create_agent",
             SystemAction::CliRequest { .. } => "cli_request",
         }
@@ -306,6 +352,22 @@ mod tests {
                 script: None,
             },
             SystemAction::CancelTask { task_id: "t1".into() },
+            SystemAction::ListTasks {},
+            SystemAction::UpdateTask {
+                task_id: "t1".into(),
+                prompt: Some("q".into()),
+                process_after: None,
+                recurrence: Some("0 8 * * *".into()),
+                timezone: None,
+            },
+            SystemAction::PauseTask { task_id: "t1".into() },
+            SystemAction::ResumeTask { task_id: "t1".into() },
+            SystemAction::AskUserQuestion {
+                title: "Lunch".into(),
+                question: "Which one?".into(),
+                options: vec!["pizza".into(), "salad".into()],
+                timeout_s: 300,
+            },
             SystemAction::CreateAgent { name: "helper".into(), instructions: None },
             SystemAction::CliRequest {
                 request_id: "r1".into(),

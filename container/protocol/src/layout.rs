@@ -32,8 +32,12 @@ pub const OUTBOX_DIR: &str = "outbox";
 pub const TRANSCRIPTS_DIR: &str = "transcripts";
 /// File name of the agent group's memory inside the group folder (the agent may edit it).
 pub const MEMORY_FILE: &str = "memory.md";
-/// Where the skills shipped with nanoclaw are mounted read-only inside a container.
+/// Where the skills shipped with nanoclaw are mounted read-only inside a container: the host's
+/// whole skills folder (`<name>/SKILL.md` each); the runner puts only the skills `runner.json`
+/// selects into the prompt.
 pub const CONTAINER_SKILLS_DIR: &str = "/skills";
+/// File name of a skill inside its folder.
+pub const SKILL_FILE: &str = "SKILL.md";
 /// File name of the heartbeat inside the workspace folder; its mtime is the heartbeat.
 pub const HEARTBEAT: &str = ".heartbeat";
 /// Sub-folder of a session folder written only by the host.
@@ -55,6 +59,13 @@ pub const ENV_WORKSPACE_DIR: &str = "NANOCLAW_WORKSPACE_DIR";
 /// Environment variable: the container generation, a per-session counter the host increments
 /// for every container it starts. Claims carry it so the host can ignore a dead container's.
 pub const ENV_GENERATION: &str = "NANOCLAW_GENERATION";
+/// Environment variable: the folder holding the skills (default [`CONTAINER_SKILLS_DIR`]; the
+/// process runtime points it at the host's skills folder).
+pub const ENV_SKILLS_DIR: &str = "NANOCLAW_SKILLS_DIR";
+/// Environment variable: how long a system-action tool waits for the host's wake byte before it
+/// reads for its answer anyway, in milliseconds (default 1000, at most 3,600,000). Tests set it
+/// long to show that the answer arrives on the wake byte.
+pub const ENV_ANSWER_FALLBACK_MS: &str = "NANOCLAW_ANSWER_FALLBACK_MS";
 /// Environment variable: the session id (for logs only).
 pub const ENV_SESSION_ID: &str = "NANOCLAW_SESSION_ID";
 /// Environment variable: the provider name (`echo`, …).

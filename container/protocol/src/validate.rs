@@ -54,6 +54,16 @@ pub const MAX_ENUM_BYTES: usize = 16;
 pub const MAX_INTEGER_BYTES: usize = 24;
 /// Largest `container_state.current_tool`, in bytes.
 pub const MAX_TOOL_NAME_BYTES: usize = 128;
+/// Fewest options of an `ask_user_question`.
+pub const MIN_QUESTION_OPTIONS: usize = 2;
+/// Most options of an `ask_user_question` (each becomes a button).
+pub const MAX_QUESTION_OPTIONS: usize = 10;
+/// Longest wait of an `ask_user_question`, in seconds (under the host's heartbeat ceiling).
+pub const MAX_QUESTION_TIMEOUT_S: u32 = 3600;
+/// Default wait of an `ask_user_question`, in seconds.
+pub const DEFAULT_QUESTION_TIMEOUT_S: u32 = 300;
+/// Longest cron recurrence or IANA time zone name of a task, in bytes.
+pub const MAX_SCHEDULE_FIELD_BYTES: usize = 128;
 
 /// A column the host reads from a container-written table, and the most bytes it will load.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -541,9 +551,84 @@ pub fn validate_outbound(raw: &RawOutboundRow) -> Result<ValidOutbound, RowError
             }
             (Some(Target { channel_type, platform_id, thread_id }), OutboundBody::Chat(parsed))
         }
-        OutboundKind::System => (None, OutboundBody::System(c.json(content)?)),
+        OutboundKind::System => {
+            let action: SystemAction = c.json(content)?;
+            check_action(&c, &action)?;
+            (None, OutboundBody::System(action))
+        }
     };
     Ok(ValidOutbound { rowid: raw.rowid, id, seq, in_reply_to, deliver_after, target, body })
+}
+
+/// Field checks of the task and question actions: ids, sizes, counts, times. Errors name the
+/// field as `content.<field>`.
+fn check_action(c: &Check, action: &SystemAction) -> Result<(), RowError> {
+    // A plain text field: not blank, at most `max` bytes, no NUL.
+    let text = |field: &str, s: &str, max: usize| -> Result<(), RowError> {
+        if s.trim().is_empty() || s.len() > max || s.contains('\0') {
+            return Err(c.err(field, format!("empty, longer than {max} bytes or contains a NUL character")));
+        }
+        Ok(())
+    };
+    // A short one-line field (cron, time zone): no control characters either.
+    let short = |field: &str, s: &str| -> Result<(), RowError> {
+        text(field, s, MAX_SCHEDULE_FIELD_BYTES)?;
+        if s.chars().any(char::is_control) {
+            return Err(c.err(field, "contains control characters"));
+        }
+        Ok(())
+    };
+    match action {
+        SystemAction::PauseTask { task_id } | SystemAction::ResumeTask { task_id } => {
+            c.check_id(task_id, "content.task_id")
+        }
+        SystemAction::UpdateTask { task_id, prompt, process_after, recurrence, timezone } => {
+            c.check_id(task_id, "content.task_id")?;
+            if prompt.is_none() && process_after.is_none() && recurrence.is_none() && timezone.is_none() {
+                return Err(c.err("content", "update_task changes nothing"));
+            }
+            if let Some(p) = prompt {
+                text("content.prompt", p, MAX_TEXT_BYTES)?;
+            }
+            if let Some(t) = process_after {
+                c.time(&Value::Text(t.clone()), "content.process_after")?;
+            }
+            if let Some(r) = recurrence {
+                short("content.recurrence", r)?;
+            }
+            if let Some(z) = timezone {
+                short("content.timezone", z)?;
+            }
+            Ok(())
+        }
+        SystemAction::AskUserQuestion { title, question, options, timeout_s } => {
+            text("content.title", title, MAX_TITLE_BYTES)?;
+            text("content.question", question, MAX_TEXT_BYTES)?;
+            if !(MIN_QUESTION_OPTIONS..=MAX_QUESTION_OPTIONS).contains(&options.len()) {
+                return Err(c.err(
+                    "content.options",
+                    format!(
+                        "{} options; {MIN_QUESTION_OPTIONS} to {MAX_QUESTION_OPTIONS} allowed",
+                        options.len()
+                    ),
+                ));
+            }
+            for (i, o) in options.iter().enumerate() {
+                text("content.options", o, MAX_TITLE_BYTES)?;
+                if options[..i].contains(o) {
+                    return Err(c.err("content.options", format!("{o:?} is given twice")));
+                }
+            }
+            if !(1..=MAX_QUESTION_TIMEOUT_S).contains(timeout_s) {
+                return Err(
+                    c.err("content.timeout_s", format!("{timeout_s} not in 1..={MAX_QUESTION_TIMEOUT_S}"))
+                );
+            }
+            Ok(())
+        }
+        // The other actions are checked by the issues that carry them out.
+        _ => Ok(()),
+    }
 }
 
 /// Validates a raw `messages_out` row into a [`ValidOutbound`] or a [`Rejected`] carrying its
@@ -832,6 +917,52 @@ mod tests {
         assert!(matches!(v.body, OutboundBody::System(SystemAction::RequestRebuild { .. })));
         let bad = RawOutboundRow { content: Value::Text(r#"{"action":"format_disk"}"#.into()), ..r };
         assert_eq!(field_of(bad), "content");
+    }
+
+    #[test]
+    fn task_and_question_actions_are_checked_by_field() {
+        let row = |content: serde_json::Value| RawOutboundRow {
+            kind: Value::Text("system".into()),
+            content: Value::Text(content.to_string()),
+            ..raw()
+        };
+        let question = |options: serde_json::Value, timeout_s: u32| {
+            row(serde_json::json!({"action": "ask_user_question", "title": "Lunch", "question": "Which?",
+                "options": options, "timeout_s": timeout_s}))
+        };
+        validate_outbound(&row(serde_json::json!({"action": "list_tasks"}))).unwrap();
+        validate_outbound(&row(serde_json::json!({"action": "pause_task", "task_id": "task-1"}))).unwrap();
+        validate_outbound(&question(serde_json::json!(["a", "b"]), 300)).unwrap();
+        validate_outbound(&row(serde_json::json!({"action": "update_task", "task_id": "t1",
+            "process_after": "2026-07-01T09:00:00Z", "recurrence": "0 9 * * *"})))
+        .unwrap();
+        assert_eq!(
+            field_of(row(serde_json::json!({"action": "resume_task", "task_id": "a b"}))),
+            "content.task_id"
+        );
+        assert_eq!(field_of(row(serde_json::json!({"action": "update_task", "task_id": "t1"}))), "content");
+        assert_eq!(
+            field_of(row(
+                serde_json::json!({"action": "update_task", "task_id": "t1", "process_after": "soon"})
+            )),
+            "content.process_after"
+        );
+        assert_eq!(
+            field_of(row(
+                serde_json::json!({"action": "update_task", "task_id": "t1", "timezone": "x".repeat(200)})
+            )),
+            "content.timezone"
+        );
+        assert_eq!(field_of(question(serde_json::json!(["only"]), 300)), "content.options");
+        let eleven: Vec<String> = (0..11).map(|i| i.to_string()).collect();
+        assert_eq!(field_of(question(serde_json::json!(eleven), 300)), "content.options");
+        assert_eq!(field_of(question(serde_json::json!(["a", "a"]), 300)), "content.options");
+        assert_eq!(field_of(question(serde_json::json!(["a", "x".repeat(300)]), 300)), "content.options");
+        assert_eq!(field_of(question(serde_json::json!(["a", "b"]), 0)), "content.timeout_s");
+        assert_eq!(field_of(question(serde_json::json!(["a", "b"]), 86_400)), "content.timeout_s");
+        let untitled = row(serde_json::json!({"action": "ask_user_question", "title": " ", "question": "q",
+            "options": ["a", "b"], "timeout_s": 5}));
+        assert_eq!(field_of(untitled), "content.title");
     }
 
     fn ack() -> RawAckRow {

@@ -70,11 +70,13 @@ impl Session {
         let config = RunnerConfig {
             session_dir: self.session.clone(),
             workspace_dir: self.workspace.clone(),
+            skills_dir: self.tmp.path().join("skills"),
             generation: self.generation,
             provider: "echo".into(),
             assistant_name: "Andy".into(),
             poll_ms: 50,
             max_messages_per_prompt: 10,
+            answer_fallback: nanoclaw_agent::tools::system::ANSWER_FALLBACK,
             host_lost_exit: None,
         };
         self.runner = Some(match provider {
