@@ -89,15 +89,7 @@ fn main() {
 
     // The floor: a bare `docker run --rm` of the same image (the runner exits at once without its
     // mounts), timed the same way, ten times.
-    let mut floor = vec![];
-    for _ in 0..10 {
-        let start = Instant::now();
-        let _ = std::process::Command::new("docker")
-            .args(["run", "--rm", "--network", "none", &image])
-            .output()
-            .unwrap();
-        floor.push(start.elapsed().as_secs_f64() * 1000.0);
-    }
+    let mut floor = support::bare_docker_runs(&image, 10);
     floor.sort_by(|a, b| a.partial_cmp(b).unwrap());
 
     // RSS with 100 idle sessions known (rows and session DBs; no actor or container running).

@@ -51,7 +51,7 @@
 //! The file is `--config PATH`, else `$NANOCLAW_CONFIG`, else `./nanoclaw.toml` when it exists;
 //! with none, built-in defaults apply.
 
-use nanoclaw_protocol::settings::{DEFAULT_MAX_TOOL_ROUNDS, ProviderKind};
+use nanoclaw_protocol::settings::{DEFAULT_MAX_TOOL_ROUNDS, MaxTokensField, ProviderKind};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -135,6 +135,10 @@ pub struct ProviderConfig {
     pub temperature: Option<f32>,
     /// Program and arguments for `kind = "command"` (run inside the container).
     pub command: Vec<String>,
+    /// For `kind = "openai"`: the request field of the answer's token limit
+    /// (`max_tokens_field`; default `max_completion_tokens` for `api.openai.com`, `max_tokens`
+    /// for every other server; see [`MaxTokensField`]).
+    pub max_tokens_field: MaxTokensField,
 }
 
 impl ProviderConfig {
@@ -168,7 +172,21 @@ impl ProviderConfig {
             max_output_tokens: 4096,
             temperature: None,
             command: vec![],
+            max_tokens_field: default_max_tokens_field(base_url),
         })
+    }
+}
+
+/// The token-limit field an `openai` provider at `base_url` reads by default: OpenAI's own API
+/// wants `max_completion_tokens` (its reasoning models refuse `max_tokens`); compatible servers
+/// read only `max_tokens`.
+pub fn default_max_tokens_field(base_url: Option<&str>) -> MaxTokensField {
+    let host =
+        base_url.and_then(|u| reqwest::Url::parse(u).ok()).and_then(|u| u.host_str().map(str::to_owned));
+    if host.as_deref() == Some("api.openai.com") {
+        MaxTokensField::MaxCompletionTokens
+    } else {
+        MaxTokensField::MaxTokens
     }
 }
 
@@ -288,6 +306,7 @@ struct FileProvider {
     max_output_tokens: Option<u32>,
     temperature: Option<f32>,
     command: Option<Vec<String>>,
+    max_tokens_field: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -462,6 +481,15 @@ fn parse_providers(src: &str, table: toml::Table) -> Result<ProvidersConfig, Con
         if kind == ProviderKind::Command && command.is_empty() {
             return Err(bad(format!("{key}.command"), "missing (the program and its arguments)".into()));
         }
+        let max_tokens_field = match file.max_tokens_field.as_deref() {
+            None => default_max_tokens_field(base_url.as_deref()),
+            Some(f) => MaxTokensField::parse(f).ok_or_else(|| {
+                bad(
+                    format!("{key}.max_tokens_field"),
+                    format!("{f:?} is not max_tokens or max_completion_tokens"),
+                )
+            })?,
+        };
         let provider = ProviderConfig {
             name: name.clone(),
             kind,
@@ -472,6 +500,7 @@ fn parse_providers(src: &str, table: toml::Table) -> Result<ProvidersConfig, Con
             max_output_tokens,
             temperature: file.temperature,
             command,
+            max_tokens_field,
         };
         out.by_name.insert(name, provider);
     }
@@ -923,6 +952,29 @@ mod tests {
         let flags = FlagOverrides { provider: Some("anthropic".into()), ..Default::default() };
         let c = load(Some(file), &[("NANOCLAW_PROVIDER", "openai")], flags).unwrap();
         assert_eq!(c.agent.provider, "anthropic");
+    }
+
+    #[test]
+    fn the_token_limit_field_follows_the_server_unless_set() {
+        let file = "[providers.local]\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:8080/v1\"\n\
+                    [providers.proxied]\nkind = \"openai\"\nbase_url = \"https://api.openai.com/v1\"\n\
+                    [providers.vllm]\nkind = \"openai\"\nbase_url = \"http://gpu:8000/v1\"\n\
+                    max_tokens_field = \"max_completion_tokens\"\n";
+        let c = load(Some(file), &[], FlagOverrides::default()).unwrap();
+        let field = |n: &str| c.providers.by_name[n].max_tokens_field;
+        // OpenAI's own API (built in, or a table at its URL): the current field.
+        assert_eq!(field("openai"), MaxTokensField::MaxCompletionTokens);
+        assert_eq!(field("proxied"), MaxTokensField::MaxCompletionTokens);
+        // Any other server: the field compatible servers read; or what the table says.
+        assert_eq!(field("local"), MaxTokensField::MaxTokens);
+        assert_eq!(field("vllm"), MaxTokensField::MaxCompletionTokens);
+        let e = load(
+            Some("[providers.local]\nkind = \"openai\"\nbase_url = \"http://x/v1\"\nmax_tokens_field = \"limit\"\n"),
+            &[],
+            FlagOverrides::default(),
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "providers.local.max_tokens_field");
     }
 
     #[test]

@@ -116,15 +116,13 @@ fn canary_key_only_reaches_the_upstream() {
     let (port, seen) = fake_upstream();
     let dir = short_tempdir();
     let data = dir.path().join("data");
-    let config = dir.path().join("nanoclaw.toml");
-    std::fs::write(
-        &config,
-        format!(
+    let config = config_file(
+        dir.path(),
+        &format!(
             "[agent]\nprovider = \"fake\"\n\n[providers.fake]\nkind = \"anthropic\"\nbase_url = \"http://127.0.0.1:{port}\"\n\
              api_key_env = \"NANOCLAW_CANARY_KEY\"\nmodel = \"fake-model\"\n"
         ),
-    )
-    .unwrap();
+    );
     let server =
         Server::start(&data, &["--config", config.to_str().unwrap()], &[("NANOCLAW_CANARY_KEY", &canary)]);
     let changed = store_db(&data)

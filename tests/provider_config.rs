@@ -11,13 +11,11 @@ use std::time::Duration;
 fn misconfigured_group_only() {
     let dir = short_tempdir();
     let data = dir.path().join("data");
-    let config = dir.path().join("nanoclaw.toml");
-    std::fs::write(
-        &config,
+    let config = config_file(
+        dir.path(),
         "[providers.nokey]\nkind = \"anthropic\"\nbase_url = \"http://127.0.0.1:9\"\napi_key_env = \"NANOCLAW_TEST_UNSET_KEY\"\n\
          [providers.badurl]\nkind = \"openai\"\nbase_url = \"::not a url\"\n",
-    )
-    .unwrap();
+    );
     let server = Server::start(
         &data,
         &["--runtime", "process", "--config", config.to_str().unwrap()],

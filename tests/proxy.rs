@@ -152,6 +152,7 @@ fn providers(fake: SocketAddr, budget: Option<u64>) -> ProvidersConfig {
                 max_output_tokens: 1024,
                 temperature: None,
                 command: vec![],
+                max_tokens_field: Default::default(),
             },
         );
     }

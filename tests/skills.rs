@@ -45,16 +45,14 @@ fn selected_skill_is_in_the_prompt_and_the_other_is_not() {
     let dir = short_tempdir();
     let data = dir.path().join("data");
     let skills = skills_dir(dir.path());
-    let config = dir.path().join("nanoclaw.toml");
-    std::fs::write(
-        &config,
-        format!(
+    let config = config_file(
+        dir.path(),
+        &format!(
             "[agent]\nprovider = \"fake\"\n\n[providers.fake]\nkind = \"openai\"\nbase_url = \"{}/v1\"\n\
              model = \"m\"\ncontext_tokens = 8192\nmax_output_tokens = 256\n",
             upstream.base_url().unwrap()
         ),
-    )
-    .unwrap();
+    );
     let server = Server::start(
         &data,
         &["--config", config.to_str().unwrap()],

@@ -200,6 +200,59 @@ fn standard_server(data: &Path) -> Server {
     server
 }
 
+/// What the host tells the chat when the agent's image cannot be prepared.
+const IMAGE_FAILED: &str = "image could not be prepared";
+
+/// Frames until `id` is done; panics at once (not after the whole budget) when the chat is told
+/// the image could not be prepared, with that note: a host that cannot build the image (no
+/// debootstrap, no mirror) fails these tests in seconds, naming why.
+fn until_done(c: &mut Client, id: &str, budget: Duration) -> Vec<serde_json::Value> {
+    let frames = c.until(budget, |f| {
+        (f["type"] == "done" && f["id"] == id)
+            || (f["type"] == "reply" && f["text"].as_str().is_some_and(|t| t.contains(IMAGE_FAILED)))
+    });
+    let last = frames.last().unwrap();
+    assert_ne!(last["type"], "reply", "the standard image could not be built: {}", last["text"]);
+    frames
+}
+
+/// An image that cannot be built (a Debian mirror that refuses connections) is told to the chat
+/// once, naming the cause; the message is kept (not failed) while the host retries with backoff.
+#[test]
+fn an_image_that_cannot_be_built_is_told_once() {
+    if !docker_available() {
+        return;
+    }
+    let dir = short_tempdir();
+    let data = dir.path().join("data");
+    // Port 9 (discard) on loopback: nothing listens, debootstrap fails in seconds. The mirror is
+    // an input of the image tag, so this never touches the real standard image.
+    let config = config_file(dir.path(), "[container]\ndebian_mirror = \"http://127.0.0.1:9/debian\"\n");
+    let server = Server::start(&data, &["--config", config.to_str().unwrap()], &[]);
+    let changed = store_db(&data)
+        .execute("UPDATE container_configs SET image_tier = 'standard' WHERE agent_group_id = 'ag-main'", [])
+        .unwrap();
+    assert_eq!(changed, 1);
+    let mut c = server.client();
+    c.send("m-0", "hello");
+    // Another test may hold the host-wide build lock for a real build (minutes).
+    let frames = c.until(Duration::from_secs(600), |f| {
+        f["type"] == "reply" && f["text"].as_str().is_some_and(|t| t.contains(IMAGE_FAILED))
+    });
+    let note = frames.last().unwrap()["text"].as_str().unwrap().to_string();
+    assert!(note.contains("`standard`") && note.contains("debootstrap failed"), "{note}");
+    assert!(note.contains("Your message is kept"), "{note}");
+    // Retries (1 s, 2 s, 4 s … apart) fail again without a second note, and the message is not
+    // failed: no "could not process" reply, no done for it.
+    let later = c.drain(Duration::from_secs(12));
+    let replies: Vec<&str> =
+        later.iter().filter(|f| f["type"] == "reply").filter_map(|f| f["text"].as_str()).collect();
+    assert!(replies.is_empty(), "{replies:?}");
+    assert!(!later.iter().any(|f| f["type"] == "done" && f["id"] == "m-0"), "{later:?}");
+    assert!(server.log().matches("agent image unavailable").count() >= 2, "retried: {}", server.log());
+    assert!(server.stop().success());
+}
+
 /// `run_command` through the real binary: the echo provider calls it from a `tool` line, and git
 /// (in the `standard` image) answers in the reply. The first build takes minutes: 10 min budget.
 #[test]
@@ -212,7 +265,7 @@ fn run_command_git() {
     let server = standard_server(&data);
     let mut c = server.client();
     c.send("m-0", r#"tool run_command {"command":"git init -q && git status"}"#);
-    let frames = c.until(Duration::from_secs(600), |f| f["type"] == "done" && f["id"] == "m-0");
+    let frames = until_done(&mut c, "m-0", Duration::from_secs(600));
     let replies = replies_to(&frames, "m-0");
     assert_eq!(replies.len(), 1, "{frames:?}");
     assert!(replies[0].starts_with("tool run_command: exit code 0"), "{replies:?}");
@@ -235,7 +288,7 @@ fn run_command_timeout_kills_group() {
     let mut c = server.client();
     // A first turn starts the container (and builds the image if needed) outside the clock.
     c.send("m-0", "hello");
-    let frames = c.until(Duration::from_secs(600), |f| f["type"] == "done" && f["id"] == "m-0");
+    let frames = until_done(&mut c, "m-0", Duration::from_secs(600));
     assert_eq!(replies_to(&frames, "m-0"), vec!["echo: hello"], "{frames:?}");
 
     let started = Instant::now();

@@ -121,6 +121,21 @@ pub fn round_trip(c: &mut crate::common::Client, id: &str) -> (f64, bool) {
     (reply.unwrap(), done_first)
 }
 
+/// Milliseconds of `runs` bare `docker run --rm --network none <image>` (the runner exits at once
+/// without its mounts): the floor a cold round trip is compared with.
+pub fn bare_docker_runs(image: &str, runs: usize) -> Vec<f64> {
+    (0..runs)
+        .map(|_| {
+            let start = Instant::now();
+            let _ = std::process::Command::new("docker")
+                .args(["run", "--rm", "--network", "none", image])
+                .output()
+                .unwrap();
+            start.elapsed().as_secs_f64() * 1000.0
+        })
+        .collect()
+}
+
 /// Starts `nanoclaw serve` and waits for `cli.sock` to accept a connection, trying every 250 µs.
 /// Returns the server and the time from just before the spawn to the first accepted connection.
 pub fn start_timed(

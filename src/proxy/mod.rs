@@ -187,6 +187,7 @@ impl ProviderGateway for ProxyGateway {
             max_output_tokens: c.max_output_tokens,
             temperature: c.temperature,
             command: c.command.clone(),
+            max_tokens_field: c.max_tokens_field,
         })
     }
 

@@ -53,6 +53,13 @@ pub fn short_tempdir() -> tempfile::TempDir {
     tempfile::Builder::new().prefix("nc").tempdir_in("/tmp").unwrap()
 }
 
+/// Writes `text` as `dir/nanoclaw.toml` and returns its path (for `--config`).
+pub fn config_file(dir: &Path, text: &str) -> PathBuf {
+    let path = dir.join("nanoclaw.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
 /// Where a test service's log goes: outside its temp dir, so it survives a failed test.
 pub fn log_path(data_dir: &Path) -> PathBuf {
     let name = data_dir

@@ -118,6 +118,9 @@ pub struct SessionState {
     respawn: Respawn,
     /// The chat was told it waits for a slot (once per wait).
     queued_noted: bool,
+    /// The chat was told its agent's image could not be prepared (once until an image is ready:
+    /// a retry that fails again says nothing new).
+    image_failure_noted: bool,
     /// Quarantined or paused: input is kept, no container runs.
     hold: Option<SessionHold>,
     /// The first message (resumption from the files) was handled.
@@ -871,6 +874,7 @@ impl Actor for SessionActor {
             tier_ready: None,
             respawn: Respawn::NotWanted,
             queued_noted: false,
+            image_failure_noted: false,
             hold: None,
             resumed: false,
             spawn_backoff: RestartPolicy::container_spawn().tracker(),
@@ -991,7 +995,10 @@ impl Actor for SessionActor {
             SessionMessage::TierReady { tier, result } => {
                 state.tier_wait = None;
                 match result {
-                    Ok(()) => state.tier_ready = Some(tier),
+                    Ok(()) => {
+                        state.tier_ready = Some(tier);
+                        state.image_failure_noted = false;
+                    }
                     Err(e) => {
                         // No debootstrap, not root, a failed build: retried with the spawn
                         // backoff (no slot is held while ensuring, so none goes back).
@@ -1001,6 +1008,12 @@ impl Actor for SessionActor {
                         };
                         warn!(session = %state.session.id, tier = tier.as_str(), error = %e, ?delay, "agent image unavailable");
                         state.next_spawn_at = Some(SessionState::now() + delay);
+                        // The user hears it once (messages are kept: a later try may work, e.g.
+                        // after `apt-get install debootstrap`); the log has every try.
+                        if !state.image_failure_noted {
+                            state.image_failure_noted = true;
+                            notices::tell_image_failed(&state.ctx, &state.session, tier, &e, delay).await;
+                        }
                     }
                 }
                 // The spawn that asked for the image goes on through `check` (for pending work

@@ -11,6 +11,7 @@ use crate::ports::provider::ProxyEvent;
 use crate::session_files::{self as files, SessionPaths};
 use crate::store::{self, SessionHold, SessionInfo};
 use nanoclaw_protocol::content::ChatContent;
+use nanoclaw_protocol::settings::ImageTier;
 use tracing::{info, warn};
 
 /// Sends one message through the channel of `channel_type` (delivery timeout from the config).
@@ -64,6 +65,24 @@ pub async fn tell_queued(ctx: &ServiceContext, session: &SessionInfo, ahead: usi
         "Queued: all {cap} agent containers are busy; {ahead} conversation(s) ahead of yours. I will answer as soon as one is free."
     );
     tell_chat(ctx, session, store::new_id("host-queued"), text).await;
+}
+
+/// Tells the session's chat that its agent's image (`tier`) could not be prepared, why (the
+/// runtime's one line, which names the fix: install debootstrap, run as root, a config key), and
+/// when the host tries again. The message stays queued.
+pub async fn tell_image_failed(
+    ctx: &ServiceContext,
+    session: &SessionInfo,
+    tier: ImageTier,
+    error: &str,
+    retry_in: std::time::Duration,
+) {
+    let text = format!(
+        "The agent's `{}` image could not be prepared: {error}. Your message is kept; I will try again in {} s.",
+        tier.as_str(),
+        retry_in.as_secs().max(1)
+    );
+    tell_chat(ctx, session, store::new_id("host-image"), text).await;
 }
 
 /// Tells the chat and the owner (once, by the caller) that the session is held, and how to

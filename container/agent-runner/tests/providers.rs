@@ -13,6 +13,7 @@ use nanoclaw_agent::model::{
 };
 use nanoclaw_agent::provider::{EventSink, ProviderEvent};
 use nanoclaw_protocol::proxy::{HEADER_PROXY_ERROR, ProxyError, ProxyErrorKind};
+use nanoclaw_protocol::settings::MaxTokensField;
 use serde_json::json;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -165,6 +166,20 @@ async fn openai_text() {
         json!([{"role": "system", "content": "You are Andy."}, {"role": "user", "content": "Say hello in five words."}])
     );
     assert!(body.get("tools").is_none(), "no tools offered: no tools key");
+    assert!(body.get("max_completion_tokens").is_none(), "one limit field only");
+}
+
+/// A provider the host resolved to `max_completion_tokens` (OpenAI's own API) sends the limit
+/// in that field only: OpenAI's reasoning models refuse a request that has `max_tokens`.
+#[tokio::test]
+async fn openai_max_completion_tokens_when_told() {
+    let p = proxy().await;
+    p.server.push(Reply::sse(OPENAI_TEXT));
+    let mut model = p.openai().with_max_tokens_field(MaxTokensField::MaxCompletionTokens);
+    say_hello(&mut model).await.unwrap();
+    let body = p.server.requests()[0].json();
+    assert_eq!(body["max_completion_tokens"], 256);
+    assert!(body.get("max_tokens").is_none(), "{body}");
 }
 
 #[tokio::test]

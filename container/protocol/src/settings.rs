@@ -92,6 +92,46 @@ pub struct RunnerProvider {
     /// For [`ProviderKind::Command`]: the program and its arguments, run inside the container.
     #[serde(default)]
     pub command: Vec<String>,
+    /// For [`ProviderKind::Openai`]: the request field that carries `max_output_tokens`.
+    #[serde(default)]
+    pub max_tokens_field: MaxTokensField,
+}
+
+/// The Chat Completions request field that limits the answer's tokens (`openai` providers).
+///
+/// OpenAI deprecated `max_tokens` for `max_completion_tokens`, and its reasoning models refuse
+/// `max_tokens` outright; compatible servers (Ollama, LM Studio, older llama.cpp and vLLM) read
+/// only `max_tokens` and silently ignore the other, leaving answers unbounded. Sending both is
+/// refused by the reasoning models, so the host picks one per provider
+/// (`providers.<name>.max_tokens_field`, default by `base_url`: `api.openai.com` →
+/// `max_completion_tokens`, anything else → `max_tokens`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MaxTokensField {
+    /// `max_tokens`: read by every compatible server.
+    #[default]
+    MaxTokens,
+    /// `max_completion_tokens`: OpenAI's current field.
+    MaxCompletionTokens,
+}
+
+impl MaxTokensField {
+    /// The JSON field name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MaxTokensField::MaxTokens => "max_tokens",
+            MaxTokensField::MaxCompletionTokens => "max_completion_tokens",
+        }
+    }
+
+    /// Parses a field name as written in the config (`None` for anything else).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "max_tokens" => Some(MaxTokensField::MaxTokens),
+            "max_completion_tokens" => Some(MaxTokensField::MaxCompletionTokens),
+            _ => None,
+        }
+    }
 }
 
 impl RunnerProvider {
@@ -105,6 +145,7 @@ impl RunnerProvider {
             max_output_tokens: 4096,
             temperature: None,
             command: vec![],
+            max_tokens_field: MaxTokensField::MaxTokens,
         }
     }
 }

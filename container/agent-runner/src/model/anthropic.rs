@@ -21,16 +21,14 @@
 //! a `user` message, and consecutive messages of the same API role are merged (so the results
 //! of parallel calls go in one `user` message, as the API requires).
 
-use super::http::{Answer, ProxyClient};
-use super::retry::{Attempt, Retrier, RetryPolicy, is_context_length, refusal};
-use super::sse::{self, Pulse, SseError, keeping_alive};
+use super::http::ProxyClient;
+use super::retry::{Attempt, RetryPolicy, is_context_length};
+use super::sse::{self, SseEvent};
 use super::{
     Block, ChatMessage, Model, ModelError, ModelReply, ModelRequest, Role, StopReason, ToolCall, Usage,
 };
-use crate::provider::{EventSink, ProviderEvent};
+use crate::provider::EventSink;
 use async_trait::async_trait;
-use bytes::Bytes;
-use futures_util::StreamExt;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -99,15 +97,16 @@ impl Model for Anthropic {
         request: &ModelRequest<'_>,
         events: &mut dyn EventSink,
     ) -> Result<ModelReply, ModelError> {
-        let body =
-            Bytes::from(serde_json::to_vec(&self.request_body(request)).expect("a JSON value serializes"));
-        let mut retrier = Retrier::new(&self.policy);
-        loop {
-            match attempt(&self.http, body.clone(), retrier.attempt(), events).await {
-                Ok(reply) => return Ok(reply),
-                Err(failure) => retrier.after(failure, events).await?,
-            }
-        }
+        let headers = [("anthropic-version", API_VERSION)];
+        super::wire::call::<Assembly>(
+            &self.http,
+            &self.policy,
+            PATH,
+            &headers,
+            &self.request_body(request),
+            events,
+        )
+        .await
     }
 }
 
@@ -162,46 +161,18 @@ struct Assembly {
     done: bool,
 }
 
-/// One attempt: sends `body`, reads the answer.
-async fn attempt(
-    http: &ProxyClient,
-    body: Bytes,
-    number: usize,
-    events: &mut dyn EventSink,
-) -> Result<ModelReply, Attempt> {
-    events.event(ProviderEvent::Progress { message: format!("{}: request {number}", http.provider()) });
-    let answer =
-        keeping_alive(http.post_json(PATH, &[("anthropic-version", API_VERSION)], body), events).await?;
-    if answer.status != 200 {
-        return Err(refusal(answer).await);
-    }
-    read(answer, events).await
-}
-
-/// Reads the event stream of a `200` answer into a reply.
-async fn read(answer: Answer, events: &mut dyn EventSink) -> Result<ModelReply, Attempt> {
-    let mut stream = sse::events(answer.into_stream());
-    let mut pulse = Pulse::default();
-    let mut acc = Assembly::default();
-    while let Some(event) = keeping_alive(stream.next(), events).await {
-        let event = match event {
-            Ok(event) => event,
-            Err(SseError::Http(e)) => return Err(e.into()),
-            Err(e @ SseError::Malformed(_)) => {
-                return Err(ModelError::Fatal { message: e.to_string() }.into());
-            }
-        };
-        pulse.beat(events);
+impl super::wire::Assembler for Assembly {
+    fn take(&mut self, event: &SseEvent) -> Result<bool, Attempt> {
         if event.event == "ping" {
-            continue;
+            return Ok(false);
         }
-        let data = sse::json(&event)?;
-        acc.apply(&event.event, &data)?;
-        if acc.done {
-            break;
-        }
+        self.apply(&event.event, &sse::json(event)?)?;
+        Ok(self.done)
     }
-    acc.finish()
+
+    fn finish(self) -> Result<ModelReply, Attempt> {
+        self.reply()
+    }
 }
 
 fn u64_at(v: &Value, pointer: &str) -> u64 {
@@ -288,7 +259,7 @@ impl Assembly {
         Ok(())
     }
 
-    fn finish(self) -> Result<ModelReply, Attempt> {
+    fn reply(self) -> Result<ModelReply, Attempt> {
         if !self.done && self.stop.is_none() {
             return Err(ModelError::Fatal {
                 message: "the provider's stream ended before the answer was complete (no message_stop)"

@@ -188,9 +188,10 @@ pub trait Model: Send {
 /// Errors (one line) when the kind is not available in this build.
 pub fn for_settings(provider: &RunnerProvider, proxy_socket: &Path) -> Result<Box<dyn Model>, String> {
     match provider.kind {
-        ProviderKind::Openai => {
-            Ok(Box::new(openai::OpenAi::new(&provider.name, wire::model_of(provider)?, proxy_socket)))
-        }
+        ProviderKind::Openai => Ok(Box::new(
+            openai::OpenAi::new(&provider.name, wire::model_of(provider)?, proxy_socket)
+                .with_max_tokens_field(provider.max_tokens_field),
+        )),
         ProviderKind::Anthropic => {
             Ok(Box::new(anthropic::Anthropic::new(&provider.name, wire::model_of(provider)?, proxy_socket)))
         }

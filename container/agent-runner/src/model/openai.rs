@@ -20,16 +20,15 @@
 //! `user`, assistant text and calls as one `assistant` message with `tool_calls`, every tool
 //! result as its own `tool` message with `tool_call_id` (an error result is prefixed `error: `).
 
-use super::http::{Answer, ProxyClient};
-use super::retry::{Attempt, Retrier, RetryPolicy, is_context_length, refusal};
-use super::sse::{self, Pulse, SseError, keeping_alive};
+use super::http::ProxyClient;
+use super::retry::{Attempt, RetryPolicy, is_context_length};
+use super::sse::{self, SseEvent};
 use super::{
     Block, ChatMessage, Model, ModelError, ModelReply, ModelRequest, Role, StopReason, ToolCall, Usage,
 };
-use crate::provider::{EventSink, ProviderEvent};
+use crate::provider::EventSink;
 use async_trait::async_trait;
-use bytes::Bytes;
-use futures_util::StreamExt;
+use nanoclaw_protocol::settings::MaxTokensField;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -44,6 +43,8 @@ pub struct OpenAi {
     http: ProxyClient,
     model: String,
     policy: RetryPolicy,
+    /// The request field of the token limit (the host chose it for this server).
+    max_tokens_field: MaxTokensField,
 }
 
 impl OpenAi {
@@ -54,7 +55,13 @@ impl OpenAi {
 
     /// Same with a given client and retry policy (tests).
     pub fn with_client(http: ProxyClient, model: &str, policy: RetryPolicy) -> Self {
-        Self { http, model: model.to_owned(), policy }
+        Self { http, model: model.to_owned(), policy, max_tokens_field: MaxTokensField::default() }
+    }
+
+    /// Sends the token limit as `field` (`max_tokens` unless told otherwise).
+    pub fn with_max_tokens_field(mut self, field: MaxTokensField) -> Self {
+        self.max_tokens_field = field;
+        self
     }
 
     /// The JSON request body for `request`.
@@ -63,9 +70,9 @@ impl OpenAi {
             "model": self.model,
             "stream": true,
             "stream_options": {"include_usage": true},
-            "max_tokens": request.max_output_tokens,
             "messages": messages(request.system, request.messages),
         });
+        body[self.max_tokens_field.as_str()] = json!(request.max_output_tokens);
         if !request.tools.is_empty() {
             body["tools"] = request
                 .tools
@@ -95,15 +102,15 @@ impl Model for OpenAi {
         request: &ModelRequest<'_>,
         events: &mut dyn EventSink,
     ) -> Result<ModelReply, ModelError> {
-        let body =
-            Bytes::from(serde_json::to_vec(&self.request_body(request)).expect("a JSON value serializes"));
-        let mut retrier = Retrier::new(&self.policy);
-        loop {
-            match attempt(&self.http, body.clone(), retrier.attempt(), events).await {
-                Ok(reply) => return Ok(reply),
-                Err(failure) => retrier.after(failure, events).await?,
-            }
-        }
+        super::wire::call::<Assembly>(
+            &self.http,
+            &self.policy,
+            PATH,
+            &[],
+            &self.request_body(request),
+            events,
+        )
+        .await
     }
 }
 
@@ -170,43 +177,19 @@ struct Assembly {
     done: bool,
 }
 
-/// One attempt: sends `body`, reads the answer.
-async fn attempt(
-    http: &ProxyClient,
-    body: Bytes,
-    number: usize,
-    events: &mut dyn EventSink,
-) -> Result<ModelReply, Attempt> {
-    events.event(ProviderEvent::Progress { message: format!("{}: request {number}", http.provider()) });
-    let answer = keeping_alive(http.post_json(PATH, &[], body), events).await?;
-    if answer.status != 200 {
-        return Err(refusal(answer).await);
-    }
-    read(answer, events).await
-}
-
-/// Reads the event stream of a `200` answer into a reply.
-async fn read(answer: Answer, events: &mut dyn EventSink) -> Result<ModelReply, Attempt> {
-    let mut stream = sse::events(answer.into_stream());
-    let mut pulse = Pulse::default();
-    let mut acc = Assembly::default();
-    while let Some(event) = keeping_alive(stream.next(), events).await {
-        let event = match event {
-            Ok(event) => event,
-            Err(SseError::Http(e)) => return Err(e.into()),
-            Err(e @ SseError::Malformed(_)) => {
-                return Err(ModelError::Fatal { message: e.to_string() }.into());
-            }
-        };
-        pulse.beat(events);
+impl super::wire::Assembler for Assembly {
+    fn take(&mut self, event: &SseEvent) -> Result<bool, Attempt> {
         if event.data.trim() == "[DONE]" {
-            acc.done = true;
-            break;
+            self.done = true;
+            return Ok(true);
         }
-        let chunk = sse::json(&event)?;
-        acc.apply(&chunk)?;
+        self.apply(&sse::json(event)?)?;
+        Ok(false)
     }
-    acc.finish()
+
+    fn finish(self) -> Result<ModelReply, Attempt> {
+        self.reply()
+    }
 }
 
 impl Assembly {
@@ -264,7 +247,7 @@ impl Assembly {
         Ok(())
     }
 
-    fn finish(self) -> Result<ModelReply, Attempt> {
+    fn reply(self) -> Result<ModelReply, Attempt> {
         if !self.done && self.finish.is_none() {
             return Err(ModelError::Fatal {
                 message:

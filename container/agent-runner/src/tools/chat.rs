@@ -223,6 +223,22 @@ async fn commit_row(
 }
 
 /// The message with `seq`, or an error naming `seq`.
+/// Commits `content` (an edit of, or a reaction to, the message `target`) to that message's chat.
+async fn commit_about(
+    cx: &mut ToolContext<'_>,
+    target: crate::db::SeqTarget,
+    content: &OutboundContent,
+) -> Result<(), ToolError> {
+    let row = row_to_chat(
+        cx.snapshot,
+        (target.channel_type, target.platform_id),
+        None,
+        content,
+        cx.ledger.next_id(),
+    );
+    commit_row(cx, row).await
+}
+
 fn by_seq(cx: &ToolContext<'_>, seq: i64) -> Result<crate::db::SeqTarget, ToolError> {
     cx.db
         .message_by_seq(seq)
@@ -267,15 +283,8 @@ impl Tool for EditMessage {
                 a.seq
             )));
         }
-        let content = OutboundContent::Edit { target: target.id, text };
-        let row = row_to_chat(
-            cx.snapshot,
-            (target.channel_type, target.platform_id),
-            None,
-            &content,
-            cx.ledger.next_id(),
-        );
-        commit_row(cx, row).await?;
+        let content = OutboundContent::Edit { target: target.id.clone(), text };
+        commit_about(cx, target, &content).await?;
         Ok(format!("edited message {}", a.seq))
     }
 }
@@ -311,15 +320,8 @@ impl Tool for AddReaction {
             return Err(ToolError("emoji: one emoji, at most 64 bytes".into()));
         }
         let target = by_seq(cx, a.seq)?;
-        let content = OutboundContent::Reaction { target: target.id, emoji: emoji.clone() };
-        let row = row_to_chat(
-            cx.snapshot,
-            (target.channel_type, target.platform_id),
-            None,
-            &content,
-            cx.ledger.next_id(),
-        );
-        commit_row(cx, row).await?;
+        let content = OutboundContent::Reaction { target: target.id.clone(), emoji: emoji.clone() };
+        commit_about(cx, target, &content).await?;
         Ok(format!("reacted {emoji} to message {}", a.seq))
     }
 }
