@@ -131,11 +131,22 @@ fn prompt_tokens(body: &[u8]) -> u64 {
         .unwrap_or(0)
 }
 
-/// The PID (on the host) of the running agent container of `install`.
-fn container_pid(install: &str) -> u32 {
+/// The PID (on the host) of the runner in the running agent container of `install`: the
+/// container's PID 1, or its child when PID 1 is Docker's init.
+fn runner_pid(install: &str) -> u32 {
     let ids = containers_of(install);
     let id = ids.first().expect("a running agent container");
-    docker(&["inspect", "--format", "{{.State.Pid}}", id]).trim().parse().expect("a pid")
+    let pid: u32 = docker(&["inspect", "--format", "{{.State.Pid}}", id]).trim().parse().expect("a pid");
+    let comm = |p: u32| std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
+    if comm(pid).trim() == "nanoclaw-agent" {
+        return pid;
+    }
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|c| c.parse().ok())
+        .find(|&c| comm(c).trim() == "nanoclaw-agent")
+        .unwrap_or_else(|| panic!("no nanoclaw-agent process under pid {pid} ({})", comm(pid).trim()))
 }
 
 /// One message; milliseconds from sending it to its reply frame (waits for its `done` too).
@@ -162,6 +173,9 @@ fn ms(d: Duration) -> f64 {
 
 struct ModelFigures {
     overhead: Vec<f64>,
+    /// Overhead of the turns with exactly one model request, and with two.
+    overhead_one: Vec<f64>,
+    overhead_two: Vec<f64>,
     reply: Vec<f64>,
     model: Vec<f64>,
     no_reply: usize,
@@ -202,7 +216,7 @@ fn real_model(rt: &tokio::runtime::Runtime) -> Option<ModelFigures> {
     // The first turn starts the container (not part of any figure).
     turn(&mut c, "warm", "Hello.");
     std::thread::sleep(Duration::from_secs(2));
-    let pid = container_pid(&install);
+    let pid = runner_pid(&install);
     let rss_idle_kib = support::status_kib(pid, "VmRSS");
 
     let sampling = Arc::new(AtomicBool::new(true));
@@ -219,6 +233,8 @@ fn real_model(rt: &tokio::runtime::Runtime) -> Option<ModelFigures> {
 
     let mut f = ModelFigures {
         overhead: vec![],
+        overhead_one: vec![],
+        overhead_two: vec![],
         reply: vec![],
         model: vec![],
         no_reply: 0,
@@ -242,6 +258,11 @@ fn real_model(rt: &tokio::runtime::Runtime) -> Option<ModelFigures> {
         f.reply.push(ms(reply));
         f.model.push(ms(model));
         f.overhead.push(ms(reply) - ms(model));
+        match turn_calls.len() {
+            1 => f.overhead_one.push(ms(reply) - ms(model)),
+            2 => f.overhead_two.push(ms(reply) - ms(model)),
+            _ => {}
+        }
         f.prompts.push((i, turn_calls.first().map_or(0, |c| c.prompt_tokens), turn_calls.len()));
     }
     sampling.store(false, Ordering::Relaxed);
@@ -324,6 +345,13 @@ fn main() {
         println!(
             "| host overhead per turn, real model, {TURNS} turns (reply − model time) | p50 {o50:.1} ms, p99 {o99:.1} ms (min {omin:.1}, max {omax:.1}) | p50 ≤ 5 ms |"
         );
+        for (what, v) in [("one model request", &mut m.overhead_one), ("two (a nudge)", &mut m.overhead_two)]
+        {
+            if !v.is_empty() {
+                let (_, p50, _) = support::summary(v);
+                println!("| … turns with {what}: {} | p50 {p50:.1} ms | — |", v.len());
+            }
+        }
         println!("| … message → reply | p50 {r50:.0} ms | — |");
         println!("| … the model's own time in the turn | p50 {m50:.0} ms | — |");
         if m.no_reply > 0 {

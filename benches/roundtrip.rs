@@ -18,7 +18,7 @@ mod sessions;
 mod support;
 
 use common::*;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// One message on an open connection; milliseconds until its reply frame (waits for its `done`
 /// too, in either order), counting `done` frames that came first.

@@ -7,7 +7,7 @@
 mod common;
 
 use common::*;
-use fake_http::{FakeServer, Reply};
+use fake_http::FakeServer;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
@@ -24,15 +24,6 @@ fn skills_dir(root: &Path) -> std::path::PathBuf {
     }
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     dir
-}
-
-/// One streamed answer of an OpenAI-compatible server: `text`, then the end of the stream.
-fn answer(text: &str) -> Reply {
-    let chunk =
-        serde_json::json!({"choices": [{"index": 0, "delta": {"role": "assistant", "content": text}}]});
-    let stop = serde_json::json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 10, "completion_tokens": 2}});
-    Reply::sse(&format!("data: {chunk}\n\ndata: {stop}\n\ndata: [DONE]\n\n"))
 }
 
 #[test]
@@ -67,16 +58,10 @@ fn selected_skill_is_in_the_prompt_and_the_other_is_not() {
         )
         .unwrap();
     assert_eq!(changed, 1);
-    let dest: String = db
-        .query_row(
-            "SELECT local_name FROM agent_destinations WHERE agent_group_id = 'ag-main' LIMIT 1",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let dest = main_destination(&data);
     // One answer per model call of the turn (a spare one in case the loop asks again).
-    upstream.push(answer(&format!("<message to=\"{dest}\">noted</message>")));
-    upstream.push(answer(&format!("<message to=\"{dest}\">noted</message>")));
+    upstream.push(openai_answer(&format!("<message to=\"{dest}\">noted</message>")));
+    upstream.push(openai_answer(&format!("<message to=\"{dest}\">noted</message>")));
     let mut c = server.client();
     c.send("m-0", "hello");
     let frames = c.until(Duration::from_secs(180), |f| f["type"] == "done" && f["id"] == "m-0");

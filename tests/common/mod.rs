@@ -53,6 +53,27 @@ pub fn short_tempdir() -> tempfile::TempDir {
     tempfile::Builder::new().prefix("nc").tempdir_in("/tmp").unwrap()
 }
 
+/// One streamed answer of an OpenAI-compatible server (for a `fake_http::FakeServer` behind the
+/// credential proxy): `text`, then the end of the stream with a small `usage`.
+pub fn openai_answer(text: &str) -> fake_http::Reply {
+    let chunk =
+        serde_json::json!({"choices": [{"index": 0, "delta": {"role": "assistant", "content": text}}]});
+    let stop = serde_json::json!({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 2}});
+    fake_http::Reply::sse(&format!("data: {chunk}\n\ndata: {stop}\n\ndata: [DONE]\n\n"))
+}
+
+/// The local name of the main agent group's first destination (what `<message to="…">` names).
+pub fn main_destination(data_dir: &Path) -> String {
+    store_db(data_dir)
+        .query_row(
+            "SELECT local_name FROM agent_destinations WHERE agent_group_id = 'ag-main' LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+}
+
 /// Writes `text` as `dir/nanoclaw.toml` and returns its path (for `--config`).
 pub fn config_file(dir: &Path, text: &str) -> PathBuf {
     let path = dir.join("nanoclaw.toml");

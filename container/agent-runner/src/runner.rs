@@ -234,10 +234,10 @@ pub async fn agent_for(config: &mut RunnerConfig) -> Result<Agent, RunnerError> 
             )));
         }
     };
+    let proxy_socket = config.session_dir.join(layout::PROXY_SOCKET);
     let model =
-        crate::model::for_settings(&settings.provider, &config.session_dir.join(layout::PROXY_SOCKET))
-            .map_err(RunnerError::Provider)?;
-    let mut tools = ToolRegistry::builtin(&settings.tools);
+        crate::model::for_settings(&settings.provider, &proxy_socket).map_err(RunnerError::Provider)?;
+    let mut tools = ToolRegistry::builtin(&settings.tools, &proxy_socket);
     if config.answer_fallback != crate::tools::system::ANSWER_FALLBACK {
         for tool in crate::tools::system::all().into_iter().filter(|t| settings.tools.allows(t.name())) {
             tools.register(Arc::new(tool.with_answer_fallback(config.answer_fallback)));

@@ -45,6 +45,53 @@ async fn every_tool_by_echo() {
     assert!(r.iter().all(|x| x.in_reply_to.as_deref() == Some(id.as_str())), "{r:?}");
 }
 
+/// `web_fetch` by echo through a fake proxy: the request goes to `/_egress` as the protocol's
+/// JSON, the fetched status and body come back to the model; the host's refusal comes back with
+/// its reason (naming the setting); a bad URL is refused naming the field, and nothing is sent.
+#[tokio::test]
+async fn web_fetch_goes_through_the_proxy() {
+    use fake_http::{FakeServer, Reply};
+    use nanoclaw_protocol::proxy::{EgressResponse, HEADER_PROXY_ERROR, ProxyError, ProxyErrorKind};
+    let mut s = Session::new(None);
+    let proxy = FakeServer::unix(&s.session.join("proxy.sock")).await.unwrap();
+    let fetched = EgressResponse {
+        status: 200,
+        content_type: Some("text/plain".into()),
+        body: "hi there".into(),
+        truncated: false,
+    };
+    proxy.push(Reply::json(200, &serde_json::to_string(&fetched).unwrap()).header(HEADER_PROXY_ERROR, "1"));
+    let refusal = ProxyError::new(
+        ProxyErrorKind::EgressRefused,
+        "web_fetch to example.org refused: it is not in container_configs.egress_allow",
+    );
+    proxy.push(Reply::json(403, &serde_json::to_string(&refusal).unwrap()).header(HEADER_PROXY_ERROR, "1"));
+    s.start();
+    let lines = [
+        r#"tool web_fetch {"url":"http://127.0.0.1:9999/a","method":"POST","body":"{\"q\":1}"}"#,
+        r#"tool web_fetch {"url":"https://example.org/"}"#,
+        r#"tool web_fetch {"url":"file:///etc/passwd"}"#,
+    ];
+    let r = s.turn(&lines.join("\n"), 30).await;
+    let t = texts(&r);
+    assert_eq!(
+        t,
+        vec![
+            "tool web_fetch: status 200 (text/plain):\nhi there",
+            "tool web_fetch: error: not fetched: web_fetch to example.org refused: it is not in container_configs.egress_allow",
+            "tool web_fetch: error: url: must start with http:// or https://",
+        ]
+    );
+    let requests = proxy.requests();
+    assert_eq!(requests.len(), 2, "the bad URL was not sent");
+    assert_eq!((requests[0].method.as_str(), requests[0].path.as_str()), ("POST", "/_egress"));
+    assert_eq!(
+        requests[0].json(),
+        json!({"url": "http://127.0.0.1:9999/a", "method": "POST", "body": "{\"q\":1}"})
+    );
+    assert_eq!(requests[1].json(), json!({"url": "https://example.org/", "method": "GET", "body": null}));
+}
+
 #[tokio::test]
 async fn edit_file_needs_exactly_one_match() {
     let mut s = Session::new(None);
@@ -458,7 +505,7 @@ async fn system_tool_wakes_on_the_hosts_input_byte() {
     let mut s = Session::new(None);
     let listener = tokio::net::UnixListener::bind(s.session.join("wake.sock")).unwrap();
     let settings = nanoclaw_protocol::settings::RunnerSettings::echo_default("Andy");
-    let mut tools = ToolRegistry::builtin(&settings.tools);
+    let mut tools = ToolRegistry::builtin(&settings.tools, &s.session.join("proxy.sock"));
     for tool in system::all() {
         tools.register(Arc::new(tool.with_answer_fallback(std::time::Duration::from_secs(3600))));
     }

@@ -125,11 +125,21 @@ impl ProxyClient {
         headers: &[(&str, &str)],
         body: Bytes,
     ) -> Result<Answer, HttpError> {
+        let uri =
+            format!("http://{}/{}/{}", proxy::AUTHORITY, self.provider, api_path.trim_start_matches('/'));
+        self.post(uri, headers, body).await
+    }
+
+    /// `POST`s a `web_fetch` request (JSON [`proxy::EgressRequest`]) to [`proxy::EGRESS_PATH`]
+    /// and waits for the answer's head. Errors as [`ProxyClient::post_json`].
+    pub async fn post_egress(&self, body: Bytes) -> Result<Answer, HttpError> {
+        self.post(format!("http://{}{}", proxy::AUTHORITY, proxy::EGRESS_PATH), &[], body).await
+    }
+
+    async fn post(&self, uri: String, headers: &[(&str, &str)], body: Bytes) -> Result<Answer, HttpError> {
         if body.len() > proxy::MAX_BODY_BYTES {
             return Err(HttpError::RequestTooLarge(body.len()));
         }
-        let uri =
-            format!("http://{}/{}/{}", proxy::AUTHORITY, self.provider, api_path.trim_start_matches('/'));
         let mut request = Request::post(uri)
             .header("content-type", "application/json")
             .header("accept", "text/event-stream");

@@ -10,6 +10,7 @@ pub mod chat;
 pub mod command;
 pub mod mcp;
 pub mod system;
+pub mod web;
 pub mod workspace;
 
 use crate::db::{SessionDb, Snapshot};
@@ -103,7 +104,8 @@ impl std::fmt::Debug for ToolRegistry {
 impl ToolRegistry {
     /// Every tool built into the runner, limited to `selection` (a small model with a small
     /// context cannot take every schema; a tool that is not offered cannot be called either).
-    pub fn builtin(selection: &ToolSelection) -> Self {
+    /// `web_fetch` sends through the credential proxy at `proxy_socket`.
+    pub fn builtin(selection: &ToolSelection, proxy_socket: &Path) -> Self {
         let all: Vec<Arc<dyn Tool>> = vec![
             Arc::new(chat::SendMessage),
             Arc::new(chat::SendFile),
@@ -116,6 +118,7 @@ impl ToolRegistry {
             Arc::new(workspace::ListFiles),
             Arc::new(workspace::SearchFiles),
             Arc::new(command::RunCommand),
+            Arc::new(web::WebFetch::new(proxy_socket)),
         ];
         let mut registry = Self::default();
         let system = system::all().into_iter().map(|t| Arc::new(t) as Arc<dyn Tool>);
