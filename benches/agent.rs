@@ -369,7 +369,7 @@ fn main() {
         );
         println!("| model requests in {TURNS} turns (nudges and summaries included) | {requests} | — |");
         println!(
-            "| runner RSS (container PID 1) | idle {:.1} MiB; during turns max {:.1} MiB (VmHWM {:.1} MiB) | — |",
+            "| runner RSS (the runner process in the container) | idle {:.1} MiB; during turns max {:.1} MiB (VmHWM {:.1} MiB) | — |",
             m.rss_idle_kib as f64 / 1024.0,
             m.rss_turn_max_kib as f64 / 1024.0,
             m.rss_hwm_kib as f64 / 1024.0

@@ -10,6 +10,30 @@ use common::*;
 use fake_http::FakeServer;
 use std::time::Duration;
 
+/// A config whose default agent uses provider `fake` (`openai` kind) at `upstream`, no key.
+fn fake_config(dir: &std::path::Path, upstream: &FakeServer) -> std::path::PathBuf {
+    config_file(
+        dir,
+        &format!(
+            "[agent]\nprovider = \"fake\"\n\n[providers.fake]\nkind = \"openai\"\nbase_url = \"{}/v1\"\n\
+             model = \"m\"\ncontext_tokens = 8192\nmax_output_tokens = 256\n",
+            upstream.base_url().unwrap()
+        ),
+    )
+}
+
+/// Offers the main group's model no tools and no skills, on the minimal image.
+fn plain_group(data: &std::path::Path) {
+    let changed = store_db(data)
+        .execute(
+            "UPDATE container_configs SET tools = '{\"only\":[]}', skills = '[]', image_tier = 'minimal' \
+             WHERE agent_group_id = 'ag-main'",
+            [],
+        )
+        .unwrap();
+    assert_eq!(changed, 1);
+}
+
 #[test]
 fn a_host_restart_keeps_the_conversation() {
     if !docker_available() {
@@ -19,24 +43,10 @@ fn a_host_restart_keeps_the_conversation() {
     let upstream = rt.block_on(FakeServer::tcp()).unwrap();
     let dir = short_tempdir();
     let data = dir.path().join("data");
-    let config = config_file(
-        dir.path(),
-        &format!(
-            "[agent]\nprovider = \"fake\"\n\n[providers.fake]\nkind = \"openai\"\nbase_url = \"{}/v1\"\n\
-             model = \"m\"\ncontext_tokens = 8192\nmax_output_tokens = 256\n",
-            upstream.base_url().unwrap()
-        ),
-    );
+    let config = fake_config(dir.path(), &upstream);
     let args = ["--config", config.to_str().unwrap()];
     let server = Server::start(&data, &args, &[]);
-    let changed = store_db(&data)
-        .execute(
-            "UPDATE container_configs SET tools = '{\"only\":[]}', skills = '[]', image_tier = 'minimal' \
-             WHERE agent_group_id = 'ag-main'",
-            [],
-        )
-        .unwrap();
-    assert_eq!(changed, 1);
+    plain_group(&data);
     let dest = main_destination(&data);
 
     upstream.push(openai_answer(&format!("<message to=\"{dest}\">noted: pineapple</message>")));
@@ -72,5 +82,49 @@ fn a_host_restart_keeps_the_conversation() {
     assert!(asked.is_some() && answered.is_some() && now.is_some(), "{messages:#?}");
     assert!(asked < answered && answered < now, "in order: {messages:#?}");
     assert!(messages[answered.unwrap()].starts_with("assistant: "), "{messages:#?}");
+    assert!(server.stop().success());
+}
+
+/// Bad input from the provider (malformed event data, a body over 8 MiB) fails that turn with
+/// the reason in the chat; the same container answers the next message.
+#[test]
+fn a_broken_model_answer_fails_the_turn_with_the_reason_and_the_container_keeps_serving() {
+    if !docker_available() {
+        return;
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let upstream = rt.block_on(FakeServer::tcp()).unwrap();
+    let dir = short_tempdir();
+    let data = dir.path().join("data");
+    let config = fake_config(dir.path(), &upstream);
+    let server = Server::start(&data, &["--config", config.to_str().unwrap()], &[]);
+    plain_group(&data);
+    let dest = main_destination(&data);
+    let install = nanoclaw::daemon::install_id(&data);
+    let mut c = server.client();
+
+    upstream.push(fake_http::Reply::sse(
+        "data: {\"choices\": [{\"index\": 0, \"delta\": {\"content\": \"hal\n\n",
+    ));
+    let big = format!("data: {}\n\n", "x".repeat(9 * 1024 * 1024));
+    upstream.push(fake_http::Reply::sse(&big));
+    upstream.push(openai_answer(&format!("<message to=\"{dest}\">still here</message>")));
+    let mut container = None;
+    for (id, reason) in [("m-0", "malformed"), ("m-1", "over 8 MiB")] {
+        c.send(id, "hello");
+        // A failed turn ends with `failed` (not `done`) after its reason.
+        let frames = c.until(Duration::from_secs(180), |f| f["type"] == "failed" && f["id"] == id);
+        let replies = replies_to(&frames, id);
+        assert_eq!(replies.len(), 1, "{frames:?}");
+        assert!(replies[0].contains(reason), "{id}: the reason is told: {replies:?}");
+        let now = containers_of(&install);
+        assert_eq!(now.len(), 1, "{now:?}");
+        assert_eq!(container.get_or_insert(now[0].clone()), &now[0], "the same container");
+    }
+    c.send("m-2", "hello again");
+    let frames = c.until(Duration::from_secs(60), |f| f["type"] == "done" && f["id"] == "m-2");
+    assert_eq!(replies_to(&frames, "m-2"), vec!["still here"], "{frames:?}");
+    assert_eq!(containers_of(&install), vec![container.unwrap()], "the same container kept serving");
+    assert_eq!(upstream.requests().len(), 3, "a fatal answer is not retried");
     assert!(server.stop().success());
 }

@@ -104,6 +104,22 @@ async fn an_unaddressed_answer_is_nudged_once_then_sent_to_the_own_chat() {
     assert_eq!(transcript.matches("had no <message to").count(), 1, "{transcript}");
 }
 
+/// Broken `<message` tags are never delivered as tags: the answer counts as unaddressed, gets
+/// the nudge once, and then goes to the own chat as text.
+#[tokio::test]
+async fn a_broken_message_tag_gets_the_nudge() {
+    let mut s = Session::new(None);
+    s.start();
+    let r = s.turn(r#"!raw <message to="cli">never closed"#, 20).await;
+    let t = texts(&r);
+    let path = s.state("continuation:echo").unwrap();
+    let transcript = std::fs::read_to_string(s.workspace.join(path)).unwrap();
+    assert_eq!(transcript.matches("had no <message to").count(), 1, "{transcript}");
+    assert_eq!(t.len(), 1, "{t:?}");
+    assert!(!t[0].contains("<message"), "no tag reaches the chat: {t:?}");
+    assert!(t[0].contains("never closed"), "{t:?}");
+}
+
 #[tokio::test]
 async fn conversation_survives_a_restart_and_clear_resets_it() {
     let mut s = Session::new(None);

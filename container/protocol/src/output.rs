@@ -28,7 +28,8 @@ pub struct ParsedOutput {
     pub scratchpad: String,
 }
 
-/// Parses agent output text. Never fails: anything malformed ends up in the scratchpad.
+/// Parses agent output text. Never fails: anything malformed ends up in the scratchpad (as text:
+/// the opening tag of a block that is never closed and stray closing tags are left out).
 pub fn parse_output(text: &str) -> ParsedOutput {
     let text = strip_internal(text);
     let mut out = ParsedOutput::default();
@@ -45,7 +46,14 @@ pub fn parse_output(text: &str) -> ParsedOutput {
         let Some(open_end) = after_tag.find('>') else { break };
         let attrs = &after_tag[..open_end];
         let body_and_rest = &after_tag[open_end + 1..];
-        let Some(close) = body_and_rest.find("</message>") else { break };
+        let Some(close) = body_and_rest.find("</message>") else {
+            // Never closed: the text after the opening tag is plain text, without the tag (the
+            // scratchpad may be shown to the user as the answer).
+            scratch.push_str(&rest[..start]);
+            scratch.push_str(body_and_rest);
+            rest = "";
+            break;
+        };
         scratch.push_str(&rest[..start]);
         let body = body_and_rest[..close].trim();
         if let Some(to) = attr_value(attrs, "to")
@@ -60,7 +68,8 @@ pub fn parse_output(text: &str) -> ParsedOutput {
         rest = &body_and_rest[close + "</message>".len()..];
     }
     scratch.push_str(rest);
-    out.scratchpad = scratch.trim().to_string();
+    // A closing tag without its opening one is markup, not text.
+    out.scratchpad = scratch.replace("</message>", "").trim().to_string();
     out
 }
 
@@ -140,6 +149,9 @@ mod tests {
         assert!(parse_output("<messages to=\"cli\">x</messages>").messages.is_empty());
         assert!(parse_output("<message to=cli>unquoted</message>").messages.is_empty());
         assert_eq!(parse_output("<internal>never closed <message to=\"a\">x</message>").messages, vec![]);
+        // What is left is text, without the broken markup.
+        assert_eq!(parse_output("before <message to=\"cli\">cut off").scratchpad, "before cut off");
+        assert_eq!(parse_output("stray</message> close").scratchpad, "stray close");
     }
 
     #[test]
