@@ -7,20 +7,7 @@
 mod common;
 
 use common::*;
-use fake_http::FakeServer;
 use std::time::Duration;
-
-/// A config whose default agent uses provider `fake` (`openai` kind) at `upstream`, no key.
-fn fake_config(dir: &std::path::Path, upstream: &FakeServer) -> std::path::PathBuf {
-    config_file(
-        dir,
-        &format!(
-            "[agent]\nprovider = \"fake\"\n\n[providers.fake]\nkind = \"openai\"\nbase_url = \"{}/v1\"\n\
-             model = \"m\"\ncontext_tokens = 8192\nmax_output_tokens = 256\n",
-            upstream.base_url().unwrap()
-        ),
-    )
-}
 
 /// Offers the main group's model no tools and no skills, on the minimal image.
 fn plain_group(data: &std::path::Path) {
@@ -39,15 +26,11 @@ fn a_host_restart_keeps_the_conversation() {
     if !docker_available() {
         return;
     }
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let upstream = rt.block_on(FakeServer::tcp()).unwrap();
-    let dir = short_tempdir();
-    let data = dir.path().join("data");
-    let config = fake_config(dir.path(), &upstream);
-    let args = ["--config", config.to_str().unwrap()];
-    let server = Server::start(&data, &args, &[]);
-    plain_group(&data);
-    let dest = main_destination(&data);
+    let setup = FakeProviderSetup::new();
+    let (upstream, data, args) = (&setup.upstream, &setup.data, setup.args());
+    let server = Server::start(data, &args, &[]);
+    plain_group(data);
+    let dest = main_destination(data);
 
     upstream.push(openai_answer(&format!("<message to=\"{dest}\">noted: pineapple</message>")));
     let mut c = server.client();
@@ -56,11 +39,11 @@ fn a_host_restart_keeps_the_conversation() {
     assert_eq!(replies_to(&frames, "m-0"), vec!["noted: pineapple"], "{frames:?}; log: {}", server.log());
     assert_eq!(upstream.requests().len(), 1);
     drop(c);
-    let install = nanoclaw::daemon::install_id(&data);
+    let install = nanoclaw::daemon::install_id(data);
     assert!(server.stop().success());
     assert!(all_containers_of(&install).is_empty(), "the restart starts a new container");
 
-    let server = Server::start(&data, &args, &[]);
+    let server = Server::start(data, &args, &[]);
     upstream.push(openai_answer(&format!("<message to=\"{dest}\">it was pineapple</message>")));
     let mut c = server.client();
     c.send("m-1", "Which word was it?");
@@ -92,15 +75,12 @@ fn a_broken_model_answer_fails_the_turn_with_the_reason_and_the_container_keeps_
     if !docker_available() {
         return;
     }
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let upstream = rt.block_on(FakeServer::tcp()).unwrap();
-    let dir = short_tempdir();
-    let data = dir.path().join("data");
-    let config = fake_config(dir.path(), &upstream);
-    let server = Server::start(&data, &["--config", config.to_str().unwrap()], &[]);
-    plain_group(&data);
-    let dest = main_destination(&data);
-    let install = nanoclaw::daemon::install_id(&data);
+    let setup = FakeProviderSetup::new();
+    let (upstream, data) = (&setup.upstream, &setup.data);
+    let server = Server::start(data, &setup.args(), &[]);
+    plain_group(data);
+    let dest = main_destination(data);
+    let install = nanoclaw::daemon::install_id(data);
     let mut c = server.client();
 
     upstream.push(fake_http::Reply::sse(

@@ -7,7 +7,6 @@
 mod common;
 
 use common::*;
-use fake_http::FakeServer;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
@@ -31,24 +30,10 @@ fn selected_skill_is_in_the_prompt_and_the_other_is_not() {
     if !docker_available() {
         return;
     }
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let upstream = rt.block_on(FakeServer::tcp()).unwrap();
-    let dir = short_tempdir();
-    let data = dir.path().join("data");
-    let skills = skills_dir(dir.path());
-    let config = config_file(
-        dir.path(),
-        &format!(
-            "[agent]\nprovider = \"fake\"\n\n[providers.fake]\nkind = \"openai\"\nbase_url = \"{}/v1\"\n\
-             model = \"m\"\ncontext_tokens = 8192\nmax_output_tokens = 256\n",
-            upstream.base_url().unwrap()
-        ),
-    );
-    let server = Server::start(
-        &data,
-        &["--config", config.to_str().unwrap()],
-        &[("NANOCLAW_SKILLS_DIR", skills.to_str().unwrap())],
-    );
+    let setup = FakeProviderSetup::new();
+    let (upstream, data) = (&setup.upstream, setup.data.clone());
+    let skills = skills_dir(setup.dir.path());
+    let server = Server::start(&data, &setup.args(), &[("NANOCLAW_SKILLS_DIR", skills.to_str().unwrap())]);
     let db = store_db(&data);
     let changed = db
         .execute(

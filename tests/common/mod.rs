@@ -74,6 +74,50 @@ pub fn main_destination(data_dir: &Path) -> String {
         .unwrap()
 }
 
+/// A data dir whose config points the default agent at a fake OpenAI-compatible server (a
+/// `fake_http::FakeServer` on loopback, served by its own runtime): push answers to `upstream`,
+/// read what the credential proxy forwarded from its `requests()`.
+pub struct FakeProviderSetup {
+    /// Runs the fake server (dropped last).
+    pub rt: tokio::runtime::Runtime,
+    /// The fake provider.
+    pub upstream: fake_http::FakeServer,
+    /// `<dir>/data`, not created yet.
+    pub data: PathBuf,
+    /// The config file (`--config`).
+    pub config: PathBuf,
+    /// The temp dir holding both.
+    pub dir: tempfile::TempDir,
+}
+
+impl FakeProviderSetup {
+    /// Starts the fake server and writes the config.
+    pub fn new() -> Self {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let upstream = rt.block_on(fake_http::FakeServer::tcp()).unwrap();
+        let dir = short_tempdir();
+        let config = fake_openai_config(dir.path(), &upstream.base_url().unwrap());
+        Self { rt, upstream, data: dir.path().join("data"), config, dir }
+    }
+
+    /// `["--config", <config>]`.
+    pub fn args(&self) -> [&str; 2] {
+        ["--config", self.config.to_str().unwrap()]
+    }
+}
+
+/// A config (`dir/nanoclaw.toml`) whose default agent uses provider `fake`, of kind `openai`,
+/// at `base` (`http://host:port`, e.g. a `fake_http::FakeServer`'s base URL), with no key.
+pub fn fake_openai_config(dir: &Path, base: &str) -> PathBuf {
+    config_file(
+        dir,
+        &format!(
+            "[agent]\nprovider = \"fake\"\n\n[providers.fake]\nkind = \"openai\"\nbase_url = \"{base}/v1\"\n\
+             model = \"m\"\ncontext_tokens = 8192\nmax_output_tokens = 256\n"
+        ),
+    )
+}
+
 /// Writes `text` as `dir/nanoclaw.toml` and returns its path (for `--config`).
 pub fn config_file(dir: &Path, text: &str) -> PathBuf {
     let path = dir.join("nanoclaw.toml");
