@@ -108,3 +108,101 @@ fn a_broken_model_answer_fails_the_turn_with_the_reason_and_the_container_keeps_
     assert_eq!(upstream.requests().len(), 3, "a fatal answer is not retried");
     assert!(server.stop().success());
 }
+
+/// A key the provider refuses (401) fails each turn with one plain line naming the variable —
+/// never the provider's body, which may echo the key — and tells the owner once (not per turn).
+#[test]
+fn a_refused_key_fails_turns_plainly_and_tells_the_owner_once() {
+    if !docker_available() {
+        return;
+    }
+    let setup = FakeProviderSetup::new();
+    let config = config_file(
+        setup.dir.path(),
+        &format!(
+            "[agent]\nprovider = \"fake\"\n\n[providers.fake]\nkind = \"openai\"\nbase_url = \"{}/v1\"\n\
+             model = \"m\"\napi_key_env = \"NANOCLAW_TEST_FAKE_KEY\"\n",
+            setup.upstream.base_url().unwrap()
+        ),
+    );
+    let data = &setup.data;
+    let server = Server::start(
+        data,
+        &["--config", config.to_str().unwrap()],
+        &[("NANOCLAW_TEST_FAKE_KEY", "sk-wrong-123")],
+    );
+    plain_group(data);
+    for _ in 0..2 {
+        setup.upstream.push(fake_http::Reply::json(
+            401,
+            r#"{"error":{"message":"Incorrect API key provided: sk-wrong-123"}}"#,
+        ));
+    }
+    let mut c = server.client();
+    let mut all = vec![];
+    for id in ["m-0", "m-1"] {
+        c.send(id, "hello");
+        let frames = c.until(Duration::from_secs(180), |f| f["type"] == "failed" && f["id"] == id);
+        let replies = replies_to(&frames, id);
+        assert_eq!(replies.len(), 1, "{frames:?}");
+        assert!(replies[0].contains("the API key in NANOCLAW_TEST_FAKE_KEY was refused"), "{replies:?}");
+        all.extend(frames);
+    }
+    all.extend(c.drain(Duration::from_secs(2)));
+    let texts: Vec<&str> =
+        all.iter().filter(|f| f["type"] == "reply").filter_map(|f| f["text"].as_str()).collect();
+    assert!(!texts.iter().any(|t| t.contains("sk-wrong")), "the key is never shown: {texts:?}");
+    let owner_notes =
+        texts.iter().filter(|t| t.contains("refused the key in NANOCLAW_TEST_FAKE_KEY")).count();
+    assert_eq!(owner_notes, 1, "the owner is told once: {texts:?}");
+    assert_eq!(setup.upstream.requests().len(), 2, "a refused key is not retried");
+    assert!(server.stop().success());
+}
+
+/// Past `providers.daily_token_budget` the proxy refuses model calls: each later turn fails with
+/// one line naming the setting (not retried, nothing reaches the provider) and the owner is told
+/// once a day, not per turn.
+#[test]
+fn a_spent_budget_refuses_turns_and_tells_the_owner_once() {
+    if !docker_available() {
+        return;
+    }
+    let setup = FakeProviderSetup::new();
+    let config = config_file(
+        setup.dir.path(),
+        &format!(
+            "[agent]\nprovider = \"fake\"\n\n[providers]\ndaily_token_budget = 10\n\n[providers.fake]\n\
+             kind = \"openai\"\nbase_url = \"{}/v1\"\nmodel = \"m\"\n",
+            setup.upstream.base_url().unwrap()
+        ),
+    );
+    let data = &setup.data;
+    let server = Server::start(data, &["--config", config.to_str().unwrap()], &[]);
+    plain_group(data);
+    let dest = main_destination(data);
+    // 12 tokens (10 in, 2 out): past the budget of 10 after this turn.
+    setup.upstream.push(openai_answer(&format!("<message to=\"{dest}\">first</message>")));
+    let mut c = server.client();
+    c.send("m-0", "hello");
+    let frames = c.until(Duration::from_secs(180), |f| f["type"] == "done" && f["id"] == "m-0");
+    assert_eq!(replies_to(&frames, "m-0"), vec!["first"], "{frames:?}");
+    let mut all = vec![];
+    for id in ["m-1", "m-2"] {
+        c.send(id, "again");
+        let frames = c.until(Duration::from_secs(60), |f| f["type"] == "failed" && f["id"] == id);
+        let replies = replies_to(&frames, id);
+        assert_eq!(replies.len(), 1, "{frames:?}");
+        assert!(replies[0].contains("providers.daily_token_budget = 10"), "{replies:?}");
+        all.extend(frames);
+    }
+    all.extend(c.drain(Duration::from_secs(2)));
+    let owner_notes = all
+        .iter()
+        .filter(|f| f["type"] == "reply")
+        .filter_map(|f| f["text"].as_str())
+        .filter(|t| t.contains("daily budget (providers.daily_token_budget) is 10"))
+        .count();
+    assert_eq!(owner_notes, 1, "the owner is told once: {all:?}");
+    assert_eq!(setup.upstream.requests().len(), 1, "refused calls never reach the provider");
+    assert!(server.stop().success());
+}
