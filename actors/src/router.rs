@@ -129,7 +129,11 @@ impl Router {
         };
         let e = entry.clone();
         let ledger_id = match self.store.call(move |c| store::ledger_insert(c, &e)).await? {
-            LedgerInsert::New => entry.id.clone(),
+            LedgerInsert::New => {
+                // `hop:` lines time the stages of one message (`benches/hops.rs`).
+                debug!("hop: ledger committed");
+                entry.id.clone()
+            }
             LedgerInsert::Duplicate { id, finished: true } => {
                 debug!(ledger = %id, "duplicate message ignored");
                 return Ok(InboundAck { ledger_id: id, duplicate: true, dropped: None });
@@ -210,8 +214,10 @@ impl Router {
             };
             self.enqueue(session, row).await?;
         }
+        debug!("hop: enqueued");
         let lid = ledger_id.to_string();
         self.store.call(move |c| store::ledger_finish(c, &lid, "routed")).await?;
+        debug!("hop: routed");
         Ok(InboundAck { ledger_id: ledger_id.to_string(), duplicate: false, dropped: None })
     }
 

@@ -732,6 +732,8 @@ async fn serve_connection(
             is_mention: true,
             is_group: false,
         };
+        // `hop:` lines time the stages of one message (`benches/hops.rs`).
+        debug!(id = %id, "hop: cli message received");
         let frame = match sink.submit(event).await {
             Ok(ack) => match ack.dropped {
                 Some(reason) => {

@@ -937,7 +937,10 @@ impl Actor for SessionActor {
                     state.set_work_flag(true).await?;
                     match &state.phase {
                         Phase::Gone => state.check(&myself).await?,
-                        Phase::Ready { .. } => state.wake.wake(),
+                        Phase::Ready { .. } => {
+                            state.wake.wake();
+                            debug!(session = %state.session.id, "hop: container woken");
+                        }
                         _ => {}
                     }
                 }

@@ -222,6 +222,7 @@ impl Worker {
                 _ = self.notify.notified() => {}
                 _ = tokio::time::sleep_until(next) => {}
             }
+            debug!(session = %self.session.id, "hop: outbox pass");
             match self.pass().await {
                 Ok(report) => {
                     self.unavailable = None;
