@@ -21,6 +21,23 @@ fn plain_group(data: &std::path::Path) {
     assert_eq!(changed, 1);
 }
 
+/// Sends each of `ids` in turn; each turn must fail with exactly one reply containing `reason`.
+/// Returns every frame seen, and those of 2 s more.
+fn failing_turns(c: &mut Client, ids: &[&str], reason: &str) -> Vec<serde_json::Value> {
+    let mut all = vec![];
+    for id in ids {
+        c.send(id, "hello");
+        // A failed turn ends with `failed` (not `done`) after its reason.
+        let frames = c.until(Duration::from_secs(180), |f| f["type"] == "failed" && f["id"] == *id);
+        let replies = replies_to(&frames, id);
+        assert_eq!(replies.len(), 1, "{frames:?}");
+        assert!(replies[0].contains(reason), "{id}: the reason is told: {replies:?}");
+        all.extend(frames);
+    }
+    all.extend(c.drain(Duration::from_secs(2)));
+    all
+}
+
 #[test]
 fn a_host_restart_keeps_the_conversation() {
     if !docker_available() {
@@ -116,21 +133,9 @@ fn a_refused_key_fails_turns_plainly_and_tells_the_owner_once() {
     if !docker_available() {
         return;
     }
-    let setup = FakeProviderSetup::new();
-    let config = config_file(
-        setup.dir.path(),
-        &format!(
-            "[agent]\nprovider = \"fake\"\n\n[providers.fake]\nkind = \"openai\"\nbase_url = \"{}/v1\"\n\
-             model = \"m\"\napi_key_env = \"NANOCLAW_TEST_FAKE_KEY\"\n",
-            setup.upstream.base_url().unwrap()
-        ),
-    );
+    let setup = FakeProviderSetup::with("", "api_key_env = \"NANOCLAW_TEST_FAKE_KEY\"");
     let data = &setup.data;
-    let server = Server::start(
-        data,
-        &["--config", config.to_str().unwrap()],
-        &[("NANOCLAW_TEST_FAKE_KEY", "sk-wrong-123")],
-    );
+    let server = Server::start(data, &setup.args(), &[("NANOCLAW_TEST_FAKE_KEY", "sk-wrong-123")]);
     plain_group(data);
     for _ in 0..2 {
         setup.upstream.push(fake_http::Reply::json(
@@ -139,16 +144,7 @@ fn a_refused_key_fails_turns_plainly_and_tells_the_owner_once() {
         ));
     }
     let mut c = server.client();
-    let mut all = vec![];
-    for id in ["m-0", "m-1"] {
-        c.send(id, "hello");
-        let frames = c.until(Duration::from_secs(180), |f| f["type"] == "failed" && f["id"] == id);
-        let replies = replies_to(&frames, id);
-        assert_eq!(replies.len(), 1, "{frames:?}");
-        assert!(replies[0].contains("the API key in NANOCLAW_TEST_FAKE_KEY was refused"), "{replies:?}");
-        all.extend(frames);
-    }
-    all.extend(c.drain(Duration::from_secs(2)));
+    let all = failing_turns(&mut c, &["m-0", "m-1"], "the API key in NANOCLAW_TEST_FAKE_KEY was refused");
     let texts: Vec<&str> =
         all.iter().filter(|f| f["type"] == "reply").filter_map(|f| f["text"].as_str()).collect();
     assert!(!texts.iter().any(|t| t.contains("sk-wrong")), "the key is never shown: {texts:?}");
@@ -167,17 +163,9 @@ fn a_spent_budget_refuses_turns_and_tells_the_owner_once() {
     if !docker_available() {
         return;
     }
-    let setup = FakeProviderSetup::new();
-    let config = config_file(
-        setup.dir.path(),
-        &format!(
-            "[agent]\nprovider = \"fake\"\n\n[providers]\ndaily_token_budget = 10\n\n[providers.fake]\n\
-             kind = \"openai\"\nbase_url = \"{}/v1\"\nmodel = \"m\"\n",
-            setup.upstream.base_url().unwrap()
-        ),
-    );
+    let setup = FakeProviderSetup::with("daily_token_budget = 10", "");
     let data = &setup.data;
-    let server = Server::start(data, &["--config", config.to_str().unwrap()], &[]);
+    let server = Server::start(data, &setup.args(), &[]);
     plain_group(data);
     let dest = main_destination(data);
     // 12 tokens (10 in, 2 out): past the budget of 10 after this turn.
@@ -186,16 +174,7 @@ fn a_spent_budget_refuses_turns_and_tells_the_owner_once() {
     c.send("m-0", "hello");
     let frames = c.until(Duration::from_secs(180), |f| f["type"] == "done" && f["id"] == "m-0");
     assert_eq!(replies_to(&frames, "m-0"), vec!["first"], "{frames:?}");
-    let mut all = vec![];
-    for id in ["m-1", "m-2"] {
-        c.send(id, "again");
-        let frames = c.until(Duration::from_secs(60), |f| f["type"] == "failed" && f["id"] == id);
-        let replies = replies_to(&frames, id);
-        assert_eq!(replies.len(), 1, "{frames:?}");
-        assert!(replies[0].contains("providers.daily_token_budget = 10"), "{replies:?}");
-        all.extend(frames);
-    }
-    all.extend(c.drain(Duration::from_secs(2)));
+    let all = failing_turns(&mut c, &["m-1", "m-2"], "providers.daily_token_budget = 10");
     let owner_notes = all
         .iter()
         .filter(|f| f["type"] == "reply")

@@ -93,10 +93,23 @@ pub struct FakeProviderSetup {
 impl FakeProviderSetup {
     /// Starts the fake server and writes the config.
     pub fn new() -> Self {
+        Self::with("", "")
+    }
+
+    /// Same, with `providers` lines added to the `[providers]` table (`daily_token_budget = …`)
+    /// and `provider` lines to `[providers.fake]` (`api_key_env = …`).
+    pub fn with(providers: &str, provider: &str) -> Self {
         let rt = tokio::runtime::Runtime::new().unwrap();
         let upstream = rt.block_on(fake_http::FakeServer::tcp()).unwrap();
         let dir = short_tempdir();
-        let config = fake_openai_config(dir.path(), &upstream.base_url().unwrap());
+        let config = config_file(
+            dir.path(),
+            &format!(
+                "[agent]\nprovider = \"fake\"\n\n[providers]\n{providers}\n\n[providers.fake]\nkind = \"openai\"\n\
+                 base_url = \"{}/v1\"\nmodel = \"m\"\ncontext_tokens = 8192\nmax_output_tokens = 256\n{provider}\n",
+                upstream.base_url().unwrap()
+            ),
+        );
         Self { rt, upstream, data: dir.path().join("data"), config, dir }
     }
 
@@ -104,18 +117,6 @@ impl FakeProviderSetup {
     pub fn args(&self) -> [&str; 2] {
         ["--config", self.config.to_str().unwrap()]
     }
-}
-
-/// A config (`dir/nanoclaw.toml`) whose default agent uses provider `fake`, of kind `openai`,
-/// at `base` (`http://host:port`, e.g. a `fake_http::FakeServer`'s base URL), with no key.
-pub fn fake_openai_config(dir: &Path, base: &str) -> PathBuf {
-    config_file(
-        dir,
-        &format!(
-            "[agent]\nprovider = \"fake\"\n\n[providers.fake]\nkind = \"openai\"\nbase_url = \"{base}/v1\"\n\
-             model = \"m\"\ncontext_tokens = 8192\nmax_output_tokens = 256\n"
-        ),
-    )
 }
 
 /// Writes `text` as `dir/nanoclaw.toml` and returns its path (for `--config`).
