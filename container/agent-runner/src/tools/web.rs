@@ -3,8 +3,8 @@
 //! The container has no network. The runner sends the request as JSON
 //! ([`proxy::EgressRequest`]) to the credential proxy's [`proxy::EGRESS_PATH`]; the host fetches
 //! the URL only when its host is in the agent group's `container_configs.egress_allow` (empty by
-//! default: every fetch is refused with a message naming that setting), never to internal
-//! addresses, within 30 s, and returns at most 1 MiB of body. The runner checks the arguments
+//! default: every fetch is refused with a message naming that setting), to internal addresses
+//! only when listed by IP, within 30 s, and returns at most 1 MiB of body. The runner checks the arguments
 //! first (a bad one comes back naming the field, nothing is sent) and gives the model at most
 //! [`MAX_RESULT_BYTES`] of the body.
 
