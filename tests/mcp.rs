@@ -72,6 +72,8 @@ fn mcp_fixture_in_container() {
     let replies = replies_to(&frames, "m-2");
     assert_eq!(replies.len(), 1, "{frames:?}");
     assert!(replies[0].contains("unknown tool \"mcp__bad__echo\""), "{replies:?}");
+    // The answer names the tools offered: the good server's tool is listed among the built-ins.
+    assert!(replies[0].contains("mcp__good__echo") && replies[0].contains("send_message"), "{replies:?}");
     // The good server runs inside the container, as a child of the runner.
     let containers = containers_of(&install);
     assert_eq!(containers.len(), 1, "{containers:?}");
