@@ -191,3 +191,50 @@ fn canary_key_only_reaches_the_upstream() {
     assert!(!log.is_empty());
     assert!(!log.windows(canary.len()).any(|w| w == canary.as_bytes()), "the key is in the service log");
 }
+
+/// The process runtime (development and tests) runs the runner as a plain child: it must not
+/// inherit the host's environment either, where the providers' keys live. The runner's
+/// `/proc/<pid>/environ` holds neither a planted key nor another host variable, but does hold
+/// what it needs (its session dir, `PATH`). No Docker.
+#[test]
+fn process_runtime_runner_inherits_no_host_secrets() {
+    let canary = format!("sk-canary-proc-{}", std::process::id());
+    let dir = short_tempdir();
+    let data = dir.path().join("data");
+    let server = Server::start(
+        &data,
+        &["--runtime", "process"],
+        &[("NANOCLAW_CANARY_KEY", &canary), ("SOME_HOST_TOKEN", "host-only-value")],
+    );
+    let mut c = server.client();
+    c.send("m-0", "hello");
+    let frames = c.until(Duration::from_secs(60), |f| f["type"] == "done" && f["id"] == "m-0");
+    assert_eq!(replies_to(&frames, "m-0"), vec!["echo: hello"], "{frames:?}");
+    // The runner: a child of the service running the agent binary.
+    let pid = server.pid();
+    let children: Vec<u32> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+        .flat_map(|t| {
+            std::fs::read_to_string(t.path().join("children"))
+                .unwrap_or_default()
+                .split_whitespace()
+                .map(String::from)
+                .collect::<Vec<_>>()
+        })
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    let runner = children
+        .iter()
+        .copied()
+        .find(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "nanoclaw-agent")
+        })
+        .unwrap_or_else(|| panic!("no runner among the children {children:?}"));
+    let environ = std::fs::read(format!("/proc/{runner}/environ")).unwrap();
+    let environ = String::from_utf8_lossy(&environ).replace('\0', "\n");
+    assert!(!environ.contains(&canary) && !environ.contains("NANOCLAW_CANARY_KEY"), "{environ}");
+    assert!(!environ.contains("host-only-value"), "{environ}");
+    assert!(environ.contains("NANOCLAW_SESSION_DIR=") && environ.contains("PATH="), "{environ}");
+    assert!(server.stop().success());
+}

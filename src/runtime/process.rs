@@ -1,6 +1,8 @@
 //! The process runtime: each "container" is a plain child process running the agent runner with
 //! host paths. No isolation at all — for development and tests, chosen only by name
-//! (`--runtime process`), never as a fallback (DESIGN §7).
+//! (`--runtime process`), never as a fallback (DESIGN §7). The one boundary it keeps is the
+//! environment: the runner inherits only [`INHERITED_ENV`], so the providers' keys stay on the
+//! host as they do with containers.
 //!
 //! Children are killed when the host exits normally (`kill_on_drop`); a host killed with SIGKILL
 //! leaves them running until they notice their wake socket is gone... which they do not: unlike
@@ -19,6 +21,21 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
+
+/// The host variables a process-runtime runner inherits: what a shell needs to run commands, and
+/// the runner's own tuning knobs (tests set them on the host). Everything else — API keys above
+/// all — stays on the host; `HOME` is the session's workspace.
+pub const INHERITED_ENV: &[&str] = &[
+    "PATH",
+    "LANG",
+    "LC_ALL",
+    "TZ",
+    "TMPDIR",
+    "NANOCLAW_AGENT_LOG",
+    layout::ENV_ANSWER_FALLBACK_MS,
+    layout::ENV_POLL_MS,
+    layout::ENV_HOST_LOST_EXIT_SECS,
+];
 
 struct Proc {
     spec: ContainerSpec,
@@ -80,7 +97,16 @@ impl ContainerRuntime for ProcessRuntime {
             (p.spec.clone(), p.exit_tx.take())
         };
         let mut cmd = tokio::process::Command::new(&self.agent_binary);
-        cmd.env(layout::ENV_SESSION_DIR, &spec.session_host_dir)
+        // The host's environment holds the providers' keys: the runner gets none of it but
+        // [`INHERITED_ENV`], as a container gets none of it at all.
+        cmd.env_clear();
+        for name in INHERITED_ENV {
+            if let Some(value) = std::env::var_os(name) {
+                cmd.env(name, value);
+            }
+        }
+        cmd.env("HOME", &spec.session_workspace_dir)
+            .env(layout::ENV_SESSION_DIR, &spec.session_host_dir)
             .env(layout::ENV_WORKSPACE_DIR, &spec.session_workspace_dir)
             .envs(spec.env.iter().cloned())
             // Without a skills folder, a path that never exists: never the host's own /skills.
