@@ -14,7 +14,7 @@ pub mod http;
 pub mod openai;
 pub mod retry;
 pub mod sse;
-mod wire;
+pub(crate) mod wire;
 
 use crate::provider::EventSink;
 use async_trait::async_trait;

@@ -96,16 +96,8 @@ fn request_of(a: WebFetchArgs) -> Result<EgressRequest, ToolError> {
 /// The answer as the model reads it: status, type, the body cut to [`MAX_RESULT_BYTES`].
 fn result_of(r: EgressResponse) -> String {
     let ctype = r.content_type.as_deref().unwrap_or("no content type");
-    let mut body = r.body;
-    let mut cut = r.truncated;
-    if body.len() > MAX_RESULT_BYTES {
-        let mut end = MAX_RESULT_BYTES;
-        while !body.is_char_boundary(end) {
-            end -= 1;
-        }
-        body.truncate(end);
-        cut = true;
-    }
+    let body = crate::model::wire::clip(&r.body, MAX_RESULT_BYTES);
+    let cut = r.truncated || body.len() < r.body.len();
     let note = if cut { format!(" (cut to the first {} KiB)", body.len() / 1024) } else { String::new() };
     format!("status {} ({ctype}){note}:\n{body}", r.status)
 }
