@@ -2,13 +2,15 @@
 //! lines the host and the runner write at each hop (`hop: …` at debug level, plus the runner's
 //! `turn started` / `turn committed`, the CLI channel's `cli frame stored` and `delivered`).
 //!
-//! Runs on the process runtime (`NANOCLAW_AGENT_LOG=debug` for the runner), so the runner's log lands in the service's log with the same
-//! clock (a container's would not); the echo provider, so the model takes no time. 200 turns
-//! after 20 of warm-up, one at a time; for each stage, the p50 of the time since the stage before
-//! it in the same turn.
+//! Runs on the process runtime by default (`NANOCLAW_AGENT_LOG=debug` for the runner, whose log
+//! lands in the service's); with `HOPS_RUNTIME=docker` on Docker, the runner's lines then read
+//! back with `docker logs` (a container shares the host's clock). The echo provider, so the model
+//! takes no time. 200 turns after 20 of warm-up, one at a time; for each stage, the p50 of the
+//! time since the stage before it in the same turn.
 //!
 //! ```sh
 //! cargo build --release --workspace && cargo bench --bench hops
+//! HOPS_RUNTIME=docker cargo bench --bench hops
 //! ```
 //!
 //! Prints a Markdown report for BENCHMARKS.md. Informational: nothing here asserts a number.
@@ -23,7 +25,7 @@ mod support;
 use common::*;
 
 /// The stages, in the order one message passes them: (what the log line says, its label).
-const STAGES: [(&str, &str); 8] = [
+const STAGES: [(&str, &str); 9] = [
     ("hop: cli message received", "CLI channel read the message"),
     ("hop: ledger committed", "router: ledger row committed"),
     ("hop: container woken", "session: inbound.db written, wake byte sent"),
@@ -31,7 +33,8 @@ const STAGES: [(&str, &str); 8] = [
     ("turn committed", "runner: reply committed to outbound.db"),
     ("hop: outbox pass", "host: OUTPUT byte seen, outbox pass starts"),
     ("cli frame stored", "outbox read and checked, CLI reply stored"),
-    ("delivered", "delivery recorded"),
+    ("delivered", "channel returned"),
+    ("hop: ledger batch committed", "delivery recorded (inbound.db)"),
 ];
 
 const TURNS: usize = 200;
@@ -57,20 +60,23 @@ fn event(line: &str) -> Option<(f64, String)> {
 }
 
 fn main() {
+    let docker = std::env::var("HOPS_RUNTIME").is_ok_and(|r| r == "docker");
     let dir = short_tempdir();
     let data = dir.path().join("data");
-    let server = Server::start(
-        &data,
-        &["--runtime", "process", "--log-format", "json"],
-        &[("NANOCLAW_LOG_LEVEL", "debug"), ("NANOCLAW_AGENT_LOG", "debug")],
-    );
+    let runtime: &[&str] = if docker { &[] } else { &["--runtime", "process"] };
+    let args: Vec<&str> = runtime.iter().copied().chain(["--log-format", "json"]).collect();
+    let server =
+        Server::start(&data, &args, &[("NANOCLAW_LOG_LEVEL", "debug"), ("NANOCLAW_AGENT_LOG", "debug")]);
     let mut c = server.client();
     for i in 0..20 {
         support::round_trip(&mut c, &format!("warm-{i}"));
     }
     let mut totals: Vec<f64> = (0..TURNS).map(|i| support::round_trip(&mut c, &format!("t-{i}")).0).collect();
     drop(c);
-    let log = server.log();
+    let mut log = server.log();
+    if docker {
+        log = merge_container_log(&log);
+    }
     assert!(server.stop().success());
 
     // Split the log into turns at each message received; keep the measured ones (the last TURNS).
@@ -84,6 +90,18 @@ fn main() {
         }
     }
     let measured = &turns[turns.len().saturating_sub(TURNS)..];
+    if std::env::var("HOPS_DUMP").is_ok_and(|v| v == "1")
+        && let Some(turn) = measured.last()
+    {
+        // Every line of the last turn, in ms since its first: to find what a stage spends.
+        for (t, message) in turn {
+            eprintln!(
+                "{:8.3} ms  {}",
+                (t - turn[0].0) * 1000.0,
+                message.chars().take(160).collect::<String>()
+            );
+        }
+    }
     let mut per_stage: Vec<Vec<f64>> = vec![vec![]; STAGES.len()];
     let mut complete = 0;
     for turn in measured {
@@ -106,9 +124,10 @@ fn main() {
 
     println!("## Run of {}\n", chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"));
     println!(
-        "Machine: {}. Binary: {}. Process runtime, echo provider, {complete} of {TURNS} turns with every stage logged.\n",
+        "Machine: {}. Binary: {}. {} runtime, echo provider, {complete} of {TURNS} turns with every stage logged.\n",
         support::machine(),
-        nanoclaw_bin().display()
+        nanoclaw_bin().display(),
+        if docker { "Docker" } else { "Process" }
     );
     println!("| stage (time since the stage before) | p50 | p90 |");
     println!("|---|---|---|");
@@ -132,4 +151,33 @@ fn main() {
         "| client: message sent → reply read (debug logging on) | {t50:.2} ms | {:.2} ms |",
         support::percentile(&totals, 0.9)
     );
+}
+
+/// The service's log with the runner's lines (`docker logs` of the session's container) put in
+/// time order among them.
+fn merge_container_log(log: &str) -> String {
+    let session = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["fields"]["message"].as_str().or(v["message"].as_str()) == Some("hop: container woken"))
+        .and_then(|v| v["fields"]["session"].as_str().or(v["session"].as_str()).map(str::to_string))
+        .expect("a session was woken");
+    let ids = std::process::Command::new("docker")
+        .args(["ps", "-aq", "--filter", &format!("label=nanoclaw.session={session}")])
+        .output()
+        .expect("docker ps");
+    let mut lines: Vec<(f64, String)> =
+        log.lines().filter_map(|l| Some((event(l)?.0, l.to_string()))).collect();
+    for id in String::from_utf8_lossy(&ids.stdout).split_whitespace() {
+        let out = std::process::Command::new("docker").args(["logs", id]).output().expect("docker logs");
+        for l in
+            String::from_utf8_lossy(&out.stdout).lines().chain(String::from_utf8_lossy(&out.stderr).lines())
+        {
+            if let Some((t, _)) = event(l) {
+                lines.push((t, l.to_string()));
+            }
+        }
+    }
+    lines.sort_by(|a, b| a.0.total_cmp(&b.0));
+    lines.into_iter().map(|(_, l)| l + "\n").collect()
 }

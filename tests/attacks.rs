@@ -203,6 +203,8 @@ impl Attack {
         match self {
             Attack::FifoJournal => {
                 let journal = t.journal();
+                // The runner's journal stays as an empty file between commits: replaced.
+                let _ = std::fs::remove_file(&journal);
                 let ok = std::process::Command::new("mkfifo").arg(&journal).status().unwrap();
                 assert!(ok.success(), "mkfifo {}", journal.display());
                 Planted::files(move || {
@@ -273,6 +275,7 @@ impl Attack {
             Attack::SymlinkJournal => {
                 // From `…/sessions/main/<id>/workspace`, four levels up is the data dir.
                 let journal = t.journal();
+                let _ = std::fs::remove_file(&journal);
                 std::os::unix::fs::symlink("../../../../nanoclaw.db", &journal).unwrap();
                 Planted::files(move || {
                     let _ = std::fs::remove_file(journal);

@@ -16,7 +16,8 @@
 //! 2. **No WAL.** The header's file-format bytes (offsets 18, 19) must be 1 (rollback journal)
 //!    and no `-wal` file may exist: SQLite switches to WAL mode whenever a `-wal` file exists,
 //!    whatever the header says, and WAL mode maps the container-writable `-shm` into the host.
-//!    The runner always uses `journal_mode=DELETE` (crates.md §3.3), so neither is legitimate.
+//!    The runner always uses a rollback journal (`journal_mode=TRUNCATE`), so neither is
+//!    legitimate.
 //! 3. **Size.** The DB and its journal are at most [`ReadLimits::max_file_bytes`]
 //!    (`container.outbound_max_mb`, default 256): a 1 GB sparse file costs the container nothing
 //!    and the host a full scan.
@@ -57,7 +58,7 @@
 
 use crate::session_files::SessionPaths;
 use nanoclaw_protocol::layout;
-use nanoclaw_protocol::schema::{OUTBOUND_OBJECTS, SCHEMA_VERSION, SchemaObject};
+use nanoclaw_protocol::schema::{self, OUTBOUND_OBJECTS, SCHEMA_VERSION, SchemaObject};
 use nanoclaw_protocol::validate::{
     RawAckRow, RawContainerStateRow, RawOutboundRow, Rejected, SELECT_ACKS, SELECT_CLAIMS,
     SELECT_CONTAINER_STATE, SELECT_MESSAGES_OUT, ValidAck, ValidContainerState, ValidOutbound, check_ack,
@@ -542,7 +543,7 @@ fn check_files(paths: &SessionPaths, limits: &ReadLimits) -> Result<Found, ReadE
 }
 
 /// Rule 6: opens `outbound.db` read-only with every limit set before the first statement.
-fn open(db: &Path, limits: &ReadLimits, clock: &Clock) -> Result<Connection, ReadError> {
+fn open(db: &Path, clock: &Clock) -> Result<Connection, ReadError> {
     clock.step("open")?;
     let e = |e| clock.sqlite_error(e);
     let conn = Connection::open_with_flags(
@@ -565,7 +566,9 @@ fn open(db: &Path, limits: &ReadLimits, clock: &Clock) -> Result<Connection, Rea
     }
     let progress = clock.clone();
     conn.progress_handler(PROGRESS_OPS, Some(move || progress.passed())).map_err(e)?;
-    conn.busy_timeout(limits.statement_deadline).map_err(e)?;
+    // Fine steps, not SQLite's 1, 2, 5… ms sleeps: the runner holds its lock for one commit
+    // (see `nanoclaw_protocol::schema::busy_wait`); the statement deadline still bounds the wait.
+    conn.busy_handler(Some(busy_until_deadline)).map_err(e)?;
     conn.pragma_update(None, "query_only", true).map_err(e)?;
     // A mapped file changed by the container under the host's feet is not something to read
     // through; pages are copied into SQLite's (bounded) cache instead.
@@ -665,6 +668,43 @@ fn query<R, T>(
     Ok(rows.iter().map(check).collect())
 }
 
+thread_local! {
+    /// The clock of the read running on this thread, for [`busy_until_deadline`] (a busy handler
+    /// is a plain function; SQLite calls it on the thread running the statement).
+    static BUSY_CLOCK: std::cell::RefCell<Option<Clock>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Busy handler of the host's reads: tries again every
+/// [`nanoclaw_protocol::schema::BUSY_STEP`] (then every millisecond) until the statement's
+/// deadline on this thread's [`BUSY_CLOCK`] passes.
+fn busy_until_deadline(tries: i32) -> bool {
+    if BUSY_CLOCK.with(|c| c.borrow().as_ref().is_none_or(Clock::passed)) {
+        return false;
+    }
+    let fine = schema::BUSY_FINE.as_micros() / schema::BUSY_STEP.as_micros().max(1);
+    // A busy handler runs inside a blocking SQLite call, which is what SQLite's own handler
+    // does too: callers already keep these calls off async workers (or accept the wait).
+    #[allow(clippy::disallowed_methods)]
+    std::thread::sleep(if (tries as u128) < fine { schema::BUSY_STEP } else { Duration::from_millis(1) });
+    true
+}
+
+/// Sets [`BUSY_CLOCK`] for the life of one read.
+struct BusyClock;
+
+impl BusyClock {
+    fn set(clock: &Clock) -> Self {
+        BUSY_CLOCK.with(|c| *c.borrow_mut() = Some(clock.clone()));
+        BusyClock
+    }
+}
+
+impl Drop for BusyClock {
+    fn drop(&mut self) {
+        BUSY_CLOCK.with(|c| *c.borrow_mut() = None);
+    }
+}
+
 /// Reads `outbound.db` under every rule of this module, on the calling thread. Blocks (file
 /// system, SQLite): call it from a blocking thread; prefer [`read`], which adds the deadline that
 /// also covers system calls. Errors: see [`ReadError`].
@@ -674,6 +714,7 @@ pub fn read_blocking(
     req: &OutboundRequest,
 ) -> Result<OutboundSnapshot, ReadError> {
     let clock = Clock::new(limits);
+    let _busy = BusyClock::set(&clock);
     match check_files(paths, limits)? {
         Found::Nothing => Ok(OutboundSnapshot::default()),
         Found::Database => read_sqlite(paths, limits, req, &clock),
@@ -682,8 +723,8 @@ pub fn read_blocking(
 
 /// Opens `outbound.db`, begins the read transaction and checks the schema version and objects.
 /// `None` when the runner has not finished writing the schema (`user_version` 0).
-fn begin(paths: &SessionPaths, limits: &ReadLimits, clock: &Clock) -> Result<Option<Connection>, ReadError> {
-    let conn = open(&paths.outbound_db(), limits, clock)?;
+fn begin(paths: &SessionPaths, clock: &Clock) -> Result<Option<Connection>, ReadError> {
+    let conn = open(&paths.outbound_db(), clock)?;
     clock.step("schema")?;
     // One read transaction: every statement after this sees the same committed state (rule 9).
     conn.execute_batch("BEGIN").map_err(|e| clock.sqlite_error(e))?;
@@ -705,7 +746,7 @@ fn read_sqlite(
     req: &OutboundRequest,
     clock: &Clock,
 ) -> Result<OutboundSnapshot, ReadError> {
-    let Some(conn) = begin(paths, limits, clock)? else { return Ok(OutboundSnapshot::default()) };
+    let Some(conn) = begin(paths, clock)? else { return Ok(OutboundSnapshot::default()) };
     let max_rows = i64::try_from(limits.max_rows).unwrap_or(i64::MAX);
     let mut snapshot = OutboundSnapshot { present: true, ..OutboundSnapshot::default() };
     if let Some(from) = req.messages_from_rowid {

@@ -7,11 +7,11 @@
 //! `spawn_blocking`. Connections are opened per operation (DESIGN §5).
 
 use nanoclaw_protocol::layout;
-use nanoclaw_protocol::rows::{AckStatus, Destination, SessionRouting, next_inbound_seq};
+use nanoclaw_protocol::rows::{AckStatus, DeliveryStatus, Destination, SessionRouting, next_inbound_seq};
 use nanoclaw_protocol::schema::{self, SchemaError};
 use nanoclaw_protocol::time::{format_ts, now_ts};
 use nanoclaw_protocol::validate::ValidAck;
-use rusqlite::{OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use std::path::{Path, PathBuf};
 
 /// Errors of session file operations. Display is one line naming the file.
@@ -162,8 +162,14 @@ pub fn write_inbound(paths: &SessionPaths, rows: &[NewInbound]) -> Result<usize,
     let db = paths.inbound_db();
     let mut conn = schema::open_inbound_writer(&db)?;
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sq(&db, "begin"))?;
+    let added = insert_inbound(&tx, &db, rows)?;
+    tx.commit().map_err(sq(&db, "commit"))?;
+    Ok(added)
+}
+
+fn insert_inbound(tx: &Transaction<'_>, db: &Path, rows: &[NewInbound]) -> Result<usize, SessionFileError> {
     let mut max: Option<i64> =
-        tx.query_row("SELECT max(seq) FROM messages_in", [], |r| r.get(0)).map_err(sq(&db, "max seq"))?;
+        tx.query_row("SELECT max(seq) FROM messages_in", [], |r| r.get(0)).map_err(sq(db, "max seq"))?;
     let mut added = 0;
     for row in rows {
         let seq = next_inbound_seq(max);
@@ -173,13 +179,12 @@ pub fn write_inbound(paths: &SessionPaths, rows: &[NewInbound]) -> Result<usize,
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                 params![row.id, seq, row.kind, now_ts(), row.trigger, row.on_wake, row.channel_type, row.platform_id, row.thread_id, row.content],
             )
-            .map_err(sq(&db, "insert message"))?;
+            .map_err(sq(db, "insert message"))?;
         if n == 1 {
             max = Some(seq);
             added += 1;
         }
     }
-    tx.commit().map_err(sq(&db, "commit"))?;
     Ok(added)
 }
 
@@ -242,12 +247,16 @@ pub fn read_cursors(paths: &SessionPaths) -> Result<Cursors, SessionFileError> {
 pub fn write_cursors(paths: &SessionPaths, cursors: Cursors) -> Result<(), SessionFileError> {
     let db = paths.inbound_db();
     let conn = schema::open_inbound_writer(&db)?;
+    store_cursors(&conn, &db, cursors)
+}
+
+fn store_cursors(conn: &Connection, db: &Path, cursors: Cursors) -> Result<(), SessionFileError> {
     conn.execute(
         "INSERT INTO host_cursors (name, rowid) VALUES ('messages_out', ?1), ('processing_ack', ?2)
          ON CONFLICT (name) DO UPDATE SET rowid = max(rowid, excluded.rowid)",
         params![cursors.messages_out.max(0), cursors.processing_ack.max(0)],
     )
-    .map_err(sq(&db, "write cursors"))?;
+    .map_err(sq(db, "write cursors"))?;
     Ok(())
 }
 
@@ -259,10 +268,18 @@ pub fn chat_content(
 ) -> Result<Option<nanoclaw_protocol::content::ChatContent>, SessionFileError> {
     let db = paths.inbound_db();
     let conn = schema::open_inbound_writer(&db)?;
+    read_chat_content(&conn, &db, message_id)
+}
+
+fn read_chat_content(
+    conn: &Connection,
+    db: &Path,
+    message_id: &str,
+) -> Result<Option<nanoclaw_protocol::content::ChatContent>, SessionFileError> {
     let content: Option<String> = conn
         .query_row("SELECT content FROM messages_in WHERE id = ?1", [message_id], |r| r.get(0))
         .optional()
-        .map_err(sq(&db, "read content"))?;
+        .map_err(sq(db, "read content"))?;
     Ok(content.and_then(|c| serde_json::from_str(&c).ok()))
 }
 
@@ -306,8 +323,8 @@ pub fn inbound_origin(
 /// A `delivered` row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeliveryRecord {
-    /// `sending`, `retrying`, `delivered`, `failed`.
-    pub status: String,
+    /// Where the row stands.
+    pub status: DeliveryStatus,
     /// Attempts made.
     pub attempts: i64,
     /// The platform's id of the message, recorded when it was delivered (edits and reactions
@@ -319,28 +336,49 @@ pub struct DeliveryRecord {
 pub fn delivery_record(paths: &SessionPaths, key: &str) -> Result<Option<DeliveryRecord>, SessionFileError> {
     let db = paths.inbound_db();
     let conn = schema::open_inbound_writer(&db)?;
+    read_record(&conn, &db, key)
+}
+
+fn read_record(conn: &Connection, db: &Path, key: &str) -> Result<Option<DeliveryRecord>, SessionFileError> {
     conn.query_row(
         "SELECT status, attempts, platform_message_id FROM delivered WHERE message_out_id = ?1",
         [key],
-        |r| Ok(DeliveryRecord { status: r.get(0)?, attempts: r.get(1)?, platform_message_id: r.get(2)? }),
+        |r| {
+            let status: String = r.get(0)?;
+            let status = DeliveryStatus::parse(&status).map_err(|e| {
+                rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+            })?;
+            Ok(DeliveryRecord { status, attempts: r.get(1)?, platform_message_id: r.get(2)? })
+        },
     )
     .optional()
-    .map_err(sq(&db, "read delivery record"))
+    .map_err(sq(db, "read delivery record"))
 }
 
 /// Writes the delivery ledger entry of a row: `sending` is the reservation committed before the
 /// send (DESIGN §5 invariant 3); `delivered` / `retrying` / `failed` are recorded after it.
-/// `bump_attempt` counts one more send attempt.
+/// `bump_attempt` counts one more send attempt. Returns the attempts made so far.
 pub fn record_delivery(
     paths: &SessionPaths,
     key: &str,
-    status: &str,
+    status: DeliveryStatus,
     platform_message_id: Option<&str>,
     error: Option<&str>,
     bump_attempt: bool,
 ) -> Result<i64, SessionFileError> {
     let db = paths.inbound_db();
     let conn = schema::open_inbound_writer(&db)?;
+    let write = RecordWrite {
+        key: key.into(),
+        status,
+        platform_message_id: platform_message_id.map(str::to_string),
+        error: error.map(str::to_string),
+        bump_attempt,
+    };
+    store_record(&conn, &db, &write)
+}
+
+fn store_record(conn: &Connection, db: &Path, w: &RecordWrite) -> Result<i64, SessionFileError> {
     conn.query_row(
         "INSERT INTO delivered (message_out_id, platform_message_id, status, attempts, error, updated_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)
@@ -348,45 +386,170 @@ pub fn record_delivery(
            platform_message_id = coalesce(excluded.platform_message_id, delivered.platform_message_id),
            attempts = delivered.attempts + ?4, error = excluded.error, updated_at = excluded.updated_at
          RETURNING attempts",
-        params![key, platform_message_id, status, bump_attempt as i64, error, now_ts()],
+        params![w.key, w.platform_message_id, w.status.as_str(), w.bump_attempt as i64, w.error, now_ts()],
         |r| r.get(0),
     )
-    .map_err(sq(&db, "record delivery"))
+    .map_err(sq(db, "record delivery"))
+}
+
+/// One write of the delivery ledger (see [`record_delivery`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordWrite {
+    /// The `messages_out` id.
+    pub key: String,
+    /// The new status.
+    pub status: DeliveryStatus,
+    /// The platform's id of the message, once delivered.
+    pub platform_message_id: Option<String>,
+    /// Why it failed or will be retried (one line).
+    pub error: Option<String>,
+    /// Counts one more send attempt (the reservation does).
+    pub bump_attempt: bool,
+}
+
+/// What the outbox commits to `inbound.db` in one transaction: acks synced, delivery-ledger
+/// writes (in order; the last one names the reservation when the batch precedes a send), notes to
+/// the agent, cursors. One transaction is one set of journal syncs; the outbox used to pay one
+/// set per item, five or more for a one-reply turn.
+///
+/// The outbox commits a batch right before each send (carrying that send's reservation and the
+/// outcome of the send before it) and at the end of its pass, so DESIGN §5 invariant 3 holds: a
+/// reservation is durable before its send, and a send's outcome before the next reservation.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LedgerBatch {
+    /// Acks to copy into `messages_in.status` (see [`apply_acks`]).
+    pub acks: Vec<ValidAck>,
+    /// Delivery-ledger writes, applied in order.
+    pub records: Vec<RecordWrite>,
+    /// Notes to the agent (`messages_in` rows; their ids deduplicate them).
+    pub notes: Vec<NewInbound>,
+    /// Cursors to persist (only ever forward).
+    pub cursors: Option<Cursors>,
+}
+
+impl LedgerBatch {
+    /// Nothing to commit.
+    pub fn is_empty(&self) -> bool {
+        self.acks.is_empty() && self.records.is_empty() && self.notes.is_empty() && self.cursors.is_none()
+    }
+}
+
+/// What committing a [`LedgerBatch`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BatchCommitted {
+    /// Inbound rows the acks made final (see [`apply_acks`]).
+    pub finished: Vec<FinishedMessage>,
+    /// Attempts of the last record written (the reservation's, when the batch ends with one).
+    pub last_attempts: Option<i64>,
+    /// Notes newly written (not already present).
+    pub notes_added: usize,
+}
+
+/// Commits `batch` in one `inbound.db` transaction. Errors: opening or any statement; nothing of
+/// the batch is committed then.
+pub fn commit_batch(paths: &SessionPaths, batch: &LedgerBatch) -> Result<BatchCommitted, SessionFileError> {
+    if batch.is_empty() {
+        return Ok(BatchCommitted::default());
+    }
+    let db = paths.inbound_db();
+    let mut conn = schema::open_inbound_writer(&db)?;
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sq(&db, "begin"))?;
+    let finished = sync_acks(&tx, &db, &batch.acks)?;
+    let mut last_attempts = None;
+    for w in &batch.records {
+        last_attempts = Some(store_record(&tx, &db, w)?);
+    }
+    let notes_added = if batch.notes.is_empty() { 0 } else { insert_inbound(&tx, &db, &batch.notes)? };
+    if let Some(c) = batch.cursors {
+        store_cursors(&tx, &db, c)?;
+    }
+    tx.commit().map_err(sq(&db, "commit"))?;
+    Ok(BatchCommitted { finished, last_attempts, notes_added })
+}
+
+/// What the outbox needs from `inbound.db` to handle a page of `messages_out`, read in one
+/// connection: the delivery records of its rows and the chat content of the messages they answer.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PageView {
+    /// Delivery records by `messages_out` id (absent: never handled).
+    pub records: std::collections::HashMap<String, DeliveryRecord>,
+    /// Chat content by `messages_in` id (absent: no such row, or not chat content).
+    pub answered: std::collections::HashMap<String, nanoclaw_protocol::content::ChatContent>,
+}
+
+/// Reads the [`PageView`] of the rows `keys` answering `answered` (`messages_in` ids).
+pub fn page_view(
+    paths: &SessionPaths,
+    keys: &[String],
+    answered: &[String],
+) -> Result<PageView, SessionFileError> {
+    let mut view = PageView::default();
+    if keys.is_empty() && answered.is_empty() {
+        return Ok(view);
+    }
+    let db = paths.inbound_db();
+    let conn = schema::open_inbound_writer(&db)?;
+    let tx = conn.unchecked_transaction().map_err(sq(&db, "begin"))?;
+    for key in keys {
+        if let Some(r) = read_record(&tx, &db, key)? {
+            view.records.insert(key.clone(), r);
+        }
+    }
+    for id in answered {
+        if let Some(c) = read_chat_content(&tx, &db, id)? {
+            view.answered.insert(id.clone(), c);
+        }
+    }
+    tx.commit().map_err(sq(&db, "commit"))?;
+    Ok(view)
 }
 
 /// Copies finished acks (`completed`, `failed`) into `messages_in.status`, each as itself — a
 /// failed claim stays failed (DESIGN §5 invariant 5); `processing` acks are ignored, and only
 /// `pending` rows change. Returns the rows that changed, with their new status and reply address.
 pub fn apply_acks(paths: &SessionPaths, acks: &[ValidAck]) -> Result<Vec<FinishedMessage>, SessionFileError> {
-    let finished: Vec<&ValidAck> = acks.iter().filter(|a| a.status != AckStatus::Processing).collect();
-    if finished.is_empty() {
+    if acks.iter().all(|a| a.status == AckStatus::Processing) {
         return Ok(vec![]);
     }
     let db = paths.inbound_db();
     let mut conn = schema::open_inbound_writer(&db)?;
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sq(&db, "begin"))?;
+    let changed = sync_acks(&tx, &db, acks)?;
+    tx.commit().map_err(sq(&db, "commit"))?;
+    Ok(changed)
+}
+
+fn sync_acks(
+    tx: &Transaction<'_>,
+    db: &Path,
+    acks: &[ValidAck],
+) -> Result<Vec<FinishedMessage>, SessionFileError> {
     let mut changed = Vec::new();
-    for ack in finished {
+    for ack in acks.iter().filter(|a| a.status != AckStatus::Processing) {
         let failed = ack.status == AckStatus::Failed;
-        let row: Option<(Option<String>, Option<String>, String)> = tx
+        let row: Option<(Option<String>, Option<String>, String, String)> = tx
             .query_row(
-                "UPDATE messages_in SET status = ?2 WHERE id = ?1 AND status = 'pending' RETURNING channel_type, platform_id, kind",
+                "UPDATE messages_in SET status = ?2 WHERE id = ?1 AND status = 'pending' RETURNING channel_type, platform_id, kind, content",
                 params![ack.message_id, ack.status.as_str()],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
             )
             .optional()
-            .map_err(sq(&db, "sync ack"))?;
-        if let Some((channel_type, platform_id, kind)) = row {
+            .map_err(sq(db, "sync ack"))?;
+        if let Some((channel_type, platform_id, kind, content)) = row {
+            let platform_message_id = (kind == "chat")
+                .then(|| serde_json::from_str::<nanoclaw_protocol::content::ChatContent>(&content).ok())
+                .flatten()
+                .and_then(|c| c.platform_message_id);
             changed.push(FinishedMessage {
                 id: ack.message_id.clone(),
                 failed,
                 channel_type,
                 platform_id,
                 kind,
+                platform_message_id,
             });
         }
     }
-    tx.commit().map_err(sq(&db, "commit"))?;
     Ok(changed)
 }
 
@@ -403,6 +566,8 @@ pub struct FinishedMessage {
     pub platform_id: Option<String>,
     /// Row kind.
     pub kind: String,
+    /// The platform's id of the message, for chat rows that carry one (the notice names it).
+    pub platform_message_id: Option<String>,
 }
 
 /// What happened to one in-flight row of a container that died.
@@ -593,18 +758,103 @@ mod tests {
     #[test]
     fn deliveries_count_attempts_and_keep_the_platform_id() {
         let (_d, p) = paths();
-        assert_eq!(record_delivery(&p, "o1", "sending", None, None, true).unwrap(), 1);
-        assert_eq!(record_delivery(&p, "o2", "sending", None, None, true).unwrap(), 1);
-        record_delivery(&p, "o2", "delivered", Some("p-9"), None, false).unwrap();
-        assert_eq!(delivery_record(&p, "o1").unwrap().unwrap().status, "sending");
+        assert_eq!(record_delivery(&p, "o1", DeliveryStatus::Sending, None, None, true).unwrap(), 1);
+        assert_eq!(record_delivery(&p, "o2", DeliveryStatus::Sending, None, None, true).unwrap(), 1);
+        record_delivery(&p, "o2", DeliveryStatus::Delivered, Some("p-9"), None, false).unwrap();
+        assert_eq!(delivery_record(&p, "o1").unwrap().unwrap().status, DeliveryStatus::Sending);
         assert_eq!(
             delivery_record(&p, "o2").unwrap().unwrap(),
             DeliveryRecord {
-                status: "delivered".into(),
+                status: DeliveryStatus::Delivered,
                 attempts: 1,
                 platform_message_id: Some("p-9".into())
             }
         );
+    }
+
+    fn acks(p: &SessionPaths, rows: &[(&str, &str)]) -> Vec<ValidAck> {
+        let out = schema::open_outbound_writer(&p.outbound_db()).unwrap();
+        for (id, status) in rows {
+            out.execute(
+                "INSERT INTO processing_ack VALUES (?1, ?2, ?3, 1)",
+                [id, status, &now_ts().as_str()],
+            )
+            .unwrap();
+        }
+        drop(out);
+        let req = crate::container_files::OutboundRequest { acks_from_rowid: Some(0), ..Default::default() };
+        let limits = crate::container_files::ReadLimits::default();
+        crate::container_files::read_blocking(p, &limits, &req)
+            .unwrap()
+            .acks
+            .into_iter()
+            .map(Result::unwrap)
+            .collect()
+    }
+
+    fn write(key: &str, status: DeliveryStatus, bump_attempt: bool) -> RecordWrite {
+        RecordWrite { key: key.into(), status, platform_message_id: None, error: None, bump_attempt }
+    }
+
+    #[test]
+    fn a_batch_commits_acks_records_notes_and_cursors_together() {
+        let (_d, p) = paths();
+        let mut answered = chat("a");
+        answered.content = r#"{"text":"hi","platform_message_id":"pm-a"}"#.into();
+        write_inbound(&p, &[answered]).unwrap();
+        let batch = LedgerBatch {
+            acks: acks(&p, &[("a", "completed")]),
+            records: vec![
+                RecordWrite {
+                    platform_message_id: Some("pm-1".into()),
+                    ..write("o1", DeliveryStatus::Delivered, false)
+                },
+                write("o2", DeliveryStatus::Sending, true),
+            ],
+            notes: vec![NewInbound { id: "note-o0".into(), kind: "system", trigger: false, ..chat("x") }],
+            cursors: Some(Cursors { messages_out: 3, processing_ack: 2 }),
+        };
+        let done = commit_batch(&p, &batch).unwrap();
+        assert_eq!(done.last_attempts, Some(1), "the last record is the reservation");
+        assert_eq!(done.notes_added, 1);
+        assert_eq!(done.finished.len(), 1);
+        assert_eq!(
+            done.finished[0].platform_message_id.as_deref(),
+            Some("pm-a"),
+            "the notice names the message"
+        );
+        assert_eq!(read_cursors(&p).unwrap(), Cursors { messages_out: 3, processing_ack: 2 });
+        assert_eq!(delivery_record(&p, "o1").unwrap().unwrap().platform_message_id.as_deref(), Some("pm-1"));
+        assert_eq!(delivery_record(&p, "o2").unwrap().unwrap().status, DeliveryStatus::Sending);
+
+        // Committed again: acks and notes are idempotent, the reservation counts a second attempt.
+        let again = commit_batch(&p, &batch).unwrap();
+        assert_eq!((again.finished.len(), again.notes_added, again.last_attempts), (0, 0, Some(2)));
+
+        let view = page_view(&p, &["o1".into(), "o9".into()], &["a".into(), "nope".into()]).unwrap();
+        assert_eq!(view.records.keys().collect::<Vec<_>>(), vec!["o1"]);
+        assert_eq!(view.answered["a"].platform_message_id.as_deref(), Some("pm-a"));
+        assert!(!view.answered.contains_key("nope"));
+    }
+
+    #[test]
+    fn a_batch_that_fails_commits_nothing() {
+        let (_d, p) = paths();
+        // The cursors are written last; this trigger makes that statement fail.
+        schema::open_inbound_writer(&p.inbound_db())
+            .unwrap()
+            .execute_batch("CREATE TRIGGER refuse BEFORE INSERT ON host_cursors BEGIN SELECT RAISE(ABORT, 'refused'); END")
+            .unwrap();
+        let batch = LedgerBatch {
+            records: vec![write("o1", DeliveryStatus::Delivered, false)],
+            notes: vec![NewInbound { id: "note-o0".into(), kind: "system", trigger: false, ..chat("x") }],
+            cursors: Some(Cursors { messages_out: 5, processing_ack: 5 }),
+            ..LedgerBatch::default()
+        };
+        let e = commit_batch(&p, &batch).unwrap_err();
+        assert!(e.to_string().contains("write cursors"), "{e}");
+        assert_eq!(delivery_record(&p, "o1").unwrap(), None, "the record rolled back with the cursors");
+        assert!(chat_content(&p, "note-o0").unwrap().is_none(), "so did the note");
     }
 
     #[test]

@@ -134,6 +134,8 @@ async fn absent_empty_and_unfinished_dbs_read_as_not_present() {
 async fn a_fifo_journal_is_refused_without_hanging() {
     let (_d, paths) = session();
     chat_row(&honest(&paths), "out-1", 1);
+    // The runner's journal stays as an empty file between commits: the container replaces it.
+    std::fs::remove_file(side(&paths, "-journal")).unwrap();
     mkfifo(&side(&paths, "-journal"));
     let v = violation(&paths).await;
     assert_eq!(v, not_regular("outbound.db-journal", FileKind::Fifo));
@@ -158,6 +160,7 @@ async fn symlinks_are_never_followed() {
 
     let (_d2, paths) = session();
     chat_row(&honest(&paths), "out-1", 1);
+    std::fs::remove_file(side(&paths, "-journal")).unwrap();
     std::os::unix::fs::symlink("/etc/passwd", side(&paths, "-journal")).unwrap();
     assert_eq!(violation(&paths).await, not_regular("outbound.db-journal", FileKind::Symlink));
 }
@@ -166,6 +169,9 @@ async fn symlinks_are_never_followed() {
 async fn side_files_must_be_absent_or_regular_and_wal_is_refused() {
     let (_d, paths) = session();
     chat_row(&honest(&paths), "out-1", 1);
+    let journal = std::fs::metadata(side(&paths, "-journal")).unwrap();
+    assert!(journal.is_file() && journal.len() == 0, "an honest runner leaves an empty journal");
+    std::fs::remove_file(side(&paths, "-journal")).unwrap();
     std::fs::create_dir(side(&paths, "-journal")).unwrap();
     assert_eq!(violation(&paths).await, not_regular("outbound.db-journal", FileKind::Directory));
     std::fs::remove_dir(side(&paths, "-journal")).unwrap();

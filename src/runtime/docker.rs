@@ -325,6 +325,14 @@ impl DockerRuntime {
             format!("{}={}", layout::ENV_WORKSPACE_DIR, layout::CONTAINER_WORKSPACE_DIR),
         ];
         env.extend(spec.env.iter().map(|(k, v)| format!("{k}={v}")));
+        // The runner's log filter, when the operator set one for the host (`debug` to see its
+        // turns): a level, never a secret, so it crosses like the process runtime lets it.
+        if let Ok(filter) = std::env::var("NANOCLAW_AGENT_LOG")
+            && filter.len() <= 200
+            && filter.chars().all(|c| c.is_ascii_alphanumeric() || "_-=,:".contains(c))
+        {
+            env.push(format!("NANOCLAW_AGENT_LOG={filter}"));
+        }
         let bind = |source: &PathBuf, target: &str, read_only: bool| Mount {
             target: Some(target.to_string()),
             source: Some(source.display().to_string()),

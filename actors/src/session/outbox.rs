@@ -23,10 +23,12 @@ use crate::context::ServiceContext;
 use crate::ports::channel::{
     Delivery, EditRequest, LinkButton, Notice, OutboundCard, OutboundFile, OutboundMessage, ReactionRequest,
 };
-use crate::session_files::{self as files, Cursors, FinishedMessage, NewInbound, SessionPaths};
+use crate::session_files::{
+    self as files, Cursors, FinishedMessage, LedgerBatch, NewInbound, PageView, RecordWrite, SessionPaths,
+};
 use crate::store::{self, SessionInfo};
 use nanoclaw_protocol::content::{OutboundContent, SystemNotice};
-use nanoclaw_protocol::rows::AckStatus;
+use nanoclaw_protocol::rows::{AckStatus, DeliveryStatus};
 use nanoclaw_protocol::validate::{OutboundBody, Rejected, ValidOutbound};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -155,6 +157,9 @@ impl Outbox {
             unavailable: None,
             last_warning: None,
             notes_written: AtomicUsize::new(0),
+            batch: LedgerBatch::default(),
+            view: PageView::default(),
+            finished_in_pass: 0,
         };
         Outbox { notify, generation, _task: AbortOnDropHandle::new(tokio::spawn(worker.run())) }
     }
@@ -204,6 +209,15 @@ struct Worker {
     last_warning: Option<String>,
     /// Notes to the agent written since the last report (`notes` of [`OutboxReport::Progress`]).
     notes_written: AtomicUsize,
+    /// What the pass decided and has not committed yet: committed in one transaction before the
+    /// next send (with its reservation) and at the pass's end ([`files::commit_batch`]). Kept
+    /// when a commit fails, and committed first by the next pass.
+    batch: LedgerBatch,
+    /// The page's delivery records and answered messages, read once per pass and kept up to
+    /// date with the batch.
+    view: PageView,
+    /// Inbound rows made final by this pass's commits.
+    finished_in_pass: usize,
 }
 
 /// Why a pass stopped early.
@@ -272,7 +286,33 @@ impl Worker {
         }
     }
 
+    /// Commits the batch (see [`Worker::batch`]); returns the attempts of its last record.
+    async fn commit(&mut self) -> Result<Option<i64>, PassError> {
+        if self.batch.is_empty() {
+            return Ok(None);
+        }
+        let batch = self.batch.clone();
+        let done = self.blocking(move |p| files::commit_batch(p, &batch)).await?;
+        debug!(session = %self.session.id, "hop: ledger batch committed");
+        self.batch = LedgerBatch::default();
+        self.finished_in_pass += done.finished.len();
+        for f in done.finished {
+            if f.kind == "chat" && self.waiting_notices.len() < MAX_WAITING_NOTICES {
+                self.waiting_notices.push_back(f);
+            }
+        }
+        if done.notes_added > 0 {
+            self.notes_written.fetch_add(done.notes_added, Ordering::Relaxed);
+            debug!(session = %self.session.id, notes = done.notes_added, "notes to agent written");
+        }
+        Ok(done.last_attempts)
+    }
+
     async fn pass(&mut self) -> Result<OutboxReport, PassError> {
+        // What an earlier pass could not commit goes first: the records on disk must be current
+        // before any row is looked at again.
+        self.finished_in_pass = 0;
+        self.commit().await?;
         let cursors = match self.cursors {
             Some(c) => c,
             None => {
@@ -350,13 +390,21 @@ impl Worker {
             .filter(|s| s.generation == generation)
             .and_then(|s| s.current_tool.clone());
         self.working(!self.claims_seen.is_empty() || tool.is_some(), tool);
-        let finished = self.blocking(move |p| files::apply_acks(p, &final_acks)).await?;
-        let finished_count = finished.len();
-        for f in finished {
-            if f.kind == "chat" && self.waiting_notices.len() < MAX_WAITING_NOTICES {
-                self.waiting_notices.push_back(f);
-            }
-        }
+        // Committed with the first send's reservation or at the end of the pass.
+        self.batch.acks = final_acks;
+
+        // One read of what the page needs from `inbound.db`.
+        let keys: Vec<String> = snapshot
+            .messages
+            .iter()
+            .map(|row| match row {
+                Ok(v) => v.id.clone(),
+                Err(r) => r.key.clone(),
+            })
+            .collect();
+        let answered: Vec<String> =
+            snapshot.messages.iter().filter_map(|row| row.as_ref().ok()?.in_reply_to.clone()).collect();
+        self.view = self.blocking(move |p| files::page_view(p, &keys, &answered)).await?;
 
         // Messages: deliver in order; advance the low water over the contiguous final prefix.
         let mut delivered = 0;
@@ -377,9 +425,10 @@ impl Worker {
             }
         }
         if next != cursors {
-            self.blocking(move |p| files::write_cursors(p, next)).await?;
-            self.cursors = Some(next);
+            self.batch.cursors = Some(next);
         }
+        self.commit().await?;
+        self.cursors = Some(next);
         let more_pages =
             (page_full && all_final) || (snapshot.acks.len() >= self.limits.max_rows && !blocked);
         if more_pages {
@@ -388,12 +437,12 @@ impl Worker {
         }
         let outstanding = !all_final || more_pages;
         if !outstanding {
-            self.send_notices().await;
+            self.send_notices();
         }
         let declared_timeout =
             snapshot.container_state.as_ref().and_then(|s| s.as_ref().ok()).and_then(|s| s.declared_timeout);
         Ok(OutboxReport::Progress {
-            finished: finished_count,
+            finished: self.finished_in_pass,
             delivered,
             newest_claim_seen: self.claims_seen.values().map(|(_, t)| *t).max(),
             declared_timeout,
@@ -435,11 +484,9 @@ impl Worker {
     }
 
     /// Notices of finished turns: every reply read so far is final.
-    async fn send_notices(&mut self) {
+    fn send_notices(&mut self) {
         while let Some(f) = self.waiting_notices.pop_front() {
-            let (Some(ct), Some(pid)) = (f.channel_type.clone(), f.platform_id.clone()) else { continue };
-            let Some(pmid) =
-                notices::chat_content(&self.paths, &f.id).await.and_then(|c| c.platform_message_id)
+            let (Some(ct), Some(pid), Some(pmid)) = (f.channel_type, f.platform_id, f.platform_message_id)
             else {
                 continue;
             };
@@ -462,23 +509,21 @@ impl Worker {
             Ok(v) => v.id.as_str(),
             Err(r) => r.key.as_str(),
         };
-        let k = key.to_string();
-        let record = self.blocking(move |p| files::delivery_record(p, &k)).await?;
         // Every reservation this task makes is settled before its pass ends, so a row found
         // `sending` was reserved by an earlier run that stopped mid-send (DESIGN §5 invariant 3).
-        let interrupted = match record.as_ref().map(|r| r.status.as_str()) {
-            Some("delivered") | Some("failed") => return Ok((true, false)),
-            Some("retrying") if self.retry_at.get(key).is_some_and(|t| Instant::now() < *t) => {
+        let interrupted = match self.view.records.get(key).map(|r| r.status) {
+            Some(DeliveryStatus::Delivered | DeliveryStatus::Failed) => return Ok((true, false)),
+            Some(DeliveryStatus::Retrying) if self.retry_at.get(key).is_some_and(|t| Instant::now() < *t) => {
                 return Ok((false, false));
             }
-            Some("sending") => true,
+            Some(DeliveryStatus::Sending) => true,
             _ => false,
         };
         let valid = match row {
             Ok(v) => v,
             Err(rejected) => {
                 warn!(session = %self.session.id, row = %key, reason = %rejected.error, "outbound row rejected");
-                self.reject(key, &rejected.error.to_string()).await?;
+                self.reject(key, &rejected.error.to_string());
                 return Ok((true, false));
             }
         };
@@ -494,7 +539,7 @@ impl Worker {
             OutboundBody::System(action) => {
                 let reason = format!("system action {} is not supported by this host yet", action.name());
                 warn!(session = %self.session.id, row = %key, %reason, "system action refused");
-                self.record(key, "failed", None, Some(&reason), false).await?;
+                self.record(key, DeliveryStatus::Failed, None, Some(&reason));
                 self.note_to_agent(
                     key,
                     SystemNotice::ActionResult {
@@ -503,8 +548,7 @@ impl Worker {
                         ok: false,
                         message: reason,
                     },
-                )
-                .await;
+                );
                 Ok((true, false))
             }
             OutboundBody::Chat(content) => self.deliver_chat(key, valid, content, interrupted).await,
@@ -519,12 +563,11 @@ impl Worker {
         interrupted: bool,
     ) -> Result<(bool, bool), PassError> {
         let Some(target) = valid.target.clone() else {
-            self.reject(key, "messages_out.platform_id: a chat row needs a target").await?;
+            self.reject(key, "messages_out.platform_id: a chat row needs a target");
             return Ok((true, false));
         };
         if target.channel_type == "agent" {
-            self.reject(key, "messages_out.channel_type: agent-to-agent delivery is not available yet")
-                .await?;
+            self.reject(key, "messages_out.channel_type: agent-to-agent delivery is not available yet");
             return Ok((true, false));
         }
         let own_chat = Some(&target.channel_type) == self.session.channel_type.as_ref()
@@ -546,14 +589,11 @@ impl Worker {
                     "messages_out.platform_id: {}:{} is not a destination of this agent",
                     target.channel_type, target.platform_id
                 );
-                self.reject(key, &reason).await?;
+                self.reject(key, &reason);
                 return Ok((true, false));
             }
         }
-        let answered = match &valid.in_reply_to {
-            Some(id) => notices::chat_content(&self.paths, id).await,
-            None => None,
-        };
+        let answered = valid.in_reply_to.as_ref().and_then(|id| self.view.answered.get(id).cloned());
         let trace = answered.as_ref().and_then(|c| c.trace_id.clone()).unwrap_or_default();
         let message = OutboundMessage {
             platform_id: target.platform_id.clone(),
@@ -568,7 +608,7 @@ impl Worker {
             Prepared::Ready(d, text) => (d, text),
             Prepared::Failed(reason) => {
                 warn!(session = %self.session.id, row = %key, %trace, %reason, "outbound row refused");
-                self.reject(key, &reason).await?;
+                self.reject(key, &reason);
                 self.forget(key);
                 return Ok((true, false));
             }
@@ -579,7 +619,7 @@ impl Worker {
                     return Ok((false, false));
                 }
                 let reason = format!("row {}: not ready to send for {CHANNEL_WAIT:?}", valid.id);
-                self.reject(key, &reason).await?;
+                self.reject(key, &reason);
                 self.forget(key);
                 return Ok((true, false));
             }
@@ -594,7 +634,7 @@ impl Worker {
             }
             let reason = format!("channel {} was not running for {CHANNEL_WAIT:?}", target.channel_type);
             warn!(session = %self.session.id, row = %key, %trace, %reason, "delivery failed for good");
-            self.record(key, "failed", None, Some(&reason), false).await?;
+            self.record(key, DeliveryStatus::Failed, None, Some(&reason));
             self.forget(key);
             return Ok((true, false));
         };
@@ -606,15 +646,16 @@ impl Worker {
             // The platform may have shown it: never a second send. Fail it, and say so.
             let reason = "delivery outcome unknown: the host stopped during the send; not re-sent to avoid a duplicate";
             warn!(session = %self.session.id, row = %key, %trace, "{reason}");
-            self.record(key, "failed", None, Some(reason), false).await?;
-            self.may_not_have_arrived(key, &target, text).await;
+            self.record(key, DeliveryStatus::Failed, None, Some(reason));
+            self.may_not_have_arrived(key, &target, text).await?;
             return Ok((true, false));
         }
         if interrupted {
             info!(session = %self.session.id, row = %key, %trace, "re-sending a reply interrupted by a host stop, with the same key");
         }
-        // The reservation is committed before the send (invariant 3).
-        let attempts = self.record(key, "sending", None, None, true).await?;
+        // The reservation is committed before the send (invariant 3), in one transaction with
+        // what the pass decided so far (the outcome of the send before this one among it).
+        let attempts = self.reserve(key).await?;
         if *CRASH_AFTER_RESERVE {
             // Testing knob: die exactly between the reservation and the send, like a SIGKILL.
             warn!(session = %self.session.id, row = %key, "{CRASH_AFTER_RESERVE_ENV} is set: aborting after the reservation");
@@ -629,7 +670,7 @@ impl Worker {
         };
         match sent {
             Ok(platform_message_id) => {
-                self.record(key, "delivered", platform_message_id.as_deref(), None, false).await?;
+                self.record(key, DeliveryStatus::Delivered, platform_message_id.as_deref(), None);
                 self.forget(key);
                 info!(session = %self.session.id, row = %key, %trace, channel = %target.channel_type, "delivered");
                 Ok((true, true))
@@ -637,16 +678,16 @@ impl Worker {
             Err(e) if e.may_retry(idempotent) && attempts < self.ctx.config.delivery_attempts => {
                 let delay = self.ctx.config.delivery_backoff.saturating_mul(1 << (attempts - 1).clamp(0, 10));
                 warn!(session = %self.session.id, row = %key, %trace, attempts, error = %e, ?delay, "delivery failed; will retry");
-                self.record(key, "retrying", None, Some(&e.to_string()), false).await?;
+                self.record(key, DeliveryStatus::Retrying, None, Some(&e.to_string()));
                 self.retry_at.insert(key.to_string(), Instant::now() + delay);
                 Ok((false, false))
             }
             Err(e) => {
                 warn!(session = %self.session.id, row = %key, %trace, attempts, error = %e, "delivery failed for good");
-                self.record(key, "failed", None, Some(&e.to_string()), false).await?;
+                self.record(key, DeliveryStatus::Failed, None, Some(&e.to_string()));
                 self.forget(key);
                 if !e.certainly_not_sent() && !idempotent {
-                    self.may_not_have_arrived(key, &target, text).await;
+                    self.may_not_have_arrived(key, &target, text).await?;
                 }
                 Ok((true, false))
             }
@@ -783,14 +824,19 @@ impl Worker {
         row: &str,
         original: &str,
     ) -> Result<Option<Result<String, Box<Prepared>>>, PassError> {
-        let id = original.to_string();
-        let record = self.blocking(move |p| files::delivery_record(p, &id)).await?;
-        Ok(record.map(|r| match (r.status.as_str(), r.platform_message_id) {
-            ("delivered", Some(pmid)) => Ok(pmid),
-            ("delivered", None) => Err(Box::new(Prepared::Failed(format!(
+        let record = match self.view.records.get(original) {
+            Some(r) => Some(r.clone()),
+            None => {
+                let id = original.to_string();
+                self.blocking(move |p| files::delivery_record(p, &id)).await?
+            }
+        };
+        Ok(record.map(|r| match (r.status, r.platform_message_id) {
+            (DeliveryStatus::Delivered, Some(pmid)) => Ok(pmid),
+            (DeliveryStatus::Delivered, None) => Err(Box::new(Prepared::Failed(format!(
                 "row {row}: content.target: the channel gave no platform message id for {original:?}"
             )))),
-            ("failed", _) => Err(Box::new(Prepared::Failed(format!(
+            (DeliveryStatus::Failed, _) => Err(Box::new(Prepared::Failed(format!(
                 "row {row}: content.target: {original:?} was never delivered"
             )))),
             // `sending` / `retrying`: its outcome comes first.
@@ -806,11 +852,14 @@ impl Worker {
     /// A reply whose send outcome is unknown on a channel that cannot deduplicate: the chat is
     /// told once (with the reply's first line) and the agent gets a note.
     async fn may_not_have_arrived(
-        &self,
+        &mut self,
         key: &str,
         target: &nanoclaw_protocol::validate::Target,
         text: &str,
-    ) {
+    ) -> Result<(), PassError> {
+        // The row's `failed` is committed before the chat hears of it: a crash in between must
+        // not tell the chat twice.
+        self.commit().await?;
         let first_line: String = text.lines().next().unwrap_or_default().chars().take(200).collect();
         let note = OutboundMessage {
             platform_id: target.platform_id.clone(),
@@ -830,40 +879,58 @@ impl Worker {
                 message_out_id: key.to_string(),
                 reason: "delivery outcome unknown: the user was told this reply may not have arrived".into(),
             },
-        )
-        .await;
-    }
-
-    async fn record(
-        &self,
-        key: &str,
-        status: &'static str,
-        pmid: Option<&str>,
-        error: Option<&str>,
-        bump: bool,
-    ) -> Result<i64, PassError> {
-        let (key, pmid, error) = (key.to_string(), pmid.map(str::to_string), error.map(str::to_string));
-        self.blocking(move |p| {
-            files::record_delivery(p, &key, status, pmid.as_deref(), error.as_deref(), bump)
-        })
-        .await
-    }
-
-    /// Marks a row failed with a reason and tells the agent why.
-    async fn reject(&self, key: &str, reason: &str) -> Result<(), PassError> {
-        self.record(key, "failed", None, Some(reason), false).await?;
-        self.note_to_agent(
-            key,
-            SystemNotice::Rejected { message_out_id: key.to_string(), reason: reason.to_string() },
-        )
-        .await;
+        );
         Ok(())
     }
 
+    /// Queues a delivery-ledger write for the next commit, and keeps the page view current (an
+    /// edit later in the page may target this row).
+    fn record(&mut self, key: &str, status: DeliveryStatus, pmid: Option<&str>, error: Option<&str>) {
+        let entry = self.view.records.entry(key.to_string()).or_insert(files::DeliveryRecord {
+            status,
+            attempts: 0,
+            platform_message_id: None,
+        });
+        entry.status = status;
+        if let Some(p) = pmid {
+            entry.platform_message_id = Some(p.to_string());
+        }
+        self.batch.records.push(RecordWrite {
+            key: key.to_string(),
+            status,
+            platform_message_id: pmid.map(str::to_string),
+            error: error.map(str::to_string),
+            bump_attempt: false,
+        });
+    }
+
+    /// Commits the reservation of row `key` (with everything queued before it) and returns its
+    /// attempts, this one included.
+    async fn reserve(&mut self, key: &str) -> Result<i64, PassError> {
+        self.record(key, DeliveryStatus::Sending, None, None);
+        if let Some(last) = self.batch.records.last_mut() {
+            last.bump_attempt = true;
+        }
+        let attempts = self.commit().await?.unwrap_or(1);
+        if let Some(r) = self.view.records.get_mut(key) {
+            r.attempts = attempts;
+        }
+        Ok(attempts)
+    }
+
+    /// Marks a row failed with a reason and tells the agent why.
+    fn reject(&mut self, key: &str, reason: &str) {
+        self.record(key, DeliveryStatus::Failed, None, Some(reason));
+        self.note_to_agent(
+            key,
+            SystemNotice::Rejected { message_out_id: key.to_string(), reason: reason.to_string() },
+        );
+    }
+
     /// A note to the agent (`trigger = 0`: it rides along with the next turn and never counts as
-    /// pending work).
-    async fn note_to_agent(&self, key: &str, notice: SystemNotice) {
-        let row = NewInbound {
+    /// pending work), written with the pass's next commit.
+    fn note_to_agent(&mut self, key: &str, notice: SystemNotice) {
+        self.batch.notes.push(NewInbound {
             id: format!("note-{key}"),
             kind: "system",
             trigger: false,
@@ -872,14 +939,6 @@ impl Worker {
             platform_id: None,
             thread_id: None,
             content: serde_json::to_string(&notice).expect("notice serialises"),
-        };
-        if let Err(PassError::Retry(e) | PassError::Violation(e)) =
-            self.blocking(move |p| files::write_inbound(p, &[row])).await
-        {
-            warn!(session = %self.session.id, error = %e, "note to agent not written");
-        } else {
-            self.notes_written.fetch_add(1, Ordering::Relaxed);
-            debug!(session = %self.session.id, row = %key, "note to agent written");
-        }
+        });
     }
 }

@@ -5,7 +5,7 @@
 //! is the single definition of all of it, linked by both sides:
 //!
 //! - [`schema`]: the `inbound.db` / `outbound.db` schemas and the connection rules
-//!   (`journal_mode=DELETE`, `busy_timeout`, read-only readers, no symlinks);
+//!   (a rollback journal, fine-grained busy waits, read-only readers, no symlinks);
 //! - [`rows`]: the typed rows, enum columns and the seq-parity rule (even = host, odd = container);
 //! - [`content`]: the JSON carried in `content` columns, including typed system actions;
 //! - [`output`]: the agent output syntax (`<message to="…">`, `<internal>`);
