@@ -344,6 +344,7 @@ impl Worker {
             }
             Err(e @ ReadError::Unavailable { .. }) => return Err(PassError::Retry(e.to_string())),
         };
+        debug!(session = %self.session.id, "hop: outbound read");
         let mut next = cursors;
 
         // Acks: sync the final ones, note the current container's claims, advance the low water
@@ -405,6 +406,7 @@ impl Worker {
         let answered: Vec<String> =
             snapshot.messages.iter().filter_map(|row| row.as_ref().ok()?.in_reply_to.clone()).collect();
         self.view = self.blocking(move |p| files::page_view(p, &keys, &answered)).await?;
+        debug!(session = %self.session.id, "hop: page view read");
 
         // Messages: deliver in order; advance the low water over the contiguous final prefix.
         let mut delivered = 0;

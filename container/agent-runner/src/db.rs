@@ -117,7 +117,10 @@ impl SessionDb {
         if !self.inbound_path.exists() {
             return Ok(Snapshot::default());
         }
-        let inbound = schema::open_inbound_reader(&self.inbound_path)?;
+        let mut inbound = schema::open_inbound_reader(&self.inbound_path)?;
+        // One read transaction for every statement: one consistent view, and one lock and one
+        // journal check instead of one per statement — the host's commits wait for none of them.
+        let inbound = inbound.transaction_with_behavior(TransactionBehavior::Deferred).ctx("begin read")?;
         let now = now_ts();
         let mut st = inbound
             .prepare(
@@ -212,6 +215,8 @@ impl SessionDb {
                 |r| r.get(0),
             )
             .ctx("next due")?;
+        drop(st);
+        inbound.commit().ctx("end read")?;
         Ok(Snapshot { batch, destinations, routing, max_inbound_seq, next_due })
     }
 

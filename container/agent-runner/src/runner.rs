@@ -329,6 +329,7 @@ pub async fn run_with(config: RunnerConfig, mut provider: Box<dyn Provider>) -> 
     loop {
         let snapshot = db.read(first_read, config.max_messages_per_prompt)?;
         first_read = false;
+        debug!(batch = snapshot.batch.len(), "hop: inbound read");
         if !snapshot.has_trigger() {
             link.ensure().await;
             if let (Some(limit), Some(lost)) = (config.host_lost_exit, link.lost_for())
@@ -338,7 +339,7 @@ pub async fn run_with(config: RunnerConfig, mut provider: Box<dyn Provider>) -> 
                 return Ok(0);
             }
             tokio::select! {
-                _ = link.wait(poll, snapshot.next_due.as_deref()) => {}
+                _ = link.wait(poll, snapshot.next_due.as_deref()) => debug!("hop: woken"),
                 _ = term.recv() => return Ok(0),
                 _ = int.recv() => return Ok(0),
             }
@@ -346,6 +347,7 @@ pub async fn run_with(config: RunnerConfig, mut provider: Box<dyn Provider>) -> 
         }
         let ids: Vec<String> = snapshot.batch.iter().map(|r| r.id.clone()).collect();
         db.claim(&ids)?;
+        debug!("hop: claimed");
         // The claim is output too: the host's stuck detection and `ncl` read it.
         link.output().await;
         let traces: Vec<String> = snapshot
@@ -359,6 +361,7 @@ pub async fn run_with(config: RunnerConfig, mut provider: Box<dyn Provider>) -> 
 
         let prefix = reply_id_prefix(config.generation);
         let turn = build_turn(&snapshot, &config.assistant_name, db.state(&key)?);
+        debug!("hop: turn built");
         let result = {
             let mut io = TurnIo {
                 db: &mut db,
@@ -374,6 +377,7 @@ pub async fn run_with(config: RunnerConfig, mut provider: Box<dyn Provider>) -> 
                 _ = int.recv() => None,
             }
         };
+        debug!("hop: provider returned");
         // Retries of transient model failures happen inside the model; a turn that still fails
         // is acked `failed` and the host decides about another try.
         match result {

@@ -365,6 +365,7 @@ impl Provider for Agent {
             self.system_note.as_deref().map(|n| format!("\n{n}\n")).unwrap_or_default()
         );
         let specs = self.tools.specs();
+        debug!("hop: system prompt built");
         let mut transcript = self.transcript.take().expect("conversation loaded above");
         let mut base = transcript.messages.len();
         // Compaction at most once per turn for the threshold, once for a refusal.
