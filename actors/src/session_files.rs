@@ -244,12 +244,6 @@ pub fn read_cursors(paths: &SessionPaths) -> Result<Cursors, SessionFileError> {
 }
 
 /// Persists the cursors (only ever forward: a lower value than the stored one is ignored).
-pub fn write_cursors(paths: &SessionPaths, cursors: Cursors) -> Result<(), SessionFileError> {
-    let db = paths.inbound_db();
-    let conn = schema::open_inbound_writer(&db)?;
-    store_cursors(&conn, &db, cursors)
-}
-
 fn store_cursors(conn: &Connection, db: &Path, cursors: Cursors) -> Result<(), SessionFileError> {
     conn.execute(
         "INSERT INTO host_cursors (name, rowid) VALUES ('messages_out', ?1), ('processing_ack', ?2)
@@ -355,29 +349,6 @@ fn read_record(conn: &Connection, db: &Path, key: &str) -> Result<Option<Deliver
     .map_err(sq(db, "read delivery record"))
 }
 
-/// Writes the delivery ledger entry of a row: `sending` is the reservation committed before the
-/// send (DESIGN §5 invariant 3); `delivered` / `retrying` / `failed` are recorded after it.
-/// `bump_attempt` counts one more send attempt. Returns the attempts made so far.
-pub fn record_delivery(
-    paths: &SessionPaths,
-    key: &str,
-    status: DeliveryStatus,
-    platform_message_id: Option<&str>,
-    error: Option<&str>,
-    bump_attempt: bool,
-) -> Result<i64, SessionFileError> {
-    let db = paths.inbound_db();
-    let conn = schema::open_inbound_writer(&db)?;
-    let write = RecordWrite {
-        key: key.into(),
-        status,
-        platform_message_id: platform_message_id.map(str::to_string),
-        error: error.map(str::to_string),
-        bump_attempt,
-    };
-    store_record(&conn, &db, &write)
-}
-
 fn store_record(conn: &Connection, db: &Path, w: &RecordWrite) -> Result<i64, SessionFileError> {
     conn.query_row(
         "INSERT INTO delivered (message_out_id, platform_message_id, status, attempts, error, updated_at)
@@ -392,7 +363,8 @@ fn store_record(conn: &Connection, db: &Path, w: &RecordWrite) -> Result<i64, Se
     .map_err(sq(db, "record delivery"))
 }
 
-/// One write of the delivery ledger (see [`record_delivery`]).
+/// One write of the delivery ledger: `sending` is the reservation committed before the send
+/// (DESIGN §5 invariant 3); `delivered` / `retrying` / `failed` are recorded after it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordWrite {
     /// The `messages_out` id.
@@ -417,7 +389,8 @@ pub struct RecordWrite {
 /// reservation is durable before its send, and a send's outcome before the next reservation.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LedgerBatch {
-    /// Acks to copy into `messages_in.status` (see [`apply_acks`]).
+    /// Acks to copy into `messages_in.status`: each final one as itself (a failed claim stays
+    /// failed, DESIGN §5 invariant 5); `processing` acks are ignored, and only `pending` rows change.
     pub acks: Vec<ValidAck>,
     /// Delivery-ledger writes, applied in order.
     pub records: Vec<RecordWrite>,
@@ -437,7 +410,7 @@ impl LedgerBatch {
 /// What committing a [`LedgerBatch`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BatchCommitted {
-    /// Inbound rows the acks made final (see [`apply_acks`]).
+    /// Inbound rows the acks made final, with their new status and reply address.
     pub finished: Vec<FinishedMessage>,
     /// Attempts of the last record written (the reservation's, when the batch ends with one).
     pub last_attempts: Option<i64>,
@@ -507,18 +480,6 @@ pub fn page_view(
 /// Copies finished acks (`completed`, `failed`) into `messages_in.status`, each as itself — a
 /// failed claim stays failed (DESIGN §5 invariant 5); `processing` acks are ignored, and only
 /// `pending` rows change. Returns the rows that changed, with their new status and reply address.
-pub fn apply_acks(paths: &SessionPaths, acks: &[ValidAck]) -> Result<Vec<FinishedMessage>, SessionFileError> {
-    if acks.iter().all(|a| a.status == AckStatus::Processing) {
-        return Ok(vec![]);
-    }
-    let db = paths.inbound_db();
-    let mut conn = schema::open_inbound_writer(&db)?;
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sq(&db, "begin"))?;
-    let changed = sync_acks(&tx, &db, acks)?;
-    tx.commit().map_err(sq(&db, "commit"))?;
-    Ok(changed)
-}
-
 fn sync_acks(
     tx: &Transaction<'_>,
     db: &Path,
@@ -758,9 +719,17 @@ mod tests {
     #[test]
     fn deliveries_count_attempts_and_keep_the_platform_id() {
         let (_d, p) = paths();
-        assert_eq!(record_delivery(&p, "o1", DeliveryStatus::Sending, None, None, true).unwrap(), 1);
-        assert_eq!(record_delivery(&p, "o2", DeliveryStatus::Sending, None, None, true).unwrap(), 1);
-        record_delivery(&p, "o2", DeliveryStatus::Delivered, Some("p-9"), None, false).unwrap();
+        let record = |w: RecordWrite| {
+            commit_batch(&p, &LedgerBatch { records: vec![w], ..LedgerBatch::default() })
+                .unwrap()
+                .last_attempts
+        };
+        assert_eq!(record(write("o1", DeliveryStatus::Sending, true)), Some(1));
+        assert_eq!(record(write("o2", DeliveryStatus::Sending, true)), Some(1));
+        record(RecordWrite {
+            platform_message_id: Some("p-9".into()),
+            ..write("o2", DeliveryStatus::Delivered, false)
+        });
         assert_eq!(delivery_record(&p, "o1").unwrap().unwrap().status, DeliveryStatus::Sending);
         assert_eq!(
             delivery_record(&p, "o2").unwrap().unwrap(),
@@ -876,13 +845,16 @@ mod tests {
             .map(Result::unwrap)
             .filter(|a| a.status != AckStatus::Processing)
             .collect();
-        let mut changed = apply_acks(&p, &acks).unwrap();
+        let apply = |acks: &[ValidAck]| {
+            commit_batch(&p, &LedgerBatch { acks: acks.to_vec(), ..LedgerBatch::default() }).unwrap().finished
+        };
+        let mut changed = apply(&acks);
         changed.sort_by(|x, y| x.id.cmp(&y.id));
         assert_eq!(
             changed.iter().map(|c| (c.id.as_str(), c.failed)).collect::<Vec<_>>(),
             vec![("a", false), ("b", true)]
         );
-        assert!(apply_acks(&p, &acks).unwrap().is_empty(), "applying acks is idempotent");
+        assert!(apply(&acks).is_empty(), "applying acks is idempotent");
         assert_eq!(pending_work(&p).unwrap().pending, 1, "the claimed row stays pending");
     }
 }

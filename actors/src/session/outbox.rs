@@ -11,7 +11,9 @@
 //! same after 100,000 messages as after 10.
 //!
 //! Delivery keeps DESIGN §5 invariant 3: a reservation (`sending`) is committed before each send
-//! and the platform message id after it. The "processed" notice of a turn goes out only when every
+//! and the platform message id after it. What a pass decides (acks, delivery records, notes to
+//! the agent, cursors) is committed in one transaction ([`files::commit_batch`]) right before
+//! each send, with that send's reservation, and once at the pass's end. The "processed" notice of a turn goes out only when every
 //! reply read so far is final. A row the validator refuses is failed with its reason and the agent
 //! told with a note (`trigger = 0`, which never counts as pending work).
 //!
