@@ -97,7 +97,8 @@ fn local_server_replies(kind: &str, base_url: impl Fn(&LlmServer) -> String) {
     small_model_group(&data, r#"{"only":[]}"#);
     let mut c = server.client();
     c.send("m-0", "What is the capital of France?");
-    let frames = c.until(TURN, |f| f["type"] == "done" && f["id"] == "m-0");
+    // A failed turn ends with `failed`: the assertions below then say why, without waiting TURN.
+    let frames = c.until(TURN, |f| (f["type"] == "done" || f["type"] == "failed") && f["id"] == "m-0");
     // Every chat message of the turn: the final answer, and what the model sent via send_message.
     let replies: Vec<&str> =
         frames.iter().filter(|f| f["type"] == "reply").filter_map(|f| f["text"].as_str()).collect();

@@ -580,6 +580,22 @@ async fn proxy_refusals_are_fatal_and_not_retried() {
     );
 }
 
+/// A provider the proxy could not reach (a reset connection, a blip) is tried again like a 5xx,
+/// not failed at once: seen in CI as a turn lost to one "error sending request".
+#[tokio::test]
+async fn an_unreachable_provider_is_retried() {
+    let p = proxy().await;
+    p.server.push(proxy_refusal(
+        502,
+        ProxyErrorKind::UpstreamUnreachable,
+        "provider local could not be reached: error sending request",
+    ));
+    p.server.push(Reply::sse(OPENAI_TEXT));
+    let reply = say_hello(&mut p.openai()).await.unwrap();
+    assert_eq!(reply.blocks, vec![Block::Text { text: RECORDED_TEXT.into() }]);
+    assert_eq!(p.server.requests().len(), 2, "one retry");
+}
+
 #[tokio::test]
 async fn context_length_is_reported() {
     // Recorded from llama.cpp (both endpoints answer the same).

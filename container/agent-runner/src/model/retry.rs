@@ -154,8 +154,11 @@ const ERROR_BODY_LIMIT: usize = 64 * 1024;
 /// Classifies an answer whose status is not 200 (reads its body, at most 64 KiB):
 ///
 /// - made by the proxy (header `x-nanoclaw-proxy`): 401 or `key_refused` (the proxy's 401/403
-///   for a refused key) → [`ModelError::Auth`]; anything else (a path refusal is a 403 too, a
-///   spent budget a 429) → [`ModelError::Fatal`], not retried; both with the proxy's message;
+///   for a refused key) → [`ModelError::Auth`]; `upstream_unreachable` (the provider could not
+///   be reached or did not answer in time: a reset connection, a network blip) →
+///   [`Attempt::Retry`] like a 5xx of the provider's own; anything else (a path refusal is a 403
+///   too, a spent budget a 429) → [`ModelError::Fatal`], not retried; all with the proxy's
+///   message;
 /// - 401/403 → [`ModelError::Auth`] "the provider refused the API key (HTTP 401)";
 /// - 400 whose body speaks of the context length (`context_length_exceeded`,
 ///   `exceed_context_size_error`, "prompt is too long", "maximum context length") →
@@ -171,6 +174,9 @@ pub async fn refusal(answer: Answer) -> Attempt {
         return Attempt::Fail(match serde_json::from_str::<ProxyError>(&body) {
             Ok(e) if status == 401 || e.error.kind == ProxyErrorKind::KeyRefused => {
                 ModelError::Auth { message: e.error.message }
+            }
+            Ok(e) if e.error.kind == ProxyErrorKind::UpstreamUnreachable => {
+                return Attempt::Retry { message: e.error.message, retry_after };
             }
             Ok(e) => ModelError::Fatal { message: e.error.message },
             Err(_) => ModelError::Fatal {
