@@ -4,15 +4,22 @@
 //! [`crate::container_files`] (the one door for container files).
 //!
 //! Every function here blocks (SQLite, file system); the session actor runs them with
-//! `spawn_blocking`. Connections are opened per operation (DESIGN §5).
+//! `spawn_blocking`. The host keeps one connection to a session's `inbound.db`, shared by the
+//! clones of its [`SessionPaths`] (the session actor and its outbox): opening one costs a schema
+//! read and several pragmas, and a message's path writes this file three times. It is reopened
+//! when the file on disk is no longer the one it holds (replaced, removed) and after any error.
+//! The container still opens its read-only connection afresh for every read (DESIGN §5): that
+//! fresh open is what makes the host's writes visible through a VM's shared folder.
 
 use nanoclaw_protocol::layout;
 use nanoclaw_protocol::rows::{AckStatus, DeliveryStatus, Destination, SessionRouting, next_inbound_seq};
 use nanoclaw_protocol::schema::{self, SchemaError};
 use nanoclaw_protocol::time::{format_ts, now_ts};
 use nanoclaw_protocol::validate::ValidAck;
+use parking_lot::Mutex;
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Errors of session file operations. Display is one line naming the file.
 #[derive(Debug, thiserror::Error)]
@@ -69,7 +76,8 @@ fn io<'a>(path: &'a Path, what: &'static str) -> impl FnOnce(std::io::Error) -> 
     move |source| SessionFileError::Io { path: path.display().to_string(), what, source }
 }
 
-/// Where one session's files live (see [`nanoclaw_protocol::layout`]).
+/// Where one session's files live (see [`nanoclaw_protocol::layout`]), and the host's open
+/// connection to its `inbound.db` (shared by clones; see the module doc).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionPaths {
     /// `data/sessions/<folder>/<session>`.
@@ -80,6 +88,60 @@ pub struct SessionPaths {
     pub workspace_dir: PathBuf,
     /// The agent group's folder `data/groups/<folder>`.
     pub agent_group_dir: PathBuf,
+    inbound: Arc<InboundConnection>,
+}
+
+/// The host's one connection to a session's `inbound.db`, with the identity (device, inode) of
+/// the file it was opened on. Not part of a [`SessionPaths`]' identity: equal paths are equal.
+#[derive(Default)]
+struct InboundConnection(Mutex<Option<(Connection, (u64, u64))>>);
+
+impl std::fmt::Debug for InboundConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("InboundConnection")
+    }
+}
+
+impl PartialEq for InboundConnection {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for InboundConnection {}
+
+/// The (device, inode) of the file at `path`, `None` when there is none.
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// Runs `f` on the host's connection to `inbound.db` (opened, and the file created, when there is
+/// none or the file was replaced). Errors: opening, or `f`'s; the connection is closed after an
+/// error, so the next call starts from a fresh one.
+fn with_inbound<T>(
+    paths: &SessionPaths,
+    f: impl FnOnce(&mut Connection, &Path) -> Result<T, SessionFileError>,
+) -> Result<T, SessionFileError> {
+    let db = paths.inbound_db();
+    let mut slot = paths.inbound.0.lock();
+    let current = file_id(&db);
+    if slot.as_ref().is_none_or(|(_, id)| Some(*id) != current) {
+        *slot = None;
+        let conn = schema::open_inbound_writer(&db)?;
+        let id = file_id(&db).ok_or_else(|| SessionFileError::Io {
+            path: db.display().to_string(),
+            what: "stat",
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        })?;
+        *slot = Some((conn, id));
+    }
+    let (conn, _) = slot.as_mut().expect("opened above");
+    let result = f(conn, &db);
+    if result.is_err() {
+        *slot = None;
+    }
+    result
 }
 
 impl SessionPaths {
@@ -91,6 +153,7 @@ impl SessionPaths {
             workspace_dir: root.join(layout::WORKSPACE_DIR),
             agent_group_dir: data_dir.join("groups").join(agent_group_folder),
             root,
+            inbound: Arc::default(),
         }
     }
 
@@ -131,7 +194,7 @@ pub fn prepare(paths: &SessionPaths, owner: Option<(u32, u32)>) -> Result<(), Se
         }
     }
     let db = paths.inbound_db();
-    schema::open_inbound_writer(&db)?;
+    with_inbound(paths, |_, _| Ok(()))?;
     std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).map_err(io(&db, "chmod"))?;
     Ok(())
 }
@@ -159,12 +222,12 @@ pub struct NewInbound {
 
 /// Inserts rows into `messages_in` with fresh even seqs. Returns how many were new.
 pub fn write_inbound(paths: &SessionPaths, rows: &[NewInbound]) -> Result<usize, SessionFileError> {
-    let db = paths.inbound_db();
-    let mut conn = schema::open_inbound_writer(&db)?;
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sq(&db, "begin"))?;
-    let added = insert_inbound(&tx, &db, rows)?;
-    tx.commit().map_err(sq(&db, "commit"))?;
-    Ok(added)
+    with_inbound(paths, |conn, db| {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sq(db, "begin"))?;
+        let added = insert_inbound(&tx, db, rows)?;
+        tx.commit().map_err(sq(db, "commit"))?;
+        Ok(added)
+    })
 }
 
 fn insert_inbound(tx: &Transaction<'_>, db: &Path, rows: &[NewInbound]) -> Result<usize, SessionFileError> {
@@ -194,24 +257,24 @@ pub fn project(
     destinations: &[Destination],
     routing: &SessionRouting,
 ) -> Result<(), SessionFileError> {
-    let db = paths.inbound_db();
-    let mut conn = schema::open_inbound_writer(&db)?;
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sq(&db, "begin"))?;
-    tx.execute("DELETE FROM destinations", []).map_err(sq(&db, "clear destinations"))?;
-    for d in destinations {
+    with_inbound(paths, |conn, db| {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sq(db, "begin"))?;
+        tx.execute("DELETE FROM destinations", []).map_err(sq(db, "clear destinations"))?;
+        for d in destinations {
+            tx.execute(
+                "INSERT INTO destinations (name, display_name, type, channel_type, platform_id, agent_group_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![d.name, d.display_name, d.kind.as_str(), d.channel_type, d.platform_id, d.agent_group_id],
+            )
+            .map_err(sq(db, "insert destination"))?;
+        }
         tx.execute(
-            "INSERT INTO destinations (name, display_name, type, channel_type, platform_id, agent_group_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![d.name, d.display_name, d.kind.as_str(), d.channel_type, d.platform_id, d.agent_group_id],
+            "INSERT INTO session_routing (id, channel_type, platform_id, thread_id) VALUES (1, ?1, ?2, ?3)
+             ON CONFLICT (id) DO UPDATE SET channel_type = excluded.channel_type, platform_id = excluded.platform_id, thread_id = excluded.thread_id",
+            params![routing.channel_type, routing.platform_id, routing.thread_id],
         )
-        .map_err(sq(&db, "insert destination"))?;
-    }
-    tx.execute(
-        "INSERT INTO session_routing (id, channel_type, platform_id, thread_id) VALUES (1, ?1, ?2, ?3)
-         ON CONFLICT (id) DO UPDATE SET channel_type = excluded.channel_type, platform_id = excluded.platform_id, thread_id = excluded.thread_id",
-        params![routing.channel_type, routing.platform_id, routing.thread_id],
-    )
-    .map_err(sq(&db, "write routing"))?;
-    tx.commit().map_err(sq(&db, "commit"))
+        .map_err(sq(db, "write routing"))?;
+        tx.commit().map_err(sq(db, "commit"))
+    })
 }
 
 /// How far the host has read each table of `outbound.db` (rowids; every row below is final).
@@ -225,22 +288,23 @@ pub struct Cursors {
 
 /// Reads the persisted [`Cursors`] (zero when never written).
 pub fn read_cursors(paths: &SessionPaths) -> Result<Cursors, SessionFileError> {
-    let db = paths.inbound_db();
-    let conn = schema::open_inbound_writer(&db)?;
-    let mut st = conn.prepare("SELECT name, rowid FROM host_cursors").map_err(sq(&db, "read cursors"))?;
-    let mut cursors = Cursors::default();
-    let rows = st
-        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
-        .map_err(sq(&db, "read cursors"))?;
-    for row in rows {
-        let (name, rowid) = row.map_err(sq(&db, "read cursors"))?;
-        match name.as_str() {
-            "messages_out" => cursors.messages_out = rowid,
-            "processing_ack" => cursors.processing_ack = rowid,
-            _ => {}
+    with_inbound(paths, |conn, db| {
+        let mut st =
+            conn.prepare_cached("SELECT name, rowid FROM host_cursors").map_err(sq(db, "read cursors"))?;
+        let mut cursors = Cursors::default();
+        let rows = st
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+            .map_err(sq(db, "read cursors"))?;
+        for row in rows {
+            let (name, rowid) = row.map_err(sq(db, "read cursors"))?;
+            match name.as_str() {
+                "messages_out" => cursors.messages_out = rowid,
+                "processing_ack" => cursors.processing_ack = rowid,
+                _ => {}
+            }
         }
-    }
-    Ok(cursors)
+        Ok(cursors)
+    })
 }
 
 /// Persists the cursors (only ever forward: a lower value than the stored one is ignored).
@@ -260,9 +324,7 @@ pub fn chat_content(
     paths: &SessionPaths,
     message_id: &str,
 ) -> Result<Option<nanoclaw_protocol::content::ChatContent>, SessionFileError> {
-    let db = paths.inbound_db();
-    let conn = schema::open_inbound_writer(&db)?;
-    read_chat_content(&conn, &db, message_id)
+    with_inbound(paths, |conn, db| read_chat_content(conn, db, message_id))
 }
 
 fn read_chat_content(
@@ -294,16 +356,15 @@ pub fn inbound_origin(
     paths: &SessionPaths,
     message_id: &str,
 ) -> Result<Option<InboundOrigin>, SessionFileError> {
-    let db = paths.inbound_db();
-    let conn = schema::open_inbound_writer(&db)?;
-    let row: Option<(Option<String>, Option<String>, String)> = conn
-        .query_row(
+    let row: Option<(Option<String>, Option<String>, String)> = with_inbound(paths, |conn, db| {
+        conn.query_row(
             "SELECT channel_type, platform_id, content FROM messages_in WHERE id = ?1 AND kind = 'chat'",
             [message_id],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )
         .optional()
-        .map_err(sq(&db, "read origin"))?;
+        .map_err(sq(db, "read origin"))
+    })?;
     Ok(row.and_then(|(ct, pid, content)| {
         let content: nanoclaw_protocol::content::ChatContent = serde_json::from_str(&content).ok()?;
         Some(InboundOrigin {
@@ -328,9 +389,7 @@ pub struct DeliveryRecord {
 
 /// Looks up the delivery ledger entry of a `messages_out` row.
 pub fn delivery_record(paths: &SessionPaths, key: &str) -> Result<Option<DeliveryRecord>, SessionFileError> {
-    let db = paths.inbound_db();
-    let conn = schema::open_inbound_writer(&db)?;
-    read_record(&conn, &db, key)
+    with_inbound(paths, |conn, db| read_record(conn, db, key))
 }
 
 fn read_record(conn: &Connection, db: &Path, key: &str) -> Result<Option<DeliveryRecord>, SessionFileError> {
@@ -424,20 +483,20 @@ pub fn commit_batch(paths: &SessionPaths, batch: &LedgerBatch) -> Result<BatchCo
     if batch.is_empty() {
         return Ok(BatchCommitted::default());
     }
-    let db = paths.inbound_db();
-    let mut conn = schema::open_inbound_writer(&db)?;
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sq(&db, "begin"))?;
-    let finished = sync_acks(&tx, &db, &batch.acks)?;
-    let mut last_attempts = None;
-    for w in &batch.records {
-        last_attempts = Some(store_record(&tx, &db, w)?);
-    }
-    let notes_added = if batch.notes.is_empty() { 0 } else { insert_inbound(&tx, &db, &batch.notes)? };
-    if let Some(c) = batch.cursors {
-        store_cursors(&tx, &db, c)?;
-    }
-    tx.commit().map_err(sq(&db, "commit"))?;
-    Ok(BatchCommitted { finished, last_attempts, notes_added })
+    with_inbound(paths, |conn, db| {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sq(db, "begin"))?;
+        let finished = sync_acks(&tx, db, &batch.acks)?;
+        let mut last_attempts = None;
+        for w in &batch.records {
+            last_attempts = Some(store_record(&tx, db, w)?);
+        }
+        let notes_added = if batch.notes.is_empty() { 0 } else { insert_inbound(&tx, db, &batch.notes)? };
+        if let Some(c) = batch.cursors {
+            store_cursors(&tx, db, c)?;
+        }
+        tx.commit().map_err(sq(db, "commit"))?;
+        Ok(BatchCommitted { finished, last_attempts, notes_added })
+    })
 }
 
 /// What the outbox needs from `inbound.db` to handle a page of `messages_out`, read in one
@@ -460,21 +519,21 @@ pub fn page_view(
     if keys.is_empty() && answered.is_empty() {
         return Ok(view);
     }
-    let db = paths.inbound_db();
-    let conn = schema::open_inbound_writer(&db)?;
-    let tx = conn.unchecked_transaction().map_err(sq(&db, "begin"))?;
-    for key in keys {
-        if let Some(r) = read_record(&tx, &db, key)? {
-            view.records.insert(key.clone(), r);
+    with_inbound(paths, |conn, db| {
+        let tx = conn.transaction().map_err(sq(db, "begin"))?;
+        for key in keys {
+            if let Some(r) = read_record(&tx, db, key)? {
+                view.records.insert(key.clone(), r);
+            }
         }
-    }
-    for id in answered {
-        if let Some(c) = read_chat_content(&tx, &db, id)? {
-            view.answered.insert(id.clone(), c);
+        for id in answered {
+            if let Some(c) = read_chat_content(&tx, db, id)? {
+                view.answered.insert(id.clone(), c);
+            }
         }
-    }
-    tx.commit().map_err(sq(&db, "commit"))?;
-    Ok(view)
+        tx.commit().map_err(sq(db, "commit"))?;
+        Ok(view)
+    })
 }
 
 /// Copies finished acks (`completed`, `failed`) into `messages_in.status`, each as itself — a
@@ -555,67 +614,67 @@ pub fn count_failed_try(
     max_tries: i64,
     backoff_base: std::time::Duration,
 ) -> Result<Vec<RetryOutcome>, SessionFileError> {
-    let db = paths.inbound_db();
-    let mut conn = schema::open_inbound_writer(&db)?;
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sq(&db, "begin"))?;
-    let mut out = Vec::new();
-    for id in ids {
-        let row: Option<(i64, Option<String>, Option<String>)> = tx
-            .query_row("SELECT tries, channel_type, platform_id FROM messages_in WHERE id = ?1 AND status = 'pending'", [id], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-            })
-            .optional()
-            .map_err(sq(&db, "read tries"))?;
-        let Some((tries, channel_type, platform_id)) = row else { continue };
-        let tries = tries + 1;
-        let failed = tries >= max_tries;
-        if failed {
-            tx.execute(
-                "UPDATE messages_in SET tries = ?2, status = 'failed' WHERE id = ?1",
-                params![id, tries],
-            )
-            .map_err(sq(&db, "fail message"))?;
-        } else {
-            let delay = backoff_base.saturating_mul(1u32 << (tries - 1).clamp(0, 16) as u32);
-            let after =
-                chrono::Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::zero());
-            tx.execute(
-                "UPDATE messages_in SET tries = ?2, process_after = ?3 WHERE id = ?1",
-                params![id, tries, format_ts(after)],
-            )
-            .map_err(sq(&db, "schedule retry"))?;
+    with_inbound(paths, |conn, db| {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sq(db, "begin"))?;
+        let mut out = Vec::new();
+        for id in ids {
+            let row: Option<(i64, Option<String>, Option<String>)> = tx
+                .query_row("SELECT tries, channel_type, platform_id FROM messages_in WHERE id = ?1 AND status = 'pending'", [id], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })
+                .optional()
+                .map_err(sq(db, "read tries"))?;
+            let Some((tries, channel_type, platform_id)) = row else { continue };
+            let tries = tries + 1;
+            let failed = tries >= max_tries;
+            if failed {
+                tx.execute(
+                    "UPDATE messages_in SET tries = ?2, status = 'failed' WHERE id = ?1",
+                    params![id, tries],
+                )
+                .map_err(sq(db, "fail message"))?;
+            } else {
+                let delay = backoff_base.saturating_mul(1u32 << (tries - 1).clamp(0, 16) as u32);
+                let after = chrono::Utc::now()
+                    + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::zero());
+                tx.execute(
+                    "UPDATE messages_in SET tries = ?2, process_after = ?3 WHERE id = ?1",
+                    params![id, tries, format_ts(after)],
+                )
+                .map_err(sq(db, "schedule retry"))?;
+            }
+            out.push(RetryOutcome { id: id.clone(), tries, failed, channel_type, platform_id });
         }
-        out.push(RetryOutcome { id: id.clone(), tries, failed, channel_type, platform_id });
-    }
-    tx.commit().map_err(sq(&db, "commit"))?;
-    Ok(out)
+        tx.commit().map_err(sq(db, "commit"))?;
+        Ok(out)
+    })
 }
 
 /// The agent cannot run at all (its container keeps failing to start): every pending triggering
 /// row is marked `failed`. Returns them, with their reply addresses, so the user can be told.
 pub fn fail_pending(paths: &SessionPaths) -> Result<Vec<RetryOutcome>, SessionFileError> {
-    let db = paths.inbound_db();
-    let conn = schema::open_inbound_writer(&db)?;
-    let mut st = conn
-        .prepare(
-            "UPDATE messages_in SET status = 'failed' WHERE status = 'pending' AND trigger = 1 AND kind <> 'system'
-             RETURNING id, tries, channel_type, platform_id",
-        )
-        .map_err(sq(&db, "prepare"))?;
-    let rows = st
-        .query_map([], |r| {
-            Ok(RetryOutcome {
-                id: r.get(0)?,
-                tries: r.get(1)?,
-                failed: true,
-                channel_type: r.get(2)?,
-                platform_id: r.get(3)?,
+    with_inbound(paths, |conn, db| {
+        let mut st = conn
+            .prepare_cached(
+                "UPDATE messages_in SET status = 'failed' WHERE status = 'pending' AND trigger = 1 AND kind <> 'system'
+                 RETURNING id, tries, channel_type, platform_id",
+            )
+            .map_err(sq(db, "prepare"))?;
+        let rows = st
+            .query_map([], |r| {
+                Ok(RetryOutcome {
+                    id: r.get(0)?,
+                    tries: r.get(1)?,
+                    failed: true,
+                    channel_type: r.get(2)?,
+                    platform_id: r.get(3)?,
+                })
             })
-        })
-        .map_err(sq(&db, "fail pending"))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(sq(&db, "fail pending"))?;
-    Ok(rows)
+            .map_err(sq(db, "fail pending"))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(sq(db, "fail pending"))?;
+        Ok(rows)
+    })
 }
 
 /// Pending work in `inbound.db`: whether a triggering row is due now, else when the next one is.
@@ -636,10 +695,9 @@ pub fn pending_work(paths: &SessionPaths) -> Result<PendingWork, SessionFileErro
     if !db.exists() {
         return Ok(PendingWork::default());
     }
-    let conn = schema::open_inbound_writer(&db)?;
     let now = now_ts();
-    let (pending, due, next): (i64, i64, Option<String>) = conn
-        .query_row(
+    let (pending, due, next): (i64, i64, Option<String>) = with_inbound(paths, |conn, db| {
+        conn.query_row(
             "SELECT count(*),
                     coalesce(sum(kind <> 'system' AND (process_after IS NULL OR process_after <= ?1)), 0),
                     min(CASE WHEN kind <> 'system' AND process_after > ?1 THEN process_after END)
@@ -647,7 +705,8 @@ pub fn pending_work(paths: &SessionPaths) -> Result<PendingWork, SessionFileErro
             [&now],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )
-        .map_err(sq(&db, "pending work"))?;
+        .map_err(sq(db, "pending work"))
+    })?;
     Ok(PendingWork { pending, due_now: due > 0, next_due: next })
 }
 
@@ -696,6 +755,32 @@ mod tests {
             .collect();
         assert_eq!(seqs, vec![2, 4]);
         assert!(pending_work(&p).unwrap().due_now);
+    }
+
+    fn inbound_ids(p: &SessionPaths) -> Vec<String> {
+        let c = schema::open_inbound_reader(&p.inbound_db()).unwrap();
+        c.prepare("SELECT id FROM messages_in ORDER BY seq")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    }
+
+    #[test]
+    fn the_kept_connection_is_shared_by_clones_and_follows_a_replaced_file() {
+        let (_d, p) = paths();
+        let clone = p.clone();
+        write_inbound(&p, &[chat("a")]).unwrap();
+        assert_eq!(pending_work(&clone).unwrap().pending, 1, "the clone sees the write");
+        assert!(Arc::ptr_eq(&p.inbound, &clone.inbound), "one connection per session");
+        // The file replaced under the host: the next write goes to the new file, not to the
+        // unlinked one the kept connection had open.
+        std::fs::remove_file(p.inbound_db()).unwrap();
+        let _ = std::fs::remove_file(p.host_dir.join("inbound.db-journal"));
+        write_inbound(&clone, &[chat("b")]).unwrap();
+        assert_eq!(inbound_ids(&p), ["b"]);
+        assert_eq!(pending_work(&p).unwrap().pending, 1);
     }
 
     #[test]
@@ -807,7 +892,7 @@ mod tests {
     }
 
     #[test]
-    fn a_batch_that_fails_commits_nothing() {
+    fn a_batch_that_fails_commits_nothing_and_the_next_operation_reopens() {
         let (_d, p) = paths();
         // The cursors are written last; this trigger makes that statement fail.
         schema::open_inbound_writer(&p.inbound_db())
@@ -822,6 +907,7 @@ mod tests {
         };
         let e = commit_batch(&p, &batch).unwrap_err();
         assert!(e.to_string().contains("write cursors"), "{e}");
+        assert!(p.inbound.0.lock().is_none(), "the kept connection is closed after an error");
         assert_eq!(delivery_record(&p, "o1").unwrap(), None, "the record rolled back with the cursors");
         assert!(chat_content(&p, "note-o0").unwrap().is_none(), "so did the note");
     }
