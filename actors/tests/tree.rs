@@ -146,6 +146,26 @@ async fn one_message_gets_exactly_one_reply_then_a_processed_notice() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_turn_without_tools_shows_working_before_its_reply() {
+    let dir = tempfile::tempdir().unwrap();
+    let channel = MemoryChannel::new("mem");
+    let service = start(dir.path(), runner_runtime(), &channel).await;
+    channel.submit("chat-1", "p1", "!sleep 3000 done").await.unwrap();
+    // The runner's claim byte asks for no pass at once: the outbox reads the claim within the
+    // claim look (100 ms) and tells the chat, while the turn still runs.
+    let working = channel
+        .wait_for_notice(Duration::from_secs(20), |n| {
+            n.iter()
+                .any(|x| matches!(x, Notice::Working { tool: None, platform_id } if platform_id == "chat-1"))
+        })
+        .await;
+    assert!(working, "{:?}", channel.notices());
+    assert!(texts(&channel).is_empty(), "working is shown before the reply: {:?}", texts(&channel));
+    assert!(channel.wait_for(Duration::from_secs(20), |d| !d.is_empty()).await, "the reply comes");
+    service.shutdown(Duration::from_secs(20)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_messages_never_run_two_containers_for_one_session() {
     let dir = tempfile::tempdir().unwrap();
     let channel = MemoryChannel::new("mem");

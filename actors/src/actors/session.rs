@@ -32,7 +32,7 @@ use crate::restart::{RestartDecision, RestartPolicy, RestartTracker};
 use crate::session::lifecycle::{Action, ContainerExit, Phase, StopCause};
 use crate::session::liveness::{Signs, Tolerances, Verdict, verdict};
 use crate::session::notices;
-use crate::session::outbox::{Outbox, OutboxReport};
+use crate::session::outbox::{Outbox, OutboxPokes, OutboxReport};
 use crate::session::wake::{WakeConnection, WakeLink};
 use crate::session_files::{self as files, NewInbound, SessionPaths};
 use crate::slots::SlotPermit;
@@ -43,7 +43,6 @@ use nanoclaw_protocol::settings::ImageTier;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::task::AbortOnDropHandle;
 use tracing::{debug, error, info, warn};
@@ -843,7 +842,7 @@ impl Actor for SessionActor {
         // Only host-written folders here: the host folder is created (0755) and the socket bound;
         // nothing the container writes is read before the first message, under deadlines.
         std::fs::create_dir_all(&paths.host_dir).map_err(|e| format!("{}: {e}", paths.host_dir.display()))?;
-        let notify = Arc::new(Notify::new());
+        let notify = Arc::new(OutboxPokes::default());
         let me = myself.clone();
         let me2 = myself.clone();
         let wake = WakeLink::bind(

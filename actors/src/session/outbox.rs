@@ -32,6 +32,7 @@ use crate::store::{self, SessionInfo};
 use nanoclaw_protocol::content::{OutboundContent, SystemNotice};
 use nanoclaw_protocol::rows::{AckStatus, DeliveryStatus};
 use nanoclaw_protocol::validate::{OutboundBody, Rejected, ValidOutbound};
+use nanoclaw_protocol::wake;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
@@ -74,6 +75,9 @@ static CRASH_AFTER_RESERVE: std::sync::LazyLock<bool> =
 /// Between two looks for a channel that is not running.
 const CHANNEL_POLL: Duration = Duration::from_secs(2);
 
+/// How long a `CLAIMED` byte may wait for its pass ([`wake::CLAIM_LOOK_MS`]).
+const CLAIM_LOOK: Duration = Duration::from_millis(wake::CLAIM_LOOK_MS);
+
 /// Least time between two "working" notices to one chat (a typing indicator, not a log).
 pub const WORKING_EVERY: Duration = Duration::from_secs(1);
 
@@ -112,9 +116,20 @@ pub enum OutboxReport {
     Violation(String),
 }
 
+/// What wakes an outbox, shared with the session's wake link (which pokes it on the runner's
+/// bytes) and the session actor.
+#[derive(Debug, Default)]
+pub struct OutboxPokes {
+    /// A pass now (`OUTPUT`: new rows or acks; the session's own requests).
+    pub now: Notify,
+    /// A pass within [`wake::CLAIM_LOOK_MS`] (`CLAIMED`: a turn started). A pass asked for
+    /// meanwhile covers it.
+    pub claimed: Notify,
+}
+
 /// Handle to the outbox task; dropping it stops the task.
 pub struct Outbox {
-    notify: Arc<Notify>,
+    notify: Arc<OutboxPokes>,
     generation: Arc<AtomicI64>,
     _task: AbortOnDropHandle<()>,
 }
@@ -126,14 +141,14 @@ impl std::fmt::Debug for Outbox {
 }
 
 impl Outbox {
-    /// Starts the outbox of `session`. `notify` is shared with the wake link (its `OUTPUT`
+    /// Starts the outbox of `session`. `notify` is shared with the wake link (the runner's
     /// bytes poke the outbox directly); `report` receives one report per pass and returns false
     /// when the session is gone.
     pub fn spawn(
         ctx: Arc<ServiceContext>,
         session: SessionInfo,
         paths: SessionPaths,
-        notify: Arc<Notify>,
+        notify: Arc<OutboxPokes>,
         report: impl Fn(OutboxReport) -> bool + Send + Sync + 'static,
     ) -> Outbox {
         let generation = Arc::new(AtomicI64::new(0));
@@ -155,6 +170,7 @@ impl Outbox {
             working_shown: None,
             working_sent: None,
             working_due: None,
+            claim_look: None,
             strikes: 0,
             unavailable: None,
             last_warning: None,
@@ -168,7 +184,7 @@ impl Outbox {
 
     /// Asks for a pass soon (coalesces with any pending request).
     pub fn poke(&self) {
-        self.notify.notify_one();
+        self.notify.now.notify_one();
     }
 
     /// Sets the generation of the current container (its claims are the ones that count).
@@ -182,7 +198,7 @@ struct Worker {
     session: SessionInfo,
     paths: SessionPaths,
     limits: ReadLimits,
-    notify: Arc<Notify>,
+    notify: Arc<OutboxPokes>,
     generation: Arc<AtomicI64>,
     report: Box<dyn Fn(OutboxReport) -> bool + Send + Sync>,
     /// Persisted cursors, loaded at the first pass.
@@ -203,6 +219,8 @@ struct Worker {
     working_sent: Option<Instant>,
     /// A changed "working" state waits for [`WORKING_EVERY`] to pass since the last notice.
     working_due: Option<Instant>,
+    /// A `CLAIMED` byte came: the pass due by then.
+    claim_look: Option<Instant>,
     /// Consecutive reads past their deadline.
     strikes: u32,
     /// Retry after a transient read error, with its backoff.
@@ -235,9 +253,15 @@ impl Worker {
         loop {
             let next = self.next_due();
             tokio::select! {
-                _ = self.notify.notified() => {}
+                _ = self.notify.now.notified() => {}
+                _ = self.notify.claimed.notified() => {
+                    // A turn started: a pass soon shows it (a shorter turn's reply asks sooner).
+                    self.claim_look.get_or_insert(Instant::now() + CLAIM_LOOK);
+                    continue;
+                }
                 _ = tokio::time::sleep_until(next) => {}
             }
+            self.claim_look = None;
             debug!(session = %self.session.id, "hop: outbox pass");
             match self.pass().await {
                 Ok(report) => {
@@ -268,7 +292,8 @@ impl Worker {
     /// The next instant a pass is due without a poke.
     fn next_due(&self) -> Instant {
         let mut next = Instant::now() + FALLBACK;
-        for t in self.retry_at.values().chain(self.scheduled.iter()).chain(self.working_due.iter()) {
+        let timers = self.scheduled.iter().chain(self.working_due.iter()).chain(self.claim_look.iter());
+        for t in self.retry_at.values().chain(timers) {
             next = next.min(*t);
         }
         if let Some((t, _)) = self.unavailable {
@@ -437,7 +462,7 @@ impl Worker {
             (page_full && all_final) || (snapshot.acks.len() >= self.limits.max_rows && !blocked);
         if more_pages {
             // Read on at once: the page was full.
-            self.notify.notify_one();
+            self.notify.now.notify_one();
         }
         let outstanding = !all_final || more_pages;
         if !outstanding {

@@ -6,8 +6,9 @@
 //!   [`HELLO_DEADLINE`], and forwards a connection to the session actor only for a hello of the
 //!   generation the session is waiting for, once per generation: a stale or foreign connection
 //!   costs the actor nothing, and no container can queue more than one message this way.
-//! - The reader of the live connection turns `OUTPUT` bytes into one coalescing notification of
-//!   the outbox (a flag plus one wake-up, never one message per read); it reads into a fixed
+//! - The reader of the live connection turns `OUTPUT` and `CLAIMED` bytes into coalescing
+//!   notifications of the outbox ([`OutboxPokes`]: a permit plus one wake-up, never one message
+//!   per read); it reads into a fixed
 //!   buffer, and a peer that sends more than [`FLOOD_BYTES_PER_SEC`] is disconnected — the
 //!   session then falls back to its slow timer.
 //! - Writes to the container never wait: `INPUT` is written with `try_write`; a full socket means
@@ -16,6 +17,7 @@
 //! The accept loop and reader are abort-on-drop tasks owned by [`WakeLink`], which the session
 //! actor keeps in its state: however the actor ends, they end, and the socket file is removed.
 
+use super::outbox::OutboxPokes;
 use nanoclaw_protocol::wake;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -23,7 +25,6 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::Notify;
 use tokio_util::task::AbortOnDropHandle;
 use tracing::{debug, warn};
 
@@ -95,8 +96,8 @@ pub struct WakeLink {
     socket: PathBuf,
     /// Generation whose hello is awaited (or [`NOT_WAITING`]); shared with the accept loop.
     expected: Arc<AtomicI64>,
-    /// Woken by `OUTPUT` bytes.
-    output: Arc<Notify>,
+    /// Poked by `OUTPUT` and `CLAIMED` bytes.
+    output: Arc<OutboxPokes>,
     /// Told when the peer breaks the link's rules (the session quarantines).
     on_violation: OnViolation,
     /// The live connection: the stream (shared with its reader) and the reader task.
@@ -116,12 +117,13 @@ impl std::fmt::Debug for WakeLink {
 impl WakeLink {
     /// Binds `socket` (replacing a stale file; mode 0666 so the container user can connect — the
     /// folder above is reachable only through the container's mount) and starts accepting.
-    /// `on_hello` receives each accepted connection; `output` is notified on `OUTPUT` bytes.
+    /// `on_hello` receives each accepted connection; `output` is poked on `OUTPUT` and `CLAIMED`
+    /// bytes.
     /// `on_violation` is told when the peer floods or keeps opening connections without a valid
     /// hello.
     pub fn bind(
         socket: &Path,
-        output: Arc<Notify>,
+        output: Arc<OutboxPokes>,
         on_hello: impl Fn(WakeConnection) -> bool + Send + 'static,
         on_violation: impl Fn(WakeViolation) + Send + Sync + 'static,
     ) -> Result<WakeLink, WakeError> {
@@ -271,7 +273,7 @@ async fn read_hello(stream: &mut UnixStream) -> Option<i64> {
     None
 }
 
-async fn read_loop(stream: Arc<UnixStream>, output: Arc<Notify>, on_violation: OnViolation) {
+async fn read_loop(stream: Arc<UnixStream>, output: Arc<OutboxPokes>, on_violation: OnViolation) {
     let mut buf = [0u8; 4096];
     let mut window_start = tokio::time::Instant::now();
     let mut window_bytes = 0usize;
@@ -298,7 +300,10 @@ async fn read_loop(stream: Arc<UnixStream>, output: Arc<Notify>, on_violation: O
             return;
         }
         if buf[..n].contains(&wake::OUTPUT) {
-            output.notify_one();
+            output.now.notify_one();
+        }
+        if buf[..n].contains(&wake::CLAIMED) {
+            output.claimed.notify_one();
         }
     }
 }
@@ -312,7 +317,7 @@ mod tests {
     async fn only_the_awaited_generation_connects_once_and_a_flood_is_cut_off() {
         let dir = tempfile::Builder::new().prefix("nc").tempdir_in("/tmp").unwrap();
         let sock = dir.path().join("wake.sock");
-        let output = Arc::new(Notify::new());
+        let output = Arc::new(OutboxPokes::default());
         let (tx, mut rx) = tokio::sync::mpsc::channel(4);
         let violations = Arc::new(parking_lot::Mutex::new(Vec::new()));
         let seen = violations.clone();
@@ -344,9 +349,14 @@ mod tests {
         assert_eq!(again.read(&mut b).await.unwrap(), 0);
         assert!(rx.try_recv().is_err());
 
-        // Output bytes coalesce into notifications; input reaches the runner.
+        // Output bytes coalesce into notifications, claim bytes into their own; input reaches
+        // the runner.
+        runner.write_all(&[wake::CLAIMED; 3]).await.unwrap();
+        output.claimed.notified().await;
         runner.write_all(&[wake::OUTPUT; 10]).await.unwrap();
-        output.notified().await;
+        output.now.notified().await;
+        let again = tokio::time::timeout(Duration::from_millis(50), output.claimed.notified()).await;
+        assert!(again.is_err(), "output bytes are not claim bytes");
         link.wake();
         assert_eq!(runner.read_u8().await.unwrap(), wake::INPUT);
 

@@ -117,10 +117,10 @@ impl SessionDb {
         if !self.inbound_path.exists() {
             return Ok(Snapshot::default());
         }
-        let mut inbound = schema::open_inbound_reader(&self.inbound_path)?;
-        // One read transaction for every statement: one consistent view, and one lock and one
-        // journal check instead of one per statement — the host's commits wait for none of them.
-        let inbound = inbound.transaction_with_behavior(TransactionBehavior::Deferred).ctx("begin read")?;
+        let mut inbound = schema::open_inbound_for_read(&self.inbound_path)?;
+        // One read transaction for every statement, the version check included: one consistent
+        // view, and one lock and one journal check instead of one per statement.
+        let inbound = schema::begin_read(&mut inbound, &self.inbound_path)?;
         let now = now_ts();
         let mut st = inbound
             .prepare(

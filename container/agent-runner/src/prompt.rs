@@ -154,16 +154,33 @@ fn prompt_file(path: &Path) -> Option<String> {
     Some(text)
 }
 
-/// The agent's own part of the system prompt (issue 6 part 9): the group's memory file, the
-/// selected skills, tool notes, and — last, because it changes every turn and would otherwise
-/// spoil the providers' prompt caches — the time zone and local time.
+/// The selected skills' part of the system prompt: each skill's `SKILL.md` from `skills_dir`
+/// (the read-only skills mount; at most [`MAX_PROMPT_FILE_BYTES`] each), or a note that it is not
+/// available. Read once per container: the mount is read-only and `runner.json`'s selection is
+/// fixed for the container's life, so a turn need not open the files again.
+pub fn skills_section(settings: &RunnerSettings, skills_dir: &Path) -> String {
+    let mut s = String::new();
+    for name in &settings.skills {
+        // A skill is a folder name: never a path that leaves the skills mount.
+        let safe = !name.is_empty() && !name.contains('/') && name != ".." && name != ".";
+        match safe.then(|| prompt_file(&skills_dir.join(name).join("SKILL.md"))).flatten() {
+            Some(text) => s.push_str(&format!("\n## Skill: {name}\n{}\n", text.trim())),
+            None => s.push_str(&format!("\n(The skill {name:?} is not available.)\n")),
+        }
+    }
+    s
+}
+
+/// The agent's own part of the system prompt (issue 6 part 9): the group's memory file (read
+/// every turn: the agent may edit it), the selected skills ([`skills_section`]), tool notes, and
+/// — last, because it changes every turn and would otherwise spoil the providers' prompt caches
+/// — the time zone and local time.
 ///
-/// `workspace` is the session workspace (the group folder is mounted at `agent/` in it) and
-/// `skills_dir` the read-only skills mount.
+/// `workspace` is the session workspace (the group folder is mounted at `agent/` in it).
 pub fn agent_context(
     settings: &RunnerSettings,
     workspace: &Path,
-    skills_dir: &Path,
+    skills: &str,
     now: chrono::DateTime<chrono::Utc>,
 ) -> String {
     let mut s = String::new();
@@ -175,14 +192,7 @@ pub fn agent_context(
     if let Some(text) = prompt_file(&workspace.join(&memory)).filter(|t| !t.trim().is_empty()) {
         s.push_str(&format!("<memory>\n{}\n</memory>\n", text.trim()));
     }
-    for name in &settings.skills {
-        // A skill is a folder name: never a path that leaves the skills mount.
-        let safe = !name.is_empty() && !name.contains('/') && name != ".." && name != ".";
-        match safe.then(|| prompt_file(&skills_dir.join(name).join("SKILL.md"))).flatten() {
-            Some(text) => s.push_str(&format!("\n## Skill: {name}\n{}\n", text.trim())),
-            None => s.push_str(&format!("\n(The skill {name:?} is not available.)\n")),
-        }
-    }
+    s.push_str(skills);
     s.push_str(&format!(
         "\n## Tools\nYour workspace is {} (file tools take paths relative to it). Image tier: {}.\n",
         workspace.display(),
@@ -346,7 +356,7 @@ mod tests {
         settings.timezone = "Europe/Berlin".into();
         settings.skills = vec!["git".into(), "../etc".into()];
         let now = chrono::DateTime::parse_from_rfc3339("2026-07-01T10:00:00Z").unwrap().to_utc();
-        let s = agent_context(&settings, &ws, &skills, now);
+        let s = agent_context(&settings, &ws, &skills_section(&settings, &skills), now);
         assert!(s.contains("<memory>\nthe user likes tea\n</memory>"), "{s}");
         assert!(s.contains("## Skill: git\nuse git carefully"), "{s}");
         assert!(s.contains("(The skill \"../etc\" is not available.)"), "{s}");
@@ -356,7 +366,10 @@ mod tests {
             "{s}"
         );
         settings.timezone = "Mars/Base".into();
-        assert!(agent_context(&settings, &ws, &skills, now).contains("\"Mars/Base\" is unknown"));
+        assert!(
+            agent_context(&settings, &ws, &skills_section(&settings, &skills), now)
+                .contains("\"Mars/Base\" is unknown")
+        );
     }
 
     #[test]
@@ -373,7 +386,7 @@ mod tests {
         let mut settings = RunnerSettings::echo_default("Andy");
         settings.skills = vec!["big".into(), "link".into()];
         let now = chrono::Utc::now();
-        let s = agent_context(&settings, &ws, &skills, now);
+        let s = agent_context(&settings, &ws, &skills_section(&settings, &skills), now);
         assert!(s.contains("[… cut: the file is longer …]"), "the big skill is cut");
         assert!(s.len() < MAX_PROMPT_FILE_BYTES as usize + 4096, "{}", s.len());
         assert!(!s.contains("SECRET") && s.contains("(The skill \"link\" is not available.)"), "{s}");

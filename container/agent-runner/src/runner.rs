@@ -58,6 +58,9 @@ struct WakeLink {
     generation: i64,
     writer: Option<OwnedWriteHalf>,
     notify: Arc<Notify>,
+    /// Bursts of `INPUT` bytes (and closed links) seen so far: unlike the notification's permit,
+    /// which a tool waiting for the host's answer may take, this tells whether any came since.
+    inputs: Arc<AtomicU64>,
     reader: Option<tokio::task::JoinHandle<()>>,
     /// Since when the host has been unreachable, after having been connected once.
     lost_since: Option<std::time::Instant>,
@@ -73,6 +76,7 @@ impl WakeLink {
             generation,
             writer: None,
             notify: Arc::new(Notify::new()),
+            inputs: Arc::new(AtomicU64::new(0)),
             reader: None,
             lost_since: None,
             was_connected: false,
@@ -101,7 +105,7 @@ impl WakeLink {
                 if write.write_all(&wake::hello_frame(self.generation)).await.is_err() {
                     return;
                 }
-                let notify = self.notify.clone();
+                let (notify, inputs) = (self.notify.clone(), self.inputs.clone());
                 self.reader = Some(tokio::spawn(async move {
                     let mut buf = [0u8; 64];
                     loop {
@@ -109,11 +113,13 @@ impl WakeLink {
                             Ok(0) | Err(_) => break,
                             Ok(n) => {
                                 if buf[..n].contains(&wake::INPUT) {
+                                    inputs.fetch_add(1, Ordering::SeqCst);
                                     notify.notify_one();
                                 }
                             }
                         }
                     }
+                    inputs.fetch_add(1, Ordering::SeqCst);
                     notify.notify_one();
                 }));
                 self.writer = Some(write);
@@ -132,11 +138,27 @@ impl WakeLink {
 
     /// Tells the host that output was committed.
     async fn output(&mut self) {
+        self.send(wake::OUTPUT).await;
+    }
+
+    /// Tells the host that a turn started (its rows are claimed); the host looks within
+    /// [`wake::CLAIM_LOOK_MS`], not at once, so a short turn runs without the host reading
+    /// `outbound.db` beside it.
+    async fn claimed(&mut self) {
+        self.send(wake::CLAIMED).await;
+    }
+
+    async fn send(&mut self, byte: u8) {
         if let Some(w) = self.writer.as_mut()
-            && w.write_all(&[wake::OUTPUT]).await.is_err()
+            && w.write_all(&[byte]).await.is_err()
         {
             self.writer = None;
         }
+    }
+
+    /// How many bursts of `INPUT` bytes (and closed links) came so far.
+    fn inputs(&self) -> u64 {
+        self.inputs.load(Ordering::SeqCst)
     }
 
     /// A connection to the host is up (its reader still runs).
@@ -325,8 +347,23 @@ pub async fn run_with(config: RunnerConfig, mut provider: Box<dyn Provider>) -> 
     link.ensure().await;
     info!(generation = config.generation, provider = provider.name(), "runner started");
     let mut first_read = true;
+    // After a turn that took every due row, when no wake byte came since the read before it and
+    // the link is up: the next read waits for a byte (or the next due row) instead of running at
+    // once beside the host's delivery of the reply. The host sends a byte for every write the
+    // runner must see, so nothing waits longer for it.
+    let mut after_turn: Option<Option<String>> = None;
 
     loop {
+        if let Some(next_due) = after_turn.take()
+            && link.connected()
+        {
+            tokio::select! {
+                _ = link.wait(poll, next_due.as_deref()) => debug!("hop: woken"),
+                _ = term.recv() => return Ok(0),
+                _ = int.recv() => return Ok(0),
+            }
+        }
+        let inputs_before_read = link.inputs();
         let snapshot = db.read(first_read, config.max_messages_per_prompt)?;
         first_read = false;
         debug!(batch = snapshot.batch.len(), "hop: inbound read");
@@ -348,8 +385,8 @@ pub async fn run_with(config: RunnerConfig, mut provider: Box<dyn Provider>) -> 
         let ids: Vec<String> = snapshot.batch.iter().map(|r| r.id.clone()).collect();
         db.claim(&ids)?;
         debug!("hop: claimed");
-        // The claim is output too: the host's stuck detection and `ncl` read it.
-        link.output().await;
+        // The host's stuck detection, its "working" notice and `ncl` read the claim.
+        link.claimed().await;
         let traces: Vec<String> = snapshot
             .batch
             .iter()
@@ -414,5 +451,8 @@ pub async fn run_with(config: RunnerConfig, mut provider: Box<dyn Provider>) -> 
         }
         touch(&heartbeat);
         link.output().await;
+        if snapshot.batch.len() < config.max_messages_per_prompt && link.inputs() == inputs_before_read {
+            after_turn = Some(snapshot.next_due.clone());
+        }
     }
 }

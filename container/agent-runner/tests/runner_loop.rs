@@ -107,7 +107,7 @@ async fn answers_over_the_wake_socket_and_honours_trigger_and_on_wake() {
     // An on_wake row is only for a fresh container's first read: this one has read already.
     host_write(&session, "w1:main", 6, "wake-only", true, true);
     stream.write_all(&[wake::INPUT]).await.unwrap();
-    read_until(&mut stream, wake::OUTPUT).await; // claim
+    read_until(&mut stream, wake::CLAIMED).await;
     read_until(&mut stream, wake::OUTPUT).await; // commit
 
     let r = replies(&workspace);
@@ -218,12 +218,48 @@ async fn a_row_due_later_is_read_when_due_without_a_wake_byte() {
     let (mut stream, _) =
         tokio::time::timeout(Duration::from_secs(10), listener.accept()).await.unwrap().unwrap();
     read_until(&mut stream, wake::HELLO).await;
-    // No byte is sent; the claim's OUTPUT comes when the row is due (read_until waits up to 10 s).
-    read_until(&mut stream, wake::OUTPUT).await;
+    // No byte is sent; the claim's byte comes when the row is due (read_until waits up to 10 s).
+    read_until(&mut stream, wake::CLAIMED).await;
     assert!(chrono::Utc::now() >= due, "read before it was due");
     read_until(&mut stream, wake::OUTPUT).await;
     let r = replies(&workspace);
     assert_eq!(r.len(), 1, "{r:?}");
     assert_eq!(r[0].3, r#"{"type":"text","text":"echo: later"}"#);
+    runner.abort();
+}
+
+/// After a turn the runner reads again at once only when a wake byte came during it (the host
+/// sends one for every write the runner must see): a message written with its byte while a turn
+/// ran is answered next with no further byte, and one written without a byte after a quiet turn
+/// waits for its byte rather than being found by a read beside the host's delivery.
+#[tokio::test]
+async fn after_a_turn_the_runner_reads_at_once_only_for_a_byte_that_came_during_it() {
+    let (_tmp, session, workspace) = session_dirs();
+    let listener = UnixListener::bind(session.join("wake.sock")).unwrap();
+    let runner =
+        tokio::spawn(nanoclaw_agent::runner::run(runner_config(&session, &workspace, 1, 1000, None)));
+    let (mut stream, _) =
+        tokio::time::timeout(Duration::from_secs(10), listener.accept()).await.unwrap().unwrap();
+    read_until(&mut stream, wake::HELLO).await;
+    host_write(&session, "slow:main", 2, "!sleep 800 slow", true, false);
+    stream.write_all(&[wake::INPUT]).await.unwrap();
+    read_until(&mut stream, wake::CLAIMED).await;
+    host_write(&session, "next:main", 4, "next", true, false);
+    stream.write_all(&[wake::INPUT]).await.unwrap();
+    read_until(&mut stream, wake::OUTPUT).await;
+    read_until(&mut stream, wake::CLAIMED).await;
+    read_until(&mut stream, wake::OUTPUT).await;
+    assert_eq!(replies(&workspace).len(), 2);
+    // The byte of `next` may still be pending as a permit: let it be used up by a read first.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    host_write(&session, "quiet:main", 6, "quiet", true, false);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(replies(&workspace).len(), 2, "a row was read with no byte for it");
+    stream.write_all(&[wake::INPUT]).await.unwrap();
+    read_until(&mut stream, wake::CLAIMED).await;
+    read_until(&mut stream, wake::OUTPUT).await;
+    let texts: Vec<String> = replies(&workspace).into_iter().map(|r| r.3).collect();
+    assert_eq!(texts.len(), 3, "{texts:?}");
+    assert!(texts[1].contains("echo: next") && texts[2].contains("echo: quiet"), "{texts:?}");
     runner.abort();
 }

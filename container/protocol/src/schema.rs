@@ -286,6 +286,31 @@ pub fn open_inbound_reader(path: &Path) -> Result<Connection, SchemaError> {
     open_reader(path)
 }
 
+/// Container: opens `inbound.db` read-only for one read transaction begun with [`begin_read`],
+/// which checks the schema version inside that transaction. Every lock a reader takes checks
+/// for a journal beside the file by path, and in a container whose root is a FUSE file system
+/// (Docker's `fuse-overlayfs` driver) each such look-up costs tens of microseconds: one lock per
+/// read instead of two.
+pub fn open_inbound_for_read(path: &Path) -> Result<Connection, SchemaError> {
+    open(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+}
+
+/// Begins a deferred read transaction on `conn` (opened by [`open_inbound_for_read`]) and
+/// refuses, inside it, a file of a newer schema. Errors: SQLite's, naming `path`, or
+/// [`SchemaError::TooNew`].
+pub fn begin_read<'c>(
+    conn: &'c mut Connection,
+    path: &Path,
+) -> Result<rusqlite::Transaction<'c>, SchemaError> {
+    let tx =
+        conn.transaction_with_behavior(rusqlite::TransactionBehavior::Deferred).map_err(sqlite_err(path))?;
+    let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(sqlite_err(path))?;
+    if version > SCHEMA_VERSION {
+        return Err(SchemaError::TooNew { path: path.display().to_string(), found: version });
+    }
+    Ok(tx)
+}
+
 /// Container: opens `outbound.db` for writing, creating it and its tables if needed.
 pub fn open_outbound_writer(path: &Path) -> Result<Connection, SchemaError> {
     open_writer(path, OUTBOUND_SCHEMA)

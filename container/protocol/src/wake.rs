@@ -7,6 +7,7 @@
 //! |---|---|---|
 //! | [`INPUT`] | host → container | `inbound.db` has new or changed rows: read now |
 //! | [`OUTPUT`] | container → host | `outbound.db` has new committed rows or acks: deliver now |
+//! | [`CLAIMED`] | container → host | a turn started (its rows are claimed in `outbound.db`): look within [`CLAIM_LOOK_MS`] |
 //! | [`HELLO`] | container → host | first frame after connect: `h<generation>\n` (see [`hello_frame`]): the runner of that container generation is up and has cleared stale claims |
 //!
 //! Bytes coalesce: several `INPUT`s before a read mean one read. Unknown bytes are ignored by
@@ -23,6 +24,14 @@
 pub const INPUT: u8 = b'i';
 /// Container → host: new output in `outbound.db`.
 pub const OUTPUT: u8 = b'o';
+/// Container → host: rows were claimed, a turn runs. Unlike [`OUTPUT`] it asks for no pass at
+/// once: the host looks within [`CLAIM_LOOK_MS`] (to show that the agent is working and start
+/// timing the claim), and a turn that ends sooner is seen whole by the pass its `OUTPUT` asks
+/// for. So a short turn's claim costs the host no read of `outbound.db` while the turn runs.
+pub const CLAIMED: u8 = b'c';
+/// How long the host may wait after a [`CLAIMED`] byte before it reads the claim, in
+/// milliseconds.
+pub const CLAIM_LOOK_MS: u64 = 100;
 /// Container → host: the runner is ready (stale claims cleared, generation recorded).
 pub const HELLO: u8 = b'h';
 

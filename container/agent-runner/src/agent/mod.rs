@@ -26,7 +26,7 @@ pub mod transcript;
 
 use crate::db::Snapshot;
 use crate::model::{Block, ChatMessage, Model, ModelError, ModelRequest, Role, ToolSpec};
-use crate::prompt::{Turn, agent_context, resolve_destination};
+use crate::prompt::{Turn, agent_context, resolve_destination, skills_section};
 use crate::provider::{
     EventSink, ExitRequest, Provider, ProviderError, ProviderEvent, TurnFailure, TurnIo, TurnOutput, touch,
 };
@@ -65,6 +65,8 @@ pub struct Agent {
     tools: ToolRegistry,
     workspace: PathBuf,
     skills_dir: PathBuf,
+    /// The skills' part of the system prompt, read at the first turn.
+    skills: Option<String>,
     transcript: Option<Transcript>,
     /// Extra lines for the system prompt's tools section (the MCP servers that failed).
     system_note: Option<String>,
@@ -183,6 +185,7 @@ impl Agent {
             tools,
             workspace,
             skills_dir,
+            skills: None,
             transcript: None,
             system_note: None,
             meter: compact::Meter::default(),
@@ -192,6 +195,7 @@ impl Agent {
     /// Reads skills from `dir` instead of the container's skills mount (tests, embedders).
     pub fn with_skills_dir(mut self, dir: PathBuf) -> Self {
         self.skills_dir = dir;
+        self.skills = None;
         self
     }
 
@@ -358,10 +362,11 @@ impl Provider for Agent {
             return Ok(out);
         }
         self.conversation(turn.continuation.as_deref(), io, &mut out.notes)?;
+        let skills = self.skills.get_or_insert_with(|| skills_section(&self.settings, &self.skills_dir));
         let system = format!(
             "{}{}{}",
             turn.system,
-            agent_context(&self.settings, &self.workspace, &self.skills_dir, chrono::Utc::now()),
+            agent_context(&self.settings, &self.workspace, skills, chrono::Utc::now()),
             self.system_note.as_deref().map(|n| format!("\n{n}\n")).unwrap_or_default()
         );
         let specs = self.tools.specs();
