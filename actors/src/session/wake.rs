@@ -8,9 +8,8 @@
 //!   costs the actor nothing, and no container can queue more than one message this way.
 //! - The reader of the live connection turns `OUTPUT` and `CLAIMED` bytes into coalescing
 //!   notifications of the outbox ([`OutboxPokes`]: a permit plus one wake-up, never one message
-//!   per read); it reads into a fixed
-//!   buffer, and a peer that sends more than [`FLOOD_BYTES_PER_SEC`] is disconnected — the
-//!   session then falls back to its slow timer.
+//!   per read); it reads into a fixed buffer, and a peer that sends more than
+//!   [`FLOOD_BYTES_PER_SEC`] is disconnected — the session then falls back to its slow timer.
 //! - Writes to the container never wait: `INPUT` is written with `try_write`; a full socket means
 //!   the runner has unread wake bytes already, which is the same message.
 //!
@@ -118,9 +117,8 @@ impl WakeLink {
     /// Binds `socket` (replacing a stale file; mode 0666 so the container user can connect — the
     /// folder above is reachable only through the container's mount) and starts accepting.
     /// `on_hello` receives each accepted connection; `output` is poked on `OUTPUT` and `CLAIMED`
-    /// bytes.
-    /// `on_violation` is told when the peer floods or keeps opening connections without a valid
-    /// hello.
+    /// bytes; `on_violation` is told when the peer floods or keeps opening connections without a
+    /// valid hello.
     pub fn bind(
         socket: &Path,
         output: Arc<OutboxPokes>,

@@ -325,6 +325,24 @@ fn rows_for(output: &TurnOutput, snapshot: &Snapshot, prefix: &str) -> Vec<Outbo
     rows
 }
 
+/// Waits as [`WakeLink::wait`] does; false when SIGTERM or SIGINT came first (the runner stops).
+async fn idle(
+    link: &WakeLink,
+    poll: Duration,
+    next_due: Option<&str>,
+    term: &mut tokio::signal::unix::Signal,
+    int: &mut tokio::signal::unix::Signal,
+) -> bool {
+    tokio::select! {
+        _ = link.wait(poll, next_due) => {
+            debug!("hop: woken");
+            true
+        }
+        _ = term.recv() => false,
+        _ = int.recv() => false,
+    }
+}
+
 /// Runs the runner until SIGTERM/SIGINT (exit code 0) or a turn asks to exit mid-turn (that
 /// code, claims left in place). Returns the process exit code.
 pub async fn run(config: RunnerConfig) -> Result<i32, RunnerError> {
@@ -356,12 +374,9 @@ pub async fn run_with(config: RunnerConfig, mut provider: Box<dyn Provider>) -> 
     loop {
         if let Some(next_due) = after_turn.take()
             && link.connected()
+            && !idle(&link, poll, next_due.as_deref(), &mut term, &mut int).await
         {
-            tokio::select! {
-                _ = link.wait(poll, next_due.as_deref()) => debug!("hop: woken"),
-                _ = term.recv() => return Ok(0),
-                _ = int.recv() => return Ok(0),
-            }
+            return Ok(0);
         }
         let inputs_before_read = link.inputs();
         let snapshot = db.read(first_read, config.max_messages_per_prompt)?;
@@ -375,10 +390,8 @@ pub async fn run_with(config: RunnerConfig, mut provider: Box<dyn Provider>) -> 
                 info!(?lost, "host unreachable; exiting");
                 return Ok(0);
             }
-            tokio::select! {
-                _ = link.wait(poll, snapshot.next_due.as_deref()) => debug!("hop: woken"),
-                _ = term.recv() => return Ok(0),
-                _ = int.recv() => return Ok(0),
+            if !idle(&link, poll, snapshot.next_due.as_deref(), &mut term, &mut int).await {
+                return Ok(0);
             }
             continue;
         }
