@@ -178,6 +178,20 @@ impl SessionPaths {
     }
 }
 
+/// [`with_inbound`] inside one `BEGIN IMMEDIATE` transaction, committed when `f` succeeds
+/// (rolled back when it fails).
+fn with_inbound_write<T>(
+    paths: &SessionPaths,
+    f: impl FnOnce(&Transaction<'_>, &Path) -> Result<T, SessionFileError>,
+) -> Result<T, SessionFileError> {
+    with_inbound(paths, |conn, db| {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sq(db, "begin"))?;
+        let out = f(&tx, db)?;
+        tx.commit().map_err(sq(db, "commit"))?;
+        Ok(out)
+    })
+}
+
 /// Creates the session's folders and `inbound.db`. The workspace and agent-group folders are
 /// given to `owner` (uid, gid) — the container's user — when set, so a non-root container can
 /// write them; the host folder stays the host's and is mounted read-only.
@@ -222,12 +236,7 @@ pub struct NewInbound {
 
 /// Inserts rows into `messages_in` with fresh even seqs. Returns how many were new.
 pub fn write_inbound(paths: &SessionPaths, rows: &[NewInbound]) -> Result<usize, SessionFileError> {
-    with_inbound(paths, |conn, db| {
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sq(db, "begin"))?;
-        let added = insert_inbound(&tx, db, rows)?;
-        tx.commit().map_err(sq(db, "commit"))?;
-        Ok(added)
-    })
+    with_inbound_write(paths, |tx, db| insert_inbound(tx, db, rows))
 }
 
 fn insert_inbound(tx: &Transaction<'_>, db: &Path, rows: &[NewInbound]) -> Result<usize, SessionFileError> {
@@ -257,8 +266,7 @@ pub fn project(
     destinations: &[Destination],
     routing: &SessionRouting,
 ) -> Result<(), SessionFileError> {
-    with_inbound(paths, |conn, db| {
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sq(db, "begin"))?;
+    with_inbound_write(paths, |tx, db| {
         tx.execute("DELETE FROM destinations", []).map_err(sq(db, "clear destinations"))?;
         for d in destinations {
             tx.execute(
@@ -273,7 +281,7 @@ pub fn project(
             params![routing.channel_type, routing.platform_id, routing.thread_id],
         )
         .map_err(sq(db, "write routing"))?;
-        tx.commit().map_err(sq(db, "commit"))
+        Ok(())
     })
 }
 
@@ -483,18 +491,16 @@ pub fn commit_batch(paths: &SessionPaths, batch: &LedgerBatch) -> Result<BatchCo
     if batch.is_empty() {
         return Ok(BatchCommitted::default());
     }
-    with_inbound(paths, |conn, db| {
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sq(db, "begin"))?;
-        let finished = sync_acks(&tx, db, &batch.acks)?;
+    with_inbound_write(paths, |tx, db| {
+        let finished = sync_acks(tx, db, &batch.acks)?;
         let mut last_attempts = None;
         for w in &batch.records {
-            last_attempts = Some(store_record(&tx, db, w)?);
+            last_attempts = Some(store_record(tx, db, w)?);
         }
-        let notes_added = if batch.notes.is_empty() { 0 } else { insert_inbound(&tx, db, &batch.notes)? };
+        let notes_added = if batch.notes.is_empty() { 0 } else { insert_inbound(tx, db, &batch.notes)? };
         if let Some(c) = batch.cursors {
-            store_cursors(&tx, db, c)?;
+            store_cursors(tx, db, c)?;
         }
-        tx.commit().map_err(sq(db, "commit"))?;
         Ok(BatchCommitted { finished, last_attempts, notes_added })
     })
 }
@@ -614,8 +620,7 @@ pub fn count_failed_try(
     max_tries: i64,
     backoff_base: std::time::Duration,
 ) -> Result<Vec<RetryOutcome>, SessionFileError> {
-    with_inbound(paths, |conn, db| {
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(sq(db, "begin"))?;
+    with_inbound_write(paths, |tx, db| {
         let mut out = Vec::new();
         for id in ids {
             let row: Option<(i64, Option<String>, Option<String>)> = tx
@@ -645,7 +650,6 @@ pub fn count_failed_try(
             }
             out.push(RetryOutcome { id: id.clone(), tries, failed, channel_type, platform_id });
         }
-        tx.commit().map_err(sq(db, "commit"))?;
         Ok(out)
     })
 }
