@@ -16,7 +16,7 @@ use nanoclaw::config::{Config, FlagOverrides};
 use nanoclaw_actors::ports::channel::{
     AdapterGuard, ChannelAdapter, ChannelError, DeliveryError, InboundEvent, InboundSink, OutboundMessage,
 };
-use nanoclaw_actors::store::{MAIN_AGENT_GROUP_ID, StoreError};
+use nanoclaw_actors::store::{self, MAIN_AGENT_GROUP_ID};
 use nanoclaw_actors::{Service, ServiceConfig};
 use parking_lot::Mutex;
 use std::sync::Arc;
@@ -73,19 +73,33 @@ async fn run() -> Result<String, String> {
     let service =
         Service::start(service_config, runtime, vec![channel.clone()]).await.map_err(|e| e.to_string())?;
 
-    // Wire the app's chat to the default agent group: a messaging group, a wiring that engages on
-    // every message, and a destination so the agent may answer there.
+    // Wire the app's chat to the default agent group: a messaging group open to anyone (the app
+    // is its only user), and a wiring that engages on every message. `create_wiring` also gives
+    // the agent the chat as a destination (named after the chat: `app`), so it may answer there.
     service
         .store()
         .call(|c| {
-            c.execute_batch(&format!(
-                "INSERT INTO messaging_groups (id, channel_type, platform_id, name, created_at) VALUES ('mg-app', 'app', 'main-window', 'app', 'now');
-                 INSERT INTO messaging_group_agents (id, messaging_group_id, agent_group_id, engage_mode, engage_pattern, created_at)
-                   VALUES ('wiring-app', 'mg-app', '{MAIN_AGENT_GROUP_ID}', 'pattern', '.', 'now');
-                 INSERT INTO agent_destinations (agent_group_id, local_name, target_type, target_id, created_at)
-                   VALUES ('{MAIN_AGENT_GROUP_ID}', 'app', 'channel', 'mg-app', 'now');"
-            ))
-            .map_err(|e| StoreError::Invalid(e.to_string()))
+            let chat = store::create_messaging_group(
+                c,
+                "app",
+                "main-window",
+                Some("app"),
+                false,
+                store::UnknownSenderPolicy::Public,
+            )?;
+            store::create_wiring(
+                c,
+                &store::NewWiring {
+                    messaging_group_id: chat.id,
+                    agent_group_id: MAIN_AGENT_GROUP_ID.into(),
+                    session_mode: store::SessionMode::Shared,
+                    engage_mode: store::EngageMode::Pattern,
+                    engage_pattern: Some(".".into()),
+                    sender_scope: store::SenderScope::All,
+                    ignored_message_policy: store::IgnoredPolicy::Drop,
+                    priority: 0,
+                },
+            )
         })
         .await
         .map_err(|e| e.to_string())?;
@@ -108,6 +122,7 @@ async fn run() -> Result<String, String> {
             text: "hello from the host program".into(),
             is_mention: true,
             is_group: false,
+            chat_name: None,
         })
         .await
         .map_err(|e| e.to_string())?;

@@ -50,6 +50,56 @@ pub struct ChatOptions {
     /// How long a one-turn chat waits for the agent; also how long any chat waits for the socket
     /// of a service that holds the data directory but is still starting.
     pub timeout: Duration,
+    /// Where the messages go and who writes them (the CLI channel simulates a chat platform).
+    pub address: Address,
+}
+
+/// The chat, thread and sender of the messages a chat sends (`--chat`, `--thread`, `--as`,
+/// `--mention`, `--group`). The default is the owner in their own DM with the service.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Address {
+    /// The chat (`None`: `local`, the owner's DM).
+    pub chat: Option<String>,
+    /// The thread in the chat.
+    pub thread: Option<String>,
+    /// The sender's handle (`None`: the owner, `cli:local`).
+    pub sender: Option<String>,
+    /// The bot is mentioned.
+    pub mention: bool,
+    /// The chat is a group chat.
+    pub is_group: bool,
+}
+
+impl Address {
+    /// A `message` frame from this address.
+    pub fn message(&self, id: String, text: String) -> ClientFrame {
+        ClientFrame::Message {
+            id,
+            text,
+            chat: self.chat.clone(),
+            thread: self.thread.clone(),
+            sender: self.sender.clone(),
+            sender_name: self.sender.clone(),
+            mention: self.mention.then_some(true),
+            is_group: self.is_group.then_some(true),
+        }
+    }
+
+    /// Whether a kept frame belongs to this chat (replies to other chats wait for their own
+    /// clients).
+    fn owns(&self, frame: &ServerFrame) -> bool {
+        frame.chat() == self.chat.as_deref().unwrap_or(nanoclaw_actors::store::CLI_PLATFORM_ID)
+    }
+
+    /// The text a chat prints for a kept frame of its chat: a reply in another thread than the
+    /// chat's own is marked `[thread <id>] `.
+    fn shown(&self, frame: &ServerFrame) -> Option<String> {
+        let text = frame.shown_text()?;
+        Some(match frame.thread() {
+            Some(t) if Some(t) != self.thread.as_deref() => format!("[thread {t}] {text}"),
+            _ => text,
+        })
+    }
 }
 
 fn message_id() -> String {
@@ -160,8 +210,8 @@ async fn talk(
                 eprintln!("nanoclaw: nothing to send (empty message)");
                 1
             }
-            Some(t) => one_turn(stream, t, options.timeout).await,
-            None => interactive(stream).await,
+            Some(t) => one_turn(stream, t, options.timeout, &options.address).await,
+            None => interactive(stream, &options.address).await,
         }
     };
     let code = tokio::select! {
@@ -217,10 +267,10 @@ impl Typing {
 /// Prints a kept frame (a reply, file, card, edit or reaction) unless its key was seen, and
 /// acks it (a repeat too: its first ack may not have arrived). False when the service closed
 /// the connection.
-async fn show(out: &mut Out, seen: &mut RecentIds, frame: &ServerFrame) -> bool {
+async fn show(out: &mut Out, seen: &mut RecentIds, address: &Address, frame: &ServerFrame) -> bool {
     let key = frame.message_out_id();
     if first_showing(seen, key)
-        && let Some(text) = frame.shown_text()
+        && let Some(text) = address.shown(frame)
     {
         println!("{text}");
     }
@@ -257,12 +307,12 @@ async fn hang_up(out: Out, mut frames: Frames) {
     let _ = tokio::time::timeout(HANG_UP, async { while frames.next().await.is_some() {} }).await;
 }
 
-async fn one_turn(stream: UnixStream, text: String, timeout: Duration) -> i32 {
+async fn one_turn(stream: UnixStream, text: String, timeout: Duration, address: &Address) -> i32 {
     let (read, write) = stream.into_split();
     let mut frames = FramedRead::new(read, LinesCodec::new());
     let mut out = FramedWrite::new(write, LinesCodec::new());
     let id = message_id();
-    if !send(&mut out, &ClientFrame::Message { id: id.clone(), text }).await {
+    if !send(&mut out, &address.message(id.clone(), text)).await {
         eprintln!("nanoclaw: sending failed: the service closed the connection");
         return 1;
     }
@@ -289,7 +339,7 @@ async fn one_turn(stream: UnixStream, text: String, timeout: Duration) -> i32 {
             // Only replies (and files, cards, edits, reactions) to this chat's message are its
             // own to show and ack; the others wait in the service for an interactive chat.
             Ok(Some(frame)) if frame.shown_text().is_some() && frame.in_reply_to() == Some(id.as_str()) => {
-                if !show(&mut out, &mut seen, &frame).await {
+                if !show(&mut out, &mut seen, address, &frame).await {
                     eprintln!("nanoclaw: the service closed the connection");
                     return 1;
                 }
@@ -321,7 +371,7 @@ async fn one_turn(stream: UnixStream, text: String, timeout: Duration) -> i32 {
     code
 }
 
-async fn interactive(stream: UnixStream) -> i32 {
+async fn interactive(stream: UnixStream, address: &Address) -> i32 {
     let (read, write) = stream.into_split();
     let mut frames = FramedRead::new(read, LinesCodec::new());
     let mut out = FramedWrite::new(write, LinesCodec::new());
@@ -338,7 +388,7 @@ async fn interactive(stream: UnixStream) -> i32 {
             line = stdin.next_line() => match line {
                 Ok(Some(l)) if l.trim().is_empty() => {}
                 Ok(Some(l)) => {
-                    if !send(&mut out, &ClientFrame::Message { id: message_id(), text: l }).await {
+                    if !send(&mut out, &address.message(message_id(), l)).await {
                         return closed();
                     }
                 }
@@ -346,10 +396,10 @@ async fn interactive(stream: UnixStream) -> i32 {
             },
             frame = frames.next() => match frame {
                 Some(Ok(l)) => match read_frame(&l) {
-                    // Every reply is this chat's to show, and to ack (a repeat too: its first
-                    // ack may not have arrived).
-                    Ok(Some(frame)) if frame.shown_text().is_some() => {
-                        if !show(&mut out, &mut seen, &frame).await {
+                    // Every reply to this chat is its to show, and to ack (a repeat too: its
+                    // first ack may not have arrived); other chats' wait for their clients.
+                    Ok(Some(frame)) if frame.shown_text().is_some() && address.owns(&frame) => {
+                        if !show(&mut out, &mut seen, address, &frame).await {
                             return closed();
                         }
                     }

@@ -35,6 +35,16 @@
 //! max_tool_rounds = 32         # model calls per turn
 //! timezone = "UTC"             # IANA time zone for the agent's prompt
 //!
+//! [routing]
+//! unknown_sender_policy = "request_approval" # chats created by a mention or DM: strict |
+//!                              # request_approval | public
+//! dedupe_retention_days = 7    # how long platform message ids are kept to drop repeats
+//! max_agent_hops = 8           # agent-to-agent messages in a row before the chain is stopped
+//!
+//! [routing.commands]
+//! filtered   = ["/login", "/logout", "/config"]            # dropped and recorded
+//! admin_only = ["/clear", "/compact", "/cost", "/context"] # owner or admin of the group only
+//!
 //! [providers]
 //! daily_token_budget = 1000000 # optional: tokens per agent group and day (UTC) through the proxy
 //!
@@ -51,6 +61,8 @@
 //! The file is `--config PATH`, else `$NANOCLAW_CONFIG`, else `./nanoclaw.toml` when it exists;
 //! with none, built-in defaults apply.
 
+use nanoclaw_actors::router::RoutingConfig;
+use nanoclaw_actors::store::UnknownSenderPolicy;
 use nanoclaw_protocol::settings::{DEFAULT_MAX_TOOL_ROUNDS, MaxTokensField, ProviderKind};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -253,6 +265,8 @@ pub struct Config {
     pub min_free_mb: u64,
     /// Agent defaults.
     pub agent: AgentConfig,
+    /// Routing and permissions (`[routing]`).
+    pub routing: RoutingConfig,
     /// Model providers.
     pub providers: ProvidersConfig,
 }
@@ -282,9 +296,73 @@ struct FileConfig {
     service: FileService,
     #[serde(default)]
     agent: FileAgent,
+    #[serde(default)]
+    routing: FileRouting,
     /// Checked by hand: `daily_token_budget` beside the `<name>` tables.
     #[serde(default)]
     providers: toml::Table,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRouting {
+    unknown_sender_policy: Option<String>,
+    dedupe_retention_days: Option<u64>,
+    max_agent_hops: Option<u32>,
+    #[serde(default)]
+    commands: FileCommands,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileCommands {
+    filtered: Option<Vec<String>>,
+    admin_only: Option<Vec<String>>,
+}
+
+/// `[routing]` of the file over the defaults of [`RoutingConfig`]; errors name the key.
+fn parse_routing(src: &str, file: FileRouting) -> Result<RoutingConfig, ConfigError> {
+    let bad = |key: &str, problem: String| ConfigError { source_name: src.into(), key: key.into(), problem };
+    let mut out = RoutingConfig::default();
+    if let Some(p) = file.unknown_sender_policy {
+        out.default_unknown_sender_policy =
+            UnknownSenderPolicy::parse(&p).map_err(|e| bad("routing.unknown_sender_policy", e))?;
+    }
+    if let Some(days) = file.dedupe_retention_days {
+        if !(1..=3650).contains(&days) {
+            return Err(bad("routing.dedupe_retention_days", format!("{days} not in 1..=3650")));
+        }
+        out.dedupe_retention = std::time::Duration::from_secs(days * 24 * 3600);
+    }
+    if let Some(hops) = file.max_agent_hops {
+        if !(1..=100).contains(&hops) {
+            return Err(bad("routing.max_agent_hops", format!("{hops} not in 1..=100")));
+        }
+        out.max_agent_hops = hops;
+    }
+    for (key, list, target) in [
+        ("routing.commands.filtered", file.commands.filtered, &mut out.filtered_commands),
+        ("routing.commands.admin_only", file.commands.admin_only, &mut out.admin_only_commands),
+    ] {
+        if let Some(list) = list {
+            for c in &list {
+                let ok = c.len() >= 2
+                    && c.len() <= 64
+                    && c.starts_with('/')
+                    && c[1..]
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+                if !ok {
+                    return Err(bad(
+                        key,
+                        format!("{c:?} is not a command like \"/clear\" (lowercase, one word)"),
+                    ));
+                }
+            }
+            *target = list;
+        }
+    }
+    Ok(out)
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -572,6 +650,7 @@ impl Config {
         let runtime_choice = flags.runtime.or(runtime_env).or(file.runtime);
         let src = path.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "defaults".into());
         let providers = parse_providers(&src, file.providers)?;
+        let routing = parse_routing(&src, file.routing)?;
         let (provider, provider_from) = if let Some(p) = flags.provider.clone() {
             (p, ("flag".to_string(), "--provider".to_string()))
         } else if let Some(p) = get("NANOCLAW_PROVIDER").filter(|v| !v.is_empty()) {
@@ -657,6 +736,7 @@ impl Config {
                 .or(file.service.min_free_mb)
                 .unwrap_or(512),
             agent,
+            routing,
             providers,
         };
         config.validate(path.as_deref())?;

@@ -56,6 +56,22 @@ enum Command {
         /// Seconds a one-turn chat waits for the agent (and any chat for a starting service's socket).
         #[arg(long, default_value_t = 60)]
         timeout: u64,
+        /// The chat to write in (default: `local`, your own DM with the service). The CLI
+        /// channel simulates a chat platform: any name is a chat.
+        #[arg(long)]
+        chat: Option<String>,
+        /// Write as this sender (a handle; the user is `cli:<handle>`; default: you, the owner).
+        #[arg(long = "as", value_name = "USER")]
+        sender: Option<String>,
+        /// Write in this thread of the chat.
+        #[arg(long)]
+        thread: Option<String>,
+        /// Mention the bot (a DM always counts as a mention).
+        #[arg(long)]
+        mention: bool,
+        /// The chat is a group chat (default: a DM).
+        #[arg(long)]
+        group: bool,
     },
     /// Inspect sessions, and release a quarantined or paused one.
     Sessions {
@@ -194,8 +210,10 @@ fn main() -> ExitCode {
     let code = runtime.block_on(async {
         match cli.command {
             Command::Serve { .. } => serve(config).await,
-            Command::Chat { message, timeout, .. } => {
-                let options = nanoclaw::chat::ChatOptions { message, timeout: Duration::from_secs(timeout) };
+            Command::Chat { message, timeout, chat, sender, thread, mention, group, .. } => {
+                let address = nanoclaw::chat::Address { chat, thread, sender, mention, is_group: group };
+                let options =
+                    nanoclaw::chat::ChatOptions { message, timeout: Duration::from_secs(timeout), address };
                 nanoclaw::chat::run(&config, options, stop_signal()).await
             }
             Command::Sessions { command: SessionsCommand::List } => {

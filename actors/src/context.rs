@@ -77,6 +77,8 @@ pub struct ServiceConfig {
     /// binary or in the source tree), absolute; `None`: no skills. Mounted read-only into every
     /// container; `container_configs.skills = "all"` selects every skill in it.
     pub skills_dir: Option<PathBuf>,
+    /// Routing and permissions (config `[routing]`, issue 7).
+    pub routing: crate::router::RoutingConfig,
 }
 
 impl ServiceConfig {
@@ -108,6 +110,7 @@ impl ServiceConfig {
             max_tool_rounds: nanoclaw_protocol::settings::DEFAULT_MAX_TOOL_ROUNDS,
             timezone: "UTC".into(),
             skills_dir: None,
+            routing: Default::default(),
         }
     }
 }

@@ -307,6 +307,7 @@ pub struct MemoryChannel {
     channel_type: String,
     account: String,
     idempotent: bool,
+    threads: bool,
     liveness: Option<Duration>,
     state: Arc<Mutex<MemoryState>>,
     changed: Arc<tokio::sync::Notify>,
@@ -336,6 +337,7 @@ impl MemoryChannel {
             channel_type: channel_type.into(),
             account: channel_type.into(),
             idempotent: false,
+            threads: false,
             liveness: None,
             state: Default::default(),
             changed: Default::default(),
@@ -360,6 +362,22 @@ impl MemoryChannel {
     pub fn with_idempotent_sends(mut self, idempotent: bool) -> Self {
         self.idempotent = idempotent;
         self
+    }
+
+    /// The same channel, declaring [`ChannelAdapter::supports_threads`] as given (default false:
+    /// the router strips thread ids).
+    pub fn with_threads(mut self, threads: bool) -> Self {
+        self.threads = threads;
+        self
+    }
+
+    /// Submits `event` as the platform would (its channel type is set to this channel's).
+    ///
+    /// Errors when the channel is not started or routing failed.
+    pub async fn submit_event(&self, mut event: InboundEvent) -> Result<InboundAck, SubmitError> {
+        let sink = self.state.lock().sink.clone().ok_or(SubmitError::Closed)?;
+        event.channel_type = self.channel_type.clone();
+        sink.submit(event).await
     }
 
     /// A platform keepalive (a sign of life without a message).
@@ -389,6 +407,7 @@ impl MemoryChannel {
             text: text.into(),
             is_mention: true,
             is_group: false,
+            chat_name: None,
         })
         .await
     }
@@ -526,7 +545,7 @@ impl ChannelAdapter for MemoryChannel {
     }
 
     fn supports_threads(&self) -> bool {
-        false
+        self.threads
     }
 
     fn idempotent_sends(&self) -> bool {

@@ -159,7 +159,7 @@ async fn start_standard(
         .call(|c| {
             c.execute_batch(
                 "UPDATE container_configs SET image_tier = 'standard' WHERE agent_group_id = 'ag-main';
-                 INSERT INTO messaging_groups (id, channel_type, platform_id, name, created_at) VALUES ('mg-mem', 'mem', 'chat-1', 'mem', 't');
+                 INSERT INTO messaging_groups (id, channel_type, platform_id, name, unknown_sender_policy, created_at) VALUES ('mg-mem', 'mem', 'chat-1', 'mem', 'public', 't');
                  INSERT INTO messaging_group_agents (id, messaging_group_id, agent_group_id, engage_mode, engage_pattern, created_at)
                    VALUES ('w-mem', 'mg-mem', 'ag-main', 'pattern', '.', 't');
                  INSERT INTO agent_destinations (agent_group_id, local_name, target_type, target_id, created_at) VALUES ('ag-main', 'mem', 'channel', 'mg-mem', 't');",

@@ -52,7 +52,7 @@ fn config(dir: &std::path::Path) -> ServiceConfig {
 /// main, engaging on every message.
 fn wire_chat(c: &rusqlite::Connection, name: &str, chat: &str) -> Result<(), store::StoreError> {
     c.execute_batch(&format!(
-        "INSERT INTO messaging_groups (id, channel_type, platform_id, name, created_at) VALUES ('mg-{name}', 'mem', '{chat}', '{name}', 't');
+        "INSERT INTO messaging_groups (id, channel_type, platform_id, name, unknown_sender_policy, created_at) VALUES ('mg-{name}', 'mem', '{chat}', '{name}', 'public', 't');
          INSERT INTO messaging_group_agents (id, messaging_group_id, agent_group_id, engage_mode, engage_pattern, created_at)
            VALUES ('w-{name}', 'mg-{name}', 'ag-main', 'pattern', '.', 't');
          INSERT INTO agent_destinations (agent_group_id, local_name, target_type, target_id, created_at) VALUES ('ag-main', '{name}', 'channel', 'mg-{name}', 't');"
@@ -882,7 +882,9 @@ async fn a_session_flagged_with_work_resumes_at_start_without_reading_other_sess
     let service = start(dir.path(), runner_runtime(), &channel).await;
     let session = service
         .store()
-        .call(|c| store::resolve_session(c, store::MAIN_AGENT_GROUP_ID, "mg-mem", None))
+        .call(|c| {
+            store::resolve_session(c, store::MAIN_AGENT_GROUP_ID, "mg-mem", None, store::SessionMode::Shared)
+        })
         .await
         .unwrap();
     service.shutdown(Duration::from_secs(20)).await;

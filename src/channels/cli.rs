@@ -121,6 +121,25 @@ pub enum ClientFrame {
         id: String,
         /// The text, non-empty.
         text: String,
+        /// The chat (default `local`, the owner's DM): 1–128 of `[A-Za-z0-9._-]`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        chat: Option<String>,
+        /// The thread in the chat: 1–128 of `[A-Za-z0-9._-]`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        thread: Option<String>,
+        /// The sender's handle (default `local`, the owner; becomes user `cli:<handle>`): 1–128
+        /// of `[A-Za-z0-9._-]`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sender: Option<String>,
+        /// The sender's display name: at most 128 characters, no control characters.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sender_name: Option<String>,
+        /// The bot is mentioned (a DM always counts as a mention).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mention: Option<bool>,
+        /// The chat is a group chat (default false: a DM).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        is_group: Option<bool>,
     },
     /// The client has shown the reply with this key: do not send it again.
     Ack {
@@ -155,6 +174,12 @@ pub enum ServerFrame {
         /// services.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         message_out_id: Option<String>,
+        /// The chat it goes to (absent: `local`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        chat: Option<String>,
+        /// The thread it goes to.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        thread: Option<String>,
     },
     /// Files from the agent: names and sizes (the bytes stay on the host).
     File {
@@ -169,6 +194,12 @@ pub enum ServerFrame {
         /// As in `reply`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         message_out_id: Option<String>,
+        /// The chat it goes to (absent: `local`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        chat: Option<String>,
+        /// The thread it goes to.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        thread: Option<String>,
     },
     /// A card with link buttons.
     Card {
@@ -185,6 +216,12 @@ pub enum ServerFrame {
         /// As in `reply`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         message_out_id: Option<String>,
+        /// The chat it goes to (absent: `local`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        chat: Option<String>,
+        /// The thread it goes to.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        thread: Option<String>,
     },
     /// A new text for an earlier reply.
     Edit {
@@ -198,6 +235,12 @@ pub enum ServerFrame {
         /// As in `reply`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         message_out_id: Option<String>,
+        /// The chat it goes to (absent: `local`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        chat: Option<String>,
+        /// The thread it goes to.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        thread: Option<String>,
     },
     /// A reaction to a message (a client message id, or a reply's `cli-out-<key>`).
     Reaction {
@@ -211,6 +254,12 @@ pub enum ServerFrame {
         /// As in `reply`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         message_out_id: Option<String>,
+        /// The chat it goes to (absent: `local`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        chat: Option<String>,
+        /// The thread it goes to.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        thread: Option<String>,
     },
     /// The agent is working (a typing indicator), running `tool` when given.
     Working {
@@ -273,6 +322,32 @@ impl ServerFrame {
             | ServerFrame::Card { message_out_id, .. }
             | ServerFrame::Edit { message_out_id, .. }
             | ServerFrame::Reaction { message_out_id, .. } => message_out_id.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// The chat of a kept frame (`local` when absent: older services had one chat); `local` for
+    /// the others.
+    pub fn chat(&self) -> &str {
+        let chat = match self {
+            ServerFrame::Reply { chat, .. }
+            | ServerFrame::File { chat, .. }
+            | ServerFrame::Card { chat, .. }
+            | ServerFrame::Edit { chat, .. }
+            | ServerFrame::Reaction { chat, .. } => chat.as_deref(),
+            _ => None,
+        };
+        chat.unwrap_or(CLI_PLATFORM_ID)
+    }
+
+    /// The thread of a kept frame, if any.
+    pub fn thread(&self) -> Option<&str> {
+        match self {
+            ServerFrame::Reply { thread, .. }
+            | ServerFrame::File { thread, .. }
+            | ServerFrame::Card { thread, .. }
+            | ServerFrame::Edit { thread, .. }
+            | ServerFrame::Reaction { thread, .. } => thread.as_deref(),
             _ => None,
         }
     }
@@ -486,7 +561,7 @@ impl CliChannel {
         key: &str,
         frame: ServerFrame,
     ) -> Result<Option<String>, DeliveryError> {
-        if platform_id != CLI_PLATFORM_ID {
+        if !valid_name(platform_id) {
             return Err(DeliveryError::rejected(format!("the CLI has no chat {platform_id:?}")));
         }
         let platform_message_id = format!("cli-out-{key}");
@@ -545,6 +620,41 @@ struct CliRun {
     _socket: SocketFile,
     /// The accept loop; it owns the listener and, in a `JoinSet`, every connection's task.
     _accept: AbortOnDropHandle<()>,
+}
+
+/// A chat, thread or sender handle of a `message` frame: 1–128 of `[A-Za-z0-9._-]`.
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Checks the addressing fields of a `message` frame; the error names the field.
+fn check_addressing(
+    chat: Option<&str>,
+    thread: Option<&str>,
+    sender: Option<&str>,
+    sender_name: Option<&str>,
+) -> Result<(), String> {
+    for (field, value) in [("chat", chat), ("thread", thread), ("sender", sender)] {
+        if let Some(v) = value
+            && !valid_name(v)
+        {
+            let shown: String = v.chars().take(40).flat_map(char::escape_default).collect();
+            return Err(format!(
+                "invalid frame: {field} must be 1-128 of [A-Za-z0-9._-] (got {} bytes: \"{shown}\")",
+                v.len()
+            ));
+        }
+    }
+    if let Some(name) = sender_name
+        && (name.chars().count() > 128 || name.chars().any(char::is_control))
+    {
+        return Err(
+            "invalid frame: sender_name must be at most 128 characters without control characters".into()
+        );
+    }
+    Ok(())
 }
 
 fn valid_id(id: &str) -> bool {
@@ -702,16 +812,15 @@ async fn serve_connection(
                 break;
             }
         };
-        let (id, text) = match frame {
-            ClientFrame::Message { id, text } => (id, text),
-            ClientFrame::Ack { message_out_id } => {
-                if let Some(store) = &store
-                    && let Err(e) = store.ack(message_out_id).await
-                {
-                    warn!(error = %e, "cli reply ack not recorded");
-                }
-                continue;
+        let ClientFrame::Message { id, text, chat, thread, sender, sender_name, mention, is_group } = frame
+        else {
+            if let ClientFrame::Ack { message_out_id } = frame
+                && let Some(store) = &store
+                && let Err(e) = store.ack(message_out_id).await
+            {
+                warn!(error = %e, "cli reply ack not recorded");
             }
+            continue;
         };
         if !valid_id(&id) {
             let _ = answer(fatal("invalid frame: id must be 1-128 of [A-Za-z0-9._:-]".into())).await;
@@ -721,16 +830,26 @@ async fn serve_connection(
             let _ = answer(fatal("invalid frame: text is empty".into())).await;
             break;
         }
+        if let Err(message) =
+            check_addressing(chat.as_deref(), thread.as_deref(), sender.as_deref(), sender_name.as_deref())
+        {
+            let _ = answer(fatal(message)).await;
+            break;
+        }
+        // The default is the owner writing in their own DM with the service.
+        let chat = chat.unwrap_or_else(|| CLI_PLATFORM_ID.to_string());
+        let owner = sender.is_none();
         let event = InboundEvent {
             channel_type: "cli".into(),
-            platform_id: CLI_PLATFORM_ID.into(),
-            thread_id: None,
+            platform_id: chat.clone(),
+            thread_id: thread,
             platform_message_id: id.clone(),
-            sender_id: Some(CLI_OWNER_USER_ID.into()),
-            sender_name: Some("Local".into()),
+            sender_id: Some(sender.map_or_else(|| CLI_OWNER_USER_ID.to_string(), |s| format!("cli:{s}"))),
+            sender_name: sender_name.or_else(|| owner.then(|| "Local".to_string())),
             text,
-            is_mention: true,
-            is_group: false,
+            is_mention: mention.unwrap_or(false),
+            is_group: is_group.unwrap_or(false),
+            chat_name: Some(chat),
         };
         // `hop:` lines time the stages of one message (`benches/hops.rs`).
         debug!(id = %id, "hop: cli message received");
@@ -793,8 +912,9 @@ impl ChannelAdapter for CliChannel {
         "cli"
     }
 
+    /// Threads are part of the local simulator (`thread` in a `message` frame).
     fn supports_threads(&self) -> bool {
-        false
+        true
     }
 
     fn idempotent_sends(&self) -> bool {
@@ -841,6 +961,8 @@ impl ChannelAdapter for CliChannel {
             text: message.text.clone(),
             in_reply_to: message.in_reply_to.clone(),
             message_out_id: self.idempotent.then(|| message.message_out_id.clone()),
+            chat: Some(message.platform_id.clone()),
+            thread: message.thread_id.clone(),
         };
         self.keep(&message.platform_id, &message.message_out_id, frame).await
     }
@@ -860,6 +982,8 @@ impl ChannelAdapter for CliChannel {
                 .collect(),
             in_reply_to: message.in_reply_to.clone(),
             message_out_id: self.idempotent.then(|| message.message_out_id.clone()),
+            chat: Some(message.platform_id.clone()),
+            thread: message.thread_id.clone(),
         };
         self.keep(&message.platform_id, &message.message_out_id, frame).await
     }
@@ -880,6 +1004,8 @@ impl ChannelAdapter for CliChannel {
                 .collect(),
             in_reply_to: message.in_reply_to.clone(),
             message_out_id: self.idempotent.then(|| message.message_out_id.clone()),
+            chat: Some(message.platform_id.clone()),
+            thread: message.thread_id.clone(),
         };
         self.keep(&message.platform_id, &message.message_out_id, frame).await
     }
@@ -891,6 +1017,8 @@ impl ChannelAdapter for CliChannel {
             text: edit.text.clone(),
             in_reply_to: edit.in_reply_to.clone(),
             message_out_id: self.idempotent.then(|| edit.message_out_id.clone()),
+            chat: Some(edit.platform_id.clone()),
+            thread: None,
         };
         self.keep(&edit.platform_id, &edit.message_out_id, frame).await.map(|_| ())
     }
@@ -902,6 +1030,8 @@ impl ChannelAdapter for CliChannel {
             emoji: reaction.emoji.clone(),
             in_reply_to: reaction.in_reply_to.clone(),
             message_out_id: self.idempotent.then(|| reaction.message_out_id.clone()),
+            chat: Some(reaction.platform_id.clone()),
+            thread: None,
         };
         self.keep(&reaction.platform_id, &reaction.message_out_id, frame).await.map(|_| ())
     }
@@ -950,7 +1080,7 @@ mod tests {
         }
 
         async fn send(&mut self, id: &str, text: &str) {
-            self.send_frame(&ClientFrame::Message { id: id.into(), text: text.into() }).await;
+            self.send_frame(&crate::chat::Address::default().message(id.into(), text.into())).await;
         }
 
         async fn ack(&mut self, key: &str) {
@@ -1012,17 +1142,34 @@ mod tests {
     #[test]
     fn the_lists_of_frame_types_match_the_enums_and_unknown_types_are_told_apart() {
         let client = [
-            ClientFrame::Message { id: "m".into(), text: "t".into() },
+            ClientFrame::Message {
+                id: "m".into(),
+                text: "t".into(),
+                chat: None,
+                thread: None,
+                sender: None,
+                sender_name: None,
+                mention: None,
+                is_group: None,
+            },
             ClientFrame::Ack { message_out_id: "k".into() },
         ];
         let server = [
             ServerFrame::Accepted { id: "m".into(), duplicate: false },
-            ServerFrame::Reply { text: "t".into(), in_reply_to: None, message_out_id: None },
+            ServerFrame::Reply {
+                text: "t".into(),
+                in_reply_to: None,
+                message_out_id: None,
+                chat: None,
+                thread: None,
+            },
             ServerFrame::File {
                 text: None,
                 files: vec![FileInfo { name: "a".into(), bytes: 1 }],
                 in_reply_to: None,
                 message_out_id: None,
+                chat: None,
+                thread: None,
             },
             ServerFrame::Card {
                 title: "t".into(),
@@ -1030,18 +1177,24 @@ mod tests {
                 buttons: vec![],
                 in_reply_to: None,
                 message_out_id: None,
+                chat: None,
+                thread: None,
             },
             ServerFrame::Edit {
                 platform_message_id: "p".into(),
                 text: "t".into(),
                 in_reply_to: None,
                 message_out_id: None,
+                chat: None,
+                thread: None,
             },
             ServerFrame::Reaction {
                 platform_message_id: "p".into(),
                 emoji: "e".into(),
                 in_reply_to: None,
                 message_out_id: None,
+                chat: None,
+                thread: None,
             },
             ServerFrame::Working { tool: None },
             ServerFrame::Done { id: "m".into() },
@@ -1246,7 +1399,13 @@ mod tests {
             serde_json::from_str(r#"{"type":"reply","text":"hi","in_reply_to":"m1"}"#).unwrap();
         assert_eq!(
             old,
-            ServerFrame::Reply { text: "hi".into(), in_reply_to: Some("m1".into()), message_out_id: None }
+            ServerFrame::Reply {
+                text: "hi".into(),
+                in_reply_to: Some("m1".into()),
+                message_out_id: None,
+                chat: None,
+                thread: None
+            }
         );
         let line = serde_json::to_string(&old).unwrap();
         assert!(!line.contains("message_out_id"), "{line}");

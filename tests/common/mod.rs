@@ -619,7 +619,7 @@ pub fn add_cli_agent_group(data_dir: &Path, folder: &str, pattern: &str, main_pa
     let ag = format!("ag-{folder}");
     let c = store_db(data_dir);
     c.execute(
-        "UPDATE messaging_group_agents SET engage_mode = 'pattern', engage_pattern = ?1 WHERE id = 'wiring-cli-main'",
+        "UPDATE messaging_group_agents SET engage_mode = 'pattern', engage_pattern = ?1 WHERE messaging_group_id = 'mg-cli-local' AND agent_group_id = 'ag-main'",
         [main_pattern],
     )
     .unwrap();

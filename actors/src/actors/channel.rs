@@ -21,6 +21,61 @@ use std::time::Duration;
 use tokio_util::task::AbortOnDropHandle;
 use tracing::{debug, info, warn};
 
+/// Most submissions of one chat waiting for routing; more are refused with
+/// [`SubmitError::Busy`] (the platform redelivers).
+pub const CHAT_QUEUE: usize = 256;
+/// Most submissions of one channel waiting for routing over all its chats.
+pub const CHANNEL_QUEUE: usize = 4096;
+
+/// The submissions waiting per chat; a chat has an entry exactly while its worker runs.
+#[derive(Default)]
+struct ChatQueues {
+    by_chat: std::collections::HashMap<String, std::collections::VecDeque<crate::ports::channel::Submission>>,
+    total: usize,
+}
+
+impl ChatQueues {
+    /// Queues `sub` for `chat`; true when the chat had no worker (the caller starts one).
+    /// Errors (giving the submission back) when the chat's or the channel's queue is full.
+    fn push(
+        &mut self,
+        chat: String,
+        sub: crate::ports::channel::Submission,
+    ) -> Result<bool, Box<(crate::ports::channel::Submission, String)>> {
+        if self.total >= CHANNEL_QUEUE {
+            return Err(Box::new((
+                sub,
+                format!("{CHANNEL_QUEUE} messages of this channel wait for routing"),
+            )));
+        }
+        let queue = self.by_chat.entry(chat);
+        let new = matches!(queue, std::collections::hash_map::Entry::Vacant(_));
+        let queue = queue.or_default();
+        if queue.len() >= CHAT_QUEUE {
+            return Err(Box::new((sub, format!("{CHAT_QUEUE} messages of this chat wait for routing"))));
+        }
+        queue.push_back(sub);
+        self.total += 1;
+        Ok(new)
+    }
+
+    /// The next submission of `chat`; `None` (and the chat's entry removed, so the next push
+    /// starts a worker) when it has none.
+    fn pop(&mut self, chat: &str) -> Option<crate::ports::channel::Submission> {
+        let queue = self.by_chat.get_mut(chat)?;
+        match queue.pop_front() {
+            Some(sub) => {
+                self.total -= 1;
+                Some(sub)
+            }
+            None => {
+                self.by_chat.remove(chat);
+                None
+            }
+        }
+    }
+}
+
 /// The channel actor (configuration only).
 pub struct ChannelActor;
 
@@ -66,16 +121,50 @@ impl Actor for ChannelActor {
         let supports_threads = args.adapter.supports_threads();
         let (health, account) = (args.health.clone(), args.adapter.account().to_string());
         let routing = AbortOnDropHandle::new(tokio::spawn(async move {
-            while let Some(sub) = submissions.recv().await {
+            // Chats are routed concurrently, each chat's messages in order: a slow, full or
+            // held session holds up only its own chat. Worker tasks live in the set and end
+            // with this task (the set aborts them when dropped).
+            let queues: Arc<parking_lot::Mutex<ChatQueues>> = Default::default();
+            let mut workers = tokio::task::JoinSet::new();
+            loop {
+                let sub = tokio::select! {
+                    sub = submissions.recv() => match sub {
+                        Some(sub) => sub,
+                        None => break,
+                    },
+                    Some(_) = workers.join_next(), if !workers.is_empty() => continue,
+                };
                 if let Some(h) = health.write().get_mut(&account) {
                     h.last_event = Some(chrono::Utc::now());
                 }
-                let mut event = sub.event;
+                let mut sub = sub;
                 if !supports_threads {
-                    event.thread_id = None;
+                    sub.event.thread_id = None;
                 }
-                let result = router.route(event).await.map_err(|e| SubmitError::Route(e.to_string()));
-                let _ = sub.ack.send(result);
+                let chat = sub.event.platform_id.clone();
+                let start_worker = match queues.lock().push(chat.clone(), sub) {
+                    Ok(start) => start,
+                    Err(refused) => {
+                        let (sub, why) = *refused;
+                        warn!(channel = %account, %chat, "{why}; message not taken (the platform redelivers it)");
+                        let _ = sub.ack.send(Err(SubmitError::Busy(why)));
+                        continue;
+                    }
+                };
+                if start_worker {
+                    let (queues, router) = (queues.clone(), router.clone());
+                    workers.spawn(async move {
+                        loop {
+                            // The lock is released before routing (a guard held across the
+                            // await would block the dispatcher).
+                            let next = queues.lock().pop(&chat);
+                            let Some(sub) = next else { break };
+                            let result =
+                                router.route(sub.event).await.map_err(|e| SubmitError::Route(e.to_string()));
+                            let _ = sub.ack.send(result);
+                        }
+                    });
+                }
             }
         }));
         let me = myself.clone();

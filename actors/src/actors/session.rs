@@ -158,6 +158,8 @@ enum Respawn {
 pub struct SessionStatus {
     /// Session id.
     pub session_id: String,
+    /// Its agent group.
+    pub agent_group_id: String,
     /// Generation of the live container, if any.
     pub container_generation: Option<i64>,
     /// The live container said hello.
@@ -207,6 +209,9 @@ pub enum SessionMessage {
     /// The credential proxy met something the owner must hear about (already rate-limited by
     /// the proxy).
     Proxy(ProxyEvent),
+    /// The agent group's destinations changed: project them into `inbound.db` now, so the
+    /// running agent sees them without a restart.
+    RefreshDestinations,
 }
 
 impl std::fmt::Debug for SessionMessage {
@@ -224,6 +229,7 @@ impl std::fmt::Debug for SessionMessage {
                 write!(f, "TierReady({}, {result:?})", tier.as_str())
             }
             SessionMessage::Proxy(e) => write!(f, "Proxy({e:?})"),
+            SessionMessage::RefreshDestinations => f.write_str("RefreshDestinations"),
         }
     }
 }
@@ -258,6 +264,13 @@ impl SessionHandle {
         self.actor
             .cast(SessionMessage::Kill { reason: reason.into(), then })
             .map_err(|e| SessionError::Unavailable(e.to_string()))
+    }
+
+    /// Asks the actor to project its agent group's destinations into `inbound.db` again (a
+    /// destination was added or removed). Ignored when the actor is gone: the next container
+    /// start projects them anyway.
+    pub fn refresh_destinations(&self) {
+        let _ = self.actor.cast(SessionMessage::RefreshDestinations);
     }
 
     /// A status snapshot (5 s timeout).
@@ -1026,11 +1039,24 @@ impl Actor for SessionActor {
             SessionMessage::Proxy(event) => {
                 notices::tell_owner_proxy(&state.ctx, &state.session, &event).await
             }
+            SessionMessage::RefreshDestinations => {
+                let agent_group = state.session.agent_group_id.clone();
+                let destinations =
+                    state.ctx.store.call(move |c| store::destinations_of(c, &agent_group)).await?;
+                let routing = routing_of(&state.session);
+                if let Err(e) =
+                    blocking(&state.paths, move |p| files::project(p, &destinations, &routing)).await
+                {
+                    // Not fatal: the next container start projects them again.
+                    warn!(session = %state.session.id, error = %e, "destinations not refreshed");
+                }
+            }
             SessionMessage::Status(reply) => {
                 let pending =
                     blocking(&state.paths, files::pending_work).await.map(|w| w.pending).unwrap_or(-1);
                 let _ = reply.send(SessionStatus {
                     session_id: state.session.id.clone(),
+                    agent_group_id: state.session.agent_group_id.clone(),
                     container_generation: state.phase.generation(),
                     container_ready: state.phase.is_ready(),
                     pending,

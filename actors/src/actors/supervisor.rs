@@ -36,7 +36,14 @@ pub struct SupervisorState {
     channels: ActorRef<ChannelSupervisorMessage>,
     /// Restart pacing and budget of the core children together.
     restarts: RestartTracker,
+    /// Deletes finished ledger keys past `routing.dedupe_retention`, hourly; ends with the state.
+    _ledger_sweep: Option<tokio_util::task::AbortOnDropHandle<()>>,
 }
+
+/// How often finished ledger keys past their retention are deleted.
+const LEDGER_SWEEP_EVERY: Duration = Duration::from_secs(3600);
+/// Ledger keys deleted per transaction of a sweep.
+const LEDGER_SWEEP_BATCH: usize = 5_000;
 
 /// Messages of [`Supervisor`].
 pub enum SupervisorMessage {
@@ -64,6 +71,8 @@ impl Actor for Supervisor {
         let (approvals, _) = Actor::spawn_linked(None, ApprovalSupervisor, (), cell.clone()).await?;
         let sessions_handle = SessionsHandle::new(sessions.clone());
         let router = Router::new(ctx.store.clone(), sessions_handle.clone())
+            .with_config(ctx.config.routing.clone())
+            .with_channels(ctx.channels.clone())
             .with_disk_floor(ctx.config.data_dir.clone(), ctx.config.min_free_bytes);
         let (channels, _) = Actor::spawn_linked(
             None,
@@ -81,6 +90,7 @@ impl Actor for Supervisor {
             approvals,
             channels,
             restarts: RestartPolicy::core_child().tracker(),
+            _ledger_sweep: None,
         })
     }
 
@@ -96,6 +106,18 @@ impl Actor for Supervisor {
             }
             Err(e) => warn!(error = %e, "ledger recovery failed; will retry at next start"),
         }
+        let router = state.router.clone();
+        state._ledger_sweep = Some(tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
+            let mut every = tokio::time::interval(LEDGER_SWEEP_EVERY);
+            loop {
+                every.tick().await;
+                match router.sweep_ledger(LEDGER_SWEEP_BATCH).await {
+                    Ok(0) => {}
+                    Ok(n) => info!(keys = n, "deleted ledger keys past their retention"),
+                    Err(e) => warn!(error = %e, "ledger sweep failed; next one in an hour"),
+                }
+            }
+        })));
         Ok(())
     }
 

@@ -61,6 +61,10 @@ pub struct InboundEvent {
     /// The chat is a group chat.
     #[serde(default)]
     pub is_group: bool,
+    /// The chat's display name, when the platform gives one (names the chat's messaging group
+    /// and its destination when the router creates them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chat_name: Option<String>,
 }
 
 /// What the router did with a submitted event.
@@ -83,6 +87,10 @@ pub enum SubmitError {
     /// Routing failed; the message was not committed.
     #[error("routing failed: {0}")]
     Route(String),
+    /// Too many messages of this chat (or of the channel) wait for routing; nothing was
+    /// committed. The platform redelivers later (its message is not acknowledged).
+    #[error("busy: {0}")]
+    Busy(String),
 }
 
 /// One submission: the event and where its ack goes.

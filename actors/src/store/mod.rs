@@ -6,8 +6,10 @@
 //! the process. Migrations from `migrations/` are embedded at compile time and applied at open.
 
 mod queries;
+mod routing;
 
 pub use queries::*;
+pub use routing::*;
 
 use rusqlite::{Connection, OptionalExtension};
 use rusqlite_migration::{M, Migrations};
@@ -20,6 +22,7 @@ pub const MIGRATIONS: &[M<'static>] = &[
     M::up(include_str!("../../../migrations/0001_initial.sql")),
     M::up(include_str!("../../../migrations/0002_session_holds.sql")),
     M::up(include_str!("../../../migrations/0003_providers.sql")),
+    M::up(include_str!("../../../migrations/0004_routing.sql")),
 ];
 
 /// Errors of the central store.

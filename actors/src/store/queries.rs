@@ -65,19 +65,21 @@ pub fn bootstrap(conn: &mut Connection) -> Result<BootstrapReport, StoreError> {
         params![CLI_MESSAGING_GROUP_ID, CLI_PLATFORM_ID, now],
     )
     .sql("create cli messaging group")?;
-    tx.execute(
-        "INSERT OR IGNORE INTO messaging_group_agents (id, messaging_group_id, agent_group_id, session_mode, priority,
-           engage_mode, engage_pattern, sender_scope, ignored_message_policy, created_at)
-         VALUES ('wiring-cli-main', ?1, ?2, 'shared', 0, 'pattern', '.', 'all', 'drop', ?3)",
-        params![CLI_MESSAGING_GROUP_ID, MAIN_AGENT_GROUP_ID, now],
-    )
-    .sql("create cli wiring")?;
-    tx.execute(
-        "INSERT OR IGNORE INTO agent_destinations (agent_group_id, local_name, target_type, target_id, created_at)
-         VALUES (?1, 'cli', 'channel', ?2, ?3)",
-        params![MAIN_AGENT_GROUP_ID, CLI_MESSAGING_GROUP_ID, now],
-    )
-    .sql("create cli destination")?;
+    // The wiring and its destination (`cli`, after the chat's name) through the one function that
+    // makes both.
+    super::routing::create_wiring_in(
+        &tx,
+        &super::routing::NewWiring {
+            messaging_group_id: CLI_MESSAGING_GROUP_ID.into(),
+            agent_group_id: MAIN_AGENT_GROUP_ID.into(),
+            session_mode: super::routing::SessionMode::Shared,
+            engage_mode: super::routing::EngageMode::Pattern,
+            engage_pattern: Some(".".into()),
+            sender_scope: super::routing::SenderScope::All,
+            ignored_message_policy: super::routing::IgnoredPolicy::Drop,
+            priority: 0,
+        },
+    )?;
     tx.commit().sql("commit bootstrap")?;
     Ok(BootstrapReport { created: true })
 }
@@ -550,14 +552,55 @@ pub fn ledger_insert(conn: &Connection, e: &LedgerEntry) -> Result<LedgerInsert,
     Ok(LedgerInsert::Duplicate { id, finished: status != "received" })
 }
 
-/// Marks a ledger entry `routed` or `dropped`.
-pub fn ledger_finish(conn: &Connection, id: &str, status: &str) -> Result<(), StoreError> {
-    conn.execute(
-        "UPDATE inbound_ledger SET status = ?2, routed_at = ?3 WHERE id = ?1",
-        params![id, status, now_ts()],
+/// How a ledger entry ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LedgerOutcome {
+    /// Stored in at least one session.
+    Routed,
+    /// Refused; the reason is kept on the entry (and counted in `unregistered_senders`).
+    Dropped(super::routing::DropReason),
+    /// Its stored event could not be read back (a corrupt row): nothing was routed.
+    Unreadable,
+}
+
+/// Finishes a ledger entry: `routed` or `dropped` with its reason, and clears the stored event
+/// (the key stays for deduplication until [`ledger_sweep`] removes it). A pending sender or
+/// channel request keeps its own copy of the event for the replay.
+pub fn ledger_finish(conn: &Connection, id: &str, outcome: LedgerOutcome) -> Result<(), StoreError> {
+    let (status, reason) = match outcome {
+        LedgerOutcome::Routed => ("routed", None),
+        LedgerOutcome::Dropped(r) => ("dropped", Some(r.as_str())),
+        LedgerOutcome::Unreadable => ("dropped", Some("unreadable_event")),
+    };
+    conn.prepare_cached(
+        "UPDATE inbound_ledger SET status = ?2, drop_reason = ?3, routed_at = ?4, event = '' WHERE id = ?1",
     )
+    .sql("ledger finish")?
+    .execute(params![id, status, reason, now_ts()])
     .sql("ledger finish")?;
     Ok(())
+}
+
+/// Deletes up to `limit` finished ledger entries received before `before` (a timestamp of
+/// [`nanoclaw_protocol::time::format_ts`]); returns how many. Entries still `received` are kept
+/// whatever their age: they are routed at the next start. Called in batches so one sweep never
+/// holds the writer long.
+pub fn ledger_sweep(conn: &Connection, before: &str, limit: usize) -> Result<usize, StoreError> {
+    conn.execute(
+        "DELETE FROM inbound_ledger WHERE rowid IN (
+           SELECT rowid FROM inbound_ledger WHERE status <> 'received' AND received_at < ?1 ORDER BY received_at LIMIT ?2)",
+        params![before, limit as i64],
+    )
+    .sql("ledger sweep")
+}
+
+/// The status and drop reason of a ledger entry.
+pub fn ledger_status(conn: &Connection, id: &str) -> Result<Option<(String, Option<String>)>, StoreError> {
+    conn.query_row("SELECT status, drop_reason FROM inbound_ledger WHERE id = ?1", [id], |r| {
+        Ok((r.get(0)?, r.get(1)?))
+    })
+    .optional()
+    .sql("ledger status")
 }
 
 /// Ledger entries received but not yet routed (a crash between commit and routing).
@@ -599,115 +642,88 @@ pub fn ledger_platform_message_id(
     .sql("ledger lookup")
 }
 
-/// A wiring of a chat, with its engage rules.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Wiring {
-    /// Wiring id.
-    pub id: String,
-    /// The agent group it engages.
-    pub agent_group_id: String,
-    /// `shared`, `per-thread` or `agent-shared`.
-    pub session_mode: String,
-    /// `pattern`, `mention` or `mention-sticky`.
-    pub engage_mode: String,
-    /// Regex for `pattern` (`.` or empty = every message).
-    pub engage_pattern: Option<String>,
-    /// `drop` or `accumulate`.
-    pub ignored_message_policy: String,
-}
-
-/// The messaging group of a chat and its wirings (highest priority first).
-pub fn wirings_of_chat(
-    conn: &Connection,
-    channel_type: &str,
-    platform_id: &str,
-) -> Result<Option<(String, Vec<Wiring>)>, StoreError> {
-    let Some(mg): Option<String> = conn
-        .query_row(
-            "SELECT id FROM messaging_groups WHERE channel_type = ?1 AND platform_id = ?2 AND denied_at IS NULL",
-            params![channel_type, platform_id],
-            |r| r.get(0),
-        )
-        .optional()
-        .sql("find messaging group")?
-    else {
-        return Ok(None);
-    };
-    let mut st = conn
-        .prepare(
-            "SELECT id, agent_group_id, session_mode, engage_mode, engage_pattern, ignored_message_policy
-               FROM messaging_group_agents WHERE messaging_group_id = ?1 ORDER BY priority DESC, created_at",
-        )
-        .sql("list wirings")?;
-    let wirings = st
-        .query_map([&mg], |r| {
-            Ok(Wiring {
-                id: r.get(0)?,
-                agent_group_id: r.get(1)?,
-                session_mode: r.get(2)?,
-                engage_mode: r.get(3)?,
-                engage_pattern: r.get(4)?,
-                ignored_message_policy: r.get(5)?,
-            })
-        })
-        .sql("list wirings")?
-        .collect::<Result<Vec<_>, _>>()
-        .sql("list wirings")?;
-    Ok(Some((mg, wirings)))
-}
-
-/// Finds or creates the active session of (agent group, messaging group, thread).
+/// Finds or creates the open session of a key: (agent group, chat, thread) for `shared` (thread
+/// `None`) and `per-thread`; the agent group alone for `agent-shared`, whose session serves every
+/// chat wired that way (created with the triggering chat). Only sessions created under the same
+/// kind of key are joined: an `agent-shared` wiring never joins a per-chat session (reference
+/// §12.9). Unique indexes rule out two open sessions for one key, so two racing calls get one.
 pub fn resolve_session(
     conn: &mut Connection,
     agent_group_id: &str,
     messaging_group_id: &str,
     thread_id: Option<&str>,
+    mode: super::routing::SessionMode,
 ) -> Result<SessionInfo, StoreError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).sql("begin resolve session")?;
-    let existing: Option<String> = tx
-        .query_row(
-            "SELECT id FROM sessions WHERE status <> 'closed' AND agent_group_id = ?1 AND messaging_group_id = ?2
-               AND coalesce(thread_id, '') = coalesce(?3, '')",
-            params![agent_group_id, messaging_group_id, thread_id],
-            |r| r.get(0),
-        )
-        .optional()
-        .sql("find session")?;
+    let session = resolve_session_in(&tx, agent_group_id, messaging_group_id, thread_id, mode)?;
+    tx.commit().sql("commit resolve session")?;
+    Ok(session)
+}
+
+/// [`resolve_session`] inside the caller's transaction.
+pub fn resolve_session_in(
+    conn: &Connection,
+    agent_group_id: &str,
+    messaging_group_id: &str,
+    thread_id: Option<&str>,
+    mode: super::routing::SessionMode,
+) -> Result<SessionInfo, StoreError> {
+    use super::routing::SessionMode;
+    let thread_id = if mode == SessionMode::PerThread { thread_id } else { None };
+    let existing: Option<String> = match mode {
+        SessionMode::AgentShared => conn
+            .prepare_cached(
+                "SELECT id FROM sessions WHERE status <> 'closed' AND agent_group_id = ?1 AND session_mode = 'agent-shared'
+                  ORDER BY created_at DESC LIMIT 1",
+            )
+            .sql("find session")?
+            .query_row(params![agent_group_id], |r| r.get(0))
+            .optional()
+            .sql("find session")?,
+        _ => conn
+            .prepare_cached(
+                "SELECT id FROM sessions WHERE status <> 'closed' AND agent_group_id = ?1 AND session_mode <> 'agent-shared'
+                   AND coalesce(messaging_group_id, '') = ?2 AND coalesce(thread_id, '') = coalesce(?3, '')",
+            )
+            .sql("find session")?
+            .query_row(params![agent_group_id, messaging_group_id, thread_id], |r| r.get(0))
+            .optional()
+            .sql("find session")?,
+    };
     let id = match existing {
         Some(id) => id,
         None => {
             let id = new_id("sess");
-            tx.execute(
-                "INSERT INTO sessions (id, agent_group_id, messaging_group_id, thread_id, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![id, agent_group_id, messaging_group_id, thread_id, now_ts()],
+            conn.execute(
+                "INSERT INTO sessions (id, agent_group_id, messaging_group_id, thread_id, session_mode, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![id, agent_group_id, messaging_group_id, thread_id, mode.as_str(), now_ts()],
             )
             .sql("create session")?;
             id
         }
     };
-    tx.commit().sql("commit resolve session")?;
     session_info(conn, &id)?.ok_or_else(|| StoreError::Invalid(format!("session {id} vanished")))
 }
 
-/// Records (or counts again) a dropped message (`unregistered_senders`).
-pub fn record_dropped(
+/// Whether an open per-chat session of the agent group exists for (chat, thread): what makes a
+/// `mention-sticky` wiring engage without a mention.
+pub fn has_open_session(
     conn: &Connection,
-    channel_type: &str,
-    platform_id: &str,
-    user_id: Option<&str>,
-    reason: &str,
-    messaging_group_id: Option<&str>,
-) -> Result<(), StoreError> {
-    let now = now_ts();
-    conn.execute(
-        "INSERT INTO unregistered_senders (channel_type, platform_id, user_id, reason, messaging_group_id, first_seen, last_seen)
-         VALUES (?1, ?2, coalesce(?3, ''), ?4, ?5, ?6, ?6)
-         ON CONFLICT (channel_type, platform_id, user_id) DO UPDATE SET message_count = message_count + 1,
-           last_seen = excluded.last_seen, reason = excluded.reason",
-        params![channel_type, platform_id, user_id, reason, messaging_group_id, now],
-    )
-    .sql("record dropped message")?;
-    Ok(())
+    agent_group_id: &str,
+    messaging_group_id: &str,
+    thread_id: Option<&str>,
+) -> Result<bool, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT 1 FROM sessions WHERE status <> 'closed' AND agent_group_id = ?1 AND messaging_group_id = ?2
+               AND coalesce(thread_id, '') = coalesce(?3, '')",
+        )
+        .sql("find session")?
+        .query_row(params![agent_group_id, messaging_group_id, thread_id], |_| Ok(()))
+        .optional()
+        .sql("find session")?
+        .is_some())
 }
 
 /// A new id `<prefix>-<ms base36>-<6 random base36>`, time-ordered within a prefix.
@@ -739,7 +755,7 @@ fn to_base36(mut n: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::Store;
+    use crate::store::{SessionMode, Store, find_messaging_group, wirings_of};
 
     #[tokio::test]
     async fn bootstrap_is_idempotent_and_wires_cli_to_main() {
@@ -747,18 +763,22 @@ mod tests {
         let store = Store::open(&dir.path().join("nanoclaw.db")).await.unwrap();
         assert!(store.call(bootstrap).await.unwrap().created);
         assert!(!store.call(bootstrap).await.unwrap().created);
-        let (mg, wirings) =
-            store.call(|c| wirings_of_chat(c, "cli", CLI_PLATFORM_ID)).await.unwrap().unwrap();
-        assert_eq!(mg, CLI_MESSAGING_GROUP_ID);
+        let mg = store.call(|c| find_messaging_group(c, "cli", CLI_PLATFORM_ID)).await.unwrap().unwrap();
+        assert_eq!(mg.id, CLI_MESSAGING_GROUP_ID);
+        let wirings = store.call(|c| wirings_of(c, CLI_MESSAGING_GROUP_ID)).await.unwrap();
         assert_eq!(wirings.len(), 1);
         assert_eq!(wirings[0].engage_mode, "pattern");
         assert_eq!(wirings[0].session_mode, "shared");
         let s1 = store
-            .call(|c| resolve_session(c, MAIN_AGENT_GROUP_ID, CLI_MESSAGING_GROUP_ID, None))
+            .call(|c| {
+                resolve_session(c, MAIN_AGENT_GROUP_ID, CLI_MESSAGING_GROUP_ID, None, SessionMode::Shared)
+            })
             .await
             .unwrap();
         let s2 = store
-            .call(|c| resolve_session(c, MAIN_AGENT_GROUP_ID, CLI_MESSAGING_GROUP_ID, None))
+            .call(|c| {
+                resolve_session(c, MAIN_AGENT_GROUP_ID, CLI_MESSAGING_GROUP_ID, None, SessionMode::Shared)
+            })
             .await
             .unwrap();
         assert_eq!(s1, s2, "shared mode: one session per chat");
@@ -796,7 +816,7 @@ mod tests {
             LedgerInsert::Duplicate { id: "in-1".into(), finished: false }
         );
         assert_eq!(store.call(ledger_unrouted_boxed).await.unwrap().len(), 1);
-        store.call(|c| ledger_finish(c, "in-1", "routed")).await.unwrap();
+        store.call(|c| ledger_finish(c, "in-1", LedgerOutcome::Routed)).await.unwrap();
         assert!(store.call(ledger_unrouted_boxed).await.unwrap().is_empty());
     }
 

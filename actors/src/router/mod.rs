@@ -1,0 +1,391 @@
+//! The router: inbound platform message → ledger → messaging group → wirings → sessions.
+//! `docs/routing.md` states the rules as users see them, with the engagement table.
+//!
+//! 1. The event is committed to `inbound_ledger`, deduplicated on (`channel_type`,
+//!    `platform_message_id`) — before the platform is acknowledged (DESIGN §5 invariant 2).
+//! 2. One transaction ([`plan`]) decides: the chat's messaging group (an unknown chat is created
+//!    only for a mention or DM, else the message counts as `unknown_chat`); a rejected chat
+//!    (`channel_denied`), a chat without wirings (`no_agent_wired`, and one pending registration
+//!    per chat for a mention or DM) and a filtered slash command (`command_filtered`) end there.
+//!    Otherwise every wiring decides on its own, in priority order: engaged (pattern, mention,
+//!    mention-sticky), the sender's access under the chat's policy and the wiring's sender scope,
+//!    admin-only commands; engaged and allowed → `trigger = 1`; not engaged and `accumulate` →
+//!    `trigger = 0`; refused → not stored. Invalid stored wirings never engage (fail closed).
+//! 3. The sessions (created as the session mode says) take their rows concurrently, each within
+//!    [`RoutingConfig::session_deadline`]. Row ids are `<ledger id>:<agent group id>`, so routing
+//!    an entry again (after a crash, or a replay on approval) writes nothing twice.
+//! 4. One transaction ([`plan::finish`]) marks the entry `routed` or `dropped` with its reason,
+//!    counts the refusal once in `unregistered_senders`, and stores a pending sender request.
+//!    Entries still `received` at start are routed again ([`Router::recover`]).
+
+mod effects;
+pub mod plan;
+
+pub use effects::{ChannelChoice, EffectError};
+
+use crate::actors::session_supervisor::SessionsHandle;
+use crate::disk::DiskError;
+use crate::ports::channel::{InboundAck, InboundEvent};
+use crate::session_files::NewInbound;
+use crate::store::{
+    self, DropReason, LedgerEntry, LedgerInsert, LedgerOutcome, Store, UnknownSenderPolicy, new_id,
+};
+use futures_util::future::join_all;
+use nanoclaw_protocol::content::ChatContent;
+use plan::{Facts, Plan, Rules};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::{Instrument, debug, info_span, warn};
+
+/// How long [`Router`] waits for a stopping session actor to exit before asking for a new one.
+const STOPPING_ACTOR_WAIT: Duration = Duration::from_secs(2);
+
+/// Routing settings (config section `[routing]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoutingConfig {
+    /// Policy of a chat created by a mention or DM (`routing.unknown_sender_policy`, default
+    /// `request_approval`).
+    pub default_unknown_sender_policy: UnknownSenderPolicy,
+    /// How long finished ledger keys are kept for deduplication (`routing.dedupe_retention`,
+    /// default 7 days).
+    pub dedupe_retention: Duration,
+    /// Slash commands dropped and recorded (`routing.commands.filtered`; default `/login`,
+    /// `/logout`, `/config`), lowercase with the `/`.
+    pub filtered_commands: Vec<String>,
+    /// Slash commands only an owner or an admin of the group may send
+    /// (`routing.commands.admin_only`; default `/clear`, `/compact`, `/cost`, `/context`).
+    pub admin_only_commands: Vec<String>,
+    /// Longest a session may take to accept a routed row; past it the entry stays `received`
+    /// (the platform is not acknowledged) without holding up other chats. Default 10 s.
+    pub session_deadline: Duration,
+    /// Hops an agent-to-agent conversation may take before it is stopped
+    /// (`routing.max_agent_hops`, default 8).
+    pub max_agent_hops: u32,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        Self {
+            default_unknown_sender_policy: UnknownSenderPolicy::RequestApproval,
+            dedupe_retention: Duration::from_secs(7 * 24 * 3600),
+            filtered_commands: ["/login", "/logout", "/config"].map(String::from).to_vec(),
+            admin_only_commands: ["/clear", "/compact", "/cost", "/context"].map(String::from).to_vec(),
+            session_deadline: Duration::from_secs(10),
+            max_agent_hops: 8,
+        }
+    }
+}
+
+/// Why an event was not routed. The platform must not be acknowledged; the ledger keeps the
+/// entry (when it was committed) for the next attempt. Display is one line for the sender.
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    /// The data directory's filesystem is under its free-space floor: no new work is accepted.
+    #[error(transparent)]
+    DiskLow(#[from] DiskError),
+    /// The central store failed.
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    /// The session could not take the message.
+    #[error("{0}")]
+    Session(String),
+    /// The event could not be encoded.
+    #[error("event: {0}")]
+    Event(#[from] serde_json::Error),
+}
+
+/// Routes inbound events. Cheap to clone.
+#[derive(Clone)]
+pub struct Router {
+    store: Store,
+    sessions: SessionsHandle,
+    config: Arc<RoutingConfig>,
+    rules: Arc<Rules>,
+    /// Data directory and free-space floor (bytes; 0 = no check): under it, no new work.
+    disk_floor: Option<(PathBuf, u64)>,
+    /// The service's channels, for the host's own notes (command refusals).
+    channels: Option<crate::context::Channels>,
+}
+
+impl std::fmt::Debug for Router {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Router").finish_non_exhaustive()
+    }
+}
+
+impl Router {
+    /// A router over a store and the session supervisor, with default [`RoutingConfig`].
+    pub fn new(store: Store, sessions: SessionsHandle) -> Self {
+        Self {
+            store,
+            sessions,
+            config: Arc::new(RoutingConfig::default()),
+            rules: Default::default(),
+            disk_floor: None,
+            channels: None,
+        }
+    }
+
+    /// The same router with `config`.
+    pub fn with_config(mut self, config: RoutingConfig) -> Self {
+        self.config = Arc::new(config);
+        self
+    }
+
+    /// Refuses new work while the filesystem of `data_dir` has less than `min_free_bytes` free
+    /// (`service.min_free_mb`): the sender gets a clear error instead of a crash later.
+    pub fn with_disk_floor(mut self, data_dir: PathBuf, min_free_bytes: u64) -> Self {
+        self.disk_floor = (min_free_bytes > 0).then_some((data_dir, min_free_bytes));
+        self
+    }
+
+    /// Sends the host's own notes (the refusal of an admin-only command) through `channels`.
+    pub fn with_channels(mut self, channels: crate::context::Channels) -> Self {
+        self.channels = Some(channels);
+        self
+    }
+
+    /// The routing settings.
+    pub fn config(&self) -> &RoutingConfig {
+        &self.config
+    }
+
+    /// The central store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Routes one event; see the module docs for the steps.
+    ///
+    /// Errors (store or session failures) leave the ledger entry `received`: the platform must
+    /// not be acknowledged, and the entry is routed again at the next start.
+    pub async fn route(&self, event: InboundEvent) -> Result<InboundAck, RouteError> {
+        let trace_id = new_id("tr");
+        let span =
+            info_span!("route", trace = %trace_id, channel = %event.channel_type, chat = %event.platform_id);
+        self.route_inner(event, trace_id).instrument(span).await
+    }
+
+    async fn route_inner(&self, event: InboundEvent, trace_id: String) -> Result<InboundAck, RouteError> {
+        if let Some((dir, floor)) = &self.disk_floor {
+            let (dir, floor) = (dir.clone(), *floor);
+            tokio::task::spawn_blocking(move || crate::disk::check_floor(&dir, floor))
+                .await
+                .map_err(|e| RouteError::Session(format!("disk check failed: {e}")))??;
+        }
+        let sender_id = namespaced_sender(&event);
+        let entry = LedgerEntry {
+            id: new_id("in"),
+            channel_type: event.channel_type.clone(),
+            platform_message_id: event.platform_message_id.clone(),
+            platform_id: event.platform_id.clone(),
+            thread_id: event.thread_id.clone(),
+            sender_id: sender_id.clone(),
+            event: serde_json::to_string(&event)?,
+            trace_id: trace_id.clone(),
+        };
+        let e = entry.clone();
+        let ledger_id = match self.store.call(move |c| store::ledger_insert(c, &e)).await? {
+            LedgerInsert::New => {
+                // `hop:` lines time the stages of one message (`benches/hops.rs`).
+                debug!("hop: ledger committed");
+                entry.id.clone()
+            }
+            LedgerInsert::Duplicate { id, finished: true } => {
+                debug!(ledger = %id, "duplicate message ignored");
+                return Ok(InboundAck { ledger_id: id, duplicate: true, dropped: None });
+            }
+            // Seen but not routed (an earlier attempt failed half-way): route it again; the
+            // messages_in ids make that idempotent.
+            LedgerInsert::Duplicate { id, finished: false } => id,
+        };
+        let facts = Facts { ledger_id, sender: sender_id, event_json: entry.event, event };
+        self.route_entry(facts, &trace_id).await
+    }
+
+    /// Routes a ledger entry (new, left `received` by a crash, or replayed on an approval).
+    async fn route_entry(&self, facts: Facts, trace_id: &str) -> Result<InboundAck, RouteError> {
+        let ledger_id = facts.ledger_id.clone();
+        let ack = |dropped: Option<DropReason>| InboundAck {
+            ledger_id: ledger_id.clone(),
+            duplicate: false,
+            dropped: dropped.map(|r| r.as_str().to_string()),
+        };
+        let (config, rules, f) = (self.config.clone(), self.rules.clone(), facts.clone());
+        let plan = self.store.call(move |c| plan::plan(c, &f, &config, &rules)).await?;
+        let (mg, targets, refusal, command_refusal) = match plan {
+            Plan::Dropped(reason) => {
+                debug!(reason = %reason, "message dropped");
+                return Ok(ack(Some(reason)));
+            }
+            Plan::Deliver { mg, targets, refusal, command_refusal } => {
+                (mg, targets, refusal, command_refusal)
+            }
+        };
+        let event = &facts.event;
+        let content = serde_json::to_string(&ChatContent {
+            text: event.text.clone(),
+            sender: event.sender_name.clone(),
+            sender_id: facts.sender.clone(),
+            platform_message_id: Some(event.platform_message_id.clone()),
+            trace_id: Some(trace_id.to_string()),
+        })?;
+        // Every session at once, each within its deadline: one slow session holds up only this
+        // chat's next message (the channel routes chats concurrently), never the other sessions.
+        let deadline = self.config.session_deadline;
+        let writes = targets.iter().map(|t| {
+            let row = NewInbound {
+                id: format!("{}:{}", facts.ledger_id, t.session.agent_group_id),
+                kind: "chat",
+                trigger: t.trigger,
+                on_wake: false,
+                channel_type: Some(event.channel_type.clone()),
+                platform_id: Some(event.platform_id.clone()),
+                thread_id: event.thread_id.clone(),
+                content: content.clone(),
+            };
+            let session = t.session.clone();
+            async move {
+                let id = session.id.clone();
+                match tokio::time::timeout(deadline, self.enqueue(session, row)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(RouteError::Session(format!(
+                        "session {id} did not take the message within {deadline:?}"
+                    ))),
+                }
+            }
+        });
+        for result in join_all(writes).await {
+            result?;
+        }
+        if !targets.is_empty() {
+            debug!(sessions = targets.len(), "hop: enqueued");
+        }
+        let stored = !targets.is_empty();
+        let (f, r) = (facts.clone(), refusal.clone());
+        let dropped = self.store.call(move |c| plan::finish(c, &f, stored, r.as_ref())).await?;
+        if let Some(text) = command_refusal {
+            self.tell_chat(&mg, event, text).await;
+        }
+        match dropped {
+            Some(reason) => debug!(reason = %reason, "message dropped"),
+            None => debug!("hop: routed"),
+        }
+        Ok(ack(dropped))
+    }
+
+    /// A note of the host to the chat an event came from, answering it (best effort, logged).
+    async fn tell_chat(&self, mg: &store::MessagingGroup, event: &InboundEvent, text: String) {
+        let Some(channels) = &self.channels else {
+            warn!(chat = %mg.platform_id, "no channels to tell the chat: {text}");
+            return;
+        };
+        let Some(channel) = channels.for_channel_type(&mg.channel_type) else {
+            warn!(channel = %mg.channel_type, "channel not running; note not sent: {text}");
+            return;
+        };
+        let message = crate::ports::channel::OutboundMessage {
+            platform_id: mg.platform_id.clone(),
+            thread_id: event.thread_id.clone(),
+            text,
+            in_reply_to: Some(event.platform_message_id.clone()),
+            // One key per refused message: a repeat of the same message is deduplicated by the
+            // ledger before it gets here, so the note is sent once.
+            message_out_id: format!("host-refusal-{}", event.platform_message_id),
+        };
+        if let Err(e) = channel.deliver(message, Duration::from_secs(30)).await {
+            warn!(chat = %mg.platform_id, error = %e, "refusal note not delivered");
+        }
+    }
+
+    /// Hands a row to its session actor; a session actor that was just stopping is replaced (after
+    /// it has exited, at most [`STOPPING_ACTOR_WAIT`] each time, three tries).
+    async fn enqueue(&self, session: store::SessionInfo, row: NewInbound) -> Result<(), RouteError> {
+        let mut last = String::new();
+        for _ in 0..3 {
+            let handle =
+                self.sessions.get(session.clone()).await.map_err(|e| RouteError::Session(e.to_string()))?;
+            match handle.enqueue(vec![row.clone()]).await {
+                Ok(_) => return Ok(()),
+                // A locked inbound.db quarantined the session; retrying now would only hold up
+                // this chat. The ledger keeps the entry for the next attempt.
+                Err(e @ crate::actors::session::SessionError::Busy(_)) => {
+                    return Err(RouteError::Session(e.to_string()));
+                }
+                // The actor was stopping (idle, or held) when the row reached it. Until it has
+                // exited the supervisor would hand it out again, so wait for that (bounded),
+                // then ask for a fresh one: under load three immediate retries could all land
+                // on the same dying actor and fail a message that has a session to go to.
+                Err(e @ crate::actors::session::SessionError::Unavailable(_)) => {
+                    last = e.to_string();
+                    let _ = handle.actor().get_cell().wait(Some(STOPPING_ACTOR_WAIT)).await;
+                }
+                Err(e) => last = e.to_string(),
+            }
+        }
+        Err(RouteError::Session(last))
+    }
+
+    /// Routes every ledger entry left `received` (crash recovery at start). An entry whose stored
+    /// event does not parse is marked `dropped` (reason `unreadable_event`) and routing goes on;
+    /// one that fails to route stays `received` for the next start. Returns how many were found.
+    pub async fn recover(&self) -> Result<usize, RouteError> {
+        let entries = self.store.call(|c| store::ledger_unrouted(c)).await?;
+        let n = entries.len();
+        for entry in entries {
+            let event: InboundEvent = match serde_json::from_str(&entry.event) {
+                Ok(e) => e,
+                Err(e) => {
+                    warn!(ledger = %entry.id, error = %e, "unreadable ledger event; dropped");
+                    let id = entry.id.clone();
+                    self.store.call(move |c| store::ledger_finish(c, &id, LedgerOutcome::Unreadable)).await?;
+                    continue;
+                }
+            };
+            let facts = Facts {
+                ledger_id: entry.id.clone(),
+                sender: namespaced_sender(&event),
+                event_json: entry.event.clone(),
+                event,
+            };
+            if let Err(e) = self.route_entry(facts, &entry.trace_id).await {
+                warn!(ledger = %entry.id, error = %e, "ledger entry not routed; kept for the next start");
+            }
+        }
+        Ok(n)
+    }
+
+    /// Deletes finished ledger keys older than [`RoutingConfig::dedupe_retention`], in batches
+    /// of `batch`; returns how many.
+    pub async fn sweep_ledger(&self, batch: usize) -> Result<usize, RouteError> {
+        let retention =
+            chrono::Duration::from_std(self.config.dedupe_retention).unwrap_or(chrono::Duration::MAX);
+        let before = chrono::Utc::now()
+            .checked_sub_signed(retention)
+            .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
+        let before = nanoclaw_protocol::time::format_ts(before);
+        let mut total = 0;
+        loop {
+            let b = before.clone();
+            let n = self.store.call(move |c| store::ledger_sweep(c, &b, batch)).await?;
+            total += n;
+            if n < batch {
+                return Ok(total);
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
+/// The sender as a user id: `<channel_type>:<handle>`, unless the handle already starts with
+/// this channel's `<channel_type>:`. A handle namespaced for another channel is wrapped like any
+/// other (`cli:telegram:1`), so no adapter can speak as a user of another channel.
+pub fn namespaced_sender(event: &InboundEvent) -> Option<String> {
+    let prefix = format!("{}:", event.channel_type);
+    event
+        .sender_id
+        .as_ref()
+        .filter(|s| !s.is_empty())
+        .map(|s| if s.starts_with(&prefix) { s.clone() } else { format!("{prefix}{s}") })
+}

@@ -1,0 +1,183 @@
+//! Routing and permissions through the real binary, with the CLI channel as a local chat
+//! platform (`chat`, `thread`, `sender`, `mention`, `is_group` in a `message` frame, and
+//! `nanoclaw chat --chat --as --thread --mention --group`). The process runtime runs the echo
+//! agent: what matters here is who answers where, not the container.
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+use std::path::Path;
+use std::time::Duration;
+
+/// Chat `team` (a group, policy `policy`) wired to agent group main, engaging on every message.
+fn wire_team(data: &Path, policy: &str) {
+    let now = nanoclaw_protocol::time::now_ts();
+    store_db(data)
+        .execute_batch(&format!(
+            "INSERT INTO messaging_groups (id, channel_type, platform_id, name, is_group, unknown_sender_policy, created_at)
+               VALUES ('mg-team', 'cli', 'team', 'team', 1, '{policy}', '{now}');
+             INSERT INTO messaging_group_agents (id, messaging_group_id, agent_group_id, engage_mode, engage_pattern, created_at)
+               VALUES ('w-team', 'mg-team', 'ag-main', 'pattern', '.', '{now}');
+             INSERT INTO agent_destinations (agent_group_id, local_name, target_type, target_id, created_at)
+               VALUES ('ag-main', 'team', 'channel', 'mg-team', '{now}');"
+        ))
+        .unwrap();
+}
+
+fn send(client: &mut Client, frame: Value) {
+    client.send_raw(format!("{frame}\n").as_bytes()).unwrap();
+}
+
+#[test]
+fn threads_chats_and_senders_through_the_cli_simulator() {
+    let dir = short_tempdir();
+    let data = dir.path().join("data");
+    let server = Server::start(&data, &["--runtime", "process"], &[]);
+    wire_team(&data, "strict");
+    store_db(&data)
+        .execute_batch(
+            "INSERT INTO users (id, kind, created_at) VALUES ('cli:alice', 'cli', 't');
+             INSERT INTO agent_group_members (user_id, agent_group_id, added_at) VALUES ('cli:alice', 'ag-main', 't');",
+        )
+        .unwrap();
+    let mut c = server.client();
+    // Two threads of the group chat: two sessions, each reply in its own thread and chat.
+    for (id, thread) in [("t1-a", "T1"), ("t2-a", "T2")] {
+        send(
+            &mut c,
+            json!({"type": "message", "id": id, "text": format!("hi from {thread}"), "chat": "team",
+                   "thread": thread, "sender": "alice", "is_group": true}),
+        );
+    }
+    let replies = replies_until(&mut c, 2);
+    let mut got: Vec<(String, String, String)> = replies
+        .iter()
+        .map(|f| {
+            (
+                f["chat"].as_str().unwrap_or("").to_string(),
+                f["thread"].as_str().unwrap_or("").to_string(),
+                f["text"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            ("team".into(), "T1".into(), "echo: hi from T1".into()),
+            ("team".into(), "T2".into(), "echo: hi from T2".into())
+        ]
+    );
+    let sessions: i64 = store_db(&data)
+        .query_row("SELECT count(*) FROM sessions WHERE messaging_group_id = 'mg-team'", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(sessions, 2, "one session per thread");
+
+    // A stranger in the strict chat: refused, told why, counted once.
+    send(
+        &mut c,
+        json!({"type": "message", "id": "x1", "text": "hello?", "chat": "team", "sender": "mallory", "is_group": true}),
+    );
+    let frames = c.until(Duration::from_secs(30), |f| f["id"] == "x1");
+    let last = frames.last().unwrap();
+    assert_eq!(last["type"], "failed", "{frames:?}");
+    assert_eq!(last["reason"], "not delivered to any agent: unknown_sender_strict");
+    let n: i64 = store_db(&data)
+        .query_row(
+            "SELECT message_count FROM unregistered_senders WHERE platform_id = 'team' AND user_id = 'cli:mallory'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(n, 1);
+
+    // A member's /clear is admin-only: the chat is told, the agent never sees it.
+    send(
+        &mut c,
+        json!({"type": "message", "id": "clr", "text": "/clear", "chat": "team", "sender": "alice", "is_group": true}),
+    );
+    let frames = c.until(Duration::from_secs(30), |f| {
+        f["type"] == "reply" && f["chat"] == "team" && f["in_reply_to"] == "clr"
+    });
+    assert_eq!(frames.last().unwrap()["text"], "Permission denied: /clear requires admin access.");
+
+    // An unknown chat without a mention is dropped as such; with one, it asks for registration.
+    send(
+        &mut c,
+        json!({"type": "message", "id": "u1", "text": "psst", "chat": "elsewhere", "sender": "zed", "is_group": true}),
+    );
+    let frames = c.until(Duration::from_secs(30), |f| f["id"] == "u1");
+    assert_eq!(frames.last().unwrap()["reason"], "not delivered to any agent: unknown_chat");
+    send(
+        &mut c,
+        json!({"type": "message", "id": "u2", "text": "@bot hi", "chat": "elsewhere", "sender": "zed", "is_group": true, "mention": true}),
+    );
+    let frames = c.until(Duration::from_secs(30), |f| f["id"] == "u2");
+    assert_eq!(frames.last().unwrap()["reason"], "not delivered to any agent: no_agent_wired");
+    let pending: i64 = store_db(&data)
+        .query_row("SELECT count(*) FROM pending_channel_approvals", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(pending, 1);
+}
+
+/// Reads frames until `n` replies came (60 s at most); returns the replies.
+fn replies_until(c: &mut Client, n: usize) -> Vec<Value> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut replies = vec![];
+    while replies.len() < n {
+        assert!(std::time::Instant::now() < deadline, "only {} replies: {replies:?}", replies.len());
+        if let Some(f) = c.next(Duration::from_millis(500))
+            && f["type"] == "reply"
+        {
+            replies.push(f);
+        }
+    }
+    replies
+}
+
+#[test]
+fn nanoclaw_chat_writes_as_another_user_in_another_chat_and_shows_that_chats_replies() {
+    let dir = short_tempdir();
+    let data = dir.path().join("data");
+    let _server = Server::start(&data, &["--runtime", "process"], &[]);
+    wire_team(&data, "public");
+    let out = nanoclaw(&data)
+        .args(["chat", "--chat", "team", "--as", "bob", "--group", "--thread", "T9", "-m", "hello team"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "echo: hello team\n");
+    let (sender, thread): (String, Option<String>) = store_db(&data)
+        .query_row(
+            "SELECT sender_id, thread_id FROM inbound_ledger ORDER BY received_at DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((sender.as_str(), thread.as_deref()), ("cli:bob", Some("T9")));
+}
+
+#[test]
+fn addressing_fields_that_break_the_rules_get_an_error_naming_the_field() {
+    let dir = short_tempdir();
+    let data = dir.path().join("data");
+    let server = Server::start(&data, &["--runtime", "process"], &[]);
+    for (field, value) in
+        [("chat", "c".repeat(1000)), ("sender", "a\u{0}b".to_string()), ("thread", "t/../x".to_string())]
+    {
+        let mut c = server.client();
+        let mut frame = json!({"type": "message", "id": "bad", "text": "hi"});
+        frame[field] = Value::String(value);
+        send(&mut c, frame);
+        let frames = c.until_closed(Duration::from_secs(10));
+        let err =
+            frames.iter().find(|f| f["type"] == "error").unwrap_or_else(|| panic!("{field}: {frames:?}"));
+        let message = err["message"].as_str().unwrap();
+        assert!(message.starts_with(&format!("invalid frame: {field} ")), "{field}: {message}");
+    }
+    // The service keeps running: the owner's chat still works.
+    let out = nanoclaw(&data).args(["chat", "-m", "still here"]).output().unwrap();
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "echo: still here\n");
+}
