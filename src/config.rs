@@ -40,6 +40,7 @@
 //!                              # request_approval | public
 //! dedupe_retention_days = 7    # how long platform message ids are kept to drop repeats
 //! max_agent_hops = 8           # agent-to-agent messages in a row before the chain is stopped
+//! max_inbound_bytes = 262144   # longer texts are cut; the full text goes to the session inbox
 //!
 //! [routing.commands]
 //! filtered   = ["/login", "/logout", "/config"]            # dropped and recorded
@@ -309,6 +310,7 @@ struct FileRouting {
     unknown_sender_policy: Option<String>,
     dedupe_retention_days: Option<u64>,
     max_agent_hops: Option<u32>,
+    max_inbound_bytes: Option<usize>,
     #[serde(default)]
     commands: FileCommands,
 }
@@ -339,6 +341,12 @@ fn parse_routing(src: &str, file: FileRouting) -> Result<RoutingConfig, ConfigEr
             return Err(bad("routing.max_agent_hops", format!("{hops} not in 1..=100")));
         }
         out.max_agent_hops = hops;
+    }
+    if let Some(bytes) = file.max_inbound_bytes {
+        if !(1024..=16 * 1024 * 1024).contains(&bytes) {
+            return Err(bad("routing.max_inbound_bytes", format!("{bytes} not in 1024..=16777216")));
+        }
+        out.max_inbound_bytes = bytes;
     }
     for (key, list, target) in [
         ("routing.commands.filtered", file.commands.filtered, &mut out.filtered_commands),
@@ -872,6 +880,31 @@ mod tests {
         }
         let env: HashMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         Config::load(&flags, |k| env.get(k).cloned())
+    }
+
+    #[test]
+    fn routing_keys_have_defaults_and_bad_values_name_the_key() {
+        let c = load(None, &[], FlagOverrides::default()).unwrap();
+        assert_eq!(c.routing, RoutingConfig::default());
+        assert_eq!(c.routing.default_unknown_sender_policy, UnknownSenderPolicy::RequestApproval);
+        let file = "[routing]\nunknown_sender_policy = \"strict\"\nmax_agent_hops = 3\nmax_inbound_bytes = 4096\n\
+                    [routing.commands]\nfiltered = [\"/secret\"]\n";
+        let c = load(Some(file), &[], FlagOverrides::default()).unwrap();
+        assert_eq!(c.routing.default_unknown_sender_policy, UnknownSenderPolicy::Strict);
+        assert_eq!((c.routing.max_agent_hops, c.routing.max_inbound_bytes), (3, 4096));
+        assert_eq!(c.routing.filtered_commands, vec!["/secret".to_string()]);
+        assert_eq!(c.routing.admin_only_commands, RoutingConfig::default().admin_only_commands);
+        for (file, key) in [
+            ("[routing]\nunknown_sender_policy = \"open\"\n", "routing.unknown_sender_policy"),
+            ("[routing]\nmax_agent_hops = 0\n", "routing.max_agent_hops"),
+            ("[routing]\ndedupe_retention_days = 0\n", "routing.dedupe_retention_days"),
+            ("[routing.commands]\nadmin_only = [\"clear\"]\n", "routing.commands.admin_only"),
+            ("[routing]\nmax_inbound_bytes = 10\n", "routing.max_inbound_bytes"),
+            ("[routing]\nengage = 1\n", "routing"),
+        ] {
+            let e = load(Some(file), &[], FlagOverrides::default()).unwrap_err();
+            assert!(e.key.starts_with(key), "{file:?}: {e}");
+        }
     }
 
     #[test]

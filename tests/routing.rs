@@ -181,3 +181,169 @@ fn addressing_fields_that_break_the_rules_get_an_error_naming_the_field() {
     assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "echo: still here\n");
 }
+
+#[test]
+fn a_message_killed_after_its_ledger_commit_and_delivered_three_times_is_answered_once_per_agent() {
+    let dir = short_tempdir();
+    let data = dir.path().join("data");
+    let server =
+        Server::start(&data, &["--runtime", "process"], &[("NANOCLAW_TEST_CRASH_AFTER_LEDGER", "1")]);
+    wire_team(&data, "public");
+    let now = nanoclaw_protocol::time::now_ts();
+    store_db(&data)
+        .execute_batch(&format!(
+            "INSERT INTO agent_groups (id, name, folder, created_at) VALUES ('ag-bee', 'Bee', 'bee', '{now}');
+             INSERT INTO container_configs (agent_group_id, provider, updated_at) VALUES ('ag-bee', 'echo', '{now}');
+             INSERT INTO messaging_group_agents (id, messaging_group_id, agent_group_id, engage_mode, engage_pattern, created_at)
+               VALUES ('w-team-bee', 'mg-team', 'ag-bee', 'pattern', '.', '{now}');
+             INSERT INTO agent_destinations (agent_group_id, local_name, target_type, target_id, created_at)
+               VALUES ('ag-bee', 'team', 'channel', 'mg-team', '{now}');"
+        ))
+        .unwrap();
+    let frame = json!({"type": "message", "id": "dup", "text": "hello", "chat": "team", "sender": "ann", "is_group": true});
+    let mut c = server.client();
+    send(&mut c, frame.clone());
+    // The service dies between the ledger commit and the sessions (a SIGKILL at that instant).
+    let status = server.wait_exit(Duration::from_secs(30));
+    assert!(!status.success());
+    drop(c);
+    // The next start routes the committed entry; the platform delivers the message twice more.
+    let server = Server::start(&data, &["--runtime", "process"], &[]);
+    let mut c = server.client();
+    for _ in 0..2 {
+        send(&mut c, frame.clone());
+        let frames = c.until(Duration::from_secs(30), |f| f["id"] == "dup" && f["type"] == "accepted");
+        assert_eq!(frames.last().unwrap()["duplicate"], true);
+    }
+    let replies = replies_until(&mut c, 2);
+    let mut texts: Vec<&str> =
+        replies.iter().filter(|f| f["in_reply_to"] == "dup").filter_map(|f| f["text"].as_str()).collect();
+    texts.sort();
+    assert_eq!(texts, vec!["echo: hello", "echo: hello"], "one reply from each agent: {replies:?}");
+    let more = c.drain(Duration::from_secs(2));
+    assert!(more.iter().all(|f| f["type"] != "reply"), "no third reply: {more:?}");
+    let ledger: i64 = store_db(&data)
+        .query_row("SELECT count(*) FROM inbound_ledger WHERE platform_message_id = 'dup'", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(ledger, 1);
+    let senders: Vec<String> =
+        replies.iter().filter_map(|f| f["message_out_id"].as_str().map(String::from)).collect();
+    assert_eq!(senders.len(), 2);
+    assert_ne!(senders[0], senders[1], "two agents, two replies");
+}
+
+/// The engagement table of `docs/routing.md`: the cells of each row.
+fn engagement_table() -> Vec<Vec<String>> {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/routing.md")).unwrap();
+    let start = doc.find("<!-- engagement-table -->").unwrap();
+    let end = doc.find("<!-- /engagement-table -->").unwrap();
+    doc[start..end]
+        .lines()
+        .filter(|l| l.starts_with("| ") && !l.starts_with("| engage"))
+        .map(|l| l.trim_matches('|').split('|').map(|c| c.trim().to_string()).collect())
+        .collect()
+}
+
+/// `trigger` of the row the message `id` left in any session of main, if any.
+fn stored_trigger(data: &Path, id: &str) -> Option<i64> {
+    let db = store_db(data);
+    let ledger: String = db
+        .query_row("SELECT id FROM inbound_ledger WHERE platform_message_id = ?1", [id], |r| r.get(0))
+        .ok()?;
+    let sessions: Vec<String> = db
+        .prepare("SELECT id FROM sessions WHERE agent_group_id = 'ag-main'")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    sessions.iter().find_map(|s| {
+        let path = data.join(format!("sessions/main/{s}/host/inbound.db"));
+        let c =
+            rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).ok()?;
+        c.query_row("SELECT trigger FROM messages_in WHERE id = ?1", [format!("{ledger}:ag-main")], |r| {
+            r.get(0)
+        })
+        .ok()
+    })
+}
+
+#[test]
+fn every_row_of_the_engagement_table_holds_through_the_binary() {
+    let dir = short_tempdir();
+    let data = dir.path().join("data");
+    let server = Server::start(&data, &["--runtime", "process"], &[]);
+    store_db(&data)
+        .execute_batch(
+            "INSERT INTO users (id, kind, created_at) VALUES ('cli:member', 'cli', 't');
+             INSERT INTO agent_group_members (user_id, agent_group_id, added_at) VALUES ('cli:member', 'ag-main', 't');",
+        )
+        .unwrap();
+    let mut c = server.client();
+    let mut failures = vec![];
+    for (i, row) in engagement_table().iter().enumerate() {
+        let (engage, pattern) = match row[0].split_once(' ') {
+            Some((m, p)) => (m.to_string(), Some(p.trim_matches('`').to_string())),
+            None => (row[0].clone(), None),
+        };
+        let (message, session, ignored, scope, policy, sender) =
+            (&row[1], &row[2], &row[3], &row[4], &row[5], &row[6]);
+        let is_group = message != "dm";
+        let chat = format!("row-{i}");
+        let now = nanoclaw_protocol::time::now_ts();
+        let db = store_db(&data);
+        db.execute(
+            "INSERT INTO messaging_groups (id, channel_type, platform_id, name, is_group, unknown_sender_policy, created_at)
+             VALUES (?1, 'cli', ?2, ?2, ?3, ?4, ?5)",
+            rusqlite::params![format!("mg-{chat}"), chat, is_group, policy, now],
+        )
+        .unwrap();
+        db.execute(
+            "INSERT INTO messaging_group_agents (id, messaging_group_id, agent_group_id, engage_mode, engage_pattern, sender_scope,
+               ignored_message_policy, created_at) VALUES (?1, ?2, 'ag-main', ?3, ?4, ?5, ?6, ?7)",
+            rusqlite::params![format!("w-{chat}"), format!("mg-{chat}"), engage, pattern, scope, ignored, now],
+        )
+        .unwrap();
+        let thread = (message == "thread").then_some("t1");
+        let existing = match session.as_str() {
+            "same" => Some(thread),
+            "other-thread" => Some(Some("t2")),
+            _ => None,
+        };
+        if let Some(t) = existing {
+            db.execute(
+                "INSERT INTO sessions (id, agent_group_id, messaging_group_id, thread_id, session_mode, created_at)
+                 VALUES (?1, 'ag-main', ?2, ?3, ?4, ?5)",
+                rusqlite::params![
+                    format!("sess-{chat}"),
+                    format!("mg-{chat}"),
+                    t,
+                    if t.is_some() { "per-thread" } else { "shared" },
+                    now
+                ],
+            )
+            .unwrap();
+        }
+        let id = format!("m-{i}");
+        let handle = if sender == "member" { "member".to_string() } else { format!("stranger-{i}") };
+        let mut frame = json!({"type": "message", "id": id, "text": "hello there", "chat": chat, "sender": handle,
+                               "is_group": is_group, "mention": message == "mention"});
+        if let Some(t) = thread {
+            frame["thread"] = json!(t);
+        }
+        send(&mut c, frame);
+        let frames = c.until(Duration::from_secs(30), |f| {
+            f["id"] == id && (f["type"] == "accepted" || f["type"] == "failed")
+        });
+        let last = frames.last().unwrap();
+        let reason =
+            last["reason"].as_str().map(|r| r.trim_start_matches("not delivered to any agent: ").to_string());
+        let trigger = stored_trigger(&data, &id);
+        let got = (trigger.is_some(), trigger, reason);
+        let want = (row[7] == "yes", row[8].parse::<i64>().ok(), (row[9] != "-").then(|| row[9].clone()));
+        if got != want {
+            failures.push(format!("row {}: {row:?}: got {got:?}", i + 1));
+        }
+    }
+    assert!(failures.is_empty(), "rows that do not hold:\n{}", failures.join("\n"));
+}

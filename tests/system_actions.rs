@@ -24,12 +24,18 @@ fn task_and_question_actions_get_the_hosts_answer_on_the_wake_byte() {
         r#"tool update_task {"task_id":"task-1","prompt":"water the plants"}"#,
         r#"tool pause_task {"task_id":"task-1"}"#,
         r#"tool resume_task {"task_id":"task-1"}"#,
+        r#"tool create_agent {"name":"Bob"}"#,
     ];
     chat.send("m-0", &lines.join("\n"));
     let expected: Vec<String> =
         ["ask_user_question", "list_tasks", "update_task", "pause_task", "resume_task"]
             .iter()
             .map(|n| format!("tool {n}: error: system action {n} is not supported by this host yet"))
+            .chain(std::iter::once(
+                "tool create_agent: error: create_agent needs an admin's approval, which this host cannot ask for yet: \
+                 refused, nothing was created"
+                    .to_string(),
+            ))
             .collect();
     for line in &expected {
         chat.wait(Duration::from_secs(120), |f| f["type"] == "reply" && f["text"] == line.as_str())

@@ -186,6 +186,10 @@ pub struct ServiceContext {
     pub live_containers: LiveContainers,
     /// The global container cap and its queue.
     pub slots: crate::slots::ContainerSlots,
+    /// The session supervisor, set by the root supervisor when it starts (it follows restarts of
+    /// the session supervisor): how one session's outbox reaches another session (agent-to-agent
+    /// messages).
+    pub sessions: std::sync::OnceLock<crate::actors::session_supervisor::SessionsHandle>,
 }
 
 impl std::fmt::Debug for ServiceContext {

@@ -27,6 +27,7 @@ pub mod container_files;
 pub mod context;
 pub mod disk;
 pub mod handles;
+pub mod host_outbox;
 pub mod ports;
 pub mod restart;
 pub mod router;

@@ -158,6 +158,7 @@ impl Service {
             channels: Default::default(),
             channel_health: Default::default(),
             live_containers: Default::default(),
+            sessions: Default::default(),
         });
         let (root, join) = Actor::spawn(None, Supervisor, ctx.clone())
             .await

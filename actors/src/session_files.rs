@@ -232,6 +232,51 @@ pub struct NewInbound {
     pub thread_id: Option<String>,
     /// JSON content.
     pub content: String,
+    /// Agent-to-agent rows: the sending agent's session (where an answer goes back to).
+    pub source_session_id: Option<String>,
+}
+
+/// Folder of a session's host directory where inbound texts over the size limit are kept in
+/// full (host-written; the container sees it read-only at `/session/inbox`).
+pub const INBOX_DIR: &str = "inbox";
+
+/// Keeps the full text of every `chat` row over `max_bytes` as `host/inbox/<row id>.txt` and cuts
+/// the row's text to `max_bytes` (at a character boundary) with a line naming the file, so a huge
+/// message neither bloats every prompt nor gets lost. Rows at or under the limit are untouched.
+pub fn spill_long_texts(
+    paths: &SessionPaths,
+    rows: &mut [NewInbound],
+    max_bytes: usize,
+) -> Result<(), SessionFileError> {
+    use nanoclaw_protocol::content::ChatContent;
+    for row in rows.iter_mut().filter(|r| r.kind == "chat" && r.content.len() > max_bytes) {
+        let Ok(mut content) = serde_json::from_str::<ChatContent>(&row.content) else { continue };
+        if content.text.len() <= max_bytes {
+            continue;
+        }
+        let name: String = row
+            .id
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '_' })
+            .collect();
+        let name = format!("{name}.txt");
+        let dir = paths.host_dir.join(INBOX_DIR);
+        std::fs::create_dir_all(&dir).map_err(io(&dir, "create inbox"))?;
+        let file = dir.join(&name);
+        std::fs::write(&file, content.text.as_bytes()).map_err(io(&file, "write inbox file"))?;
+        let mut cut = max_bytes;
+        while !content.text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let total = content.text.len();
+        content.text.truncate(cut);
+        content.text.push_str(&format!(
+            "\n[message cut at {cut} of {total} bytes; the full text is in {}/{INBOX_DIR}/{name}]",
+            nanoclaw_protocol::layout::CONTAINER_SESSION_DIR
+        ));
+        row.content = serde_json::to_string(&content).expect("content serialises");
+    }
+    Ok(())
 }
 
 /// Inserts rows into `messages_in` with fresh even seqs. Returns how many were new.
@@ -247,9 +292,9 @@ fn insert_inbound(tx: &Transaction<'_>, db: &Path, rows: &[NewInbound]) -> Resul
         let seq = next_inbound_seq(max);
         let n = tx
             .execute(
-                "INSERT OR IGNORE INTO messages_in (id, seq, kind, timestamp, trigger, on_wake, channel_type, platform_id, thread_id, content)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-                params![row.id, seq, row.kind, now_ts(), row.trigger, row.on_wake, row.channel_type, row.platform_id, row.thread_id, row.content],
+                "INSERT OR IGNORE INTO messages_in (id, seq, kind, timestamp, trigger, on_wake, channel_type, platform_id, thread_id, content, source_session_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                params![row.id, seq, row.kind, now_ts(), row.trigger, row.on_wake, row.channel_type, row.platform_id, row.thread_id, row.content, row.source_session_id],
             )
             .map_err(sq(db, "insert message"))?;
         if n == 1 {
@@ -258,6 +303,41 @@ fn insert_inbound(tx: &Transaction<'_>, db: &Path, rows: &[NewInbound]) -> Resul
         }
     }
     Ok(added)
+}
+
+/// Where an agent's message to agent group `peer` goes back to (reference §5.5): the
+/// `source_session_id` of the inbound row it answers (`in_reply_to`), else of the newest
+/// inbound row from that peer carrying one. `None` when neither names a session. The rows are
+/// host-written (`inbound.db`); the caller still checks the session belongs to the peer.
+pub fn peer_session(
+    paths: &SessionPaths,
+    in_reply_to: Option<&str>,
+    peer: &str,
+) -> Result<Option<String>, SessionFileError> {
+    with_inbound(paths, |conn, db| {
+        if let Some(id) = in_reply_to {
+            let named: Option<Option<String>> = conn
+                .query_row(
+                    "SELECT source_session_id FROM messages_in WHERE id = ?1 AND channel_type = 'agent' AND platform_id = ?2",
+                    params![id, peer],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(sq(db, "read answered row"))?;
+            if let Some(Some(session)) = named {
+                return Ok(Some(session));
+            }
+        }
+        conn.query_row(
+            "SELECT source_session_id FROM messages_in
+              WHERE channel_type = 'agent' AND platform_id = ?1 AND source_session_id IS NOT NULL
+              ORDER BY seq DESC LIMIT 1",
+            [peer],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(sq(db, "read peer session"))
+    })
 }
 
 /// Rewrites the `destinations` projection and `session_routing` (on every container start).
@@ -741,6 +821,7 @@ mod tests {
             platform_id: Some("local".into()),
             thread_id: None,
             content: r#"{"text":"hi"}"#.into(),
+            source_session_id: None,
         }
     }
 

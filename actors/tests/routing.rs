@@ -18,8 +18,18 @@ use std::time::Duration;
 const AG: &str = store::MAIN_AGENT_GROUP_ID;
 
 async fn start(dir: &Path, channel: &MemoryChannel, runtime: FakeRuntime) -> Service {
+    start_with(dir, channel, runtime, |_| {}).await
+}
+
+async fn start_with(
+    dir: &Path,
+    channel: &MemoryChannel,
+    runtime: FakeRuntime,
+    tweak: impl FnOnce(&mut ServiceConfig),
+) -> Service {
     let mut config = ServiceConfig::new(dir.join("data"), "routing-test");
     config.min_free_bytes = 0;
+    tweak(&mut config);
     let service = Service::start(config, Arc::new(runtime), vec![Arc::new(channel.clone())]).await.unwrap();
     // The channel actor starts the adapter just after the tree is up.
     for _ in 0..500 {
@@ -722,5 +732,160 @@ async fn a_stuck_chat_holds_up_only_itself_and_each_chat_keeps_its_order() {
         .unwrap();
     let want: Vec<String> = ledger.iter().map(|l| format!("{l}:{AG}")).collect();
     assert_eq!(stored[stored.len() - 10..], want[..]);
+    service.shutdown(Duration::from_secs(10)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_note_interrupted_mid_send_is_resent_only_where_the_channel_dedupes() {
+    for idempotent in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let channel = MemoryChannel::new("mem").with_idempotent_sends(idempotent);
+        let service = start(dir.path(), &channel, FakeRuntime::idle()).await;
+        service.shutdown(Duration::from_secs(10)).await;
+        // A note a crash left between its reservation and its send, and one still pending.
+        db(dir.path())
+            .execute_batch(
+                "INSERT INTO host_outbox (id, channel_type, platform_id, text, status, attempts, created_at, updated_at)
+                   VALUES ('host-a', 'mem', 'team', 'interrupted', 'sending', 1, 't', 't'),
+                          ('host-b', 'mem', 'team', 'pending', 'pending', 0, 't', 't');",
+            )
+            .unwrap();
+        let channel = MemoryChannel::new("mem").with_idempotent_sends(idempotent);
+        let service = start(dir.path(), &channel, FakeRuntime::idle()).await;
+        let shown =
+            channel.wait_for(Duration::from_secs(10), |d| d.iter().any(|m| m.text == "pending")).await;
+        assert!(shown, "the pending note is sent");
+        let status = |id: &str| -> String {
+            db(dir.path())
+                .query_row("SELECT status FROM host_outbox WHERE id = ?1", [id], |r| r.get(0))
+                .unwrap()
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while status("host-a") == "sending" || status("host-a") == "pending" {
+            assert!(tokio::time::Instant::now() < deadline, "host-a settled: {}", status("host-a"));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let resent = channel.delivered().iter().any(|m| m.text == "interrupted");
+        if idempotent {
+            assert_eq!((status("host-a").as_str(), resent), ("delivered", true), "same key again");
+        } else {
+            assert_eq!((status("host-a").as_str(), resent), ("failed", false), "never twice");
+        }
+        service.shutdown(Duration::from_secs(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_text_over_the_limit_is_cut_and_kept_whole_in_the_session_inbox() {
+    let dir = tempfile::tempdir().unwrap();
+    let channel = MemoryChannel::new("mem");
+    let service =
+        start_with(dir.path(), &channel, FakeRuntime::idle(), |c| c.routing.max_inbound_bytes = 1024).await;
+    let mg = chat(&service, "team", true, UnknownSenderPolicy::Public).await;
+    wire(&service, wiring(&mg, AG, EngageMode::Pattern, Some("."))).await;
+    // 3000 bytes, a multi-byte character straddling the cut.
+    let text = format!("{}é{}", "a".repeat(1023), "b".repeat(1975));
+    let ack = channel.submit_event(event("team", "big", "alice", &text)).await.unwrap();
+    let session: String = db(dir.path())
+        .query_row("SELECT id FROM sessions WHERE messaging_group_id = ?1", [&mg], |r| r.get(0))
+        .unwrap();
+    let row = format!("{}:{AG}", ack.ledger_id);
+    let content: String = Connection::open(inbound_db(dir.path(), "main", &session))
+        .unwrap()
+        .query_row("SELECT content FROM messages_in WHERE id = ?1", [&row], |r| r.get(0))
+        .unwrap();
+    let stored: nanoclaw_protocol::content::ChatContent = serde_json::from_str(&content).unwrap();
+    let file = format!("{}.txt", row.replace(':', "_"));
+    let (kept_part, _) = stored.text.split_once('\n').unwrap();
+    assert_eq!(kept_part, "a".repeat(1023), "cut at a character boundary");
+    assert!(
+        stored.text.ends_with(&format!(
+            "[message cut at 1023 of {} bytes; the full text is in /session/inbox/{file}]",
+            text.len()
+        )),
+        "{}",
+        &stored.text[1000..]
+    );
+    let kept =
+        std::fs::read_to_string(dir.path().join(format!("data/sessions/main/{session}/host/inbox/{file}")))
+            .unwrap();
+    assert_eq!(kept, text);
+    service.shutdown(Duration::from_secs(10)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ids_with_control_characters_are_refused_at_the_adapter_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let channel = MemoryChannel::new("mem");
+    let service = start(dir.path(), &channel, FakeRuntime::idle()).await;
+    let mut e = event("team\u{7}", "m1", "alice", "hi");
+    let err = channel.submit_event(e.clone()).await.unwrap_err();
+    assert!(err.to_string().starts_with("invalid event: platform_id:"), "{err}");
+    e.platform_id = "team".into();
+    e.sender_id = Some("al\nice".into());
+    let err = channel.submit_event(e).await.unwrap_err();
+    assert!(err.to_string().starts_with("invalid event: sender_id:"), "{err}");
+    let health = service.channel_health();
+    assert_eq!(health[0].rejected_events, 2);
+    assert!(health[0].last_rejection.as_deref().unwrap().starts_with("sender_id:"));
+    let n: i64 = db(dir.path()).query_row("SELECT count(*) FROM inbound_ledger", [], |r| r.get(0)).unwrap();
+    assert_eq!(n, 0, "nothing committed");
+    service.shutdown(Duration::from_secs(10)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ledger_keeps_keys_for_their_retention_clears_bodies_and_drops_a_corrupt_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let channel = MemoryChannel::new("mem");
+    let service = start(dir.path(), &channel, FakeRuntime::idle()).await;
+    let mg = chat(&service, "team", true, UnknownSenderPolicy::Public).await;
+    wire(&service, wiring(&mg, AG, EngageMode::Pattern, Some("."))).await;
+    let ack = channel.submit_event(event("team", "m1", "alice", "hi")).await.unwrap();
+    let (body, status): (String, String) = db(dir.path())
+        .query_row("SELECT event, status FROM inbound_ledger WHERE id = ?1", [&ack.ledger_id], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    assert_eq!((body.as_str(), status.as_str()), ("", "routed"), "the body is cleared once routed");
+    // Within its retention the key still dedupes; past it, it is swept.
+    assert_eq!(service.router().sweep_ledger(100).await.unwrap(), 0);
+    assert!(channel.submit_event(event("team", "m1", "alice", "hi")).await.unwrap().duplicate);
+    db(dir.path()).execute("UPDATE inbound_ledger SET received_at = '2000-01-01T00:00:00.000Z'", []).unwrap();
+    assert_eq!(service.router().sweep_ledger(100).await.unwrap(), 1);
+    service.shutdown(Duration::from_secs(10)).await;
+
+    // A corrupt entry left `received` is dropped with its reason at the next start, and the
+    // good one after it is still routed.
+    db(dir.path())
+        .execute_batch(
+            "INSERT INTO inbound_ledger (id, channel_type, platform_message_id, platform_id, event, trace_id, received_at)
+               VALUES ('in-bad', 'mem', 'x1', 'team', '{not json', 't', '2026-01-01T00:00:00.000Z');",
+        )
+        .unwrap();
+    let good = serde_json::to_string(&event("team", "x2", "alice", "after the bad one")).unwrap();
+    db(dir.path())
+        .execute(
+            "INSERT INTO inbound_ledger (id, channel_type, platform_message_id, platform_id, event, trace_id, received_at)
+               VALUES ('in-good', 'mem', 'x2', 'team', ?1, 't', '2026-01-01T00:00:01.000Z')",
+            [good],
+        )
+        .unwrap();
+    let channel = MemoryChannel::new("mem");
+    let service = start(dir.path(), &channel, FakeRuntime::idle()).await;
+    let rows: Vec<(String, String, Option<String>)> = db(dir.path())
+        .prepare("SELECT id, status, drop_reason FROM inbound_ledger WHERE id IN ('in-bad', 'in-good') ORDER BY id")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(
+        rows,
+        vec![
+            ("in-bad".into(), "dropped".into(), Some("unreadable_event".into())),
+            ("in-good".into(), "routed".into(), None)
+        ]
+    );
+    assert_eq!(stored_trigger(dir.path(), AG, "in-good"), Some(1));
     service.shutdown(Duration::from_secs(10)).await;
 }

@@ -903,6 +903,7 @@ async fn a_session_flagged_with_work_resumes_at_start_without_reading_other_sess
             platform_id: Some("chat-1".into()),
             thread_id: None,
             content: content.into(),
+            source_session_id: None,
         }],
     )
     .unwrap();

@@ -141,6 +141,15 @@ impl Actor for ChannelActor {
                 if !supports_threads {
                     sub.event.thread_id = None;
                 }
+                if let Err(why) = sub.event.check() {
+                    warn!(channel = %account, %why, "event refused at the adapter boundary");
+                    if let Some(h) = health.write().get_mut(&account) {
+                        h.rejected_events += 1;
+                        h.last_rejection = Some(why.clone());
+                    }
+                    let _ = sub.ack.send(Err(SubmitError::Invalid(why)));
+                    continue;
+                }
                 let chat = sub.event.platform_id.clone();
                 let start_worker = match queues.lock().push(chat.clone(), sub) {
                     Ok(start) => start,

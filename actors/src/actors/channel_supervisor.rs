@@ -90,6 +90,8 @@ impl ChannelSupervisorState {
             last_event: None,
             restarts: 0,
             last_error: None,
+            rejected_events: 0,
+            last_rejection: None,
         });
         if h.state != state {
             h.state = state;

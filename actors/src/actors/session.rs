@@ -920,13 +920,15 @@ impl Actor for SessionActor {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             SessionMessage::Resume => state.resume(&myself).await?,
-            SessionMessage::Enqueue { rows, reply } => {
+            SessionMessage::Enqueue { mut rows, reply } => {
                 let owner = state.ctx.config.container_owner;
                 let resumed = state.resumed;
+                let max_text = state.ctx.config.routing.max_inbound_bytes;
                 let result = blocking(&state.paths, move |p| {
                     if !resumed {
                         files::prepare(p, owner)?;
                     }
+                    files::spill_long_texts(p, &mut rows, max_text)?;
                     files::write_inbound(p, &rows)
                 })
                 .await;

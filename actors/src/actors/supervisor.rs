@@ -38,6 +38,8 @@ pub struct SupervisorState {
     restarts: RestartTracker,
     /// Deletes finished ledger keys past `routing.dedupe_retention`, hourly; ends with the state.
     _ledger_sweep: Option<tokio_util::task::AbortOnDropHandle<()>>,
+    /// Delivers the host's own notes; stops with the state.
+    _host_outbox: crate::host_outbox::HostOutbox,
 }
 
 /// How often finished ledger keys past their retention are deleted.
@@ -70,9 +72,16 @@ impl Actor for Supervisor {
         let (sessions, _) = Actor::spawn_linked(None, SessionSupervisor, ctx.clone(), cell.clone()).await?;
         let (approvals, _) = Actor::spawn_linked(None, ApprovalSupervisor, (), cell.clone()).await?;
         let sessions_handle = SessionsHandle::new(sessions.clone());
+        let _ = ctx.sessions.set(sessions_handle.clone());
+        let host_outbox = crate::host_outbox::HostOutbox::spawn(
+            ctx.store.clone(),
+            ctx.channels.clone(),
+            ctx.config.delivery_timeout,
+            ctx.config.delivery_backoff,
+        );
         let router = Router::new(ctx.store.clone(), sessions_handle.clone())
             .with_config(ctx.config.routing.clone())
-            .with_channels(ctx.channels.clone())
+            .with_host_outbox(host_outbox.notifier())
             .with_disk_floor(ctx.config.data_dir.clone(), ctx.config.min_free_bytes);
         let (channels, _) = Actor::spawn_linked(
             None,
@@ -91,6 +100,7 @@ impl Actor for Supervisor {
             channels,
             restarts: RestartPolicy::core_child().tracker(),
             _ledger_sweep: None,
+            _host_outbox: host_outbox,
         })
     }
 

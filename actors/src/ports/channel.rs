@@ -67,6 +67,49 @@ pub struct InboundEvent {
     pub chat_name: Option<String>,
 }
 
+/// Longest id of an inbound event (`platform_id`, `platform_message_id`, `thread_id`,
+/// `sender_id`), bytes.
+pub const MAX_EVENT_ID_BYTES: usize = 512;
+/// Longest display name of an inbound event (`sender_name`, `chat_name`), characters.
+pub const MAX_EVENT_NAME_CHARS: usize = 256;
+
+impl InboundEvent {
+    /// Checks the event at the adapter boundary: ids non-empty (the optional ones when given),
+    /// at most [`MAX_EVENT_ID_BYTES`], without control characters; names at most
+    /// [`MAX_EVENT_NAME_CHARS`] without control characters. Errors with one line naming the
+    /// field. The text is not checked here (newlines are text).
+    pub fn check(&self) -> Result<(), String> {
+        let shown = |v: &str| v.chars().take(40).flat_map(char::escape_default).collect::<String>();
+        let ids = [
+            ("channel_type", Some(&self.channel_type)),
+            ("platform_id", Some(&self.platform_id)),
+            ("platform_message_id", Some(&self.platform_message_id)),
+            ("thread_id", self.thread_id.as_ref()),
+            ("sender_id", self.sender_id.as_ref()),
+        ];
+        for (field, value) in ids {
+            let Some(v) = value else { continue };
+            if v.is_empty() || v.len() > MAX_EVENT_ID_BYTES || v.chars().any(char::is_control) {
+                return Err(format!(
+                    "{field}: 1-{MAX_EVENT_ID_BYTES} bytes without control characters (got {} bytes: \"{}\")",
+                    v.len(),
+                    shown(v)
+                ));
+            }
+        }
+        for (field, value) in [("sender_name", &self.sender_name), ("chat_name", &self.chat_name)] {
+            if let Some(v) = value
+                && (v.chars().count() > MAX_EVENT_NAME_CHARS || v.chars().any(char::is_control))
+            {
+                return Err(format!(
+                    "{field}: at most {MAX_EVENT_NAME_CHARS} characters without control characters"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// What the router did with a submitted event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InboundAck {
@@ -87,6 +130,10 @@ pub enum SubmitError {
     /// Routing failed; the message was not committed.
     #[error("routing failed: {0}")]
     Route(String),
+    /// The event breaks the rules of [`InboundEvent::check`] (the line names the field): never
+    /// committed, counted in the channel's health (`rejected`).
+    #[error("invalid event: {0}")]
+    Invalid(String),
     /// Too many messages of this chat (or of the channel) wait for routing; nothing was
     /// committed. The platform redelivers later (its message is not acknowledged).
     #[error("busy: {0}")]
@@ -549,4 +596,11 @@ pub struct ChannelHealth {
     pub restarts: u32,
     /// Why it last ended or failed.
     pub last_error: Option<String>,
+    /// Events refused at the adapter boundary ([`InboundEvent::check`]) since the service
+    /// started.
+    #[serde(default)]
+    pub rejected_events: u64,
+    /// Why the last one was refused.
+    #[serde(default)]
+    pub last_rejection: Option<String>,
 }

@@ -38,6 +38,15 @@ use std::sync::Arc;
 use std::time::Duration;
 use tracing::{Instrument, debug, info_span, warn};
 
+/// Testing knob: with `NANOCLAW_TEST_CRASH_AFTER_LEDGER=1` the process aborts right after the
+/// first new ledger entry is committed and before any session takes it — the instant whose
+/// recovery ([`Router::recover`]) a test cannot otherwise hit on purpose. Never set it in
+/// production.
+pub const CRASH_AFTER_LEDGER_ENV: &str = "NANOCLAW_TEST_CRASH_AFTER_LEDGER";
+
+static CRASH_AFTER_LEDGER: std::sync::LazyLock<bool> =
+    std::sync::LazyLock::new(|| std::env::var(CRASH_AFTER_LEDGER_ENV).is_ok_and(|v| v == "1"));
+
 /// How long [`Router`] waits for a stopping session actor to exit before asking for a new one.
 const STOPPING_ACTOR_WAIT: Duration = Duration::from_secs(2);
 
@@ -62,6 +71,10 @@ pub struct RoutingConfig {
     /// Hops an agent-to-agent conversation may take before it is stopped
     /// (`routing.max_agent_hops`, default 8).
     pub max_agent_hops: u32,
+    /// Longest inbound text stored in a session, bytes (`routing.max_inbound_bytes`, default
+    /// 256 KiB); a longer one is cut, its full text kept in the session's inbox
+    /// ([`crate::session_files::spill_long_texts`]).
+    pub max_inbound_bytes: usize,
 }
 
 impl Default for RoutingConfig {
@@ -73,6 +86,7 @@ impl Default for RoutingConfig {
             admin_only_commands: ["/clear", "/compact", "/cost", "/context"].map(String::from).to_vec(),
             session_deadline: Duration::from_secs(10),
             max_agent_hops: 8,
+            max_inbound_bytes: 256 * 1024,
         }
     }
 }
@@ -104,8 +118,8 @@ pub struct Router {
     rules: Arc<Rules>,
     /// Data directory and free-space floor (bytes; 0 = no check): under it, no new work.
     disk_floor: Option<(PathBuf, u64)>,
-    /// The service's channels, for the host's own notes (command refusals).
-    channels: Option<crate::context::Channels>,
+    /// Wakes the host's outbox after a note to a chat was queued (command refusals).
+    host_outbox: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl std::fmt::Debug for Router {
@@ -123,7 +137,7 @@ impl Router {
             config: Arc::new(RoutingConfig::default()),
             rules: Default::default(),
             disk_floor: None,
-            channels: None,
+            host_outbox: None,
         }
     }
 
@@ -140,9 +154,11 @@ impl Router {
         self
     }
 
-    /// Sends the host's own notes (the refusal of an admin-only command) through `channels`.
-    pub fn with_channels(mut self, channels: crate::context::Channels) -> Self {
-        self.channels = Some(channels);
+    /// Pokes `host_outbox` when the router queued a note of the host to a chat (the refusal of
+    /// an admin-only command), which [`crate::host_outbox::HostOutbox`] delivers. Without it
+    /// notes wait in `host_outbox` for a host outbox to run.
+    pub fn with_host_outbox(mut self, host_outbox: Arc<tokio::sync::Notify>) -> Self {
+        self.host_outbox = Some(host_outbox);
         self
     }
 
@@ -190,6 +206,10 @@ impl Router {
             LedgerInsert::New => {
                 // `hop:` lines time the stages of one message (`benches/hops.rs`).
                 debug!("hop: ledger committed");
+                if *CRASH_AFTER_LEDGER {
+                    warn!("{CRASH_AFTER_LEDGER_ENV} is set: aborting after the ledger commit");
+                    std::process::abort();
+                }
                 entry.id.clone()
             }
             LedgerInsert::Duplicate { id, finished: true } => {
@@ -230,6 +250,7 @@ impl Router {
             sender_id: facts.sender.clone(),
             platform_message_id: Some(event.platform_message_id.clone()),
             trace_id: Some(trace_id.to_string()),
+            hops: None,
         })?;
         // Every session at once, each within its deadline: one slow session holds up only this
         // chat's next message (the channel routes chats concurrently), never the other sessions.
@@ -244,6 +265,7 @@ impl Router {
                 platform_id: Some(event.platform_id.clone()),
                 thread_id: event.thread_id.clone(),
                 content: content.clone(),
+                source_session_id: None,
             };
             let session = t.session.clone();
             async move {
@@ -263,40 +285,29 @@ impl Router {
             debug!(sessions = targets.len(), "hop: enqueued");
         }
         let stored = !targets.is_empty();
+        // The refusal note is queued in the finishing transaction: sent once, even across a
+        // crash (the ledger dedupes the message; the note's id is the ledger id's).
+        let note = command_refusal.map(|text| store::HostNote {
+            id: format!("host-refusal-{}", facts.ledger_id),
+            channel_type: mg.channel_type.clone(),
+            platform_id: mg.platform_id.clone(),
+            thread_id: event.thread_id.clone(),
+            in_reply_to: Some(event.platform_message_id.clone()),
+            text,
+            attempts: 0,
+        });
+        let queued = note.is_some();
         let (f, r) = (facts.clone(), refusal.clone());
-        let dropped = self.store.call(move |c| plan::finish(c, &f, stored, r.as_ref())).await?;
-        if let Some(text) = command_refusal {
-            self.tell_chat(&mg, event, text).await;
+        let dropped =
+            self.store.call(move |c| plan::finish(c, &f, stored, r.as_ref(), note.as_ref())).await?;
+        if queued && let Some(poke) = &self.host_outbox {
+            poke.notify_one();
         }
         match dropped {
             Some(reason) => debug!(reason = %reason, "message dropped"),
             None => debug!("hop: routed"),
         }
         Ok(ack(dropped))
-    }
-
-    /// A note of the host to the chat an event came from, answering it (best effort, logged).
-    async fn tell_chat(&self, mg: &store::MessagingGroup, event: &InboundEvent, text: String) {
-        let Some(channels) = &self.channels else {
-            warn!(chat = %mg.platform_id, "no channels to tell the chat: {text}");
-            return;
-        };
-        let Some(channel) = channels.for_channel_type(&mg.channel_type) else {
-            warn!(channel = %mg.channel_type, "channel not running; note not sent: {text}");
-            return;
-        };
-        let message = crate::ports::channel::OutboundMessage {
-            platform_id: mg.platform_id.clone(),
-            thread_id: event.thread_id.clone(),
-            text,
-            in_reply_to: Some(event.platform_message_id.clone()),
-            // One key per refused message: a repeat of the same message is deduplicated by the
-            // ledger before it gets here, so the note is sent once.
-            message_out_id: format!("host-refusal-{}", event.platform_message_id),
-        };
-        if let Err(e) = channel.deliver(message, Duration::from_secs(30)).await {
-            warn!(chat = %mg.platform_id, error = %e, "refusal note not delivered");
-        }
     }
 
     /// Hands a row to its session actor; a session actor that was just stopping is replaced (after
@@ -371,6 +382,8 @@ impl Router {
             let n = self.store.call(move |c| store::ledger_sweep(c, &b, batch)).await?;
             total += n;
             if n < batch {
+                let b = before.clone();
+                self.store.call(move |c| store::host_notes_sweep(c, &b)).await?;
                 return Ok(total);
             }
             tokio::task::yield_now().await;

@@ -367,6 +367,7 @@ pub(super) fn finish(
     facts: &Facts,
     stored: bool,
     refusal: Option<&Refusal>,
+    note: Option<&store::HostNote>,
 ) -> Result<Option<DropReason>, StoreError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).sql("begin finish routing")?;
     let e = &facts.event;
@@ -412,6 +413,9 @@ pub(super) fn finish(
         (false, None) => LedgerOutcome::Dropped(DropReason::NoAgentEngaged),
     };
     store::ledger_finish(&tx, &facts.ledger_id, outcome)?;
+    if let Some(note) = note {
+        store::host_note_insert(&tx, note)?;
+    }
     tx.commit().sql("commit finish routing")?;
     Ok(if stored { None } else { reason })
 }

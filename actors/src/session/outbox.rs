@@ -44,6 +44,12 @@ use tracing::{debug, info, warn};
 
 use super::notices;
 
+/// A file name that is one plain path component: not empty, not `.` or `..`, no `/` or NUL, at
+/// most 255 bytes (checked again on the host before it writes into another session's inbox).
+fn plain_file_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 255 && name != "." && name != ".." && !name.contains(['/', '\0'])
+}
+
 /// The key a channel deduplicates a reply by (`OutboundMessage::message_out_id`):
 /// `<session id>:<messages_out id>`, unique across sessions and stable across host restarts (a
 /// re-send after a crash uses the same key).
@@ -566,7 +572,16 @@ impl Worker {
         }
         match &valid.body {
             OutboundBody::System(action) => {
-                let reason = format!("system action {} is not supported by this host yet", action.name());
+                let reason = match action.name() {
+                    // Never ungated (reference §12.3): creating an agent waits for an approval,
+                    // which this host cannot ask for yet.
+                    "create_agent" => {
+                        "create_agent needs an admin's approval, which this host cannot ask for yet: \
+                                       refused, nothing was created"
+                            .to_string()
+                    }
+                    name => format!("system action {name} is not supported by this host yet"),
+                };
                 warn!(session = %self.session.id, row = %key, %reason, "system action refused");
                 self.record(key, DeliveryStatus::Failed, None, Some(&reason));
                 self.note_to_agent(
@@ -584,6 +599,201 @@ impl Worker {
         }
     }
 
+    /// The names of this agent's destinations, for a refusal that tells it what it may use.
+    async fn destination_names(&self) -> Result<String, PassError> {
+        let ag = self.session.agent_group_id.clone();
+        let dests = self
+            .ctx
+            .store
+            .call(move |c| store::destinations_of(c, &ag))
+            .await
+            .map_err(|e| PassError::Retry(e.to_string()))?;
+        Ok(if dests.is_empty() {
+            "none".into()
+        } else {
+            dests.iter().map(|d| d.name.as_str()).collect::<Vec<_>>().join(", ")
+        })
+    }
+
+    /// An agent-to-agent row (reference §5.5): allowed to itself or through an `agent`
+    /// destination, stopped at `routing.max_agent_hops`, and written as a `chat` row into the
+    /// target's session — the one the answered row came from, else the one the peer last wrote
+    /// from, else the target's newest, else a new one — which wakes it. The row id
+    /// (`a2a-<session>-<row>`) makes a repeat after a crash write nothing, so the send needs no
+    /// reservation. Returns (final now, delivered now).
+    async fn deliver_to_agent(
+        &mut self,
+        key: &str,
+        valid: &ValidOutbound,
+        content: &OutboundContent,
+        target_ag: String,
+    ) -> Result<(bool, bool), PassError> {
+        let from = self.session.agent_group_id.clone();
+        let (text, file_refs) = match content {
+            OutboundContent::Text { text } => (text.clone(), vec![]),
+            OutboundContent::File { text, files } => (text.clone().unwrap_or_default(), files.clone()),
+            _ => {
+                self.reject(key, "messages_out.content: another agent takes text and files only");
+                return Ok((true, false));
+            }
+        };
+        let (f, t) = (from.clone(), target_ag.clone());
+        let allowed = self
+            .ctx
+            .store
+            .call(move |c| store::may_send_to_agent(c, &f, &t))
+            .await
+            .map_err(|e| PassError::Retry(e.to_string()))?;
+        if !allowed {
+            let reason = format!(
+                "destination_not_allowed: agent {target_ag} is not a destination of this agent (its destinations: {})",
+                self.destination_names().await?
+            );
+            self.reject(key, &reason);
+            return Ok((true, false));
+        }
+        let answered = valid.in_reply_to.as_ref().and_then(|id| self.view.answered.get(id)).cloned();
+        let hops = answered.as_ref().and_then(|c| c.hops).unwrap_or(0).saturating_add(1);
+        let (irt, peer) = (valid.in_reply_to.clone(), target_ag.clone());
+        let preferred = self.blocking(move |p| files::peer_session(p, irt.as_deref(), &peer)).await?;
+        let t = target_ag.clone();
+        let target = match self
+            .ctx
+            .store
+            .call(move |c| store::agent_target_session(c, &t, preferred.as_deref()))
+            .await
+        {
+            Ok(s) => s,
+            Err(store::StoreError::Invalid(reason)) => {
+                self.reject(key, &format!("messages_out.{reason}"));
+                return Ok((true, false));
+            }
+            Err(e) => return Err(PassError::Retry(e.to_string())),
+        };
+        let max = self.ctx.config.routing.max_agent_hops;
+        let stopped = hops > max;
+        // Files go from this session's outbox (read through the one door for container files:
+        // no symlinks, no special files, bounded) into the target's inbox, host-written and
+        // read-only in its container.
+        let mut copies = Vec::with_capacity(file_refs.len());
+        let mut budget = container_files::MAX_OUTBOX_FILE_BYTES;
+        for f in file_refs.iter().filter(|_| !stopped) {
+            if !plain_file_name(&f.name) {
+                self.reject(
+                    key,
+                    &format!("messages_out.content.files.name: {:?} is not a plain file name", f.name),
+                );
+                return Ok((true, false));
+            }
+            match container_files::read_outbox_file(
+                self.paths.clone(),
+                &valid.id,
+                &f.path,
+                budget,
+                self.limits.read_deadline,
+            )
+            .await
+            {
+                Ok(bytes) => {
+                    budget = budget.saturating_sub(bytes.len() as u64);
+                    copies.push((f.name.clone(), bytes));
+                }
+                Err(e @ (OutboxFileError::Refused { .. } | OutboxFileError::Deadline { .. })) => {
+                    self.reject(key, &format!("row {}: content.files.path: {e}", valid.id));
+                    return Ok((true, false));
+                }
+                Err(e @ OutboxFileError::Unavailable { .. }) => return Err(PassError::Retry(e.to_string())),
+            }
+        }
+        let row = if stopped {
+            // The other agent hears why the chain ended (a note, not a turn).
+            let note = SystemNotice::Note {
+                text: format!(
+                    "{} tried to send you another message, but {max} agent-to-agent messages in a row is the limit; the exchange was stopped.",
+                    self.session.agent_group_name
+                ),
+            };
+            NewInbound {
+                id: format!("a2a-stop-{}-{}", self.session.id, valid.id),
+                kind: "system",
+                trigger: false,
+                on_wake: false,
+                channel_type: None,
+                platform_id: None,
+                thread_id: None,
+                content: serde_json::to_string(&note).expect("notice serialises"),
+                source_session_id: None,
+            }
+        } else {
+            let id = format!("a2a-{}-{}", self.session.id, valid.id);
+            let mut text = text.clone();
+            if !copies.is_empty() {
+                let target_paths =
+                    SessionPaths::new(&self.ctx.config.data_dir, &target.agent_group_folder, &target.id);
+                let dir = target_paths.host_dir.join(files::INBOX_DIR).join(&id);
+                let written =
+                    copies.iter().map(|(name, bytes)| (name.clone(), bytes.len())).collect::<Vec<_>>();
+                let d = dir.clone();
+                tokio::task::spawn_blocking(move || {
+                    std::fs::create_dir_all(&d)?;
+                    for (name, bytes) in &copies {
+                        std::fs::write(d.join(name), bytes)?;
+                    }
+                    Ok::<_, std::io::Error>(())
+                })
+                .await
+                .map_err(|e| PassError::Retry(format!("copying files: {e}")))?
+                .map_err(|e| PassError::Retry(format!("copying files to {}: {e}", dir.display())))?;
+                for (name, size) in written {
+                    text.push_str(&format!(
+                        "\n[file {}/{}/{id}/{name} ({size} bytes)]",
+                        nanoclaw_protocol::layout::CONTAINER_SESSION_DIR,
+                        files::INBOX_DIR
+                    ));
+                }
+            }
+            let content = nanoclaw_protocol::content::ChatContent {
+                text,
+                sender: Some(self.session.agent_group_name.clone()),
+                sender_id: Some(format!("agent:{from}")),
+                platform_message_id: None,
+                trace_id: answered.and_then(|c| c.trace_id),
+                hops: Some(hops),
+            };
+            NewInbound {
+                id,
+                kind: "chat",
+                trigger: true,
+                on_wake: false,
+                channel_type: Some("agent".into()),
+                platform_id: Some(from.clone()),
+                thread_id: None,
+                content: serde_json::to_string(&content).expect("content serialises"),
+                source_session_id: Some(self.session.id.clone()),
+            }
+        };
+        let row_id = row.id.clone();
+        let Some(sessions) = self.ctx.sessions.get() else {
+            return Err(PassError::Retry("the session supervisor is not up".into()));
+        };
+        let handle = sessions.get(target).await.map_err(|e| PassError::Retry(e.to_string()))?;
+        handle.enqueue(vec![row]).await.map_err(|e| PassError::Retry(e.to_string()))?;
+        if stopped {
+            warn!(session = %self.session.id, row = %key, hops, max, "agent-to-agent chain stopped at the hop limit");
+            self.reject(
+                key,
+                &format!(
+                    "agent_hop_limit: {max} agent-to-agent messages in a row; the exchange was stopped. Do not message that agent again until a person writes."
+                ),
+            );
+            return Ok((true, false));
+        }
+        debug!(session = %self.session.id, row = %key, to = %row_id, "agent-to-agent message delivered");
+        self.record(key, DeliveryStatus::Delivered, Some(&row_id), None);
+        self.forget(key);
+        Ok((true, true))
+    }
+
     async fn deliver_chat(
         &mut self,
         key: &str,
@@ -596,8 +806,7 @@ impl Worker {
             return Ok((true, false));
         };
         if target.channel_type == "agent" {
-            self.reject(key, "messages_out.channel_type: agent-to-agent delivery is not available yet");
-            return Ok((true, false));
+            return self.deliver_to_agent(key, valid, content, target.platform_id).await;
         }
         let own_chat = Some(&target.channel_type) == self.session.channel_type.as_ref()
             && Some(&target.platform_id) == self.session.platform_id.as_ref();
@@ -615,8 +824,10 @@ impl Worker {
                 .map_err(|e| PassError::Retry(e.to_string()))?;
             if !allowed {
                 let reason = format!(
-                    "messages_out.platform_id: {}:{} is not a destination of this agent",
-                    target.channel_type, target.platform_id
+                    "destination_not_allowed: {}:{} is not a destination of this agent (its destinations: {})",
+                    target.channel_type,
+                    target.platform_id,
+                    self.destination_names().await?
                 );
                 self.reject(key, &reason);
                 return Ok((true, false));
@@ -968,6 +1179,7 @@ impl Worker {
             platform_id: None,
             thread_id: None,
             content: serde_json::to_string(&notice).expect("notice serialises"),
+            source_session_id: None,
         });
     }
 }

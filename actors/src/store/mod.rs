@@ -23,6 +23,7 @@ pub const MIGRATIONS: &[M<'static>] = &[
     M::up(include_str!("../../../migrations/0002_session_holds.sql")),
     M::up(include_str!("../../../migrations/0003_providers.sql")),
     M::up(include_str!("../../../migrations/0004_routing.sql")),
+    M::up(include_str!("../../../migrations/0005_host_outbox.sql")),
 ];
 
 /// Errors of the central store.

@@ -522,6 +522,36 @@ pub fn add_destination(
     Err(StoreError::Invalid(format!("local_name: no free name for {base:?}")))
 }
 
+/// Adds a destination under exactly `name` (the admin's choice, not normalized).
+///
+/// Errors: `local_name` when the name is not 1–64 of `[a-z0-9-]` or is taken in the group.
+pub fn add_destination_named(
+    conn: &Connection,
+    agent_group_id: &str,
+    name: &str,
+    kind: DestinationKind,
+    target_id: &str,
+) -> Result<(), StoreError> {
+    if !destination_name_ok(name) {
+        return Err(StoreError::Invalid(format!(
+            "local_name: {name:?} is not 1-{DESTINATION_NAME_MAX} of a-z 0-9 -"
+        )));
+    }
+    let inserted = conn
+        .execute(
+            "INSERT INTO agent_destinations (agent_group_id, local_name, target_type, target_id, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (agent_group_id, local_name) DO NOTHING",
+            params![agent_group_id, name, kind.as_str(), target_id, now_ts()],
+        )
+        .sql("add destination")?;
+    if inserted == 0 {
+        return Err(StoreError::Invalid(format!(
+            "local_name: {name:?} is already a destination of this agent"
+        )));
+    }
+    Ok(())
+}
+
 /// Upserts a user (namespaced id `<channel_type>:<handle>`), keeping the newest display name.
 pub fn upsert_user(
     conn: &Connection,
@@ -1047,4 +1077,247 @@ pub fn open_sessions_of_group(conn: &Connection, agent_group_id: &str) -> Result
         .sql("list sessions of group")?
         .collect::<Result<_, _>>()
         .sql("list sessions of group")
+}
+
+/// Whether agent group `from` may message agent group `to`: itself, or through an `agent`
+/// destination.
+pub fn may_send_to_agent(conn: &Connection, from: &str, to: &str) -> Result<bool, StoreError> {
+    if from == to {
+        return Ok(true);
+    }
+    Ok(conn
+        .query_row(
+            "SELECT 1 FROM agent_destinations WHERE agent_group_id = ?1 AND target_type = 'agent' AND target_id = ?2",
+            params![from, to],
+            |_| Ok(()),
+        )
+        .optional()
+        .sql("check agent destination")?
+        .is_some())
+}
+
+/// The session of agent group `agent_group_id` that takes another agent's message: `preferred`
+/// when it is an open session of that group, else the group's newest open session, else a new
+/// session without a chat. Errors with [`StoreError::Invalid`] when the group does not exist.
+pub fn agent_target_session(
+    conn: &mut Connection,
+    agent_group_id: &str,
+    preferred: Option<&str>,
+) -> Result<super::SessionInfo, StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).sql("begin agent target")?;
+    if !agent_group_exists(&tx, agent_group_id)? {
+        return Err(StoreError::Invalid(format!("platform_id: no agent group {agent_group_id:?}")));
+    }
+    let preferred = match preferred {
+        Some(id) => tx
+            .query_row(
+                "SELECT id FROM sessions WHERE id = ?1 AND agent_group_id = ?2 AND status <> 'closed'",
+                params![id, agent_group_id],
+                |r| r.get::<_, String>(0),
+            )
+            .optional()
+            .sql("check preferred session")?,
+        None => None,
+    };
+    let id = match preferred {
+        Some(id) => id,
+        None => {
+            let newest: Option<String> = tx
+                .query_row(
+                    "SELECT id FROM sessions WHERE agent_group_id = ?1 AND status = 'active'
+                      ORDER BY coalesce(last_active, created_at) DESC, created_at DESC LIMIT 1",
+                    [agent_group_id],
+                    |r| r.get(0),
+                )
+                .optional()
+                .sql("find newest session")?;
+            match newest {
+                Some(id) => id,
+                None => {
+                    let id = new_id("sess");
+                    tx.execute(
+                        "INSERT INTO sessions (id, agent_group_id, created_at) VALUES (?1, ?2, ?3)",
+                        params![id, agent_group_id, now_ts()],
+                    )
+                    .sql("create session")?;
+                    id
+                }
+            }
+        }
+    };
+    tx.commit().sql("commit agent target")?;
+    super::session_info(conn, &id)?.ok_or_else(|| StoreError::Invalid(format!("session {id} vanished")))
+}
+
+/// A note the host sends to a chat itself, through `host_outbox`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostNote {
+    /// Row id; the channel's idempotency key.
+    pub id: String,
+    /// Channel type.
+    pub channel_type: String,
+    /// The chat.
+    pub platform_id: String,
+    /// The thread.
+    pub thread_id: Option<String>,
+    /// The platform id of the message it answers.
+    pub in_reply_to: Option<String>,
+    /// The text.
+    pub text: String,
+    /// Delivery attempts so far.
+    pub attempts: i64,
+}
+
+/// Queues a host note (a repeat of the id is ignored: the note is sent once).
+pub fn host_note_insert(conn: &Connection, note: &HostNote) -> Result<(), StoreError> {
+    let now = now_ts();
+    conn.execute(
+        "INSERT INTO host_outbox (id, channel_type, platform_id, thread_id, in_reply_to, text, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7) ON CONFLICT (id) DO NOTHING",
+        params![note.id, note.channel_type, note.platform_id, note.thread_id, note.in_reply_to, note.text, now],
+    )
+    .sql("queue host note")?;
+    Ok(())
+}
+
+/// Up to `limit` host notes with `status`, oldest first.
+pub fn host_notes(conn: &Connection, status: &str, limit: usize) -> Result<Vec<HostNote>, StoreError> {
+    conn.prepare_cached(
+        "SELECT id, channel_type, platform_id, thread_id, in_reply_to, text, attempts FROM host_outbox
+          WHERE status = ?1 ORDER BY created_at, id LIMIT ?2",
+    )
+    .sql("list host notes")?
+    .query_map(params![status, limit as i64], |r| {
+        Ok(HostNote {
+            id: r.get(0)?,
+            channel_type: r.get(1)?,
+            platform_id: r.get(2)?,
+            thread_id: r.get(3)?,
+            in_reply_to: r.get(4)?,
+            text: r.get(5)?,
+            attempts: r.get(6)?,
+        })
+    })
+    .sql("list host notes")?
+    .collect::<Result<_, _>>()
+    .sql("list host notes")
+}
+
+/// Sets a host note's status (`sending` counts an attempt), with the error when failed.
+pub fn host_note_status(
+    conn: &Connection,
+    id: &str,
+    status: &str,
+    error: Option<&str>,
+) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE host_outbox SET status = ?2, error = ?3, updated_at = ?4,
+           attempts = attempts + (CASE WHEN ?2 = 'sending' THEN 1 ELSE 0 END) WHERE id = ?1",
+        params![id, status, error, now_ts()],
+    )
+    .sql("update host note")?;
+    Ok(())
+}
+
+/// Deletes finished host notes created before `before`; returns how many.
+pub fn host_notes_sweep(conn: &Connection, before: &str) -> Result<usize, StoreError> {
+    conn.execute(
+        "DELETE FROM host_outbox WHERE status IN ('delivered','failed') AND created_at < ?1",
+        [before],
+    )
+    .sql("sweep host notes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{MAIN_AGENT_GROUP_ID, Store};
+
+    #[tokio::test]
+    async fn create_agent_makes_the_group_its_config_and_both_destinations_in_one_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("nanoclaw.db")).await.unwrap();
+        store.call(crate::store::bootstrap).await.unwrap();
+        let made =
+            store.call(|c| create_child_agent(c, MAIN_AGENT_GROUP_ID, "../Research Bot")).await.unwrap();
+        assert_eq!((made.folder.as_str(), made.name_for_parent.as_str()), ("research-bot", "research-bot"));
+        let parent = store.call(|c| crate::store::destinations_of(c, MAIN_AGENT_GROUP_ID)).await.unwrap();
+        assert!(
+            parent.iter().any(|d| d.name == "research-bot"
+                && d.agent_group_id.as_deref() == Some(made.agent_group_id.as_str()))
+        );
+        let id = made.agent_group_id.clone();
+        let child = store.call(move |c| crate::store::destinations_of(c, &id)).await.unwrap();
+        assert_eq!(child.len(), 1);
+        assert_eq!(
+            (child[0].name.as_str(), child[0].agent_group_id.as_deref()),
+            ("parent", Some(MAIN_AGENT_GROUP_ID))
+        );
+        let id = made.agent_group_id.clone();
+        let configs: i64 = store
+            .call(move |c| {
+                c.query_row("SELECT count(*) FROM container_configs WHERE agent_group_id = ?1", [&id], |r| {
+                    r.get(0)
+                })
+                .sql("count")
+            })
+            .await
+            .unwrap();
+        assert_eq!(configs, 1);
+        // The same name again clashes with the parent's destination; nothing is created.
+        let err =
+            store.call(|c| create_child_agent(c, MAIN_AGENT_GROUP_ID, "research bot")).await.unwrap_err();
+        assert!(err.to_string().starts_with("name:"), "{err}");
+        for bad in ["", "x".repeat(65).as_str(), "tab\there"] {
+            let bad = bad.to_string();
+            let err =
+                store.call(move |c| create_child_agent(c, MAIN_AGENT_GROUP_ID, &bad)).await.unwrap_err();
+            assert!(err.to_string().starts_with("name:"), "{err}");
+        }
+        let groups = store.call(|c| agent_groups(c)).await.unwrap();
+        assert_eq!(groups.len(), 2, "main and the one child");
+    }
+
+    #[test]
+    fn destination_names_are_normalized_and_checked() {
+        assert_eq!(normalize_destination_name("Team Chat!"), "team-chat");
+        assert_eq!(normalize_destination_name("***"), "dest");
+        assert!(normalize_destination_name(&"a".repeat(200)).len() <= DESTINATION_NAME_MAX - 4);
+        assert!(destination_name_ok("team-2") && !destination_name_ok("Team") && !destination_name_ok(""));
+    }
+
+    #[tokio::test]
+    async fn a_bad_or_taken_destination_name_is_refused_naming_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("nanoclaw.db")).await.unwrap();
+        store.call(crate::store::bootstrap).await.unwrap();
+        for name in ["Team", "a b", "", "cli"] {
+            let n = name.to_string();
+            let err = store
+                .call(move |c| {
+                    add_destination_named(
+                        c,
+                        MAIN_AGENT_GROUP_ID,
+                        &n,
+                        DestinationKind::Channel,
+                        crate::store::CLI_MESSAGING_GROUP_ID,
+                    )
+                })
+                .await
+                .unwrap_err();
+            assert!(err.to_string().starts_with("local_name:"), "{name:?}: {err}");
+        }
+        // The schema refuses one written past the function too.
+        let err = store
+            .call(|c| {
+                c.execute(
+                    "INSERT INTO agent_destinations (agent_group_id, local_name, target_type, target_id, created_at)
+                     VALUES ('ag-main', 'Bad Name', 'channel', 'mg-cli-local', 't')",
+                    [],
+                )
+                .sql("insert")
+            })
+            .await;
+        assert!(err.is_err());
+    }
 }

@@ -51,6 +51,29 @@ pub struct Snapshot {
     /// The earliest `process_after` of a pending triggering row not yet due (a retry backoff or a
     /// scheduled message): the runner's next read is due then, with no wake byte to announce it.
     pub next_due: Option<String>,
+    /// Notes of the host the model has not seen yet (refused messages, a stopped
+    /// agent-to-agent exchange): `(seq, text)`, oldest first, at most [`MAX_NOTES`]. Shown at the
+    /// start of the next turn; [`SessionDb::notes_seen`] records them as seen.
+    pub notes: Vec<(i64, String)>,
+}
+
+/// Most host notes shown in one turn (the rest follow in the next).
+pub const MAX_NOTES: usize = 20;
+
+/// `session_state` key: the seq of the newest host note shown to the model.
+pub const NOTES_SEEN_KEY: &str = "host_notes_seen";
+
+/// The text of a host note for the model, `None` for the answers a tool waits for (an action's
+/// result: the tool call already showed it).
+fn note_text(content: &str) -> Option<String> {
+    use nanoclaw_protocol::content::SystemNotice;
+    match serde_json::from_str::<SystemNotice>(content).ok()? {
+        SystemNotice::Rejected { message_out_id, reason } => {
+            Some(format!("Your message {message_out_id} was not delivered: {reason}"))
+        }
+        SystemNotice::Note { text } => Some(text),
+        SystemNotice::ActionResult { .. } => None,
+    }
 }
 
 impl Snapshot {
@@ -215,9 +238,23 @@ impl SessionDb {
                 |r| r.get(0),
             )
             .ctx("next due")?;
+        let seen: i64 = self.state(NOTES_SEEN_KEY)?.and_then(|v| v.parse().ok()).unwrap_or(0);
+        let notes = inbound
+            .prepare_cached(
+                "SELECT seq, content FROM messages_in WHERE kind = 'system' AND seq > ?1 ORDER BY seq LIMIT 100",
+            )
+            .ctx("prepare notes")?
+            .query_map([seen], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
+            .ctx("read notes")?
+            .collect::<Result<Vec<_>, _>>()
+            .ctx("read note")?
+            .into_iter()
+            .filter_map(|(seq, content)| note_text(&content).map(|t| (seq, t)))
+            .take(MAX_NOTES)
+            .collect();
         drop(st);
         inbound.commit().ctx("end read")?;
-        Ok(Snapshot { batch, destinations, routing, max_inbound_seq, next_due })
+        Ok(Snapshot { batch, destinations, routing, max_inbound_seq, next_due, notes })
     }
 
     /// Claims rows for this generation.
@@ -302,6 +339,15 @@ impl SessionDb {
         }
         tx.commit().ctx("commit turn")?;
         Ok(written)
+    }
+
+    /// Records the host notes of `snapshot` as shown to the model (after its turn was
+    /// committed), so the next turn does not show them again. Nothing to do without notes.
+    pub fn notes_seen(&mut self, snapshot: &Snapshot) -> Result<(), DbError> {
+        match snapshot.notes.last() {
+            Some((seq, _)) => self.set_state(NOTES_SEEN_KEY, &seq.to_string()),
+            None => Ok(()),
+        }
     }
 
     /// Reads a `session_state` value.

@@ -47,15 +47,22 @@ pub struct Turn {
     pub continuation: Option<String>,
 }
 
-/// Finds the destination name for a chat address (reverse lookup), or `unknown:<type>:<id>`.
+/// Whether destination `d` is the address (`channel_type`, `platform_id`): a chat, or another
+/// agent (`agent`, its agent group id).
+fn is_address(d: &Destination, channel_type: Option<&str>, platform_id: Option<&str>) -> bool {
+    match d.kind {
+        DestinationType::Channel => {
+            d.channel_type.as_deref() == channel_type && d.platform_id.as_deref() == platform_id
+        }
+        DestinationType::Agent => channel_type == Some("agent") && d.agent_group_id.as_deref() == platform_id,
+    }
+}
+
+/// Finds the destination name for an address (reverse lookup), or `unknown:<type>:<id>`.
 fn destination_name(dests: &[Destination], channel_type: Option<&str>, platform_id: Option<&str>) -> String {
     dests
         .iter()
-        .find(|d| {
-            d.kind == DestinationType::Channel
-                && d.channel_type.as_deref() == channel_type
-                && d.platform_id.as_deref() == platform_id
-        })
+        .find(|d| is_address(d, channel_type, platform_id))
         .map(|d| d.name.clone())
         .unwrap_or_else(|| format!("unknown:{}:{}", channel_type.unwrap_or("-"), platform_id.unwrap_or("-")))
 }
@@ -81,6 +88,10 @@ fn message_of(row: &InboundRow, dests: &[Destination]) -> PromptMessage {
         trigger: row.trigger,
         kind: row.kind,
     }
+}
+
+fn escape_text(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
 
 fn escape_attr(s: &str) -> String {
@@ -114,6 +125,9 @@ pub fn build_turn(snapshot: &Snapshot, assistant_name: &str, continuation: Optio
             ),
         });
     }
+    // Host notes come first: what happened to the agent's earlier messages.
+    let notes = snapshot.notes.iter().map(|(_, text)| format!("<system>{}</system>", escape_text(text)));
+    let blocks: Vec<String> = notes.chain(blocks).collect();
     let prompt = blocks.iter().map(|b| format!("{b}\n")).collect::<String>();
     let mut system = format!("# You are {assistant_name}\n\n## Sending messages\n");
     system.push_str(
@@ -241,11 +255,7 @@ pub fn origin_destination(snapshot: &Snapshot) -> Option<String> {
     snapshot
         .destinations
         .iter()
-        .find(|d| {
-            d.kind == DestinationType::Channel
-                && d.channel_type == origin.channel_type
-                && d.platform_id == origin.platform_id
-        })
+        .find(|d| is_address(d, origin.channel_type.as_deref(), origin.platform_id.as_deref()))
         .map(|d| d.name.clone())
 }
 
@@ -263,15 +273,24 @@ pub fn row_to_chat(
     let own_chat =
         channel_type == snapshot.routing.channel_type && platform_id == snapshot.routing.platform_id;
     let named = reply_to.and_then(|seq| snapshot.batch.iter().find(|r| r.seq == seq));
-    let in_reply_to = named
-        .or_else(|| {
-            snapshot
-                .batch
-                .iter()
-                .rev()
-                .find(|r| r.trigger && r.channel_type == channel_type && r.platform_id == platform_id)
-        })
-        .map(|r| r.id.clone());
+    let answered = named.or_else(|| {
+        snapshot
+            .batch
+            .iter()
+            .rev()
+            .find(|r| r.trigger && r.channel_type == channel_type && r.platform_id == platform_id)
+    });
+    let in_reply_to = answered.map(|r| r.id.clone());
+    // To its own chat a reply goes to the thread of the message it answers (a DM's sub-thread
+    // too), else the session's own thread; to any other chat, to no thread.
+    let thread_id = if own_chat {
+        answered
+            .filter(|r| r.channel_type == channel_type && r.platform_id == platform_id)
+            .and_then(|r| r.thread_id.clone())
+            .or_else(|| snapshot.routing.thread_id.clone())
+    } else {
+        None
+    };
     OutboundRow {
         id,
         seq: 0,
@@ -281,7 +300,7 @@ pub fn row_to_chat(
         kind: OutboundKind::Chat,
         platform_id,
         channel_type,
-        thread_id: if own_chat { snapshot.routing.thread_id.clone() } else { None },
+        thread_id,
         content: serde_json::to_string(content).expect("outbound content serialises"),
     }
 }
@@ -341,7 +360,34 @@ mod tests {
             },
             max_inbound_seq: Some(2),
             next_due: None,
+            notes: vec![],
         }
+    }
+
+    #[test]
+    fn host_notes_open_the_prompt_and_agent_rows_are_named_by_their_destination() {
+        let mut s = snapshot();
+        s.notes = vec![(5, "Your message o1 was not delivered: destination_not_allowed: <x>".into())];
+        s.destinations.push(Destination {
+            name: "helper".into(),
+            display_name: Some("Helper".into()),
+            kind: DestinationType::Agent,
+            channel_type: None,
+            platform_id: None,
+            agent_group_id: Some("ag-helper".into()),
+        });
+        s.batch[0].channel_type = Some("agent".into());
+        s.batch[0].platform_id = Some("ag-helper".into());
+        let t = build_turn(&s, "Andy", None);
+        assert!(
+            t.prompt.starts_with(
+                "<system>Your message o1 was not delivered: destination_not_allowed: &lt;x&gt;</system>\n"
+            ),
+            "{}",
+            t.prompt
+        );
+        assert!(t.prompt.contains("from=\"helper\""), "{}", t.prompt);
+        assert_eq!(origin_destination(&s).as_deref(), Some("helper"));
     }
 
     #[test]

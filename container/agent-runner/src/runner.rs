@@ -448,6 +448,7 @@ pub async fn run_with(config: RunnerConfig, mut provider: Box<dyn Provider>) -> 
                     snapshot.max_inbound_seq,
                 )?;
                 debug!(replies = written.len(), "turn committed");
+                db.notes_seen(&snapshot)?;
             }
             Some(Err(TurnFailure::Error(e))) => {
                 warn!(error = %e, "turn failed");

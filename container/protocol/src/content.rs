@@ -26,6 +26,10 @@ pub struct ChatContent {
     /// Trace id given by the router; logged by the runner and by delivery (DESIGN §13).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace_id: Option<String>,
+    /// Agent-to-agent messages only: how many agent-to-agent hops led to this message (1 for
+    /// an agent's first message to another). The host stops a chain at `routing.max_agent_hops`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hops: Option<u32>,
 }
 
 /// Content of an inbound `task` row (a scheduled task that came due).
@@ -60,6 +64,12 @@ pub enum SystemNotice {
         message_out_id: String,
         /// Why (names the field).
         reason: String,
+    },
+    /// A note from the host about something that concerns the agent but answers none of its
+    /// rows (another agent's message stopped at the hop limit).
+    Note {
+        /// The note, one paragraph.
+        text: String,
     },
 }
 
@@ -293,7 +303,9 @@ mod tests {
             sender_id: Some("cli:local".into()),
             platform_message_id: Some("p1".into()),
             trace_id: Some("tr-1".into()),
+            hops: Some(2),
         });
+        round_trip(SystemNotice::Note { text: "stopped".into() });
         round_trip(TaskContent { prompt: "water plants".into(), script: None });
         round_trip(SystemNotice::ActionResult {
             message_out_id: "o1".into(),

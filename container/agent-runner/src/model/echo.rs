@@ -22,6 +22,7 @@
 //! | `!exit <code>` | the runner exits at once with `code`, mid-turn, claims left behind |
 //! | `!error <text>` | the call fails with a non-retryable error `text` |
 //! | `!raw <text>` | `text` is the whole output, verbatim (tests the output syntax and the nudge) |
+//! | `!notes` | replies `echo: notes=<texts>`, the host's `<system>` notes of this turn joined by ` / ` |
 //! | `!turns` | replies `echo: turns=<n>`, the number of user turns in the conversation, which |
 //! |  | survives container restarts through the transcript |
 //! | `!rounds <n>` + `tool` lines | calls the same tools again after each result, `n` rounds in all |
@@ -89,6 +90,19 @@ fn parse_inbound(block: &str) -> Option<Inbound> {
         task,
         text: inner[open_end + 1..].to_string(),
     })
+}
+
+/// The host's `<system>` notes of a user message, joined by ` / `.
+fn notes_of(message: Option<&ChatMessage>) -> String {
+    let Some(m) = message else { return String::new() };
+    m.content
+        .iter()
+        .filter_map(|b| match b {
+            Block::Text { text } => text.strip_prefix("<system>")?.strip_suffix("</system>").map(unescape),
+            _ => None,
+        })
+        .collect::<Vec<_>>()
+        .join(" / ")
 }
 
 /// The inbound messages of a user message, when it is a batch.
@@ -177,6 +191,7 @@ impl EchoModel {
         &self,
         batch: &[Inbound],
         turns: usize,
+        notes: &str,
         events: &mut dyn EventSink,
     ) -> Result<ModelReply, ModelError> {
         let mut out = String::new();
@@ -212,6 +227,10 @@ impl EchoModel {
                 }
                 Some(("raw", args)) => {
                     out.push_str(args);
+                    continue;
+                }
+                Some(("notes", _)) => {
+                    out.push_str(&message_block(&m.from, Some(m.seq), &format!("echo: notes={notes}")));
                     continue;
                 }
                 Some(("turns", _)) => {
@@ -294,7 +313,7 @@ impl Model for EchoModel {
                 .iter()
                 .filter(|m| batch_of(m).is_some_and(|b| b.iter().any(|i| i.trigger)))
                 .count();
-            return self.answer_batch(&batch, turns, events).await;
+            return self.answer_batch(&batch, turns, &notes_of(Some(last)), events).await;
         }
         // A nudge (or any note): say the same again.
         let previous = request.messages.iter().rev().find(|m| m.role == Role::Assistant).map(text_of);

@@ -442,7 +442,9 @@ impl Tool for SystemTool {
                 Ok(Some(SystemNotice::Rejected { reason, .. })) => {
                     return Err(ToolError(format!("refused: {reason}")));
                 }
-                Ok(None) => {}
+                // A note answers no action (`note-<row>` ids are the host's answers; a note
+                // has its own id): keep waiting.
+                Ok(Some(SystemNotice::Note { .. })) | Ok(None) => {}
                 Err(e) => return Err(ToolError(format!("cannot read the host's answer: {e}"))),
             }
             if tokio::time::Instant::now() >= deadline {
