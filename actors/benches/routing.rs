@@ -6,7 +6,9 @@
 //! into 3 sessions' `inbound.db` (concurrently), and finished in one transaction. The wirings
 //! accumulate (`trigger = 0`), so no container starts: the figure is routing alone. One task per
 //! chat submits its messages one after another, waiting for each ack as a platform adapter does;
-//! the chats run concurrently.
+//! the chats run concurrently. `ROUTING_INFLIGHT=k` lets each chat have k messages in flight (a
+//! platform handing over a burst): the channel routes what queued up for a chat as one batch, one
+//! session commit per batch.
 //!
 //! Reported: messages per second over the run, and p50 / p99 submit-to-ack latency. Fsyncs per
 //! message: run it under `strace -f -c -e trace=fsync,fdatasync` with a small
@@ -30,6 +32,8 @@ use std::time::{Duration, Instant};
 
 const CHATS: usize = 34;
 const AGENTS: usize = 3;
+/// Finished ledger keys before the run (`ROUTING_LEDGER_KEYS`, default 10⁶; 0 for quick
+/// syscall counts).
 const LEDGER_KEYS: usize = 1_000_000;
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -64,6 +68,10 @@ fn fill_ledger(path: &std::path::Path, n: usize) {
 
 fn main() {
     let messages: usize = std::env::var("ROUTING_MESSAGES").ok().and_then(|v| v.parse().ok()).unwrap_or(3000);
+    let inflight: usize =
+        std::env::var("ROUTING_INFLIGHT").ok().and_then(|v| v.parse().ok()).unwrap_or(1).max(1);
+    let keys: usize =
+        std::env::var("ROUTING_LEDGER_KEYS").ok().and_then(|v| v.parse().ok()).unwrap_or(LEDGER_KEYS);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let base = std::env::current_dir().unwrap().join("target/bench-routing");
     let _ = std::fs::remove_dir_all(&base);
@@ -119,8 +127,8 @@ fn main() {
         }
         service.shutdown(Duration::from_secs(10)).await;
         let t = Instant::now();
-        fill_ledger(&data.join("nanoclaw.db"), LEDGER_KEYS);
-        eprintln!("ledger filled with {LEDGER_KEYS} keys in {:.1} s", t.elapsed().as_secs_f64());
+        fill_ledger(&data.join("nanoclaw.db"), keys);
+        eprintln!("ledger filled with {keys} keys in {:.1} s", t.elapsed().as_secs_f64());
         // Writeback of the fill would slow the first fsyncs: settle first.
         let _ = std::process::Command::new("sync").status();
         std::thread::sleep(Duration::from_secs(3));
@@ -154,11 +162,21 @@ fn main() {
             let channel = channel.clone();
             tasks.push(tokio::spawn(async move {
                 let mut lat = Vec::with_capacity(per_chat);
-                for i in 0..per_chat {
+                let ids: Vec<usize> = (0..per_chat).collect();
+                for burst in ids.chunks(inflight) {
                     let t = Instant::now();
-                    let ack = channel.submit_event(warm(chat, i)).await.unwrap();
-                    assert_eq!(ack.dropped, None);
-                    lat.push(t.elapsed().as_secs_f64() * 1000.0);
+                    let acks = futures_util::future::join_all(burst.iter().map(|i| {
+                        let channel = channel.clone();
+                        async move {
+                            let ack = channel.submit_event(warm(chat, *i)).await.unwrap();
+                            (ack, t.elapsed().as_secs_f64() * 1000.0)
+                        }
+                    }))
+                    .await;
+                    for (ack, ms) in acks {
+                        assert_eq!(ack.dropped, None);
+                        lat.push(ms);
+                    }
                 }
                 lat
             }));
@@ -171,7 +189,7 @@ fn main() {
         lat.sort_by(f64::total_cmp);
         let n = lat.len();
         println!(
-            "routing: {n} messages x {AGENTS} wirings over {} sessions, {LEDGER_KEYS} ledger keys: {:.0} msg/s; latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            "routing: {n} messages x {AGENTS} wirings over {} sessions, {keys} ledger keys, {inflight} in flight per chat: {:.0} msg/s; latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
             CHATS * AGENTS,
             n as f64 / took,
             percentile(&lat, 0.5),

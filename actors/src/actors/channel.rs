@@ -26,6 +26,8 @@ use tracing::{debug, info, warn};
 pub const CHAT_QUEUE: usize = 256;
 /// Most submissions of one channel waiting for routing over all its chats.
 pub const CHANNEL_QUEUE: usize = 4096;
+/// Most submissions of one chat routed together ([`Router::route_batch`]).
+pub const ROUTE_BATCH: usize = 32;
 
 /// The submissions waiting per chat; a chat has an entry exactly while its worker runs.
 #[derive(Default)]
@@ -59,20 +61,17 @@ impl ChatQueues {
         Ok(new)
     }
 
-    /// The next submission of `chat`; `None` (and the chat's entry removed, so the next push
-    /// starts a worker) when it has none.
-    fn pop(&mut self, chat: &str) -> Option<crate::ports::channel::Submission> {
-        let queue = self.by_chat.get_mut(chat)?;
-        match queue.pop_front() {
-            Some(sub) => {
-                self.total -= 1;
-                Some(sub)
-            }
-            None => {
-                self.by_chat.remove(chat);
-                None
-            }
+    /// The next submissions of `chat`, at most `max`, in order; none (and the chat's entry
+    /// removed, so the next push starts a worker) when it has none.
+    fn pop_batch(&mut self, chat: &str, max: usize) -> Vec<crate::ports::channel::Submission> {
+        let Some(queue) = self.by_chat.get_mut(chat) else { return vec![] };
+        if queue.is_empty() {
+            self.by_chat.remove(chat);
+            return vec![];
         }
+        let take = queue.len().min(max);
+        self.total -= take;
+        queue.drain(..take).collect()
     }
 }
 
@@ -164,13 +163,19 @@ impl Actor for ChannelActor {
                     let (queues, router) = (queues.clone(), router.clone());
                     workers.spawn(async move {
                         loop {
-                            // The lock is released before routing (a guard held across the
-                            // await would block the dispatcher).
-                            let next = queues.lock().pop(&chat);
-                            let Some(sub) = next else { break };
-                            let result =
-                                router.route(sub.event).await.map_err(|e| SubmitError::Route(e.to_string()));
-                            let _ = sub.ack.send(result);
+                            // What queued up for the chat is routed as one batch (in order); the
+                            // lock is released before routing (a guard held across the await
+                            // would block the dispatcher).
+                            let subs = queues.lock().pop_batch(&chat, ROUTE_BATCH);
+                            if subs.is_empty() {
+                                break;
+                            }
+                            let (events, acks): (Vec<_>, Vec<_>) =
+                                subs.into_iter().map(|s| (s.event, s.ack)).unzip();
+                            let results = router.route_batch(events).await;
+                            for (ack, result) in acks.into_iter().zip(results) {
+                                let _ = ack.send(result.map_err(|e| SubmitError::Route(e.to_string())));
+                            }
                         }
                     });
                 }

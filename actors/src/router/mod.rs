@@ -28,11 +28,13 @@ use crate::disk::DiskError;
 use crate::ports::channel::{InboundAck, InboundEvent};
 use crate::session_files::NewInbound;
 use crate::store::{
-    self, DropReason, LedgerEntry, LedgerInsert, LedgerOutcome, Store, UnknownSenderPolicy, new_id,
+    self, DropReason, LedgerEntry, LedgerInsert, LedgerOutcome, SqlContext, Store, UnknownSenderPolicy,
+    new_id,
 };
 use futures_util::future::join_all;
 use nanoclaw_protocol::content::ChatContent;
 use plan::{Facts, Plan, Rules};
+use rusqlite::TransactionBehavior;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,6 +51,10 @@ static CRASH_AFTER_LEDGER: std::sync::LazyLock<bool> =
 
 /// How long [`Router`] waits for a stopping session actor to exit before asking for a new one.
 const STOPPING_ACTOR_WAIT: Duration = Duration::from_secs(2);
+
+/// An entry some sessions take: its index in the batch, chat, whether any session took it, the
+/// refusal to count, the command refusal to tell the chat.
+type Delivered = (usize, Box<store::MessagingGroup>, bool, Option<plan::Refusal>, Option<String>);
 
 /// Routing settings (config section `[routing]`).
 #[derive(Debug, Clone, PartialEq)]
@@ -177,147 +183,296 @@ impl Router {
     /// Errors (store or session failures) leave the ledger entry `received`: the platform must
     /// not be acknowledged, and the entry is routed again at the next start.
     pub async fn route(&self, event: InboundEvent) -> Result<InboundAck, RouteError> {
-        let trace_id = new_id("tr");
-        let span =
-            info_span!("route", trace = %trace_id, channel = %event.channel_type, chat = %event.platform_id);
-        self.route_inner(event, trace_id).instrument(span).await
+        self.route_batch(vec![event]).await.pop().expect("one result per event")
     }
 
-    async fn route_inner(&self, event: InboundEvent, trace_id: String) -> Result<InboundAck, RouteError> {
+    /// Routes events of one chat together, in order, and returns one result per event (as
+    /// [`Router::route`] would): the ledger entries in one transaction, the decisions in one
+    /// store call, each session's rows of the whole batch in one `inbound.db` transaction, the
+    /// finishing in one store call. A channel hands over what queued up for a chat while its
+    /// previous batch was routed, so a busy chat costs one session commit per batch instead of
+    /// one per message. A failure fails only the events it concerns.
+    pub async fn route_batch(&self, events: Vec<InboundEvent>) -> Vec<Result<InboundAck, RouteError>> {
+        let traces: Vec<String> = events.iter().map(|_| new_id("tr")).collect();
+        let span = match events.first() {
+            Some(e) => {
+                info_span!("route", trace = %traces[0], messages = events.len(), channel = %e.channel_type, chat = %e.platform_id)
+            }
+            None => return vec![],
+        };
+        self.route_batch_inner(events, traces).instrument(span).await
+    }
+
+    async fn route_batch_inner(
+        &self,
+        events: Vec<InboundEvent>,
+        traces: Vec<String>,
+    ) -> Vec<Result<InboundAck, RouteError>> {
+        let n = events.len();
+        // One error for every event: the first keeps its type, the others its line.
+        let all_fail = |e: RouteError| -> Vec<Result<InboundAck, RouteError>> {
+            let line = e.to_string();
+            std::iter::once(Err(e)).chain((1..n).map(|_| Err(RouteError::Session(line.clone())))).collect()
+        };
         if let Some((dir, floor)) = &self.disk_floor {
             let (dir, floor) = (dir.clone(), *floor);
-            tokio::task::spawn_blocking(move || crate::disk::check_floor(&dir, floor))
-                .await
-                .map_err(|e| RouteError::Session(format!("disk check failed: {e}")))??;
+            match tokio::task::spawn_blocking(move || crate::disk::check_floor(&dir, floor)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return all_fail(e.into()),
+                Err(e) => return all_fail(RouteError::Session(format!("disk check failed: {e}"))),
+            }
         }
-        let sender_id = namespaced_sender(&event);
-        let entry = LedgerEntry {
-            id: new_id("in"),
-            channel_type: event.channel_type.clone(),
-            platform_message_id: event.platform_message_id.clone(),
-            platform_id: event.platform_id.clone(),
-            thread_id: event.thread_id.clone(),
-            sender_id: sender_id.clone(),
-            event: serde_json::to_string(&event)?,
-            trace_id: trace_id.clone(),
+        let mut results: Vec<Option<Result<InboundAck, RouteError>>> = (0..n).map(|_| None).collect();
+        let mut entries = Vec::with_capacity(n);
+        for (i, (event, trace)) in events.iter().zip(&traces).enumerate() {
+            match serde_json::to_string(event) {
+                Ok(json) => entries.push((
+                    i,
+                    LedgerEntry {
+                        id: new_id("in"),
+                        channel_type: event.channel_type.clone(),
+                        platform_message_id: event.platform_message_id.clone(),
+                        platform_id: event.platform_id.clone(),
+                        thread_id: event.thread_id.clone(),
+                        sender_id: namespaced_sender(event),
+                        event: json,
+                        trace_id: trace.clone(),
+                    },
+                )),
+                Err(e) => results[i] = Some(Err(e.into())),
+            }
+        }
+        let rows: Vec<LedgerEntry> = entries.iter().map(|(_, e)| e.clone()).collect();
+        let inserted = self
+            .store
+            .call(move |c| {
+                let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).sql("begin ledger")?;
+                let out = rows.iter().map(|e| store::ledger_insert(&tx, e)).collect::<Result<Vec<_>, _>>()?;
+                tx.commit().sql("commit ledger")?;
+                Ok(out)
+            })
+            .await;
+        let inserted = match inserted {
+            Ok(v) => v,
+            Err(e) => return all_fail(e.into()),
         };
-        let e = entry.clone();
-        let ledger_id = match self.store.call(move |c| store::ledger_insert(c, &e)).await? {
-            LedgerInsert::New => {
-                // `hop:` lines time the stages of one message (`benches/hops.rs`).
-                debug!("hop: ledger committed");
-                if *CRASH_AFTER_LEDGER {
-                    warn!("{CRASH_AFTER_LEDGER_ENV} is set: aborting after the ledger commit");
-                    std::process::abort();
+        let mut batch = Vec::with_capacity(entries.len());
+        for ((i, entry), insert) in entries.into_iter().zip(inserted) {
+            let ledger_id = match insert {
+                LedgerInsert::New => {
+                    // `hop:` lines time the stages of one message (`benches/hops.rs`).
+                    debug!("hop: ledger committed");
+                    if *CRASH_AFTER_LEDGER {
+                        warn!("{CRASH_AFTER_LEDGER_ENV} is set: aborting after the ledger commit");
+                        std::process::abort();
+                    }
+                    entry.id
                 }
-                entry.id.clone()
-            }
-            LedgerInsert::Duplicate { id, finished: true } => {
-                debug!(ledger = %id, "duplicate message ignored");
-                return Ok(InboundAck { ledger_id: id, duplicate: true, dropped: None });
-            }
-            // Seen but not routed (an earlier attempt failed half-way): route it again; the
-            // messages_in ids make that idempotent.
-            LedgerInsert::Duplicate { id, finished: false } => id,
-        };
-        let facts = Facts { ledger_id, sender: sender_id, event_json: entry.event, event };
-        self.route_entry(facts, &trace_id).await
+                LedgerInsert::Duplicate { id, finished: true } => {
+                    debug!(ledger = %id, "duplicate message ignored");
+                    results[i] = Some(Ok(InboundAck { ledger_id: id, duplicate: true, dropped: None }));
+                    continue;
+                }
+                // Seen but not routed (an earlier attempt failed half-way): route it again; the
+                // messages_in ids make that idempotent.
+                LedgerInsert::Duplicate { id, finished: false } => id,
+            };
+            let facts = Facts {
+                ledger_id,
+                sender: entry.sender_id,
+                event_json: entry.event,
+                event: events[i].clone(),
+            };
+            batch.push((i, facts, entry.trace_id));
+        }
+        let (index, batch): (Vec<usize>, Vec<(Facts, String)>) =
+            batch.into_iter().map(|(i, f, t)| (i, (f, t))).unzip();
+        for (i, r) in index.into_iter().zip(self.route_facts(batch).await) {
+            results[i] = Some(r);
+        }
+        results.into_iter().map(|r| r.expect("every event has a result")).collect()
     }
 
-    /// Routes a ledger entry (new, left `received` by a crash, or replayed on an approval).
-    async fn route_entry(&self, facts: Facts, trace_id: &str) -> Result<InboundAck, RouteError> {
-        let ledger_id = facts.ledger_id.clone();
-        let ack = |dropped: Option<DropReason>| InboundAck {
-            ledger_id: ledger_id.clone(),
+    /// Routes ledger entries (new, left `received` by a crash, or replayed on an approval), in
+    /// order, together (see [`Router::route_batch`]); one result per entry.
+    async fn route_facts(&self, batch: Vec<(Facts, String)>) -> Vec<Result<InboundAck, RouteError>> {
+        let n = batch.len();
+        if n == 0 {
+            return vec![];
+        }
+        let ack = |facts: &Facts, dropped: Option<DropReason>| InboundAck {
+            ledger_id: facts.ledger_id.clone(),
             duplicate: false,
             dropped: dropped.map(|r| r.as_str().to_string()),
         };
-        let (config, rules, f) = (self.config.clone(), self.rules.clone(), facts.clone());
-        let plan = self.store.call(move |c| plan::plan(c, &f, &config, &rules)).await?;
-        let (mg, targets, refusal, command_refusal) = match plan {
-            Plan::Dropped(reason) => {
-                debug!(reason = %reason, "message dropped");
-                return Ok(ack(Some(reason)));
-            }
-            Plan::Deliver { mg, targets, refusal, command_refusal } => {
-                (mg, targets, refusal, command_refusal)
+        let (config, rules) = (self.config.clone(), self.rules.clone());
+        let facts: Vec<Facts> = batch.iter().map(|(f, _)| f.clone()).collect();
+        let planned = self
+            .store
+            .call(move |c| Ok(facts.iter().map(|f| plan::plan(c, f, &config, &rules)).collect::<Vec<_>>()))
+            .await;
+        let planned = match planned {
+            Ok(p) => p,
+            Err(e) => {
+                let line = e.to_string();
+                return (0..n).map(|_| Err(RouteError::Session(line.clone()))).collect();
             }
         };
-        let event = &facts.event;
-        let content = serde_json::to_string(&ChatContent {
-            text: event.text.clone(),
-            sender: event.sender_name.clone(),
-            sender_id: facts.sender.clone(),
-            platform_message_id: Some(event.platform_message_id.clone()),
-            trace_id: Some(trace_id.to_string()),
-            hops: None,
-        })?;
-        // Every session at once, each within its deadline: one slow session holds up only this
-        // chat's next message (the channel routes chats concurrently), never the other sessions.
-        let deadline = self.config.session_deadline;
-        let writes = targets.iter().map(|t| {
-            let row = NewInbound {
-                id: format!("{}:{}", facts.ledger_id, t.session.agent_group_id),
-                kind: "chat",
-                trigger: t.trigger,
-                on_wake: false,
-                channel_type: Some(event.channel_type.clone()),
-                platform_id: Some(event.platform_id.clone()),
-                thread_id: event.thread_id.clone(),
-                content: content.clone(),
-                source_session_id: None,
+        let mut results: Vec<Option<Result<InboundAck, RouteError>>> = (0..n).map(|_| None).collect();
+        // Each session's rows of the whole batch, in order, for one write.
+        let mut sessions: Vec<(store::SessionInfo, Vec<NewInbound>, Vec<usize>)> = vec![];
+        let mut deliver: Vec<Delivered> = vec![];
+        for (i, ((facts, trace), plan)) in batch.iter().zip(planned).enumerate() {
+            let (mg, targets, refusal, command_refusal) = match plan {
+                Err(e) => {
+                    results[i] = Some(Err(e.into()));
+                    continue;
+                }
+                Ok(Plan::Dropped(reason)) => {
+                    debug!(reason = %reason, "message dropped");
+                    results[i] = Some(Ok(ack(facts, Some(reason))));
+                    continue;
+                }
+                Ok(Plan::Deliver { mg, targets, refusal, command_refusal }) => {
+                    (mg, targets, refusal, command_refusal)
+                }
             };
-            let session = t.session.clone();
-            async move {
-                let id = session.id.clone();
-                match tokio::time::timeout(deadline, self.enqueue(session, row)).await {
-                    Ok(r) => r,
-                    Err(_) => Err(RouteError::Session(format!(
-                        "session {id} did not take the message within {deadline:?}"
-                    ))),
+            let event = &facts.event;
+            let content = match serde_json::to_string(&ChatContent {
+                text: event.text.clone(),
+                sender: event.sender_name.clone(),
+                sender_id: facts.sender.clone(),
+                platform_message_id: Some(event.platform_message_id.clone()),
+                trace_id: Some(trace.clone()),
+                hops: None,
+            }) {
+                Ok(c) => c,
+                Err(e) => {
+                    results[i] = Some(Err(e.into()));
+                    continue;
+                }
+            };
+            for t in &targets {
+                let row = NewInbound {
+                    id: format!("{}:{}", facts.ledger_id, t.session.agent_group_id),
+                    kind: "chat",
+                    trigger: t.trigger,
+                    on_wake: false,
+                    channel_type: Some(event.channel_type.clone()),
+                    platform_id: Some(event.platform_id.clone()),
+                    thread_id: event.thread_id.clone(),
+                    content: content.clone(),
+                    source_session_id: None,
+                };
+                match sessions.iter_mut().find(|(s, ..)| s.id == t.session.id) {
+                    Some((_, rows, users)) => {
+                        rows.push(row);
+                        users.push(i);
+                    }
+                    None => sessions.push((t.session.clone(), vec![row], vec![i])),
                 }
             }
-        });
-        for result in join_all(writes).await {
-            result?;
+            deliver.push((i, mg, !targets.is_empty(), refusal, command_refusal));
         }
-        if !targets.is_empty() {
-            debug!(sessions = targets.len(), "hop: enqueued");
-        }
-        let stored = !targets.is_empty();
-        // The refusal note is queued in the finishing transaction: sent once, even across a
-        // crash (the ledger dedupes the message; the note's id is the ledger id's).
-        let note = command_refusal.map(|text| store::HostNote {
-            id: format!("host-refusal-{}", facts.ledger_id),
-            channel_type: mg.channel_type.clone(),
-            platform_id: mg.platform_id.clone(),
-            thread_id: event.thread_id.clone(),
-            in_reply_to: Some(event.platform_message_id.clone()),
-            text,
-            attempts: 0,
+        // Every session at once, each within its deadline: one slow session holds up only this
+        // chat's next batch (the channel routes chats concurrently), never the other sessions.
+        let deadline = self.config.session_deadline;
+        let writes = sessions.into_iter().map(|(session, rows, users)| async move {
+            let id = session.id.clone();
+            let result = match tokio::time::timeout(deadline, self.enqueue(session, rows)).await {
+                Ok(r) => r,
+                Err(_) => Err(RouteError::Session(format!(
+                    "session {id} did not take the message within {deadline:?}"
+                ))),
+            };
+            (users, result)
         });
-        let queued = note.is_some();
-        let (f, r) = (facts.clone(), refusal.clone());
-        let dropped =
-            self.store.call(move |c| plan::finish(c, &f, stored, r.as_ref(), note.as_ref())).await?;
+        for (users, result) in join_all(writes).await {
+            if let Err(e) = result {
+                let line = e.to_string();
+                for i in users {
+                    results[i].get_or_insert_with(|| Err(RouteError::Session(line.clone())));
+                }
+            }
+        }
+        // Finish what every session took, in one store call.
+        let mut finishing = vec![];
+        for (i, mg, stored, refusal, command_refusal) in deliver {
+            if results[i].is_some() {
+                continue;
+            }
+            let (facts, _) = &batch[i];
+            let event = &facts.event;
+            // The refusal note is queued in the finishing transaction: sent once, even across a
+            // crash (the ledger dedupes the message; the note's id is the ledger id's).
+            let note = command_refusal.map(|text| store::HostNote {
+                id: format!("host-refusal-{}", facts.ledger_id),
+                channel_type: mg.channel_type.clone(),
+                platform_id: mg.platform_id.clone(),
+                thread_id: event.thread_id.clone(),
+                in_reply_to: Some(event.platform_message_id.clone()),
+                text,
+                attempts: 0,
+            });
+            finishing.push((i, facts.clone(), stored, refusal, note));
+        }
+        if finishing.is_empty() {
+            return results.into_iter().map(|r| r.expect("every entry has a result")).collect();
+        }
+        debug!("hop: enqueued");
+        let queued = finishing.iter().any(|(.., note)| note.is_some());
+        let work: Vec<_> =
+            finishing.iter().map(|(_, f, s, r, n)| (f.clone(), *s, r.clone(), n.clone())).collect();
+        let finished = self
+            .store
+            .call(move |c| {
+                Ok(work
+                    .iter()
+                    .map(|(f, stored, r, n)| plan::finish(c, f, *stored, r.as_ref(), n.as_ref()))
+                    .collect::<Vec<_>>())
+            })
+            .await;
         if queued && let Some(poke) = &self.host_outbox {
             poke.notify_one();
         }
-        match dropped {
-            Some(reason) => debug!(reason = %reason, "message dropped"),
-            None => debug!("hop: routed"),
+        match finished {
+            Ok(finished) => {
+                for ((i, facts, ..), done) in finishing.iter().zip(finished) {
+                    results[*i] = Some(
+                        done.map(|dropped| {
+                            match dropped {
+                                Some(reason) => debug!(reason = %reason, "message dropped"),
+                                None => debug!("hop: routed"),
+                            }
+                            ack(facts, dropped)
+                        })
+                        .map_err(RouteError::from),
+                    );
+                }
+            }
+            Err(e) => {
+                let line = e.to_string();
+                for (i, ..) in &finishing {
+                    results[*i] = Some(Err(RouteError::Session(line.clone())));
+                }
+            }
         }
-        Ok(ack(dropped))
+        results.into_iter().map(|r| r.expect("every entry has a result")).collect()
     }
 
-    /// Hands a row to its session actor; a session actor that was just stopping is replaced (after
+    /// Routes one ledger entry (left `received` by a crash, or replayed on an approval).
+    async fn route_entry(&self, facts: Facts, trace_id: &str) -> Result<InboundAck, RouteError> {
+        self.route_facts(vec![(facts, trace_id.to_string())]).await.pop().expect("one result per entry")
+    }
+
+    /// Hands rows to their session actor; a session actor that was just stopping is replaced (after
     /// it has exited, at most [`STOPPING_ACTOR_WAIT`] each time, three tries).
-    async fn enqueue(&self, session: store::SessionInfo, row: NewInbound) -> Result<(), RouteError> {
+    async fn enqueue(&self, session: store::SessionInfo, rows: Vec<NewInbound>) -> Result<(), RouteError> {
         let mut last = String::new();
         for _ in 0..3 {
             let handle =
                 self.sessions.get(session.clone()).await.map_err(|e| RouteError::Session(e.to_string()))?;
-            match handle.enqueue(vec![row.clone()]).await {
+            match handle.enqueue(rows.clone()).await {
                 Ok(_) => return Ok(()),
                 // A locked inbound.db quarantined the session; retrying now would only hold up
                 // this chat. The ledger keeps the entry for the next attempt.
