@@ -139,7 +139,12 @@ fn check_hostile_outbound_rows(server: &Server) {
     assert!(error_of("evil-kind").starts_with("messages_out.kind:"));
     assert!(error_of("evil-huge").starts_with("messages_out.content:"));
     assert!(error_of("evil-json").starts_with("messages_out.content:"));
-    assert!(error_of("evil-other-chat").starts_with("messages_out.platform_id:"));
+    // A chat that is no destination: failed at once, naming the rule and the agent's names.
+    let other = error_of("evil-other-chat");
+    assert!(
+        other.starts_with("destination_not_allowed:") && other.contains("its destinations: cli"),
+        "{other}"
+    );
     assert!(error_of("evil-smuggle").starts_with("messages_out.content:"));
     assert!(
         errors.iter().any(|(k, e)| k.starts_with("#rowid:") && e.starts_with("messages_out.id:")),

@@ -50,7 +50,7 @@ fn threads_chats_and_senders_through_the_cli_simulator() {
                    "thread": thread, "sender": "alice", "is_group": true}),
         );
     }
-    let replies = replies_until(&mut c, 2);
+    let replies = replies_until(&mut c, 2, &server);
     let mut got: Vec<(String, String, String)> = replies
         .iter()
         .map(|f| {
@@ -121,12 +121,18 @@ fn threads_chats_and_senders_through_the_cli_simulator() {
     assert_eq!(pending, 1);
 }
 
-/// Reads frames until `n` replies came (60 s at most); returns the replies.
-fn replies_until(c: &mut Client, n: usize) -> Vec<Value> {
+/// Reads frames until `n` replies came (60 s at most; then fails with the service's log);
+/// returns the replies.
+fn replies_until(c: &mut Client, n: usize, server: &Server) -> Vec<Value> {
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let mut replies = vec![];
     while replies.len() < n {
-        assert!(std::time::Instant::now() < deadline, "only {} replies: {replies:?}", replies.len());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {} replies: {replies:?}\nlog: {}",
+            replies.len(),
+            server.log()
+        );
         if let Some(f) = c.next(Duration::from_millis(500))
             && f["type"] == "reply"
         {
@@ -207,15 +213,29 @@ fn a_message_killed_after_its_ledger_commit_and_delivered_three_times_is_answere
     let status = server.wait_exit(Duration::from_secs(30));
     assert!(!status.success());
     drop(c);
-    // The next start routes the committed entry; the platform delivers the message twice more.
+    // The next start routes the committed entry; the platform delivers the message twice more
+    // (after the recovery: one that races it is routed again idempotently, acked as new).
     let server = Server::start(&data, &["--runtime", "process"], &[]);
+    eventually(Duration::from_secs(30), "the entry routed at start", || {
+        store_db(&data)
+            .query_row("SELECT status FROM inbound_ledger WHERE platform_message_id = 'dup'", [], |r| {
+                r.get::<_, String>(0)
+            })
+            .is_ok_and(|s| s == "routed")
+    });
     let mut c = server.client();
+    // Replies may come before the acks of the repeats (a new connection is sent the waiting
+    // replies first): every frame read counts.
+    let mut seen = vec![];
     for _ in 0..2 {
         send(&mut c, frame.clone());
         let frames = c.until(Duration::from_secs(30), |f| f["id"] == "dup" && f["type"] == "accepted");
         assert_eq!(frames.last().unwrap()["duplicate"], true);
+        seen.extend(frames);
     }
-    let replies = replies_until(&mut c, 2);
+    let early = seen.iter().filter(|f| f["type"] == "reply").count();
+    let mut replies: Vec<Value> = seen.into_iter().filter(|f| f["type"] == "reply").collect();
+    replies.extend(replies_until(&mut c, 2usize.saturating_sub(early), &server));
     let mut texts: Vec<&str> =
         replies.iter().filter(|f| f["in_reply_to"] == "dup").filter_map(|f| f["text"].as_str()).collect();
     texts.sort();

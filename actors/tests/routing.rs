@@ -686,6 +686,9 @@ async fn a_stuck_chat_holds_up_only_itself_and_each_chat_keeps_its_order() {
         wire(&service, wiring(&mg, AG, EngageMode::Pattern, Some("."))).await;
     }
     channel.submit_event(event("slow", "s0", "alice", "first")).await.unwrap();
+    // The other chat's session exists already: its message costs one write, well inside the
+    // slow chat's wait.
+    channel.submit_event(event("fast", "f0", "bob", "first")).await.unwrap();
     let session: String = db(dir.path())
         .query_row(
             "SELECT s.id FROM sessions s JOIN messaging_groups mg ON mg.id = s.messaging_group_id WHERE mg.platform_id = 'slow'",

@@ -1278,6 +1278,57 @@ mod tests {
         assert_eq!(groups.len(), 2, "main and the one child");
     }
 
+    #[tokio::test]
+    async fn host_opened_dms_are_strict_users_keep_their_newest_name_and_one_key_has_one_open_session() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("nanoclaw.db")).await.unwrap();
+        store.call(crate::store::bootstrap).await.unwrap();
+        store
+            .call(|c| {
+                upsert_user(c, "tg:42", "tg", Some("Ann"))?;
+                upsert_user(c, "tg:42", "tg", None)?;
+                let name: Option<String> =
+                    c.query_row("SELECT display_name FROM users WHERE id = 'tg:42'", [], |r| r.get(0)).sql("read")?;
+                assert_eq!(name.as_deref(), Some("Ann"), "no name keeps the known one");
+                upsert_user(c, "tg:42", "tg", Some("Ann B."))?;
+                let name: Option<String> =
+                    c.query_row("SELECT display_name FROM users WHERE id = 'tg:42'", [], |r| r.get(0)).sql("read")?;
+                assert_eq!(name.as_deref(), Some("Ann B."));
+                let dm = open_dm(c, "tg:42", "tg", "dm-42")?;
+                assert_eq!((dm.unknown_sender_policy, dm.is_group), (Ok(UnknownSenderPolicy::Strict), false));
+                // Two open sessions for one key are impossible, whoever writes them.
+                c.execute(
+                    "INSERT INTO sessions (id, agent_group_id, messaging_group_id, created_at) VALUES ('s1', 'ag-main', ?1, 't')",
+                    [&dm.id],
+                )
+                .sql("first")?;
+                assert!(
+                    c.execute(
+                        "INSERT INTO sessions (id, agent_group_id, messaging_group_id, created_at) VALUES ('s2', 'ag-main', ?1, 't')",
+                        [&dm.id],
+                    )
+                    .is_err()
+                );
+                c.execute(
+                    "INSERT INTO sessions (id, agent_group_id, session_mode, created_at) VALUES ('s3', 'ag-main', 'agent-shared', 't')",
+                    [],
+                )
+                .sql("agent-shared")?;
+                assert!(
+                    c.execute(
+                        "INSERT INTO sessions (id, agent_group_id, messaging_group_id, session_mode, created_at)
+                         VALUES ('s4', 'ag-main', ?1, 'agent-shared', 't')",
+                        [&dm.id],
+                    )
+                    .is_err(),
+                    "one agent-shared session per group"
+                );
+                Ok(())
+            })
+            .await
+            .unwrap();
+    }
+
     #[test]
     fn destination_names_are_normalized_and_checked() {
         assert_eq!(normalize_destination_name("Team Chat!"), "team-chat");

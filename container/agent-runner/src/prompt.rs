@@ -365,6 +365,25 @@ mod tests {
     }
 
     #[test]
+    fn a_reply_to_the_own_chat_follows_the_answered_thread_and_elsewhere_has_none() {
+        let mut s = snapshot();
+        // A shared DM session whose message came in a sub-thread.
+        s.batch[0].thread_id = Some("sub-1".into());
+        let content = OutboundContent::Text { text: "hi".into() };
+        let own = (Some("cli".to_string()), Some("local".to_string()));
+        let row = row_to_chat(&s, own, None, &content, "o1".into());
+        assert_eq!((row.thread_id.as_deref(), row.in_reply_to.as_deref()), (Some("sub-1"), Some("L1:main")));
+        let other = (Some("cli".to_string()), Some("team".to_string()));
+        let row = row_to_chat(&s, other, None, &content, "o2".into());
+        assert_eq!(row.thread_id, None, "another chat gets no thread");
+        // Without an answered row, the session's own thread.
+        s.batch[0].trigger = false;
+        s.routing.thread_id = Some("T".into());
+        let own = (Some("cli".to_string()), Some("local".to_string()));
+        assert_eq!(row_to_chat(&s, own, None, &content, "o3".into()).thread_id.as_deref(), Some("T"));
+    }
+
+    #[test]
     fn host_notes_open_the_prompt_and_agent_rows_are_named_by_their_destination() {
         let mut s = snapshot();
         s.notes = vec![(5, "Your message o1 was not delivered: destination_not_allowed: <x>".into())];
