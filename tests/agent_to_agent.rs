@@ -14,25 +14,15 @@ use std::time::Duration;
 /// Agent group `bee` (echo), with the destinations `bee` (for main) and `parent` (for bee), and
 /// chat `team` wired to main (public), named `team`.
 fn setup(data: &Path) {
+    add_echo_group(data, "bee", "Bee");
+    wire_cli_team(data, "public");
     let now = nanoclaw_protocol::time::now_ts();
     store_db(data)
         .execute_batch(&format!(
-            "INSERT INTO agent_groups (id, name, folder, created_at) VALUES ('ag-bee', 'Bee', 'bee', '{now}');
-             INSERT INTO container_configs (agent_group_id, provider, updated_at) VALUES ('ag-bee', 'echo', '{now}');
-             INSERT INTO agent_destinations (agent_group_id, local_name, target_type, target_id, created_at)
-               VALUES ('ag-main', 'bee', 'agent', 'ag-bee', '{now}'), ('ag-bee', 'parent', 'agent', 'ag-main', '{now}');
-             INSERT INTO messaging_groups (id, channel_type, platform_id, name, is_group, unknown_sender_policy, created_at)
-               VALUES ('mg-team', 'cli', 'team', 'team', 1, 'public', '{now}');
-             INSERT INTO messaging_group_agents (id, messaging_group_id, agent_group_id, engage_mode, engage_pattern, created_at)
-               VALUES ('w-team', 'mg-team', 'ag-main', 'pattern', '.', '{now}');
-             INSERT INTO agent_destinations (agent_group_id, local_name, target_type, target_id, created_at)
-               VALUES ('ag-main', 'team', 'channel', 'mg-team', '{now}');"
+            "INSERT INTO agent_destinations (agent_group_id, local_name, target_type, target_id, created_at)
+               VALUES ('ag-main', 'bee', 'agent', 'ag-bee', '{now}'), ('ag-bee', 'parent', 'agent', 'ag-main', '{now}');"
         ))
         .unwrap();
-}
-
-fn send(c: &mut Client, frame: Value) {
-    c.send_raw(format!("{frame}\n").as_bytes()).unwrap();
 }
 
 /// The open session of main for platform chat `chat`.
@@ -76,19 +66,15 @@ fn an_answer_returns_to_the_asking_session_and_a_ping_pong_stops_at_the_hop_limi
     setup(&data);
     let mut c = server.client();
     // Two sessions of main: the owner's DM (older) and the team chat (newer).
-    send(&mut c, json!({"type": "message", "id": "l1", "text": "hi", "chat": "local"}));
+    c.send_frame(&json!({"type": "message", "id": "l1", "text": "hi", "chat": "local"}));
     c.until(Duration::from_secs(60), |f| f["type"] == "done" && f["id"] == "l1");
-    send(
-        &mut c,
-        json!({"type": "message", "id": "t1", "text": "hi", "chat": "team", "sender": "ann", "is_group": true}),
+    c.send_frame(&json!({"type": "message", "id": "t1", "text": "hi", "chat": "team", "sender": "ann", "is_group": true}),
     );
     c.until(Duration::from_secs(60), |f| f["type"] == "done" && f["id"] == "t1");
     let (local, team) = (session_of(&data, "local"), session_of(&data, "team"));
     // The DM asks bee; bee's echo answers `parent`, which must land in the DM's session; the
     // DM's echo answers bee, and so on until the hop limit stops the exchange.
-    send(
-        &mut c,
-        json!({"type": "message", "id": "l2", "text": "!raw <message to=\"bee\">ping</message>", "chat": "local"}),
+    c.send_frame(&json!({"type": "message", "id": "l2", "text": "!raw <message to=\"bee\">ping</message>", "chat": "local"}),
     );
     eventually(Duration::from_secs(120), "the exchange stopped", || {
         inbound(&data, "main", &local)
@@ -118,7 +104,7 @@ fn an_answer_returns_to_the_asking_session_and_a_ping_pong_stops_at_the_hop_limi
     assert_eq!(stops.len(), 1, "one side told with a note: {stops:?}");
     assert!(to_bee[0].2.contains("\"hops\":1") && to_bee[0].2.contains("\"sender\":\"Main\""), "{to_bee:?}");
     // The agent whose 5th message was stopped sees why on its next turn.
-    send(&mut c, json!({"type": "message", "id": "l3", "text": "!notes", "chat": "local"}));
+    c.send_frame(&json!({"type": "message", "id": "l3", "text": "!notes", "chat": "local"}));
     let frames = c.until(Duration::from_secs(60), |f| f["type"] == "reply" && f["in_reply_to"] == "l3");
     let text = frames.last().unwrap()["text"].as_str().unwrap().to_string();
     assert!(text.starts_with("echo: notes="), "{text}");
@@ -132,13 +118,11 @@ fn a_target_that_is_no_destination_fails_at_once_and_the_agent_is_told_its_names
     let server = Server::start(&data, &["--runtime", "process"], &[]);
     setup(&data);
     let mut c = server.client();
-    send(&mut c, json!({"type": "message", "id": "m1", "text": "hi", "chat": "local"}));
+    c.send_frame(&json!({"type": "message", "id": "m1", "text": "hi", "chat": "local"}));
     c.until(Duration::from_secs(60), |f| f["type"] == "done" && f["id"] == "m1");
     // The destination goes from the central DB while the container still has it projected.
     store_db(&data).execute("DELETE FROM agent_destinations WHERE local_name = 'bee'", []).unwrap();
-    send(
-        &mut c,
-        json!({"type": "message", "id": "m2", "text": "!raw <message to=\"bee\">hello?</message>", "chat": "local"}),
+    c.send_frame(&json!({"type": "message", "id": "m2", "text": "!raw <message to=\"bee\">hello?</message>", "chat": "local"}),
     );
     c.until(Duration::from_secs(60), |f| f["type"] == "done" && f["id"] == "m2");
     let local = session_of(&data, "local");
@@ -148,7 +132,7 @@ fn a_target_that_is_no_destination_fails_at_once_and_the_agent_is_told_its_names
             .any(|(_, kind, content)| kind == "system" && content.contains("destination_not_allowed"))
     });
     assert!(bee_session(&data).is_none(), "nothing reached bee");
-    send(&mut c, json!({"type": "message", "id": "m3", "text": "!notes", "chat": "local"}));
+    c.send_frame(&json!({"type": "message", "id": "m3", "text": "!notes", "chat": "local"}));
     let frames = c.until(Duration::from_secs(60), |f| f["type"] == "reply" && f["in_reply_to"] == "m3");
     let text = frames.last().unwrap()["text"].as_str().unwrap();
     assert!(
@@ -156,7 +140,7 @@ fn a_target_that_is_no_destination_fails_at_once_and_the_agent_is_told_its_names
         "{text}"
     );
     // Shown once: the next turn has no notes.
-    send(&mut c, json!({"type": "message", "id": "m4", "text": "!notes", "chat": "local"}));
+    c.send_frame(&json!({"type": "message", "id": "m4", "text": "!notes", "chat": "local"}));
     let frames = c.until(Duration::from_secs(60), |f| f["type"] == "reply" && f["in_reply_to"] == "m4");
     assert_eq!(frames.last().unwrap()["text"], "echo: notes=");
 }
@@ -171,7 +155,7 @@ fn a_file_sent_to_another_agent_lands_in_its_inbox() {
     let mut c = server.client();
     let text = "tool write_file {\"path\":\"notes.txt\",\"content\":\"hello bee\"}\n\
                 tool send_file {\"path\":\"notes.txt\",\"to\":\"bee\",\"text\":\"see attached\"}";
-    send(&mut c, json!({"type": "message", "id": "f1", "text": text, "chat": "local"}));
+    c.send_frame(&json!({"type": "message", "id": "f1", "text": text, "chat": "local"}));
     eventually(Duration::from_secs(60), "bee got the file", || {
         bee_session(&data)
             .is_some_and(|b| inbound(&data, "bee", &b).iter().any(|(id, ..)| id.starts_with("a2a-")))

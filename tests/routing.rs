@@ -10,31 +10,12 @@ use serde_json::{Value, json};
 use std::path::Path;
 use std::time::Duration;
 
-/// Chat `team` (a group, policy `policy`) wired to agent group main, engaging on every message.
-fn wire_team(data: &Path, policy: &str) {
-    let now = nanoclaw_protocol::time::now_ts();
-    store_db(data)
-        .execute_batch(&format!(
-            "INSERT INTO messaging_groups (id, channel_type, platform_id, name, is_group, unknown_sender_policy, created_at)
-               VALUES ('mg-team', 'cli', 'team', 'team', 1, '{policy}', '{now}');
-             INSERT INTO messaging_group_agents (id, messaging_group_id, agent_group_id, engage_mode, engage_pattern, created_at)
-               VALUES ('w-team', 'mg-team', 'ag-main', 'pattern', '.', '{now}');
-             INSERT INTO agent_destinations (agent_group_id, local_name, target_type, target_id, created_at)
-               VALUES ('ag-main', 'team', 'channel', 'mg-team', '{now}');"
-        ))
-        .unwrap();
-}
-
-fn send(client: &mut Client, frame: Value) {
-    client.send_raw(format!("{frame}\n").as_bytes()).unwrap();
-}
-
 #[test]
 fn threads_chats_and_senders_through_the_cli_simulator() {
     let dir = short_tempdir();
     let data = dir.path().join("data");
     let server = Server::start(&data, &["--runtime", "process"], &[]);
-    wire_team(&data, "strict");
+    wire_cli_team(&data, "strict");
     store_db(&data)
         .execute_batch(
             "INSERT INTO users (id, kind, created_at) VALUES ('cli:alice', 'cli', 't');
@@ -44,9 +25,8 @@ fn threads_chats_and_senders_through_the_cli_simulator() {
     let mut c = server.client();
     // Two threads of the group chat: two sessions, each reply in its own thread and chat.
     for (id, thread) in [("t1-a", "T1"), ("t2-a", "T2")] {
-        send(
-            &mut c,
-            json!({"type": "message", "id": id, "text": format!("hi from {thread}"), "chat": "team",
+        c.send_frame(
+            &json!({"type": "message", "id": id, "text": format!("hi from {thread}"), "chat": "team",
                    "thread": thread, "sender": "alice", "is_group": true}),
         );
     }
@@ -75,9 +55,7 @@ fn threads_chats_and_senders_through_the_cli_simulator() {
     assert_eq!(sessions, 2, "one session per thread");
 
     // A stranger in the strict chat: refused, told why, counted once.
-    send(
-        &mut c,
-        json!({"type": "message", "id": "x1", "text": "hello?", "chat": "team", "sender": "mallory", "is_group": true}),
+    c.send_frame(&json!({"type": "message", "id": "x1", "text": "hello?", "chat": "team", "sender": "mallory", "is_group": true}),
     );
     let frames = c.until(Duration::from_secs(30), |f| f["id"] == "x1");
     let last = frames.last().unwrap();
@@ -93,9 +71,7 @@ fn threads_chats_and_senders_through_the_cli_simulator() {
     assert_eq!(n, 1);
 
     // A member's /clear is admin-only: the chat is told, the agent never sees it.
-    send(
-        &mut c,
-        json!({"type": "message", "id": "clr", "text": "/clear", "chat": "team", "sender": "alice", "is_group": true}),
+    c.send_frame(&json!({"type": "message", "id": "clr", "text": "/clear", "chat": "team", "sender": "alice", "is_group": true}),
     );
     let frames = c.until(Duration::from_secs(30), |f| {
         f["type"] == "reply" && f["chat"] == "team" && f["in_reply_to"] == "clr"
@@ -103,15 +79,11 @@ fn threads_chats_and_senders_through_the_cli_simulator() {
     assert_eq!(frames.last().unwrap()["text"], "Permission denied: /clear requires admin access.");
 
     // An unknown chat without a mention is dropped as such; with one, it asks for registration.
-    send(
-        &mut c,
-        json!({"type": "message", "id": "u1", "text": "psst", "chat": "elsewhere", "sender": "zed", "is_group": true}),
+    c.send_frame(&json!({"type": "message", "id": "u1", "text": "psst", "chat": "elsewhere", "sender": "zed", "is_group": true}),
     );
     let frames = c.until(Duration::from_secs(30), |f| f["id"] == "u1");
     assert_eq!(frames.last().unwrap()["reason"], "not delivered to any agent: unknown_chat");
-    send(
-        &mut c,
-        json!({"type": "message", "id": "u2", "text": "@bot hi", "chat": "elsewhere", "sender": "zed", "is_group": true, "mention": true}),
+    c.send_frame(&json!({"type": "message", "id": "u2", "text": "@bot hi", "chat": "elsewhere", "sender": "zed", "is_group": true, "mention": true}),
     );
     let frames = c.until(Duration::from_secs(30), |f| f["id"] == "u2");
     assert_eq!(frames.last().unwrap()["reason"], "not delivered to any agent: no_agent_wired");
@@ -147,7 +119,7 @@ fn nanoclaw_chat_writes_as_another_user_in_another_chat_and_shows_that_chats_rep
     let dir = short_tempdir();
     let data = dir.path().join("data");
     let _server = Server::start(&data, &["--runtime", "process"], &[]);
-    wire_team(&data, "public");
+    wire_cli_team(&data, "public");
     let out = nanoclaw(&data)
         .args(["chat", "--chat", "team", "--as", "bob", "--group", "--thread", "T9", "-m", "hello team"])
         .output()
@@ -175,7 +147,7 @@ fn addressing_fields_that_break_the_rules_get_an_error_naming_the_field() {
         let mut c = server.client();
         let mut frame = json!({"type": "message", "id": "bad", "text": "hi"});
         frame[field] = Value::String(value);
-        send(&mut c, frame);
+        c.send_frame(&frame);
         let frames = c.until_closed(Duration::from_secs(10));
         let err =
             frames.iter().find(|f| f["type"] == "error").unwrap_or_else(|| panic!("{field}: {frames:?}"));
@@ -194,13 +166,12 @@ fn a_message_killed_after_its_ledger_commit_and_delivered_three_times_is_answere
     let data = dir.path().join("data");
     let server =
         Server::start(&data, &["--runtime", "process"], &[("NANOCLAW_TEST_CRASH_AFTER_LEDGER", "1")]);
-    wire_team(&data, "public");
+    wire_cli_team(&data, "public");
+    add_echo_group(&data, "bee", "Bee");
     let now = nanoclaw_protocol::time::now_ts();
     store_db(&data)
         .execute_batch(&format!(
-            "INSERT INTO agent_groups (id, name, folder, created_at) VALUES ('ag-bee', 'Bee', 'bee', '{now}');
-             INSERT INTO container_configs (agent_group_id, provider, updated_at) VALUES ('ag-bee', 'echo', '{now}');
-             INSERT INTO messaging_group_agents (id, messaging_group_id, agent_group_id, engage_mode, engage_pattern, created_at)
+            "INSERT INTO messaging_group_agents (id, messaging_group_id, agent_group_id, engage_mode, engage_pattern, created_at)
                VALUES ('w-team-bee', 'mg-team', 'ag-bee', 'pattern', '.', '{now}');
              INSERT INTO agent_destinations (agent_group_id, local_name, target_type, target_id, created_at)
                VALUES ('ag-bee', 'team', 'channel', 'mg-team', '{now}');"
@@ -208,7 +179,7 @@ fn a_message_killed_after_its_ledger_commit_and_delivered_three_times_is_answere
         .unwrap();
     let frame = json!({"type": "message", "id": "dup", "text": "hello", "chat": "team", "sender": "ann", "is_group": true});
     let mut c = server.client();
-    send(&mut c, frame.clone());
+    c.send_frame(&frame);
     // The service dies between the ledger commit and the sessions (a SIGKILL at that instant).
     let status = server.wait_exit(Duration::from_secs(30));
     assert!(!status.success());
@@ -228,7 +199,7 @@ fn a_message_killed_after_its_ledger_commit_and_delivered_three_times_is_answere
     // replies first): every frame read counts.
     let mut seen = vec![];
     for _ in 0..2 {
-        send(&mut c, frame.clone());
+        c.send_frame(&frame);
         let frames = c.until(Duration::from_secs(30), |f| f["id"] == "dup" && f["type"] == "accepted");
         assert_eq!(frames.last().unwrap()["duplicate"], true);
         seen.extend(frames);
@@ -351,7 +322,7 @@ fn every_row_of_the_engagement_table_holds_through_the_binary() {
         if let Some(t) = thread {
             frame["thread"] = json!(t);
         }
-        send(&mut c, frame);
+        c.send_frame(&frame);
         let frames = c.until(Duration::from_secs(30), |f| {
             f["id"] == id && (f["type"] == "accepted" || f["type"] == "failed")
         });

@@ -236,6 +236,24 @@ pub struct NewInbound {
     pub source_session_id: Option<String>,
 }
 
+impl NewInbound {
+    /// A host note to the agent (`kind = system`, `trigger = 0`): it never wakes the agent nor
+    /// counts as pending work; the runner shows it at the start of the next turn.
+    pub fn system_note(id: String, notice: &nanoclaw_protocol::content::SystemNotice) -> Self {
+        Self {
+            id,
+            kind: "system",
+            trigger: false,
+            on_wake: false,
+            channel_type: None,
+            platform_id: None,
+            thread_id: None,
+            content: serde_json::to_string(notice).expect("notice serialises"),
+            source_session_id: None,
+        }
+    }
+}
+
 /// Folder of a session's host directory where inbound texts over the size limit are kept in
 /// full (host-written; the container sees it read-only at `/session/inbox`).
 pub const INBOX_DIR: &str = "inbox";

@@ -875,6 +875,18 @@ async fn the_ledger_keeps_keys_for_their_retention_clears_bodies_and_drops_a_cor
         .unwrap();
     let channel = MemoryChannel::new("mem");
     let service = start(dir.path(), &channel, FakeRuntime::idle()).await;
+    // Recovery runs beside the start: wait until it has finished both entries.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let left: i64 = db(dir.path())
+            .query_row("SELECT count(*) FROM inbound_ledger WHERE status = 'received'", [], |r| r.get(0))
+            .unwrap();
+        if left == 0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "recovery did not finish");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let rows: Vec<(String, String, Option<String>)> = db(dir.path())
         .prepare("SELECT id, status, drop_reason FROM inbound_ledger WHERE id IN ('in-bad', 'in-good') ORDER BY id")
         .unwrap()

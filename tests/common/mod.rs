@@ -391,6 +391,11 @@ impl Client {
         self.stream.write_all(bytes)
     }
 
+    /// Sends one frame (a JSON object) as a line.
+    pub fn send_frame(&mut self, frame: &Value) {
+        self.send_raw(format!("{frame}\n").as_bytes()).unwrap();
+    }
+
     /// Sends a chat message.
     pub fn send(&mut self, id: &str, text: &str) {
         let frame = serde_json::json!({"type": "message", "id": id, "text": text});
@@ -645,6 +650,34 @@ pub fn add_cli_agent_group(data_dir: &Path, folder: &str, pattern: &str, main_pa
         [&ag, &now],
     )
     .unwrap();
+}
+
+/// Chat `team` of the CLI simulator (a group, messaging group `mg-team`, policy `policy`) wired
+/// to agent group main engaging on every message, with main's destination `team`. SQL into the
+/// central DB of a running service (the router reads wirings per message).
+pub fn wire_cli_team(data_dir: &Path, policy: &str) {
+    let now = nanoclaw_protocol::time::now_ts();
+    store_db(data_dir)
+        .execute_batch(&format!(
+            "INSERT INTO messaging_groups (id, channel_type, platform_id, name, is_group, unknown_sender_policy, created_at)
+               VALUES ('mg-team', 'cli', 'team', 'team', 1, '{policy}', '{now}');
+             INSERT INTO messaging_group_agents (id, messaging_group_id, agent_group_id, engage_mode, engage_pattern, created_at)
+               VALUES ('w-team', 'mg-team', 'ag-main', 'pattern', '.', '{now}');
+             INSERT INTO agent_destinations (agent_group_id, local_name, target_type, target_id, created_at)
+               VALUES ('ag-main', 'team', 'channel', 'mg-team', '{now}');"
+        ))
+        .unwrap();
+}
+
+/// Adds agent group `ag-<folder>` named `name` with the echo provider.
+pub fn add_echo_group(data_dir: &Path, folder: &str, name: &str) {
+    let now = nanoclaw_protocol::time::now_ts();
+    store_db(data_dir)
+        .execute_batch(&format!(
+            "INSERT INTO agent_groups (id, name, folder, created_at) VALUES ('ag-{folder}', '{name}', '{folder}', '{now}');
+             INSERT INTO container_configs (agent_group_id, provider, updated_at) VALUES ('ag-{folder}', 'echo', '{now}');"
+        ))
+        .unwrap();
 }
 
 /// The id and folder of the only session of agent group folder `folder`.

@@ -713,17 +713,7 @@ impl Worker {
                     self.session.agent_group_name
                 ),
             };
-            NewInbound {
-                id: format!("a2a-stop-{}-{}", self.session.id, valid.id),
-                kind: "system",
-                trigger: false,
-                on_wake: false,
-                channel_type: None,
-                platform_id: None,
-                thread_id: None,
-                content: serde_json::to_string(&note).expect("notice serialises"),
-                source_session_id: None,
-            }
+            NewInbound::system_note(format!("a2a-stop-{}-{}", self.session.id, valid.id), &note)
         } else {
             let id = format!("a2a-{}-{}", self.session.id, valid.id);
             let mut text = text.clone();
@@ -1170,16 +1160,6 @@ impl Worker {
     /// A note to the agent (`trigger = 0`: it rides along with the next turn and never counts as
     /// pending work), written with the pass's next commit.
     fn note_to_agent(&mut self, key: &str, notice: SystemNotice) {
-        self.batch.notes.push(NewInbound {
-            id: format!("note-{key}"),
-            kind: "system",
-            trigger: false,
-            on_wake: false,
-            channel_type: None,
-            platform_id: None,
-            thread_id: None,
-            content: serde_json::to_string(&notice).expect("notice serialises"),
-            source_session_id: None,
-        });
+        self.batch.notes.push(NewInbound::system_note(format!("note-{key}"), &notice));
     }
 }

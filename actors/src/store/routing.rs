@@ -804,39 +804,38 @@ pub struct SenderApproval {
     pub status: String,
 }
 
+const SENDER_APPROVAL_SELECT: &str =
+    "SELECT id, messaging_group_id, agent_group_id, sender_identity, sender_name,
+        ledger_id, original_message, status FROM pending_sender_approvals";
+
+fn sender_approval_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SenderApproval> {
+    Ok(SenderApproval {
+        id: r.get(0)?,
+        messaging_group_id: r.get(1)?,
+        agent_group_id: r.get(2)?,
+        sender_identity: r.get(3)?,
+        sender_name: r.get(4)?,
+        ledger_id: r.get(5)?,
+        original_message: r.get(6)?,
+        status: r.get(7)?,
+    })
+}
+
 /// Loads a sender request by id.
 pub fn sender_approval(conn: &Connection, id: &str) -> Result<Option<SenderApproval>, StoreError> {
-    conn.query_row(
-        "SELECT id, messaging_group_id, agent_group_id, sender_identity, sender_name, ledger_id, original_message, status
-           FROM pending_sender_approvals WHERE id = ?1",
-        [id],
-        |r| {
-            Ok(SenderApproval {
-                id: r.get(0)?,
-                messaging_group_id: r.get(1)?,
-                agent_group_id: r.get(2)?,
-                sender_identity: r.get(3)?,
-                sender_name: r.get(4)?,
-                ledger_id: r.get(5)?,
-                original_message: r.get(6)?,
-                status: r.get(7)?,
-            })
-        },
-    )
-    .optional()
-    .sql("load sender request")
+    conn.query_row(&format!("{SENDER_APPROVAL_SELECT} WHERE id = ?1"), [id], sender_approval_from_row)
+        .optional()
+        .sql("load sender request")
 }
 
 /// The pending sender requests, oldest first.
 pub fn pending_sender_approvals(conn: &Connection) -> Result<Vec<SenderApproval>, StoreError> {
-    let ids: Vec<String> = conn
-        .prepare("SELECT id FROM pending_sender_approvals WHERE status = 'pending' ORDER BY created_at, id")
+    conn.prepare(&format!("{SENDER_APPROVAL_SELECT} WHERE status = 'pending' ORDER BY created_at, id"))
         .sql("list sender requests")?
-        .query_map([], |r| r.get(0))
+        .query_map([], sender_approval_from_row)
         .sql("list sender requests")?
         .collect::<Result<_, _>>()
-        .sql("list sender requests")?;
-    ids.iter().filter_map(|id| sender_approval(conn, id).transpose()).collect()
+        .sql("list sender requests")
 }
 
 /// Marks a sender request denied (kept, so later messages are recorded `sender_denied`).
