@@ -46,6 +46,12 @@
 //! filtered   = ["/login", "/logout", "/config"]            # dropped and recorded
 //! admin_only = ["/clear", "/compact", "/cost", "/context"] # owner or admin of the group only
 //!
+//! [approvals]
+//! ttl_seconds = 3600           # how long a request waits for a person's decision
+//!
+//! [approvals.ttl_seconds_by_action]
+//! create_agent = 86400         # per action (`sender` and `channel` for the routing requests)
+//!
 //! [providers]
 //! daily_token_budget = 1000000 # optional: tokens per agent group and day (UTC) through the proxy
 //!
@@ -62,6 +68,7 @@
 //! The file is `--config PATH`, else `$NANOCLAW_CONFIG`, else `./nanoclaw.toml` when it exists;
 //! with none, built-in defaults apply.
 
+use nanoclaw_actors::approvals::ApprovalsConfig;
 use nanoclaw_actors::router::RoutingConfig;
 use nanoclaw_actors::store::UnknownSenderPolicy;
 use nanoclaw_protocol::settings::{DEFAULT_MAX_TOOL_ROUNDS, MaxTokensField, ProviderKind};
@@ -268,6 +275,8 @@ pub struct Config {
     pub agent: AgentConfig,
     /// Routing and permissions (`[routing]`).
     pub routing: RoutingConfig,
+    /// Approvals (`[approvals]`).
+    pub approvals: ApprovalsConfig,
     /// Model providers.
     pub providers: ProvidersConfig,
 }
@@ -299,6 +308,8 @@ struct FileConfig {
     agent: FileAgent,
     #[serde(default)]
     routing: FileRouting,
+    #[serde(default)]
+    approvals: FileApprovals,
     /// Checked by hand: `daily_token_budget` beside the `<name>` tables.
     #[serde(default)]
     providers: toml::Table,
@@ -313,6 +324,42 @@ struct FileRouting {
     max_inbound_bytes: Option<usize>,
     #[serde(default)]
     commands: FileCommands,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileApprovals {
+    ttl_seconds: Option<u64>,
+    #[serde(default)]
+    ttl_seconds_by_action: std::collections::BTreeMap<String, u64>,
+}
+
+/// Longest lifetime of a request: 30 days.
+const MAX_APPROVAL_TTL_S: u64 = 30 * 24 * 3600;
+
+/// `[approvals]` of the file over the defaults of [`ApprovalsConfig`]; errors name the key.
+fn parse_approvals(src: &str, file: FileApprovals) -> Result<ApprovalsConfig, ConfigError> {
+    let bad = |key: String, problem: String| ConfigError { source_name: src.into(), key, problem };
+    let seconds = |key: String, s: u64| {
+        if (1..=MAX_APPROVAL_TTL_S).contains(&s) {
+            Ok(std::time::Duration::from_secs(s))
+        } else {
+            Err(bad(key, format!("{s} not in 1..={MAX_APPROVAL_TTL_S} seconds")))
+        }
+    };
+    let mut out = ApprovalsConfig::default();
+    if let Some(s) = file.ttl_seconds {
+        out.ttl = seconds("approvals.ttl_seconds".into(), s)?;
+    }
+    for (action, s) in file.ttl_seconds_by_action {
+        let key = format!("approvals.ttl_seconds_by_action.{action}");
+        if action.is_empty() || !action.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+            return Err(bad(key, "not an action name (a-z and _)".into()));
+        }
+        let ttl = seconds(key, s)?;
+        out.ttl_by_action.insert(action, ttl);
+    }
+    Ok(out)
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -659,6 +706,7 @@ impl Config {
         let src = path.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "defaults".into());
         let providers = parse_providers(&src, file.providers)?;
         let routing = parse_routing(&src, file.routing)?;
+        let approvals = parse_approvals(&src, file.approvals)?;
         let (provider, provider_from) = if let Some(p) = flags.provider.clone() {
             (p, ("flag".to_string(), "--provider".to_string()))
         } else if let Some(p) = get("NANOCLAW_PROVIDER").filter(|v| !v.is_empty()) {
@@ -745,6 +793,7 @@ impl Config {
                 .unwrap_or(512),
             agent,
             routing,
+            approvals,
             providers,
         };
         config.validate(path.as_deref())?;
@@ -883,7 +932,7 @@ mod tests {
     }
 
     #[test]
-    fn routing_keys_have_defaults_and_bad_values_name_the_key() {
+    fn routing_and_approval_keys_have_defaults_and_bad_values_name_the_key() {
         let c = load(None, &[], FlagOverrides::default()).unwrap();
         assert_eq!(c.routing, RoutingConfig::default());
         assert_eq!(c.routing.default_unknown_sender_policy, UnknownSenderPolicy::RequestApproval);
@@ -894,6 +943,14 @@ mod tests {
         assert_eq!((c.routing.max_agent_hops, c.routing.max_inbound_bytes), (3, 4096));
         assert_eq!(c.routing.filtered_commands, vec!["/secret".to_string()]);
         assert_eq!(c.routing.admin_only_commands, RoutingConfig::default().admin_only_commands);
+        let c = load(
+            Some("[approvals]\nttl_seconds = 5\n[approvals.ttl_seconds_by_action]\ncreate_agent = 9\n"),
+            &[],
+            FlagOverrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.approvals.ttl_of("add_mcp_server"), std::time::Duration::from_secs(5));
+        assert_eq!(c.approvals.ttl_of("create_agent"), std::time::Duration::from_secs(9));
         for (file, key) in [
             ("[routing]\nunknown_sender_policy = \"open\"\n", "routing.unknown_sender_policy"),
             ("[routing]\nmax_agent_hops = 0\n", "routing.max_agent_hops"),
@@ -901,6 +958,15 @@ mod tests {
             ("[routing.commands]\nadmin_only = [\"clear\"]\n", "routing.commands.admin_only"),
             ("[routing]\nmax_inbound_bytes = 10\n", "routing.max_inbound_bytes"),
             ("[routing]\nengage = 1\n", "routing"),
+            ("[approvals]\nttl_seconds = 0\n", "approvals.ttl_seconds"),
+            (
+                "[approvals.ttl_seconds_by_action]\ncreate_agent = 9999999999\n",
+                "approvals.ttl_seconds_by_action.create_agent",
+            ),
+            (
+                "[approvals.ttl_seconds_by_action]\n\"Bad-Name\" = 5\n",
+                "approvals.ttl_seconds_by_action.Bad-Name",
+            ),
         ] {
             let e = load(Some(file), &[], FlagOverrides::default()).unwrap_err();
             assert!(e.key.starts_with(key), "{file:?}: {e}");

@@ -43,6 +43,7 @@ pub fn service_config(config: &Config, container_owner: Option<(u32, u32)>) -> S
     service_config.max_tool_rounds = config.agent.max_tool_rounds;
     service_config.timezone = config.agent.timezone.clone();
     service_config.routing = config.routing.clone();
+    service_config.approvals = config.approvals.clone();
     service_config.skills_dir = crate::runtime::locate_skills_dir(config.container.skills_dir.as_deref());
     service_config
 }

@@ -79,6 +79,8 @@ pub struct ServiceConfig {
     pub skills_dir: Option<PathBuf>,
     /// Routing and permissions (config `[routing]`, issue 7).
     pub routing: crate::router::RoutingConfig,
+    /// Approvals (config `[approvals]`, issue 8).
+    pub approvals: crate::approvals::ApprovalsConfig,
 }
 
 impl ServiceConfig {
@@ -111,6 +113,7 @@ impl ServiceConfig {
             timezone: "UTC".into(),
             skills_dir: None,
             routing: Default::default(),
+            approvals: Default::default(),
         }
     }
 }
@@ -190,6 +193,9 @@ pub struct ServiceContext {
     /// the session supervisor): how one session's outbox reaches another session (agent-to-agent
     /// messages).
     pub sessions: std::sync::OnceLock<crate::actors::session_supervisor::SessionsHandle>,
+    /// The approvals, set by the root supervisor when it starts: where a session's outbox files
+    /// the actions that need a person's yes.
+    pub approvals: std::sync::OnceLock<crate::approvals::ApprovalsHandle>,
 }
 
 impl std::fmt::Debug for ServiceContext {

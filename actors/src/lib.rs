@@ -23,6 +23,7 @@
 //! [`container_files`], which checks types, schemas, sizes and time first.
 
 pub mod actors;
+pub mod approvals;
 pub mod container_files;
 pub mod context;
 pub mod disk;

@@ -159,6 +159,7 @@ impl Service {
             channel_health: Default::default(),
             live_containers: Default::default(),
             sessions: Default::default(),
+            approvals: Default::default(),
         });
         let (root, join) = Actor::spawn(None, Supervisor, ctx.clone())
             .await
@@ -181,6 +182,12 @@ impl Service {
     /// The central store.
     pub fn store(&self) -> &Store {
         &self.ctx.store
+    }
+
+    /// The approvals: [`crate::approvals::ApprovalsHandle::decide`] with
+    /// [`crate::approvals::Decider::Host`] is what `ncl approvals approve|deny <id>` calls.
+    pub fn approvals(&self) -> &crate::approvals::ApprovalsHandle {
+        self.ctx.approvals.get().expect("the root supervisor sets the approvals at start")
     }
 
     /// Status of every live session actor.

@@ -758,7 +758,7 @@ pub fn fail_pending(paths: &SessionPaths) -> Result<Vec<RetryOutcome>, SessionFi
     with_inbound(paths, |conn, db| {
         let mut st = conn
             .prepare_cached(
-                "UPDATE messages_in SET status = 'failed' WHERE status = 'pending' AND trigger = 1 AND kind <> 'system'
+                "UPDATE messages_in SET status = 'failed' WHERE status = 'pending' AND trigger = 1
                  RETURNING id, tries, channel_type, platform_id",
             )
             .map_err(sq(db, "prepare"))?;
@@ -790,7 +790,8 @@ pub struct PendingWork {
     pub next_due: Option<String>,
 }
 
-/// Reads [`PendingWork`]. Only triggering rows count: notes to the agent and accumulated context
+/// Reads [`PendingWork`]. Only triggering rows count (a host note that wakes the agent, such as
+/// an approval's outcome, is one): the other notes to the agent and accumulated context
 /// (`trigger = 0`) ride along with the next turn and never keep a session busy on their own.
 pub fn pending_work(paths: &SessionPaths) -> Result<PendingWork, SessionFileError> {
     let db = paths.inbound_db();
@@ -801,8 +802,8 @@ pub fn pending_work(paths: &SessionPaths) -> Result<PendingWork, SessionFileErro
     let (pending, due, next): (i64, i64, Option<String>) = with_inbound(paths, |conn, db| {
         conn.query_row(
             "SELECT count(*),
-                    coalesce(sum(kind <> 'system' AND (process_after IS NULL OR process_after <= ?1)), 0),
-                    min(CASE WHEN kind <> 'system' AND process_after > ?1 THEN process_after END)
+                    coalesce(sum(process_after IS NULL OR process_after <= ?1), 0),
+                    min(CASE WHEN process_after > ?1 THEN process_after END)
                FROM messages_in WHERE status = 'pending' AND trigger = 1",
             [&now],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),

@@ -11,8 +11,9 @@
 //! - [`Failable`]: wraps any adapter so a test can make its channel actor fail.
 
 use crate::ports::channel::{
-    AdapterGuard, ChannelAdapter, ChannelError, DeliveryError, EditRequest, InboundAck, InboundEvent,
-    InboundSink, Notice, OutboundCard, OutboundFile, OutboundMessage, ReactionRequest, SubmitError,
+    AdapterGuard, ChannelAdapter, ChannelError, ChoiceCard, Click, DeliveryError, EditRequest, InboundAck,
+    InboundEvent, InboundSink, Notice, OutboundCard, OutboundFile, OutboundMessage, ReactionRequest,
+    SubmitError,
 };
 use crate::ports::runtime::{ContainerRuntime, ContainerSpec, ExitStatus, ManagedContainer, RuntimeError};
 use async_trait::async_trait;
@@ -276,6 +277,15 @@ pub enum Shown {
         /// The platform id returned.
         platform_message_id: String,
     },
+    /// A card asking for a decision.
+    Choice {
+        /// Its key and chat.
+        message: OutboundMessage,
+        /// The card.
+        card: ChoiceCard,
+        /// The platform id returned.
+        platform_message_id: String,
+    },
     /// An edit.
     Edit(EditRequest),
     /// A reaction.
@@ -378,6 +388,39 @@ impl MemoryChannel {
         let sink = self.state.lock().sink.clone().ok_or(SubmitError::Closed)?;
         event.channel_type = self.channel_type.clone();
         sink.submit(event).await
+    }
+
+    /// Clicks a button as `user_id` would in `platform_id`: the answer the platform shows them.
+    ///
+    /// Errors when the channel is not started.
+    pub async fn click(
+        &self,
+        platform_id: &str,
+        user_id: &str,
+        callback: &str,
+    ) -> Result<String, SubmitError> {
+        let sink = self.state.lock().sink.clone().ok_or(SubmitError::Closed)?;
+        sink.click(Click {
+            platform_id: platform_id.into(),
+            user_id: user_id.into(),
+            callback: callback.into(),
+        })
+        .await
+    }
+
+    /// The choice cards shown so far, in order: (chat, card, platform message id).
+    pub fn choices(&self) -> Vec<(String, ChoiceCard, String)> {
+        self.state
+            .lock()
+            .shown
+            .iter()
+            .filter_map(|s| match s {
+                Shown::Choice { message, card, platform_message_id } => {
+                    Some((message.platform_id.clone(), card.clone(), platform_message_id.clone()))
+                }
+                _ => None,
+            })
+            .collect()
     }
 
     /// A platform keepalive (a sign of life without a message).
@@ -635,6 +678,35 @@ impl ChannelAdapter for MemoryChannel {
         Ok(Some(id))
     }
 
+    /// Its cards have buttons: [`MemoryChannel::click`] clicks them.
+    fn supports_buttons(&self) -> bool {
+        true
+    }
+
+    /// Shows the card; the platform id is `mem-other-<n>`. A fault queued with
+    /// [`MemoryChannel::fail_next`] fails it instead (the card is not shown).
+    async fn deliver_choice(
+        &self,
+        message: &OutboundMessage,
+        card: &ChoiceCard,
+    ) -> Result<Option<String>, DeliveryError> {
+        let fault = self.state.lock().faults.pop_front();
+        if let Some(Fault::Fail(e) | Fault::FailAfterShowing(e)) = fault {
+            self.state.lock().sends.push(SendAttempt {
+                message_out_id: message.message_out_id.clone(),
+                shown: false,
+                error: Some(e.clone()),
+            });
+            return Err(e);
+        }
+        let id = self.show_other(message, |platform_message_id| Shown::Choice {
+            message: message.clone(),
+            card: card.clone(),
+            platform_message_id,
+        });
+        Ok(Some(id))
+    }
+
     /// Records the edit; an id this channel never gave is refused, as a platform would.
     async fn edit(&self, edit: &EditRequest) -> Result<(), DeliveryError> {
         {
@@ -642,6 +714,7 @@ impl ChannelAdapter for MemoryChannel {
             let known = (1..=st.delivered.len()).any(|i| format!("mem-{i}") == edit.platform_message_id)
                 || st.shown.iter().any(|s| {
                     matches!(s, Shown::Files { platform_message_id, .. } | Shown::Card { platform_message_id, .. }
+                        | Shown::Choice { platform_message_id, .. }
                         if *platform_message_id == edit.platform_message_id)
                 });
             if !known {
@@ -674,6 +747,7 @@ impl MemoryChannel {
             let before = st.shown.iter().find_map(|s| match s {
                 Shown::Files { message, platform_message_id, .. }
                 | Shown::Card { message, platform_message_id, .. }
+                | Shown::Choice { message, platform_message_id, .. }
                     if message.message_out_id == key =>
                 {
                     Some(platform_message_id.clone())
@@ -779,6 +853,18 @@ impl<A: ChannelAdapter> ChannelAdapter for Failable<A> {
         card: &OutboundCard,
     ) -> Result<Option<String>, DeliveryError> {
         self.inner.deliver_card(message, card).await
+    }
+
+    fn supports_buttons(&self) -> bool {
+        self.inner.supports_buttons()
+    }
+
+    async fn deliver_choice(
+        &self,
+        message: &OutboundMessage,
+        card: &ChoiceCard,
+    ) -> Result<Option<String>, DeliveryError> {
+        self.inner.deliver_choice(message, card).await
     }
 
     async fn edit(&self, edit: &EditRequest) -> Result<(), DeliveryError> {

@@ -858,18 +858,19 @@ async fn the_ledger_keeps_keys_for_their_retention_clears_bodies_and_drops_a_cor
     service.shutdown(Duration::from_secs(10)).await;
 
     // A corrupt entry left `received` is dropped with its reason at the next start, and the
-    // good one after it is still routed.
+    // good one after it is still routed. Both are stamped now: the start's retention sweep
+    // would otherwise delete them as soon as they are finished.
     db(dir.path())
         .execute_batch(
             "INSERT INTO inbound_ledger (id, channel_type, platform_message_id, platform_id, event, trace_id, received_at)
-               VALUES ('in-bad', 'mem', 'x1', 'team', '{not json', 't', '2026-01-01T00:00:00.000Z');",
+               VALUES ('in-bad', 'mem', 'x1', 'team', '{not json', 't', strftime('%Y-%m-%dT%H:%M:%fZ', 'now'));",
         )
         .unwrap();
     let good = serde_json::to_string(&event("team", "x2", "alice", "after the bad one")).unwrap();
     db(dir.path())
         .execute(
             "INSERT INTO inbound_ledger (id, channel_type, platform_message_id, platform_id, event, trace_id, received_at)
-               VALUES ('in-good', 'mem', 'x2', 'team', ?1, 't', '2026-01-01T00:00:01.000Z')",
+               VALUES ('in-good', 'mem', 'x2', 'team', ?1, 't', strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '+1 second'))",
             [good],
         )
         .unwrap();

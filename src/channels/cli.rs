@@ -11,7 +11,10 @@
 //!   `[A-Za-z0-9._:-]`) is the dedupe key, so a client re-sends a message it is not sure arrived;
 //! - `{"type":"ack","message_out_id":"…"}`: the client has shown the reply with this key; it is
 //!   not sent again, to this client or any other. Acks of unknown or already acked keys are
-//!   ignored. The service answers nothing.
+//!   ignored. The service answers nothing;
+//! - `{"type":"decision","callback":"nc:<id>:<n>","chat":…,"sender":…}`: a click on option `n`
+//!   (0-based) of a `choice` card — the CLI's button. The service answers
+//!   `{"type":"decided","callback":…,"text":…}` with one line ("approved …", "not allowed: …").
 //!
 //! Service → client:
 //! - `{"type":"accepted","id":…,"duplicate":false}`: the message is committed;
@@ -26,8 +29,10 @@
 //!   [{"label":…,"url":…}],…}`: a card with link buttons; `{"type":"edit","platform_message_id":
 //!   …,"text":…,…}`: a new text for the reply whose platform message id (`cli-out-<key>`) is
 //!   given; `{"type":"reaction","platform_message_id":…,"emoji":…,…}`: a reaction to a message
-//!   (a client message id, or a reply's `cli-out-<key>`). These four are kept and acked like
-//!   replies, and carry `in_reply_to` and `message_out_id` the same way;
+//!   (a client message id, or a reply's `cli-out-<key>`); `{"type":"choice","approval_id":…,
+//!   "title":…,"text":…,"options":[{"number":1,"label":…,"callback":…}],"reply_hint":…}`: a card
+//!   asking for a decision (an approval, an agent's question). These five are kept and acked
+//!   like replies, and carry `in_reply_to` and `message_out_id` the same way;
 //! - `{"type":"working","tool":…}`: the agent is working (running `tool`, absent between tools);
 //!   sent live, at most about once a second, never kept;
 //! - `{"type":"done","id":…}`: the agent finished with a message — every reply to it that was
@@ -75,8 +80,8 @@ use replies::{Put, ReplyStore, ReplyStoreError};
 use async_trait::async_trait;
 use futures_util::{SinkExt, StreamExt};
 use nanoclaw_actors::ports::channel::{
-    AdapterGuard, ChannelAdapter, ChannelError, DeliveryError, EditRequest, InboundEvent, InboundSink,
-    Notice, OutboundCard, OutboundFile, OutboundMessage, ReactionRequest,
+    AdapterGuard, ChannelAdapter, ChannelError, ChoiceCard, Click, DeliveryError, EditRequest, InboundEvent,
+    InboundSink, MAX_CALLBACK_BYTES, Notice, OutboundCard, OutboundFile, OutboundMessage, ReactionRequest,
 };
 use nanoclaw_actors::store::{CLI_OWNER_USER_ID, CLI_PLATFORM_ID};
 use parking_lot::Mutex;
@@ -146,10 +151,22 @@ pub enum ClientFrame {
         /// The reply's `message_out_id`.
         message_out_id: String,
     },
+    /// A click on an option of a `choice` card (the CLI's button): its `callback`, as the card
+    /// gave it. The service answers with a `decided` frame.
+    Decision {
+        /// The option's callback data.
+        callback: String,
+        /// The chat the card is in (default `local`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        chat: Option<String>,
+        /// Who clicks (default `local`, the owner; becomes user `cli:<handle>`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sender: Option<String>,
+    },
 }
 
 /// The `type` of every [`ClientFrame`] (a test checks it against the enum).
-pub const CLIENT_FRAME_TYPES: &[&str] = &["message", "ack"];
+pub const CLIENT_FRAME_TYPES: &[&str] = &["message", "ack", "decision"];
 
 /// A frame to a client.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -222,6 +239,38 @@ pub enum ServerFrame {
         /// The thread it goes to.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         thread: Option<String>,
+    },
+    /// A card asking for a decision (an approval, an agent's question): its options numbered,
+    /// each with the callback a `decision` frame sends back; or answered by a reply as
+    /// `reply_hint` says.
+    Choice {
+        /// The approval (or question) id.
+        approval_id: String,
+        /// The title.
+        title: String,
+        /// The body.
+        text: String,
+        /// The options, numbered from 1.
+        options: Vec<ChoiceInfo>,
+        /// How to answer by a reply.
+        reply_hint: String,
+        /// As in `reply`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        message_out_id: Option<String>,
+        /// The chat it goes to (absent: `local`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        chat: Option<String>,
+        /// The thread it goes to.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        thread: Option<String>,
+    },
+    /// The answer to this connection's `decision` frame (one line: "approved …", "not allowed:
+    /// …", "… was already approved by …"). Live, never kept.
+    Decided {
+        /// The callback of the decision.
+        callback: String,
+        /// The answer.
+        text: String,
     },
     /// A new text for an earlier reply.
     Edit {
@@ -303,6 +352,17 @@ pub struct FileInfo {
     pub bytes: u64,
 }
 
+/// One option of a `choice` frame.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChoiceInfo {
+    /// Its number, from 1.
+    pub number: usize,
+    /// The label.
+    pub label: String,
+    /// What a `decision` frame sends to pick it.
+    pub callback: String,
+}
+
 /// A link button of a `card` frame.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CardLink {
@@ -320,6 +380,7 @@ impl ServerFrame {
             ServerFrame::Reply { message_out_id, .. }
             | ServerFrame::File { message_out_id, .. }
             | ServerFrame::Card { message_out_id, .. }
+            | ServerFrame::Choice { message_out_id, .. }
             | ServerFrame::Edit { message_out_id, .. }
             | ServerFrame::Reaction { message_out_id, .. } => message_out_id.as_deref(),
             _ => None,
@@ -333,6 +394,7 @@ impl ServerFrame {
             ServerFrame::Reply { chat, .. }
             | ServerFrame::File { chat, .. }
             | ServerFrame::Card { chat, .. }
+            | ServerFrame::Choice { chat, .. }
             | ServerFrame::Edit { chat, .. }
             | ServerFrame::Reaction { chat, .. } => chat.as_deref(),
             _ => None,
@@ -346,6 +408,7 @@ impl ServerFrame {
             ServerFrame::Reply { thread, .. }
             | ServerFrame::File { thread, .. }
             | ServerFrame::Card { thread, .. }
+            | ServerFrame::Choice { thread, .. }
             | ServerFrame::Edit { thread, .. }
             | ServerFrame::Reaction { thread, .. } => thread.as_deref(),
             _ => None,
@@ -366,7 +429,8 @@ impl ServerFrame {
 
     /// The lines a chat prints for a kept frame (`None` for the others): a reply's text;
     /// `[file <name> (<N> bytes)]` per file after the caption; `[card] <title> / <text> /
-    /// <label>: <url>`; `[edited <platform message id>] <text>`; `[reaction <emoji> on <id>]`.
+    /// <label>: <url>`; a choice card as `[<id>] <title>`, its text, `  <n>. <label>` per option
+    /// and the reply hint; `[edited <platform message id>] <text>`; `[reaction <emoji> on <id>]`.
     pub fn shown_text(&self) -> Option<String> {
         Some(match self {
             ServerFrame::Reply { text, .. } => text.clone(),
@@ -380,6 +444,12 @@ impl ServerFrame {
                 parts.extend(buttons.iter().map(|b| format!("{}: {}", b.label, b.url)));
                 parts.join(" / ")
             }
+            ServerFrame::Choice { approval_id, title, text, options, reply_hint, .. } => {
+                let mut lines = vec![format!("[{approval_id}] {title}"), text.clone()];
+                lines.extend(options.iter().map(|o| format!("  {}. {}", o.number, o.label)));
+                lines.push(reply_hint.clone());
+                lines.join("\n")
+            }
             ServerFrame::Edit { platform_message_id, text, .. } => {
                 format!("[edited {platform_message_id}] {text}")
             }
@@ -392,8 +462,10 @@ impl ServerFrame {
 }
 
 /// The `type` of every [`ServerFrame`] (a test checks it against the enum).
-pub const SERVER_FRAME_TYPES: &[&str] =
-    &["accepted", "reply", "file", "card", "edit", "reaction", "working", "done", "failed", "error"];
+pub const SERVER_FRAME_TYPES: &[&str] = &[
+    "accepted", "reply", "file", "card", "choice", "decided", "edit", "reaction", "working", "done",
+    "failed", "error",
+];
 
 /// A line read as a frame of a known type, or found to be of a type this build does not know.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -812,15 +884,44 @@ async fn serve_connection(
                 break;
             }
         };
-        let ClientFrame::Message { id, text, chat, thread, sender, sender_name, mention, is_group } = frame
-        else {
-            if let ClientFrame::Ack { message_out_id } = frame
-                && let Some(store) = &store
-                && let Err(e) = store.ack(message_out_id).await
-            {
-                warn!(error = %e, "cli reply ack not recorded");
+        let (id, text, chat, thread, sender, sender_name, mention, is_group) = match frame {
+            ClientFrame::Message { id, text, chat, thread, sender, sender_name, mention, is_group } => {
+                (id, text, chat, thread, sender, sender_name, mention, is_group)
             }
-            continue;
+            ClientFrame::Ack { message_out_id } => {
+                if let Some(store) = &store
+                    && let Err(e) = store.ack(message_out_id).await
+                {
+                    warn!(error = %e, "cli reply ack not recorded");
+                }
+                continue;
+            }
+            ClientFrame::Decision { callback, chat, sender } => {
+                if let Err(message) = check_addressing(chat.as_deref(), None, sender.as_deref(), None) {
+                    let _ = answer(fatal(message)).await;
+                    break;
+                }
+                if callback.is_empty() || callback.len() > MAX_CALLBACK_BYTES {
+                    let _ = answer(fatal(format!(
+                        "invalid frame: callback must be 1-{MAX_CALLBACK_BYTES} bytes"
+                    )))
+                    .await;
+                    break;
+                }
+                let click = Click {
+                    platform_id: chat.unwrap_or_else(|| CLI_PLATFORM_ID.to_string()),
+                    user_id: sender.map_or_else(|| CLI_OWNER_USER_ID.to_string(), |s| format!("cli:{s}")),
+                    callback: callback.clone(),
+                };
+                let text = match sink.click(click).await {
+                    Ok(text) => text,
+                    Err(e) => format!("not decided: {e}"),
+                };
+                if !answer(ServerFrame::Decided { callback, text }).await {
+                    break;
+                }
+                continue;
+            }
         };
         if !valid_id(&id) {
             let _ = answer(fatal("invalid frame: id must be 1-128 of [A-Za-z0-9._:-]".into())).await;
@@ -1010,6 +1111,39 @@ impl ChannelAdapter for CliChannel {
         self.keep(&message.platform_id, &message.message_out_id, frame).await
     }
 
+    /// The CLI's buttons are the `decision` frames a client sends back.
+    fn supports_buttons(&self) -> bool {
+        true
+    }
+
+    /// A `choice` frame, kept and acked like a reply.
+    async fn deliver_choice(
+        &self,
+        message: &OutboundMessage,
+        card: &ChoiceCard,
+    ) -> Result<Option<String>, DeliveryError> {
+        let frame = ServerFrame::Choice {
+            approval_id: card.id.clone(),
+            title: card.title.clone(),
+            text: card.text.clone(),
+            options: card
+                .options
+                .iter()
+                .enumerate()
+                .map(|(i, o)| ChoiceInfo {
+                    number: i + 1,
+                    label: o.label.clone(),
+                    callback: o.callback.clone(),
+                })
+                .collect(),
+            reply_hint: card.reply_hint.clone(),
+            message_out_id: self.idempotent.then(|| message.message_out_id.clone()),
+            chat: Some(message.platform_id.clone()),
+            thread: message.thread_id.clone(),
+        };
+        self.keep(&message.platform_id, &message.message_out_id, frame).await
+    }
+
     /// An `edit` frame naming the reply by the platform message id this channel gave it.
     async fn edit(&self, edit: &EditRequest) -> Result<(), DeliveryError> {
         let frame = ServerFrame::Edit {
@@ -1153,6 +1287,7 @@ mod tests {
                 is_group: None,
             },
             ClientFrame::Ack { message_out_id: "k".into() },
+            ClientFrame::Decision { callback: "nc:abcdef:0".into(), chat: None, sender: None },
         ];
         let server = [
             ServerFrame::Accepted { id: "m".into(), duplicate: false },
@@ -1180,6 +1315,17 @@ mod tests {
                 chat: None,
                 thread: None,
             },
+            ServerFrame::Choice {
+                approval_id: "abcdef".into(),
+                title: "t".into(),
+                text: "x".into(),
+                options: vec![],
+                reply_hint: "h".into(),
+                message_out_id: None,
+                chat: None,
+                thread: None,
+            },
+            ServerFrame::Decided { callback: "nc:abcdef:0".into(), text: "approved".into() },
             ServerFrame::Edit {
                 platform_message_id: "p".into(),
                 text: "t".into(),
@@ -1221,7 +1367,7 @@ mod tests {
         let dir = socket_dir();
         let path = dir.path().join("cli.sock");
         let channel = CliChannel::new(path.clone()).with_idempotent_sends(true);
-        let (sink, _submissions, _fail) = InboundSink::new(8);
+        let (sink, _receivers) = InboundSink::new(8);
         let run = channel.start(sink.clone()).await.unwrap();
         let mut old = Client::connect(&path).await.unwrap();
         // The accept loop registers the client; a reply reaches it.
@@ -1255,7 +1401,7 @@ mod tests {
         let path = dir.path().join("cli.sock");
         let channel = CliChannel::new(path.clone()).with_idempotent_sends(true);
         assert!(channel.idempotent_sends());
-        let (sink, _submissions, _fail) = InboundSink::new(8);
+        let (sink, _receivers) = InboundSink::new(8);
         let _run = channel.start(sink).await.unwrap();
         let mut client = Client::connect(&path).await.unwrap();
         clients(&channel, 1).await;
@@ -1274,7 +1420,7 @@ mod tests {
     async fn a_reply_waits_for_an_ack_across_connections_and_restarts_and_comes_before_later_frames() {
         let dir = socket_dir();
         let path = dir.path().join("cli.sock");
-        let (sink, _submissions, _fail) = InboundSink::new(8);
+        let (sink, _receivers) = InboundSink::new(8);
         let done = |id: &str| Notice::Processed {
             platform_id: CLI_PLATFORM_ID.into(),
             platform_message_id: id.into(),
@@ -1326,7 +1472,7 @@ mod tests {
         let dir = socket_dir();
         let path = dir.path().join("cli.sock");
         let channel = CliChannel::new(path.clone()).with_idempotent_sends(true);
-        let (sink, _submissions, _fail) = InboundSink::new(8);
+        let (sink, _receivers) = InboundSink::new(8);
         let _run = channel.start(sink).await.unwrap();
         let mut client = Client::connect(&path).await.unwrap();
         client.out.send(r#"{"type":"typing","chat":"local"}"#).await.unwrap();
@@ -1350,7 +1496,7 @@ mod tests {
         let dir = socket_dir();
         let path = dir.path().join("cli.sock");
         let channel = CliChannel::new(path.clone()).with_idempotent_sends(true);
-        let (sink, _submissions, _fail) = InboundSink::new(8);
+        let (sink, _receivers) = InboundSink::new(8);
         let _run = channel.start(sink).await.unwrap();
         let mut client = Client::connect(&path).await.unwrap();
         clients(&channel, 1).await;
@@ -1378,7 +1524,7 @@ mod tests {
         let path = dir.path().join("cli.sock");
         let channel = CliChannel::new(path.clone()).with_idempotent_sends(false);
         assert!(!channel.idempotent_sends());
-        let (sink, _submissions, _fail) = InboundSink::new(8);
+        let (sink, _receivers) = InboundSink::new(8);
         let _run = channel.start(sink).await.unwrap();
         let mut client = Client::connect(&path).await.unwrap();
         clients(&channel, 1).await;

@@ -13,7 +13,7 @@
 //! failed channel frees its socket even though ractor skips `post_stop` after a failure.
 
 pub use crate::handles::channel::{ChannelHandle, ChannelMessage};
-use crate::ports::channel::{AdapterGuard, ChannelAdapter, InboundSink, SubmitError};
+use crate::ports::channel::{AdapterGuard, ChannelAdapter, InboundSink, SinkReceivers, SubmitError};
 use crate::router::Router;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use std::sync::Arc;
@@ -115,8 +115,10 @@ impl Actor for ChannelActor {
         myself: ActorRef<Self::Msg>,
         args: ChannelArgs,
     ) -> Result<ChannelState, ActorProcessingErr> {
-        let (sink, mut submissions, mut fail_rx) = InboundSink::new(256);
+        let (sink, receivers) = InboundSink::new(256);
+        let SinkReceivers { mut submissions, failures: mut fail_rx, mut clicks } = receivers;
         let router = args.router;
+        let (click_router, click_type) = (router.clone(), args.adapter.channel_type().to_string());
         let supports_threads = args.adapter.supports_threads();
         let (health, account) = (args.health.clone(), args.adapter.account().to_string());
         let routing = AbortOnDropHandle::new(tokio::spawn(async move {
@@ -183,9 +185,20 @@ impl Actor for ChannelActor {
         }));
         let me = myself.clone();
         let failures = AbortOnDropHandle::new(tokio::spawn(async move {
-            if let Some(reason) = fail_rx.recv().await {
-                let _ = me.cast(ChannelMessage::AdapterFailed(reason));
-            }
+            // Clicks are few and each is one store call: answered one at a time, in order; the
+            // sink's bounded queue refuses a flood.
+            let clicks = async move {
+                while let Some(sub) = clicks.recv().await {
+                    let answer = click_router.click(&click_type, sub.click).await;
+                    let _ = sub.answer.send(answer.map_err(|e| SubmitError::Route(e.to_string())));
+                }
+            };
+            let failed = async move {
+                if let Some(reason) = fail_rx.recv().await {
+                    let _ = me.cast(ChannelMessage::AdapterFailed(reason));
+                }
+            };
+            tokio::join!(clicks, failed);
         }));
         // On error the tasks above drop (and abort) with this frame.
         let run = args.adapter.start(sink.clone()).await.map_err(|e| {

@@ -182,6 +182,17 @@ pub enum SessionMessage {
         /// Reply.
         reply: RpcReplyPort<Result<usize, SessionError>>,
     },
+    /// Write rows (a note with `on_wake = 1`), then replace the container: kill-then-respawn,
+    /// so the note is read only by the new container's first read (an approved change to the
+    /// agent's configuration). Without a container, the rows' trigger spawns one.
+    Restart {
+        /// The rows.
+        rows: Vec<NewInbound>,
+        /// Why (logged).
+        reason: String,
+        /// Reply once the rows are written.
+        reply: RpcReplyPort<Result<usize, SessionError>>,
+    },
     /// Replace or stop the container: DESIGN §4's kill-then-respawn.
     Kill {
         /// Why.
@@ -219,6 +230,9 @@ impl std::fmt::Debug for SessionMessage {
         match self {
             SessionMessage::Resume => f.write_str("Resume"),
             SessionMessage::Enqueue { rows, .. } => write!(f, "Enqueue({} rows)", rows.len()),
+            SessionMessage::Restart { rows, reason, .. } => {
+                write!(f, "Restart({} rows, {reason})", rows.len())
+            }
             SessionMessage::Kill { reason, then } => write!(f, "Kill({reason}, {then:?})"),
             SessionMessage::WakeConnected(c) => write!(f, "WakeConnected({})", c.generation),
             SessionMessage::Outbox(r) => write!(f, "Outbox({r:?})"),
@@ -256,6 +270,18 @@ impl SessionHandle {
     /// Errors when the actor is gone (it was stopping: ask the supervisor again) or the write failed.
     pub async fn enqueue(&self, rows: Vec<NewInbound>) -> Result<usize, SessionError> {
         ractor::call_t!(self.actor, |reply| SessionMessage::Enqueue { rows, reply }, 30_000)
+            .map_err(|e| SessionError::Unavailable(e.to_string()))?
+    }
+
+    /// Writes rows (an `on_wake` note), then kills the container and starts a new one, which
+    /// alone reads the note (30 s timeout). Errors as [`SessionHandle::enqueue`].
+    pub async fn restart_with(
+        &self,
+        rows: Vec<NewInbound>,
+        reason: impl Into<String>,
+    ) -> Result<usize, SessionError> {
+        let reason = reason.into();
+        ractor::call_t!(self.actor, |reply| SessionMessage::Restart { rows, reason, reply }, 30_000)
             .map_err(|e| SessionError::Unavailable(e.to_string()))?
     }
 
@@ -962,6 +988,26 @@ impl Actor for SessionActor {
             SessionMessage::Kill { reason, then } => {
                 let action = state.phase.kill(StopCause::Requested(reason), then);
                 state.act(&myself, action).await?;
+            }
+            SessionMessage::Restart { rows, reason, reply } => {
+                let owner = state.ctx.config.container_owner;
+                let resumed = state.resumed;
+                let result = blocking(&state.paths, move |p| {
+                    if !resumed {
+                        files::prepare(p, owner)?;
+                    }
+                    files::write_inbound(p, &rows)
+                })
+                .await;
+                let ok = result.is_ok();
+                let _ = reply.send(result);
+                if ok {
+                    // Written before the kill: the replacement's first read takes the note; the
+                    // old container never may (`on_wake`).
+                    state.set_work_flag(true).await?;
+                    let action = state.phase.kill(StopCause::Requested(reason), Then::Respawn);
+                    state.act(&myself, action).await?;
+                }
             }
             SessionMessage::WakeConnected(conn) => {
                 let generation = conn.generation;

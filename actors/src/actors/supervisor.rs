@@ -2,7 +2,7 @@
 //!
 //! `pre_start` spawns, in order: sweeper (whose first sweep removes orphaned containers of a
 //! previous run without holding up the start), session supervisor, approval
-//! supervisor, channel supervisor — channels last, so no message arrives before sessions can take
+//! supervisor (which restores open approvals), channel supervisor — channels last, so no message arrives before sessions can take
 //! it. `post_start` routes ledger entries a crash left unrouted and resumes sessions with work.
 //! A failed child is restarted after [`RestartPolicy::core_child`]: backoff, and a budget shared
 //! by all core children (OTP's restart intensity) — more than 5 restarts in 60 s stop the root
@@ -13,6 +13,8 @@ use super::approval_supervisor::{ApprovalSupervisor, ApprovalSupervisorMessage};
 use super::channel_supervisor::{ChannelSupervisor, ChannelSupervisorArgs, ChannelSupervisorMessage};
 use super::session_supervisor::{SessionSupervisor, SessionSupervisorMessage, SessionsHandle};
 use super::sweeper::{Sweeper, SweeperMessage};
+use crate::approvals::ApprovalsHandle;
+use crate::approvals::actor::ApprovalDeps;
 use crate::context::ServiceContext;
 use crate::restart::{RestartDecision, RestartPolicy, RestartTracker};
 use crate::router::Router;
@@ -33,6 +35,9 @@ pub struct SupervisorState {
     /// Shared by every router: re-pointed when the session supervisor is restarted.
     sessions_handle: SessionsHandle,
     approvals: ActorRef<ApprovalSupervisorMessage>,
+    /// Shared by the router and the sessions: re-pointed when the approval supervisor restarts.
+    approvals_handle: ApprovalsHandle,
+    approval_deps: Arc<ApprovalDeps>,
     channels: ActorRef<ChannelSupervisorMessage>,
     /// Restart pacing and budget of the core children together.
     restarts: RestartTracker,
@@ -70,7 +75,6 @@ impl Actor for Supervisor {
         let cell = myself.get_cell();
         let (sweeper, _) = Actor::spawn_linked(None, Sweeper, ctx.clone(), cell.clone()).await?;
         let (sessions, _) = Actor::spawn_linked(None, SessionSupervisor, ctx.clone(), cell.clone()).await?;
-        let (approvals, _) = Actor::spawn_linked(None, ApprovalSupervisor, (), cell.clone()).await?;
         let sessions_handle = SessionsHandle::new(sessions.clone());
         let _ = ctx.sessions.set(sessions_handle.clone());
         let host_outbox = crate::host_outbox::HostOutbox::spawn(
@@ -79,10 +83,21 @@ impl Actor for Supervisor {
             ctx.config.delivery_timeout,
             ctx.config.delivery_backoff,
         );
+        let approvals_handle = ApprovalsHandle::new(ctx.store.clone());
+        let _ = ctx.approvals.set(approvals_handle.clone());
         let router = Router::new(ctx.store.clone(), sessions_handle.clone())
             .with_config(ctx.config.routing.clone())
             .with_host_outbox(host_outbox.notifier())
+            .with_approvals(approvals_handle.clone(), ctx.config.approvals.clone())
             .with_disk_floor(ctx.config.data_dir.clone(), ctx.config.min_free_bytes);
+        let approval_deps = Arc::new(ApprovalDeps {
+            ctx: ctx.clone(),
+            router: router.clone(),
+            config: ctx.config.approvals.clone(),
+        });
+        let (approvals, _) =
+            Actor::spawn_linked(None, ApprovalSupervisor, approval_deps.clone(), cell.clone()).await?;
+        approvals_handle.replace(approvals.clone());
         let (channels, _) = Actor::spawn_linked(
             None,
             ChannelSupervisor,
@@ -97,6 +112,8 @@ impl Actor for Supervisor {
             sessions,
             sessions_handle,
             approvals,
+            approvals_handle,
+            approval_deps,
             channels,
             restarts: RestartPolicy::core_child().tracker(),
             _ledger_sweep: None,
@@ -125,6 +142,17 @@ impl Actor for Supervisor {
                     Ok(0) => {}
                     Ok(n) => info!(keys = n, "deleted ledger keys past their retention"),
                     Err(e) => warn!(error = %e, "ledger sweep failed; next one in an hour"),
+                }
+                let before = chrono::Utc::now()
+                    - chrono::Duration::from_std(crate::store::APPROVAL_RETENTION).expect("90 days fit");
+                match router
+                    .store()
+                    .call(move |c| crate::store::sweep_approvals(c, before, LEDGER_SWEEP_BATCH))
+                    .await
+                {
+                    Ok(0) => {}
+                    Ok(n) => info!(approvals = n, "deleted decided approvals past their 90 days"),
+                    Err(e) => warn!(error = %e, "approval sweep failed; next one in an hour"),
                 }
             }
         })));
@@ -155,7 +183,9 @@ impl Actor for Supervisor {
                         state.sessions_handle.replace(state.sessions.clone());
                     }
                     "approvals" => {
-                        state.approvals = Actor::spawn_linked(None, ApprovalSupervisor, (), cell).await?.0
+                        let deps = state.approval_deps.clone();
+                        state.approvals = Actor::spawn_linked(None, ApprovalSupervisor, deps, cell).await?.0;
+                        state.approvals_handle.replace(state.approvals.clone());
                     }
                     "channels" => {
                         let args = ChannelSupervisorArgs { ctx, router: state.router.clone() };

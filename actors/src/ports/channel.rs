@@ -149,12 +149,37 @@ pub struct Submission {
     pub ack: oneshot::Sender<Result<InboundAck, SubmitError>>,
 }
 
+/// A click handed to the channel actor, and where its answer goes.
+#[derive(Debug)]
+pub struct ClickSubmission {
+    /// The click.
+    pub click: Click,
+    /// Receives the answer for the clicking user (one line: "approved", "not allowed", …).
+    pub answer: oneshot::Sender<Result<String, SubmitError>>,
+}
+
+/// Most clicks waiting for the channel actor; more are refused [`SubmitError::Busy`].
+pub const CLICK_QUEUE: usize = 64;
+
+/// What the channel actor drains from an [`InboundSink`].
+#[derive(Debug)]
+pub struct SinkReceivers {
+    /// Inbound events.
+    pub submissions: mpsc::Receiver<Submission>,
+    /// The adapter's report that it lost its platform ([`InboundSink::fail`]).
+    pub failures: mpsc::Receiver<String>,
+    /// Button clicks ([`InboundSink::click`]).
+    pub clicks: mpsc::Receiver<ClickSubmission>,
+}
+
 /// Where an adapter sends what it receives. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct InboundSink {
     tx: mpsc::Sender<Submission>,
     /// Capacity 1: the first reason wins, later ones coalesce into it (the actor fails once).
     fail_tx: mpsc::Sender<String>,
+    /// Bounded ([`CLICK_QUEUE`]): a flood of clicks is refused, never queued without end.
+    click_tx: mpsc::Sender<ClickSubmission>,
     /// Unix ms of the last sign of life from the platform (an event or a keepalive); 0 = none.
     last_sign: std::sync::Arc<std::sync::atomic::AtomicI64>,
 }
@@ -162,10 +187,32 @@ pub struct InboundSink {
 impl InboundSink {
     /// Creates a sink and the receivers the channel actor drains.
     /// `capacity` bounds the submissions waiting for the router.
-    pub fn new(capacity: usize) -> (InboundSink, mpsc::Receiver<Submission>, mpsc::Receiver<String>) {
-        let (tx, rx) = mpsc::channel(capacity);
-        let (fail_tx, fail_rx) = mpsc::channel(1);
-        (InboundSink { tx, fail_tx, last_sign: Default::default() }, rx, fail_rx)
+    pub fn new(capacity: usize) -> (InboundSink, SinkReceivers) {
+        let (tx, submissions) = mpsc::channel(capacity);
+        let (fail_tx, failures) = mpsc::channel(1);
+        let (click_tx, clicks) = mpsc::channel(CLICK_QUEUE);
+        (
+            InboundSink { tx, fail_tx, click_tx, last_sign: Default::default() },
+            SinkReceivers { submissions, failures, clicks },
+        )
+    }
+
+    /// Reports a click on a button of a [`ChoiceCard`] and waits for the answer to show the
+    /// clicking user (one line). The click decides nothing by itself: the host checks the
+    /// callback against the stored card and the user against the approvers.
+    ///
+    /// Errors: [`SubmitError::Closed`] when the channel is stopping, [`SubmitError::Busy`] when
+    /// [`CLICK_QUEUE`] clicks wait already.
+    pub async fn click(&self, click: Click) -> Result<String, SubmitError> {
+        self.alive();
+        let (answer, rx) = oneshot::channel();
+        self.click_tx.try_send(ClickSubmission { click, answer }).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => {
+                SubmitError::Busy("too many clicks wait for an answer".into())
+            }
+            mpsc::error::TrySendError::Closed(_) => SubmitError::Closed,
+        })?;
+        rx.await.map_err(|_| SubmitError::Closed)?
     }
 
     /// Submits an event and waits until it is committed to the ledger and routed.
@@ -266,6 +313,64 @@ impl OutboundCard {
     }
 }
 
+/// Longest callback data of a choice button, bytes: Telegram's `callback_data` limit, the
+/// smallest of the platforms.
+pub const MAX_CALLBACK_BYTES: usize = 64;
+
+/// One option of a [`ChoiceCard`]: a button label and the data a click on it returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChoiceOption {
+    /// The label.
+    pub label: String,
+    /// What a click returns ([`Click::callback`]): `nc:<approval id>:<option index>`, at most
+    /// [`MAX_CALLBACK_BYTES`].
+    pub callback: String,
+}
+
+/// A card that asks for a decision — an approval, or an agent's question — with one button per
+/// option. Platforms without buttons show [`ChoiceCard::as_text`]: the options numbered, and how
+/// to answer by a reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChoiceCard {
+    /// The approval (or question) id the card is about.
+    pub id: String,
+    /// The title.
+    pub title: String,
+    /// The body: what is asked, cut to the platform's limit.
+    pub text: String,
+    /// The options, in order (2 to 10).
+    pub options: Vec<ChoiceOption>,
+    /// How to answer without buttons (`Reply approve <id> or deny <id>.`).
+    pub reply_hint: String,
+}
+
+impl ChoiceCard {
+    /// The card as plain text: title, body, the options numbered from 1, the reply hint.
+    pub fn as_text(&self) -> String {
+        let mut out = format!("{}\n{}", self.title, self.text);
+        for (i, o) in self.options.iter().enumerate() {
+            out.push_str(&format!("\n  {}. {}", i + 1, o.label));
+        }
+        if !self.reply_hint.is_empty() {
+            out.push('\n');
+            out.push_str(&self.reply_hint);
+        }
+        out
+    }
+}
+
+/// A click on a button of a [`ChoiceCard`], as an adapter reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Click {
+    /// The chat the card is in.
+    pub platform_id: String,
+    /// The clicking user's platform handle (namespaced like a sender id).
+    pub user_id: String,
+    /// The button's callback data, as the platform returned it (untrusted: it is parsed and
+    /// checked against the stored card).
+    pub callback: String,
+}
+
 /// A new text for a message the bot sent earlier.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EditRequest {
@@ -316,6 +421,14 @@ pub enum Delivery {
         /// The card.
         card: OutboundCard,
     },
+    /// A card asking for a decision; the message's text is unused
+    /// ([`ChannelAdapter::deliver_choice`]).
+    Choice {
+        /// Chat, thread and key.
+        message: OutboundMessage,
+        /// The card (boxed: the largest kind of delivery by far).
+        card: Box<ChoiceCard>,
+    },
     /// An edit ([`ChannelAdapter::edit`]).
     Edit(EditRequest),
     /// A reaction ([`ChannelAdapter::react`]).
@@ -326,9 +439,10 @@ impl Delivery {
     /// The idempotency key, also the key in logs.
     pub fn key(&self) -> &str {
         match self {
-            Delivery::Message(m) | Delivery::Files { message: m, .. } | Delivery::Card { message: m, .. } => {
-                &m.message_out_id
-            }
+            Delivery::Message(m)
+            | Delivery::Files { message: m, .. }
+            | Delivery::Card { message: m, .. }
+            | Delivery::Choice { message: m, .. } => &m.message_out_id,
             Delivery::Edit(e) => &e.message_out_id,
             Delivery::Reaction(r) => &r.message_out_id,
         }
@@ -340,6 +454,7 @@ impl Delivery {
             Delivery::Message(m) => adapter.deliver(m).await,
             Delivery::Files { message, files } => adapter.deliver_files(message, files).await,
             Delivery::Card { message, card } => adapter.deliver_card(message, card).await,
+            Delivery::Choice { message, card } => adapter.deliver_choice(message, card).await,
             Delivery::Edit(e) => adapter.edit(e).await.map(|()| None),
             Delivery::Reaction(r) => adapter.react(r).await.map(|()| None),
         }
@@ -540,6 +655,23 @@ pub trait ChannelAdapter: Send + Sync + 'static {
         &self,
         message: &OutboundMessage,
         card: &OutboundCard,
+    ) -> Result<Option<String>, DeliveryError> {
+        let text = OutboundMessage { text: card.as_text(), ..message.clone() };
+        self.deliver(&text).await
+    }
+
+    /// Whether the platform shows [`ChoiceCard`] options as buttons whose clicks the adapter
+    /// reports with [`InboundSink::click`]. The default: no (cards are text, answered by reply).
+    fn supports_buttons(&self) -> bool {
+        false
+    }
+
+    /// Delivers a card asking for a decision. The default sends [`ChoiceCard::as_text`] through
+    /// [`ChannelAdapter::deliver`] with the same key: the options numbered, answered by a reply.
+    async fn deliver_choice(
+        &self,
+        message: &OutboundMessage,
+        card: &ChoiceCard,
     ) -> Result<Option<String>, DeliveryError> {
         let text = OutboundMessage { text: card.as_text(), ..message.clone() };
         self.deliver(&text).await

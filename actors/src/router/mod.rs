@@ -30,12 +30,13 @@ pub mod plan;
 pub use effects::{ChannelChoice, EffectError};
 
 use crate::actors::session_supervisor::SessionsHandle;
+use crate::approvals::{self, ApprovalsConfig, ApprovalsHandle, Choice, Decider, DecisionRequest};
 use crate::disk::DiskError;
-use crate::ports::channel::{InboundAck, InboundEvent};
+use crate::ports::channel::{Click, InboundAck, InboundEvent};
 use crate::session_files::NewInbound;
 use crate::store::{
-    self, DropReason, LedgerEntry, LedgerInsert, LedgerOutcome, SqlContext, Store, UnknownSenderPolicy,
-    new_id,
+    self, DecidedVia, DropReason, LedgerEntry, LedgerInsert, LedgerOutcome, SqlContext, Store,
+    UnknownSenderPolicy, new_id,
 };
 use futures_util::future::join_all;
 use nanoclaw_protocol::content::ChatContent;
@@ -132,6 +133,8 @@ pub struct Router {
     disk_floor: Option<(PathBuf, u64)>,
     /// Wakes the host's outbox after a note to a chat was queued (command refusals).
     host_outbox: Option<Arc<tokio::sync::Notify>>,
+    /// Where decisions go and new requests are announced, with their settings.
+    approvals: Option<(ApprovalsHandle, Arc<ApprovalsConfig>)>,
 }
 
 impl std::fmt::Debug for Router {
@@ -150,6 +153,30 @@ impl Router {
             rules: Default::default(),
             disk_floor: None,
             host_outbox: None,
+            approvals: None,
+        }
+    }
+
+    /// Takes approval decisions from chat replies (`approve <id>` / `deny <id>`, a question's
+    /// answer) before engagement, and announces the sender and channel requests it stores to
+    /// `approvals`, which asks a person. Without it, requests wait in the store (and get their
+    /// actors at the next start) and replies are ordinary text.
+    pub fn with_approvals(mut self, approvals: ApprovalsHandle, config: ApprovalsConfig) -> Self {
+        self.approvals = Some((approvals, Arc::new(config)));
+        self
+    }
+
+    /// The lifetime of the requests the router stores.
+    fn approval_ttl(&self, action: &str) -> Duration {
+        match &self.approvals {
+            Some((_, c)) => c.ttl_of(action),
+            None => ApprovalsConfig::default().ttl_of(action),
+        }
+    }
+
+    fn announce(&self, approval: Option<String>) {
+        if let (Some(id), Some((handle, _))) = (approval, &self.approvals) {
+            handle.started(id);
         }
     }
 
@@ -300,8 +327,152 @@ impl Router {
     }
 
     /// Routes ledger entries (new, left `received` by a crash, or replayed on an approval), in
-    /// order, together (see [`Router::route_batch`]); one result per entry.
+    /// order, together (see [`Router::route_batch`]); one result per entry. Decisions (a reply
+    /// `approve <id>` / `deny <id>`, a question's answer) are taken first and reach no agent.
     async fn route_facts(&self, batch: Vec<(Facts, String)>) -> Vec<Result<InboundAck, RouteError>> {
+        let n = batch.len();
+        let mut results: Vec<Option<Result<InboundAck, RouteError>>> = (0..n).map(|_| None).collect();
+        let questions = self.open_questions(&batch).await;
+        let mut index = Vec::with_capacity(n);
+        let mut rest = Vec::with_capacity(n);
+        for (i, (facts, trace)) in batch.into_iter().enumerate() {
+            match self.take_decision(&facts, &questions).await {
+                Some(result) => results[i] = Some(result),
+                None => {
+                    index.push(i);
+                    rest.push((facts, trace));
+                }
+            }
+        }
+        for (i, r) in index.into_iter().zip(self.route_planned(rest).await) {
+            results[i] = Some(r);
+        }
+        results.into_iter().map(|r| r.expect("every entry has a result")).collect()
+    }
+
+    /// The questions waiting for an answer in the chats of `batch` (none without approvals).
+    async fn open_questions(&self, batch: &[(Facts, String)]) -> Vec<store::Question> {
+        if self.approvals.is_none() {
+            return vec![];
+        }
+        let mut chats: Vec<(String, String)> =
+            batch.iter().map(|(f, _)| (f.event.channel_type.clone(), f.event.platform_id.clone())).collect();
+        chats.dedup();
+        let found = self
+            .store
+            .call(move |c| {
+                let mut out = vec![];
+                for (channel_type, platform_id) in &chats {
+                    out.extend(store::open_questions_in(c, channel_type, platform_id)?);
+                }
+                Ok(out)
+            })
+            .await;
+        found.unwrap_or_else(|e| {
+            warn!(error = %e, "open questions not read; answers in this batch reach the agents as text");
+            vec![]
+        })
+    }
+
+    /// Takes one entry as a decision, when it is one: `approve <id>` / `deny <id>` (always
+    /// answered in the chat), or an option's number or text in a chat with an open question
+    /// from someone who may answer it. Finishes its ledger entry (`routed`: the host took it).
+    async fn take_decision(
+        &self,
+        facts: &Facts,
+        questions: &[store::Question],
+    ) -> Option<Result<InboundAck, RouteError>> {
+        let (handle, _) = self.approvals.as_ref()?;
+        let e = &facts.event;
+        let chat = (e.channel_type.clone(), e.platform_id.clone());
+        let by = match &facts.sender {
+            Some(s) => Decider::User(s.clone()),
+            None => Decider::User(String::new()),
+        };
+        let (request, reply) = match approvals::parse_reply(&e.text) {
+            Some((id, choice)) => {
+                (DecisionRequest { id, choice, by, via: DecidedVia::Reply, chat: Some(chat) }, true)
+            }
+            None => {
+                let q = answered_question(questions, &e.channel_type, &e.platform_id, &e.text)?;
+                (
+                    DecisionRequest { id: q.0, choice: q.1, by, via: DecidedVia::Reply, chat: Some(chat) },
+                    false,
+                )
+            }
+        };
+        let answer = match handle.decide(request).await {
+            Ok(a) => a,
+            Err(e) => return Some(Err(e.into())),
+        };
+        if !reply && !matches!(answer, approvals::DecisionAnswer::Decided { .. }) {
+            // Text that happens to match an option, from someone who may not answer (or too
+            // late): it is ordinary text for the agents.
+            return None;
+        }
+        let note = reply.then(|| store::HostNote {
+            id: format!("decision-{}", facts.ledger_id),
+            channel_type: e.channel_type.clone(),
+            platform_id: e.platform_id.clone(),
+            thread_id: e.thread_id.clone(),
+            in_reply_to: Some(e.platform_message_id.clone()),
+            text: answer.to_string(),
+            attempts: 0,
+        });
+        let ledger = facts.ledger_id.clone();
+        let finished = self
+            .store
+            .call(move |c| {
+                let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).sql("begin decision")?;
+                store::ledger_finish(&tx, &ledger, LedgerOutcome::Routed)?;
+                if let Some(note) = &note {
+                    store::host_note_insert(&tx, note)?;
+                }
+                tx.commit().sql("commit decision")
+            })
+            .await;
+        if reply && let Some(poke) = &self.host_outbox {
+            poke.notify_one();
+        }
+        Some(
+            finished
+                .map(|()| InboundAck { ledger_id: facts.ledger_id.clone(), duplicate: false, dropped: None })
+                .map_err(RouteError::from),
+        )
+    }
+
+    /// A click on a button of a card ([`crate::ports::channel::InboundSink::click`]): the
+    /// callback is parsed (untrusted) and decided for the clicking user; returns the line the
+    /// user is shown.
+    ///
+    /// Errors: only a failing store.
+    pub async fn click(&self, channel_type: &str, click: Click) -> Result<String, RouteError> {
+        let Some((handle, _)) = &self.approvals else {
+            return Ok("approvals are not running on this host".into());
+        };
+        let Some((id, index)) = approvals::parse_callback(&click.callback) else {
+            warn!(channel = channel_type, user = %click.user_id, "click with callback data that no card of this host has");
+            return Ok("not allowed: this button does not belong to a card of this host".into());
+        };
+        let prefix = format!("{channel_type}:");
+        let user = if click.user_id.starts_with(&prefix) {
+            click.user_id.clone()
+        } else {
+            format!("{prefix}{}", click.user_id)
+        };
+        let answer = handle
+            .decide(DecisionRequest {
+                id,
+                choice: Choice::Option(index),
+                by: Decider::User(user),
+                via: DecidedVia::Button,
+                chat: Some((channel_type.to_string(), click.platform_id)),
+            })
+            .await?;
+        Ok(answer.to_string())
+    }
+
+    async fn route_planned(&self, batch: Vec<(Facts, String)>) -> Vec<Result<InboundAck, RouteError>> {
         let n = batch.len();
         if n == 0 {
             return vec![];
@@ -312,10 +483,13 @@ impl Router {
             dropped: dropped.map(|r| r.as_str().to_string()),
         };
         let (config, rules) = (self.config.clone(), self.rules.clone());
+        let ttl = self.approval_ttl("channel");
         let facts: Vec<Facts> = batch.iter().map(|(f, _)| f.clone()).collect();
         let planned = self
             .store
-            .call(move |c| Ok(facts.iter().map(|f| plan::plan(c, f, &config, &rules)).collect::<Vec<_>>()))
+            .call(move |c| {
+                Ok(facts.iter().map(|f| plan::plan(c, f, &config, &rules, ttl)).collect::<Vec<_>>())
+            })
             .await;
         let planned = match planned {
             Ok(p) => p,
@@ -334,7 +508,8 @@ impl Router {
                     results[i] = Some(Err(e.into()));
                     continue;
                 }
-                Ok(Plan::Dropped(reason)) => {
+                Ok(Plan::Dropped(reason, approval)) => {
+                    self.announce(approval);
                     debug!(reason = %reason, "message dropped");
                     results[i] = Some(Ok(ack(facts, Some(reason))));
                     continue;
@@ -429,12 +604,13 @@ impl Router {
         let queued = finishing.iter().any(|(.., note)| note.is_some());
         let work: Vec<_> =
             finishing.iter().map(|(_, f, s, r, n)| (f.clone(), *s, r.clone(), n.clone())).collect();
+        let ttl = self.approval_ttl("sender");
         let finished = self
             .store
             .call(move |c| {
                 Ok(work
                     .iter()
-                    .map(|(f, stored, r, n)| plan::finish(c, f, *stored, r.as_ref(), n.as_ref()))
+                    .map(|(f, stored, r, n)| plan::finish(c, f, *stored, r.as_ref(), n.as_ref(), ttl))
                     .collect::<Vec<_>>())
             })
             .await;
@@ -445,7 +621,8 @@ impl Router {
             Ok(finished) => {
                 for ((i, facts, ..), done) in finishing.iter().zip(finished) {
                     results[*i] = Some(
-                        done.map(|dropped| {
+                        done.map(|(dropped, approval)| {
+                            self.announce(approval);
                             match dropped {
                                 Some(reason) => debug!(reason = %reason, "message dropped"),
                                 None => debug!("hop: routed"),
@@ -550,6 +727,34 @@ impl Router {
             tokio::task::yield_now().await;
         }
     }
+}
+
+/// The open question of chat (`channel_type`, `platform_id`) that `text` answers, with the
+/// choice: an option's number (1-based) or its text, any case; the newest question it fits.
+fn answered_question(
+    questions: &[store::Question],
+    channel_type: &str,
+    platform_id: &str,
+    text: &str,
+) -> Option<(String, Choice)> {
+    let text = text.trim();
+    if text.is_empty() || text.len() > 256 {
+        return None;
+    }
+    let number = text.parse::<usize>().ok().filter(|n| *n >= 1);
+    questions
+        .iter()
+        .rev()
+        .filter(|q| q.card.channel_type == channel_type && q.card.platform_id == platform_id)
+        .find_map(|q| match number {
+            Some(n) if n <= q.options.len() => Some((q.id.clone(), Choice::Option(n - 1))),
+            Some(_) => None,
+            None => q
+                .options
+                .iter()
+                .any(|o| o.trim().eq_ignore_ascii_case(text))
+                .then(|| (q.id.clone(), Choice::Text(text.to_string()))),
+        })
 }
 
 /// The sender as a user id: `<channel_type>:<handle>`, unless the handle already starts with

@@ -12,6 +12,7 @@ use crate::store::{
 use parking_lot::Mutex;
 use rusqlite::{Connection, TransactionBehavior};
 use std::collections::{HashMap, HashSet};
+use std::time::Duration;
 use tracing::warn;
 
 /// The facts of one event that routing decides on.
@@ -206,8 +207,8 @@ pub(super) struct Refusal {
 #[derive(Debug)]
 pub(super) enum Plan {
     /// Refused before any session: recorded and the ledger entry finished, in the plan's
-    /// transaction.
-    Dropped(DropReason),
+    /// transaction; with the id of the approval it asked for (a chat's registration).
+    Dropped(DropReason, Option<String>),
     /// Sessions take the message (maybe none: then [`finish`] records the refusal or
     /// `no_agent_engaged`).
     Deliver {
@@ -225,6 +226,7 @@ pub(super) fn plan(
     facts: &Facts,
     config: &RoutingConfig,
     rules: &Rules,
+    approval_ttl: Duration,
 ) -> Result<Plan, StoreError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).sql("begin routing")?;
     let e = &facts.event;
@@ -243,7 +245,7 @@ pub(super) fn plan(
             },
         )?;
         store::ledger_finish(conn, &facts.ledger_id, LedgerOutcome::Dropped(reason))?;
-        Ok(Plan::Dropped(reason))
+        Ok(Plan::Dropped(reason, None))
     };
     if let Some(user) = sender {
         store::upsert_user(&tx, user, &e.channel_type, e.sender_name.as_deref())?;
@@ -265,11 +267,14 @@ pub(super) fn plan(
         }
     };
     let wirings = store::wirings_of(&tx, &mg.id)?;
+    let mut approval = None;
     let early = if mg.denied {
         Some(DropReason::ChannelDenied)
     } else if wirings.is_empty() {
-        if facts.addressed() {
-            store::request_channel_approval(&tx, &mg.id, sender, &facts.ledger_id, &facts.event_json)?;
+        if facts.addressed()
+            && store::request_channel_approval(&tx, &mg.id, sender, &facts.ledger_id, &facts.event_json)?
+        {
+            approval = Some(channel_approval(&tx, facts, &mg, approval_ttl)?);
         }
         Some(DropReason::NoAgentWired)
     } else {
@@ -278,9 +283,9 @@ pub(super) fn plan(
             .map(|_| DropReason::CommandFiltered)
     };
     if let Some(reason) = early {
-        let plan = drop(&tx, reason, Some(&mg.id))?;
+        drop(&tx, reason, Some(&mg.id))?;
         tx.commit().sql("commit routing")?;
-        return Ok(plan);
+        return Ok(Plan::Dropped(reason, approval));
     }
     let policy = mg.unknown_sender_policy.clone().unwrap_or(UnknownSenderPolicy::Strict);
     let denied =
@@ -362,16 +367,20 @@ pub(super) fn plan(
 /// Finishes an entry the sessions took (or that every wiring refused), in one transaction: the
 /// refusal counted once, a sender request stored once per (chat, sender), the ledger entry
 /// `routed` (some session took it) or `dropped` with its reason.
+/// Returns the refusal (none when routed) and the id of an approval it asked for (a new sender
+/// request's).
 pub(super) fn finish(
     conn: &mut Connection,
     facts: &Facts,
     stored: bool,
     refusal: Option<&Refusal>,
     note: Option<&store::HostNote>,
-) -> Result<Option<DropReason>, StoreError> {
+    approval_ttl: Duration,
+) -> Result<(Option<DropReason>, Option<String>), StoreError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).sql("begin finish routing")?;
     let e = &facts.event;
     let mut reason = refusal.map(|r| r.reason);
+    let mut approval = None;
     if let Some(r) = refusal
         && r.reason == DropReason::UnknownSenderRequestApproval
         && let (Some(sender), Some(mg), Some(ag)) = (&facts.sender, &r.messaging_group_id, &r.agent_group_id)
@@ -385,7 +394,10 @@ pub(super) fn finish(
             &facts.ledger_id,
             &facts.event_json,
         )? {
-            SenderRequest::Created(_) | SenderRequest::Pending => {}
+            SenderRequest::Created(request) => {
+                approval = Some(sender_approval(&tx, facts, &request, mg, ag, approval_ttl)?);
+            }
+            SenderRequest::Pending => {}
             // Denied between plan and finish: count it as such.
             SenderRequest::Denied => reason = Some(DropReason::SenderDenied),
         }
@@ -417,7 +429,102 @@ pub(super) fn finish(
         store::host_note_insert(&tx, note)?;
     }
     tx.commit().sql("commit finish routing")?;
-    Ok(if stored { None } else { reason })
+    Ok((if stored { None } else { reason }, approval))
+}
+
+/// The start of a message for a card: its first 500 characters.
+fn preview(text: &str) -> String {
+    text.chars().take(500).collect()
+}
+
+/// The approval row of a new channel registration: the card offers every agent group (at most
+/// 8, by name), a new agent, and rejecting the chat.
+fn channel_approval(
+    tx: &Connection,
+    facts: &Facts,
+    mg: &MessagingGroup,
+    ttl: Duration,
+) -> Result<String, StoreError> {
+    let e = &facts.event;
+    let mut options: Vec<serde_json::Value> = store::agent_groups(tx)?
+        .into_iter()
+        .take(8)
+        .map(|(id, name)| serde_json::json!({"label": format!("Connect to {name}"), "choice": format!("connect:{id}")}))
+        .collect();
+    options.push(serde_json::json!({"label": "Create a new agent", "choice": "new"}));
+    options.push(serde_json::json!({"label": "Reject this chat", "choice": "reject"}));
+    let payload = serde_json::json!({
+        "channel_type": e.channel_type,
+        "chat": e.platform_id,
+        "chat_name": mg.name,
+        "is_group": e.is_group,
+        "messaging_group_id": mg.id,
+        "sender": facts.sender,
+        "sender_name": e.sender_name,
+        "text": preview(&e.text),
+        "options": options,
+    });
+    let (id, _) = store::create_approval(
+        tx,
+        &store::NewApproval {
+            kind: store::ApprovalKind::Channel,
+            action: "channel".into(),
+            request_id: mg.id.clone(),
+            payload,
+            agent_group_id: None,
+            session_id: None,
+            origin: origin_of(facts),
+            ttl,
+        },
+    )?;
+    Ok(id)
+}
+
+/// The approval row of a new sender request.
+fn sender_approval(
+    tx: &Connection,
+    facts: &Facts,
+    request: &str,
+    mg: &str,
+    ag: &str,
+    ttl: Duration,
+) -> Result<String, StoreError> {
+    let e = &facts.event;
+    let agent = store::agent_groups(tx)?.into_iter().find(|(id, _)| id == ag).map(|(_, n)| n);
+    let payload = serde_json::json!({
+        "agent": agent,
+        "agent_group_id": ag,
+        "channel_type": e.channel_type,
+        "chat": e.platform_id,
+        "messaging_group_id": mg,
+        "request_id": request,
+        "sender": facts.sender,
+        "sender_name": e.sender_name,
+        "text": preview(&e.text),
+    });
+    let (id, _) = store::create_approval(
+        tx,
+        &store::NewApproval {
+            kind: store::ApprovalKind::Sender,
+            action: "sender".into(),
+            request_id: request.to_string(),
+            payload,
+            agent_group_id: Some(ag.to_string()),
+            session_id: None,
+            origin: origin_of(facts),
+            ttl,
+        },
+    )?;
+    Ok(id)
+}
+
+fn origin_of(facts: &Facts) -> store::Origin {
+    store::Origin {
+        channel_type: Some(facts.event.channel_type.clone()),
+        platform_id: Some(facts.event.platform_id.clone()),
+        thread_id: facts.event.thread_id.clone(),
+        sender_id: facts.sender.clone(),
+    }
 }
 
 #[cfg(test)]

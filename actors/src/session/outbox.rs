@@ -29,7 +29,7 @@ use crate::session_files::{
     self as files, Cursors, FinishedMessage, LedgerBatch, NewInbound, PageView, RecordWrite, SessionPaths,
 };
 use crate::store::{self, SessionInfo};
-use nanoclaw_protocol::content::{OutboundContent, SystemNotice};
+use nanoclaw_protocol::content::{OutboundContent, SystemAction, SystemNotice};
 use nanoclaw_protocol::rows::{AckStatus, DeliveryStatus};
 use nanoclaw_protocol::validate::{OutboundBody, Rejected, ValidOutbound};
 use nanoclaw_protocol::wake;
@@ -571,17 +571,11 @@ impl Worker {
             }
         }
         match &valid.body {
+            OutboundBody::System(action) if crate::approvals::actions::needs_approval(action) => {
+                self.request_approval(key, valid, action).await
+            }
             OutboundBody::System(action) => {
-                let reason = match action.name() {
-                    // Never ungated (reference §12.3): creating an agent waits for an approval,
-                    // which this host cannot ask for yet.
-                    "create_agent" => {
-                        "create_agent needs an admin's approval, which this host cannot ask for yet: \
-                                       refused, nothing was created"
-                            .to_string()
-                    }
-                    name => format!("system action {name} is not supported by this host yet"),
-                };
+                let reason = format!("system action {} is not supported by this host yet", action.name());
                 warn!(session = %self.session.id, row = %key, %reason, "system action refused");
                 self.record(key, DeliveryStatus::Failed, None, Some(&reason));
                 self.note_to_agent(
@@ -597,6 +591,66 @@ impl Worker {
             }
             OutboundBody::Chat(content) => self.deliver_chat(key, valid, content, interrupted).await,
         }
+    }
+
+    /// Files an action that needs a person's yes (or a question) with the approvals, which check
+    /// it again and ask. The agent hears at once that a person was asked (a question's tool
+    /// waits for the answer instead), or why it was refused; the outcome follows as a note.
+    /// Returns (final now, delivered now).
+    async fn request_approval(
+        &mut self,
+        key: &str,
+        valid: &ValidOutbound,
+        action: &SystemAction,
+    ) -> Result<(bool, bool), PassError> {
+        let Some(approvals) = self.ctx.approvals.get().cloned() else {
+            return Err(PassError::Retry("the approvals are not running yet".into()));
+        };
+        let answered = valid.in_reply_to.as_ref().and_then(|id| self.view.answered.get(id)).cloned();
+        let request = crate::approvals::actions::ActionRequest {
+            session: self.session.clone(),
+            row_id: valid.id.clone(),
+            action: action.clone(),
+            origin: store::Origin {
+                channel_type: self.session.channel_type.clone(),
+                platform_id: self.session.platform_id.clone(),
+                thread_id: self.session.thread_id.clone(),
+                sender_id: answered.and_then(|c| c.sender_id),
+            },
+            ttl: self.ctx.config.approvals.ttl_of(action.name()),
+        };
+        let question = matches!(action, SystemAction::AskUserQuestion { .. });
+        let (ok, message) = match approvals.request(request).await {
+            Ok(id) if question => {
+                debug!(session = %self.session.id, row = %key, approval = %id, "question asked");
+                self.record(key, DeliveryStatus::Delivered, None, None);
+                return Ok((true, false));
+            }
+            Ok(id) => (
+                true,
+                format!(
+                    "approval requested (id {id}): a person decides; you get the outcome as a note. Do not ask again \
+                     meanwhile."
+                ),
+            ),
+            Err(why) => (false, why),
+        };
+        if ok {
+            self.record(key, DeliveryStatus::Delivered, None, None);
+        } else {
+            warn!(session = %self.session.id, row = %key, reason = %message, "system action refused");
+            self.record(key, DeliveryStatus::Failed, None, Some(&message));
+        }
+        self.note_to_agent(
+            key,
+            SystemNotice::ActionResult {
+                message_out_id: valid.id.clone(),
+                action: action.name().into(),
+                ok,
+                message,
+            },
+        );
+        Ok((true, false))
     }
 
     /// The names of this agent's destinations, for a refusal that tells it what it may use.

@@ -5,9 +5,48 @@
 //! call ever runs on the async executor (STYLE rule 2) and `BEGIN IMMEDIATE` never contends inside
 //! the process. Migrations from `migrations/` are embedded at compile time and applied at open.
 
+/// Defines a string-valued enum column: `as_str`, `parse` (an error listing the allowed values),
+/// `ALL`, and `Display`.
+macro_rules! column_enum {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name { $($(#[$vdoc])* $variant),+ }
+
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// The stored text.
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+
+            /// Parses the stored text. Errors with a line listing the allowed values.
+            pub fn parse(s: &str) -> Result<Self, String> {
+                match s {
+                    $($text => Ok($name::$variant),)+
+                    other => Err(format!(
+                        "{other:?} is not one of {}",
+                        [$($text),+].join(", ")
+                    )),
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+mod approvals;
 mod queries;
 mod routing;
 
+pub use approvals::*;
 pub use queries::*;
 pub use routing::*;
 
@@ -24,6 +63,7 @@ pub const MIGRATIONS: &[M<'static>] = &[
     M::up(include_str!("../../../migrations/0003_providers.sql")),
     M::up(include_str!("../../../migrations/0004_routing.sql")),
     M::up(include_str!("../../../migrations/0005_host_outbox.sql")),
+    M::up(include_str!("../../../migrations/0006_approvals.sql")),
 ];
 
 /// Errors of the central store.

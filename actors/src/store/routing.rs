@@ -10,43 +10,6 @@ use super::{SqlContext, StoreError, new_id};
 use nanoclaw_protocol::time::now_ts;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-/// Defines a string-valued enum column: `as_str`, `parse` (an error listing the allowed values),
-/// `ALL`, and `Display`.
-macro_rules! column_enum {
-    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
-        $(#[$doc])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-        pub enum $name { $($(#[$vdoc])* $variant),+ }
-
-        impl $name {
-            /// Every value, in declaration order.
-            pub const ALL: &'static [$name] = &[$($name::$variant),+];
-
-            /// The stored text.
-            pub fn as_str(self) -> &'static str {
-                match self { $($name::$variant => $text),+ }
-            }
-
-            /// Parses the stored text. Errors with a line listing the allowed values.
-            pub fn parse(s: &str) -> Result<Self, String> {
-                match s {
-                    $($text => Ok($name::$variant),)+
-                    other => Err(format!(
-                        "{other:?} is not one of {}",
-                        [$($text),+].join(", ")
-                    )),
-                }
-            }
-        }
-
-        impl std::fmt::Display for $name {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-    };
-}
-
 column_enum! {
     /// `messaging_groups.unknown_sender_policy`: what happens to a message from a sender without
     /// access to the agent group.
@@ -934,6 +897,38 @@ pub fn clear_channel_approval(conn: &Connection, messaging_group_id: &str) -> Re
     conn.execute("DELETE FROM pending_channel_approvals WHERE messaging_group_id = ?1", [messaging_group_id])
         .sql("clear channel request")?;
     Ok(())
+}
+
+/// Adds (or replaces) the MCP server `name` in the `container_configs.mcp_servers` of an agent
+/// group; it is wired at the group's next container start. Errors when the group has no
+/// container config or its stored servers are not a JSON object (named).
+pub fn set_mcp_server(
+    conn: &mut Connection,
+    agent_group_id: &str,
+    name: &str,
+    spec: &nanoclaw_protocol::settings::McpServerSpec,
+) -> Result<(), StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).sql("begin set mcp server")?;
+    let stored: Option<String> = tx
+        .query_row(
+            "SELECT mcp_servers FROM container_configs WHERE agent_group_id = ?1",
+            [agent_group_id],
+            |r| r.get(0),
+        )
+        .optional()
+        .sql("read mcp servers")?;
+    let stored = stored.ok_or_else(|| {
+        StoreError::Invalid(format!("agent_group_id: {agent_group_id} has no container config"))
+    })?;
+    let mut servers: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&stored)
+        .map_err(|e| StoreError::Invalid(format!("container_configs.mcp_servers: not a JSON object: {e}")))?;
+    servers.insert(name.to_string(), serde_json::to_value(spec).expect("a spec serialises"));
+    tx.execute(
+        "UPDATE container_configs SET mcp_servers = ?2, updated_at = ?3 WHERE agent_group_id = ?1",
+        params![agent_group_id, serde_json::Value::Object(servers).to_string(), now_ts()],
+    )
+    .sql("write mcp servers")?;
+    tx.commit().sql("commit set mcp server")
 }
 
 /// Longest agent group name, characters.

@@ -40,7 +40,9 @@ impl<T> Ctx<T> for rusqlite::Result<T> {
 /// What one read of `inbound.db` found.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
-    /// Due, pending, unclaimed rows (oldest first, at most the prompt limit). System rows excluded.
+    /// Due, pending, unclaimed rows (oldest first, at most the prompt limit): chat and task rows,
+    /// and the host notes that wake the agent (`system` rows with `trigger = 1`, such as an
+    /// approval's outcome); the other notes are in [`Snapshot::notes`].
     pub batch: Vec<InboundRow>,
     /// Named destinations.
     pub destinations: Vec<Destination>,
@@ -65,7 +67,7 @@ pub const NOTES_SEEN_KEY: &str = "host_notes_seen";
 
 /// The text of a host note for the model, `None` for the answers a tool waits for (an action's
 /// result: the tool call already showed it).
-fn note_text(content: &str) -> Option<String> {
+pub fn note_text(content: &str) -> Option<String> {
     use nanoclaw_protocol::content::SystemNotice;
     match serde_json::from_str::<SystemNotice>(content).ok()? {
         SystemNotice::Rejected { message_out_id, reason } => {
@@ -150,7 +152,7 @@ impl SessionDb {
                 "SELECT id, seq, kind, timestamp, status, process_after, recurrence, series_id, tries, trigger,
                         on_wake, platform_id, channel_type, thread_id, content, source_session_id
                  FROM messages_in
-                 WHERE status = 'pending' AND kind <> 'system'
+                 WHERE status = 'pending' AND (kind <> 'system' OR trigger = 1)
                    AND (process_after IS NULL OR process_after <= ?1)
                    AND (on_wake = 0 OR ?2)
                  ORDER BY seq LIMIT 500",
@@ -241,7 +243,8 @@ impl SessionDb {
         let seen: i64 = self.state(NOTES_SEEN_KEY)?.and_then(|v| v.parse().ok()).unwrap_or(0);
         let notes = inbound
             .prepare_cached(
-                "SELECT seq, content FROM messages_in WHERE kind = 'system' AND seq > ?1 ORDER BY seq LIMIT 100",
+                "SELECT seq, content FROM messages_in WHERE kind = 'system' AND trigger = 0 AND seq > ?1
+                 ORDER BY seq LIMIT 100",
             )
             .ctx("prepare notes")?
             .query_map([seen], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))

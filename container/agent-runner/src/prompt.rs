@@ -73,6 +73,8 @@ fn message_of(row: &InboundRow, dests: &[Destination]) -> PromptMessage {
             Ok(t) => (t.prompt, None),
             Err(_) => (row.content.clone(), None),
         },
+        // A host note that wakes the agent (an approval's outcome): its text, no sender.
+        InboundKind::System => (crate::db::note_text(&row.content).unwrap_or_default(), None),
         _ => match serde_json::from_str::<ChatContent>(&row.content) {
             Ok(c) => (c.text, c.sender),
             // The host writes inbound.db, but a schema drift must not stop the agent.
@@ -108,6 +110,17 @@ pub fn build_turn(snapshot: &Snapshot, assistant_name: &str, continuation: Optio
         // accumulated context of a group chat from what is addressed to it.
         let context = if m.trigger { "" } else { " context=\"true\"" };
         blocks.push(match m.kind {
+            // Answers to a woken note go to the session's own chat.
+            InboundKind::System => format!(
+                "<system id=\"{}\" from=\"{}\">{}</system>",
+                m.seq,
+                escape_attr(&destination_name(
+                    &snapshot.destinations,
+                    snapshot.routing.channel_type.as_deref(),
+                    snapshot.routing.platform_id.as_deref()
+                )),
+                escape_text(&m.text)
+            ),
             InboundKind::Task => format!(
                 "<task id=\"{}\" from=\"{}\" time=\"{}\"{context}>{}</task>",
                 m.seq,

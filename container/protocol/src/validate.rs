@@ -58,8 +58,9 @@ pub const MAX_TOOL_NAME_BYTES: usize = 128;
 pub const MIN_QUESTION_OPTIONS: usize = 2;
 /// Most options of an `ask_user_question` (each becomes a button).
 pub const MAX_QUESTION_OPTIONS: usize = 10;
-/// Longest wait of an `ask_user_question`, in seconds (under the host's heartbeat ceiling).
-pub const MAX_QUESTION_TIMEOUT_S: u32 = 3600;
+/// Longest wait of an `ask_user_question`, in seconds: a day (the runner keeps its heartbeat
+/// fresh while a tool waits, so the host does not take the wait for a hang).
+pub const MAX_QUESTION_TIMEOUT_S: u32 = 86_400;
 /// Default wait of an `ask_user_question`, in seconds.
 pub const DEFAULT_QUESTION_TIMEOUT_S: u32 = 300;
 /// Longest cron recurrence or IANA time zone name of a task, in bytes.
@@ -552,12 +553,34 @@ pub fn validate_outbound(raw: &RawOutboundRow) -> Result<ValidOutbound, RowError
             (Some(Target { channel_type, platform_id, thread_id }), OutboundBody::Chat(parsed))
         }
         OutboundKind::System => {
+            string_fields(&c, content)?;
             let action: SystemAction = c.json(content)?;
             check_action(&c, &action)?;
             (None, OutboundBody::System(action))
         }
     };
     Ok(ValidOutbound { rowid: raw.rowid, id, seq, in_reply_to, deliver_after, target, body })
+}
+
+/// The list and map fields of system actions whose items must be strings (`apt`, `npm`,
+/// `args`, `options`, `env`): a wrong item is refused naming it (`content.env.TOKEN`), which the
+/// typed parse of an internally tagged enum cannot do.
+fn string_fields(c: &Check, content: &str) -> Result<(), RowError> {
+    use serde_json::Value as Json;
+    let Ok(Json::Object(map)) = serde_json::from_str::<Json>(content) else { return Ok(()) };
+    for field in ["apt", "npm", "args", "options"] {
+        if let Some(Json::Array(items)) = map.get(field)
+            && let Some(i) = items.iter().position(|v| !v.is_string())
+        {
+            return Err(c.err(format!("content.{field}[{i}]"), "not a string"));
+        }
+    }
+    if let Some(Json::Object(env)) = map.get("env")
+        && let Some((k, _)) = env.iter().find(|(_, v)| !v.is_string())
+    {
+        return Err(c.err(format!("content.env.{k}"), "not a string"));
+    }
+    Ok(())
 }
 
 /// Field checks of the task and question actions: ids, sizes, counts, times. Errors name the
@@ -915,6 +938,11 @@ mod tests {
         let v = validate_outbound(&r).unwrap();
         assert!(v.target.is_none());
         assert!(matches!(v.body, OutboundBody::System(SystemAction::RequestRebuild { .. })));
+        // A value of the wrong type is refused naming its field.
+        let c = r#"{"action":"add_mcp_server","name":"x","command":"c","env":{"TOKEN":1}}"#;
+        let bad = RawOutboundRow { content: Value::Text(c.into()), ..r.clone() };
+        let err = validate_outbound(&bad).unwrap_err().to_string();
+        assert!(err.contains("content.env.TOKEN"), "{err}");
         let bad = RawOutboundRow { content: Value::Text(r#"{"action":"format_disk"}"#.into()), ..r };
         assert_eq!(field_of(bad), "content");
     }
@@ -959,7 +987,11 @@ mod tests {
         assert_eq!(field_of(question(serde_json::json!(["a", "a"]), 300)), "content.options");
         assert_eq!(field_of(question(serde_json::json!(["a", "x".repeat(300)]), 300)), "content.options");
         assert_eq!(field_of(question(serde_json::json!(["a", "b"]), 0)), "content.timeout_s");
-        assert_eq!(field_of(question(serde_json::json!(["a", "b"]), 86_400)), "content.timeout_s");
+        assert_eq!(field_of(question(serde_json::json!(["a", "b"]), 86_401)), "content.timeout_s");
+        assert!(
+            validate_outbound(&question(serde_json::json!(["a", "b"]), 86_400)).is_ok(),
+            "a day is allowed"
+        );
         let untitled = row(serde_json::json!({"action": "ask_user_question", "title": " ", "question": "q",
             "options": ["a", "b"], "timeout_s": 5}));
         assert_eq!(field_of(untitled), "content.title");

@@ -3,7 +3,8 @@
 //! It reads the batch back from the conversation (each inbound message is one text block, see
 //! [`crate::prompt::Turn::blocks`]) and answers each triggering message with one block
 //! `echo: <text>` addressed to the chat it came from (with `reply_to` naming it); a task gets
-//! `echo: task: <prompt>`; context rows (`context="true"`) get nothing. It drives every tool
+//! `echo: task: <prompt>`, a host note that woke it (an approval's outcome) `echo: system:
+//! <note>`; context rows (`context="true"`) get nothing. It drives every tool
 //! without a model:
 //!
 //! * a line `tool <name> <json args>` in a triggering message makes it call that tool (ids
@@ -77,18 +78,22 @@ fn parse_inbound(block: &str) -> Option<Inbound> {
         ("message", false)
     } else if block.starts_with("<task ") {
         ("task", true)
+    } else if block.starts_with("<system ") {
+        ("system", false)
     } else {
         return None;
     };
     let inner = block.strip_suffix(&format!("</{tag}>"))?;
     let open_end = inner.find('>')?;
     let attrs = &inner[1 + tag.len()..open_end];
+    let body = &inner[open_end + 1..];
     Some(Inbound {
         seq: attr(attrs, "id")?.parse().ok()?,
         from: attr(attrs, "from")?,
         trigger: attr(attrs, "context").as_deref() != Some("true"),
         task,
-        text: inner[open_end + 1..].to_string(),
+        // A note that woke the agent reads `system: <note>` (its text is escaped like an attribute).
+        text: if tag == "system" { format!("system: {}", unescape(body)) } else { body.to_string() },
     })
 }
 

@@ -203,9 +203,9 @@ pub struct AskUserQuestionArgs {
     /// The answers the user can pick, 2 to 10 short labels.
     #[schemars(length(min = 2, max = 10))]
     pub options: Vec<String>,
-    /// Seconds to wait for the answer (default 300, at most 3600).
+    /// Seconds to wait for the answer (default 300, at most 86,400: a day).
     #[serde(default = "default_question_timeout")]
-    #[schemars(range(min = 1, max = 3600))]
+    #[schemars(range(min = 1, max = 86_400))]
     pub timeout_s: u32,
 }
 
