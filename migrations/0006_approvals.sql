@@ -59,13 +59,17 @@ CREATE TABLE approval_ids (
     id   INTEGER PRIMARY KEY CHECK (id = 1),
     next INTEGER NOT NULL CHECK (next >= 0)
 );
-INSERT INTO approval_ids (id, next) VALUES (1, 0);
+-- Counter 0 would give `aaaaaa`: start at 1.
+INSERT INTO approval_ids (id, next) VALUES (1, 1);
 
 DROP TABLE pending_questions;
 CREATE TABLE pending_questions (
     question_id    TEXT PRIMARY KEY REFERENCES pending_approvals(approval_id) ON DELETE CASCADE,
     session_id     TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
     message_out_id TEXT NOT NULL,
+    -- The container generation that asked: only it waits for the answer as its tool's result;
+    -- after a restart the answer is a note that wakes the agent.
+    generation     INTEGER NOT NULL DEFAULT 0,
     channel_type   TEXT NOT NULL,
     platform_id    TEXT NOT NULL,
     thread_id      TEXT,

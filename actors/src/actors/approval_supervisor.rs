@@ -154,12 +154,20 @@ impl Actor for ApprovalSupervisor {
             warn!(approval = %id, error = %why, "approval actor keeps failing; the request is failed");
             state.restarts.remove(&id);
             let reason = format!("the host could not handle it: {why}");
-            state
+            let row = state
                 .deps
                 .ctx
                 .store
-                .call(move |c| store::finish_approval(c, &id, ApprovalStatus::Failed, Some(&reason)))
+                .call(move |c| {
+                    store::finish_approval(c, &id, ApprovalStatus::Failed, Some(&reason))?;
+                    store::approval(c, &id)
+                })
                 .await?;
+            // Told like any other failure (the card, the agent), off this mailbox.
+            if let Some(row) = row {
+                let deps = state.deps.clone();
+                tokio::spawn(async move { deps.report(&row).await });
+            }
             return Ok(());
         }
         warn!(approval = %id, error = %why, restart = *n, "approval actor failed; restarting it from its row");

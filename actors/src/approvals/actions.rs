@@ -49,6 +49,9 @@ pub struct ActionRequest {
     pub origin: Origin,
     /// Its lifetime ([`super::ApprovalsConfig::ttl_of`]); a question's own `timeout_s` wins.
     pub ttl: Duration,
+    /// The generation of the container that wrote the row (a question's answer goes to its
+    /// waiting tool only while that container lives).
+    pub generation: i64,
 }
 
 /// What [`prepare`] makes of a request: the row to store and, for a question, its text.
@@ -161,6 +164,7 @@ pub fn prepare(request: &ActionRequest) -> Result<Prepared, String> {
                 id: String::new(),
                 session_id: session.id.clone(),
                 message_out_id: request.row_id.clone(),
+                generation: request.generation,
                 card: CardAddress {
                     channel_type,
                     platform_id,

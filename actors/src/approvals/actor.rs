@@ -38,6 +38,161 @@ pub struct ApprovalDeps {
     pub config: ApprovalsConfig,
 }
 
+impl ApprovalDeps {
+    /// Edits the card and tells the agent (best effort: the row already holds the outcome).
+    pub async fn report(&self, a: &Approval) {
+        self.edit_card(a).await;
+        self.note_agent(a).await;
+    }
+
+    async fn edit_card(&self, a: &Approval) {
+        let (Some(card), Some(message_id)) = (&a.card, &a.card_message_id) else { return };
+        let Some(channel) = self.ctx.channels.for_channel_type(&card.channel_type) else { return };
+        let edit = Delivery::Edit(EditRequest {
+            platform_id: card.platform_id.clone(),
+            platform_message_id: message_id.clone(),
+            text: card::final_text(a),
+            message_out_id: format!("card-{}-{}", a.id, a.status),
+            in_reply_to: None,
+        });
+        if let Err(e) = channel.perform(edit, self.ctx.config.delivery_timeout).await {
+            warn!(approval = %a.id, error = %e, "approval card not edited");
+        }
+    }
+
+    /// The note for the requesting agent about the outcome (a row that wakes it; `on_wake` when
+    /// its container restarts for it).
+    fn agent_note(&self, a: &Approval, on_wake: bool) -> NewInbound {
+        let by = a.decided_by.as_deref().unwrap_or("host");
+        let result = a.result.as_deref().unwrap_or("");
+        let text = match a.status {
+            ApprovalStatus::Executed => {
+                format!("Your {} request {} was approved by {by} and done: {result}", a.action, a.id)
+            }
+            ApprovalStatus::Denied => format!(
+                "Your {} request {} was denied by {by}. Do not ask again on your own; tell the user what was \
+                 denied.",
+                a.action, a.id
+            ),
+            ApprovalStatus::Expired => format!(
+                "Your {} request {} expired: nobody decided in time. Tell the user; ask again only if they want it.",
+                a.action, a.id
+            ),
+            _ => format!("Your {} request {} failed: {result}", a.action, a.id),
+        };
+        let notice = SystemNotice::Note { text };
+        NewInbound {
+            trigger: true,
+            on_wake,
+            ..NewInbound::system_note(format!("appr-{}-{}", a.id, a.status), &notice)
+        }
+    }
+
+    async fn note_agent(&self, a: &Approval) {
+        let Some(session) = a.session_id.clone() else { return };
+        let row = match a.kind {
+            ApprovalKind::Question => {
+                let id = a.id.clone();
+                let Ok(Some(q)) = self.ctx.store.call(move |c| store::question(c, &id)).await else {
+                    return;
+                };
+                let (ok, message) = match a.status {
+                    ApprovalStatus::Executed => (true, a.result.clone().unwrap_or_default()),
+                    ApprovalStatus::Expired => {
+                        (false, "the question timed out: nobody answered in time".to_string())
+                    }
+                    _ => (
+                        false,
+                        format!("the question could not be asked: {}", a.result.as_deref().unwrap_or("")),
+                    ),
+                };
+                if self.asker_waits(&session, q.generation).await {
+                    // The answer the waiting tool reads (`note-<row id>`), with the wake byte.
+                    NewInbound::system_note(
+                        format!("note-{}", q.message_out_id),
+                        &SystemNotice::ActionResult {
+                            message_out_id: q.message_out_id,
+                            action: "ask_user_question".into(),
+                            ok,
+                            message,
+                        },
+                    )
+                } else {
+                    // The container that asked is gone (a restart): its tool waits no more, so
+                    // the answer is a note that wakes the agent.
+                    let text = if ok {
+                        format!(
+                            "You asked \"{}\" ({}) before your container restarted; the answer: {message}",
+                            q.title, q.id
+                        )
+                    } else {
+                        format!(
+                            "You asked \"{}\" ({}) before your container restarted: {message}",
+                            q.title, q.id
+                        )
+                    };
+                    NewInbound {
+                        trigger: true,
+                        ..NewInbound::system_note(
+                            format!("appr-{}-{}", a.id, a.status),
+                            &SystemNotice::Note { text },
+                        )
+                    }
+                }
+            }
+            ApprovalKind::Action => self.agent_note(a, false),
+            _ => return,
+        };
+        if let Err(e) = self.tell_session(&session, vec![row], false).await {
+            warn!(approval = %a.id, error = %e, "could not tell the agent");
+        }
+    }
+
+    /// Whether the container of `generation` still runs in the session (its tool waits).
+    async fn asker_waits(&self, session_id: &str, generation: i64) -> bool {
+        let Ok(handle) = self.session(session_id).await else { return false };
+        handle.status().await.is_ok_and(|s| s.container_generation == Some(generation))
+    }
+
+    async fn session(&self, session_id: &str) -> Result<crate::actors::session::SessionHandle, String> {
+        let sid = session_id.to_string();
+        let info = self
+            .ctx
+            .store
+            .call(move |c| store::session_info(c, &sid))
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("session {session_id} is gone"))?;
+        let sessions = self.ctx.sessions.get().ok_or("no session supervisor")?;
+        sessions.get(info).await.map_err(|e| e.to_string())
+    }
+
+    /// Writes rows into a session (restarting its container after them when `restart`).
+    async fn tell_session(
+        &self,
+        session_id: &str,
+        rows: Vec<NewInbound>,
+        restart: bool,
+    ) -> Result<(), String> {
+        let sid = session_id.to_string();
+        let info = self
+            .ctx
+            .store
+            .call(move |c| store::session_info(c, &sid))
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("session {session_id} is gone"))?;
+        let sessions = self.ctx.sessions.get().ok_or("no session supervisor")?;
+        let handle = sessions.get(info).await.map_err(|e| e.to_string())?;
+        if restart {
+            handle.restart_with(rows, "approved configuration change").await.map_err(|e| e.to_string())?;
+        } else {
+            handle.enqueue(rows).await.map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+}
+
 impl std::fmt::Debug for ApprovalDeps {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("ApprovalDeps")
@@ -299,7 +454,7 @@ impl ApprovalState {
             .await?;
         if let Some(a) = self.load().await? {
             self.clear_request(&a).await;
-            self.report(&a).await;
+            self.deps.report(&a).await;
         }
         Ok(())
     }
@@ -338,15 +493,15 @@ impl ApprovalState {
         if status == ApprovalStatus::Failed {
             self.clear_request(&done_row).await;
         }
-        self.edit_card(&done_row).await;
+        self.deps.edit_card(&done_row).await;
         match (&outcome, done_row.session_id.clone()) {
             (Ok(done), Some(session)) if done.restart => {
-                let row = self.agent_note(&done_row, true);
-                if let Err(e) = self.tell_session(&session, vec![row], true).await {
+                let row = self.deps.agent_note(&done_row, true);
+                if let Err(e) = self.deps.tell_session(&session, vec![row], true).await {
                     warn!(approval = %a.id, error = %e, "could not restart the agent with the note");
                 }
             }
-            _ => self.note_agent(&done_row).await,
+            _ => self.deps.note_agent(&done_row).await,
         }
         Ok(())
     }
@@ -422,7 +577,7 @@ impl ApprovalState {
             })
             .await?;
         let a = Approval { result: Some(result), ..a };
-        self.report(&a).await;
+        self.deps.report(&a).await;
         Ok(())
     }
 
@@ -452,119 +607,5 @@ impl ApprovalState {
         if let Err(e) = cleared {
             warn!(approval = %a.id, error = %e, "request not cleared");
         }
-    }
-
-    /// Edits the card and tells the agent (best effort: the row already holds the outcome).
-    async fn report(&self, a: &Approval) {
-        self.edit_card(a).await;
-        self.note_agent(a).await;
-    }
-
-    async fn edit_card(&self, a: &Approval) {
-        let (Some(card), Some(message_id)) = (&a.card, &a.card_message_id) else { return };
-        let Some(channel) = self.deps.ctx.channels.for_channel_type(&card.channel_type) else { return };
-        let edit = Delivery::Edit(EditRequest {
-            platform_id: card.platform_id.clone(),
-            platform_message_id: message_id.clone(),
-            text: card::final_text(a),
-            message_out_id: format!("card-{}-{}", a.id, a.status),
-            in_reply_to: None,
-        });
-        if let Err(e) = channel.perform(edit, self.deps.ctx.config.delivery_timeout).await {
-            warn!(approval = %a.id, error = %e, "approval card not edited");
-        }
-    }
-
-    /// The note for the requesting agent about the outcome (a row that wakes it; `on_wake` when
-    /// its container restarts for it).
-    fn agent_note(&self, a: &Approval, on_wake: bool) -> NewInbound {
-        let by = a.decided_by.as_deref().unwrap_or("host");
-        let result = a.result.as_deref().unwrap_or("");
-        let text = match a.status {
-            ApprovalStatus::Executed => {
-                format!("Your {} request {} was approved by {by} and done: {result}", a.action, a.id)
-            }
-            ApprovalStatus::Denied => format!(
-                "Your {} request {} was denied by {by}. Do not ask again on your own; tell the user what was \
-                 denied.",
-                a.action, a.id
-            ),
-            ApprovalStatus::Expired => format!(
-                "Your {} request {} expired: nobody decided in time. Tell the user; ask again only if they want it.",
-                a.action, a.id
-            ),
-            _ => format!("Your {} request {} failed: {result}", a.action, a.id),
-        };
-        let notice = SystemNotice::Note { text };
-        NewInbound {
-            trigger: true,
-            on_wake,
-            ..NewInbound::system_note(format!("appr-{}-{}", a.id, a.status), &notice)
-        }
-    }
-
-    async fn note_agent(&self, a: &Approval) {
-        let Some(session) = a.session_id.clone() else { return };
-        let row = match a.kind {
-            ApprovalKind::Question => {
-                let Some(q) = ({
-                    let id = a.id.clone();
-                    self.deps.ctx.store.call(move |c| store::question(c, &id)).await.ok().flatten()
-                }) else {
-                    return;
-                };
-                let (ok, message) = match a.status {
-                    ApprovalStatus::Executed => (true, a.result.clone().unwrap_or_default()),
-                    ApprovalStatus::Expired => {
-                        (false, "the question timed out: nobody answered in time".to_string())
-                    }
-                    _ => (
-                        false,
-                        format!("the question could not be asked: {}", a.result.as_deref().unwrap_or("")),
-                    ),
-                };
-                // The answer the waiting tool reads (`note-<row id>`), and the wake byte with it.
-                NewInbound::system_note(
-                    format!("note-{}", q.message_out_id),
-                    &SystemNotice::ActionResult {
-                        message_out_id: q.message_out_id,
-                        action: "ask_user_question".into(),
-                        ok,
-                        message,
-                    },
-                )
-            }
-            ApprovalKind::Action => self.agent_note(a, false),
-            _ => return,
-        };
-        if let Err(e) = self.tell_session(&session, vec![row], false).await {
-            warn!(approval = %a.id, error = %e, "could not tell the agent");
-        }
-    }
-
-    /// Writes rows into a session (restarting its container after them when `restart`).
-    async fn tell_session(
-        &self,
-        session_id: &str,
-        rows: Vec<NewInbound>,
-        restart: bool,
-    ) -> Result<(), String> {
-        let sid = session_id.to_string();
-        let info = self
-            .deps
-            .ctx
-            .store
-            .call(move |c| store::session_info(c, &sid))
-            .await
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("session {session_id} is gone"))?;
-        let sessions = self.deps.ctx.sessions.get().ok_or("no session supervisor")?;
-        let handle = sessions.get(info).await.map_err(|e| e.to_string())?;
-        if restart {
-            handle.restart_with(rows, "approved configuration change").await.map_err(|e| e.to_string())?;
-        } else {
-            handle.enqueue(rows).await.map_err(|e| e.to_string())?;
-        }
-        Ok(())
     }
 }

@@ -172,6 +172,9 @@ impl std::fmt::Display for DecisionAnswer {
             DecisionAnswer::Decided { id, status: ApprovalStatus::Denied, what } => {
                 write!(f, "denied {id}: {what}")
             }
+            DecisionAnswer::Decided { id, what, .. } if what.starts_with("answer ") => {
+                write!(f, "answered {id}: {}", &what["answer ".len()..])
+            }
             DecisionAnswer::Decided { id, what, .. } => write!(f, "approved {id}: {what}"),
             DecisionAnswer::NeedsName { id } => {
                 write!(f, "reply `approve {id} new <name>` with the name of the new agent")

@@ -618,6 +618,7 @@ impl Worker {
                 sender_id: answered.and_then(|c| c.sender_id),
             },
             ttl: self.ctx.config.approvals.ttl_of(action.name()),
+            generation: self.generation.load(Ordering::SeqCst),
         };
         let question = matches!(action, SystemAction::AskUserQuestion { .. });
         let (ok, message) = match approvals.request(request).await {

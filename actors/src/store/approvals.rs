@@ -586,6 +586,8 @@ pub struct Question {
     pub session_id: String,
     /// The `messages_out` id of the `ask_user_question` row (its answer is `note-<this>`).
     pub message_out_id: String,
+    /// The container generation that asked (the one whose tool waits for the answer).
+    pub generation: i64,
     /// The chat asked.
     pub card: CardAddress,
     /// Title.
@@ -602,8 +604,8 @@ pub fn create_question(conn: &Connection, q: &Question) -> Result<(), StoreError
     let options = serde_json::to_string(&q.options).expect("strings serialise");
     conn.execute(
         "INSERT INTO pending_questions (question_id, session_id, message_out_id, channel_type, platform_id, thread_id,
-           title, question, options_json, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT (question_id) DO NOTHING",
+           title, question, options_json, created_at, generation)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) ON CONFLICT (question_id) DO NOTHING",
         params![
             q.id,
             q.session_id,
@@ -614,7 +616,8 @@ pub fn create_question(conn: &Connection, q: &Question) -> Result<(), StoreError
             q.title,
             q.question,
             options,
-            now_ts()
+            now_ts(),
+            q.generation
         ],
     )
     .sql("store question")?;
@@ -623,7 +626,7 @@ pub fn create_question(conn: &Connection, q: &Question) -> Result<(), StoreError
 
 const QUESTION_SELECT: &str =
     "SELECT q.question_id, q.session_id, q.message_out_id, q.channel_type, q.platform_id,
-        q.thread_id, q.title, q.question, q.options_json FROM pending_questions q";
+        q.thread_id, q.title, q.question, q.options_json, q.generation FROM pending_questions q";
 
 fn question_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Question> {
     let options: String = r.get(8)?;
@@ -631,6 +634,7 @@ fn question_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Question> {
         id: r.get(0)?,
         session_id: r.get(1)?,
         message_out_id: r.get(2)?,
+        generation: r.get(9)?,
         card: CardAddress { channel_type: r.get(3)?, platform_id: r.get(4)?, thread_id: r.get(5)? },
         title: r.get(6)?,
         question: r.get(7)?,
