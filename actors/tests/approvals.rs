@@ -405,7 +405,7 @@ async fn without_any_approver_a_request_fails_at_once_naming_the_grant_command()
     let dir = tempfile::tempdir().unwrap();
     let channel = MemoryChannel::new("mem");
     let service = start(dir.path(), &channel).await;
-    service.store().call(|c| Ok(c.execute("DELETE FROM user_roles", []).map(|_| ()).unwrap())).await.unwrap();
+    db(dir.path()).execute("DELETE FROM user_roles", []).unwrap();
     team(&service).await;
     channel.submit_event(message("team", "eve-1", "eve", "hi")).await.unwrap();
     let id: String = db(dir.path())
