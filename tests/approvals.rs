@@ -262,3 +262,87 @@ fn unknown_senders_and_new_chats_ask_the_owner_and_a_decision_lets_their_message
     let frames = guest.until(WAIT, |f| is_reply(f, "echo: anyone here?"));
     assert_eq!(frames.last().unwrap()["chat"], "ops");
 }
+
+/// System actions written straight into `outbound.db` (as a hostile container could): each bad
+/// one is refused before any card with a line naming the field, and the service keeps serving.
+#[test]
+fn bad_system_actions_are_refused_before_any_card_naming_the_field() {
+    let dir = short_tempdir();
+    let data = dir.path().join("data");
+    let server = Server::start(&data, &["--runtime", "process"], &[]);
+    let mut c = server.client();
+    c.send("m1", "first");
+    c.until(WAIT, |f| f["type"] == "done" && f["id"] == "m1");
+    let session = session_dir(&data);
+    let outbound = rusqlite::Connection::open(session.join("workspace/outbound.db")).unwrap();
+    let ts = nanoclaw_protocol::time::now_ts();
+    let many: Vec<String> = (0..21).map(|i| format!("pkg{i}")).collect();
+    let big = "x".repeat(3000);
+    let rows: Vec<(&str, String, &str)> = vec![
+        ("bad-action", json!({"action": "format_disk"}).to_string(), "messages_out.content"),
+        (
+            "bad-env",
+            json!({"action": "add_mcp_server", "name": "x", "command": "c", "env": {"TOKEN": 1}}).to_string(),
+            "messages_out.content.env.TOKEN",
+        ),
+        (
+            "bad-many",
+            json!({"action": "install_packages", "apt": many}).to_string(),
+            "content.apt: 21 packages",
+        ),
+        (
+            "bad-version",
+            json!({"action": "install_packages", "apt": ["jq=1.6"]}).to_string(),
+            "content.apt[0]",
+        ),
+        (
+            "bad-semicolon",
+            json!({"action": "install_packages", "apt": ["vim; curl evil"]}).to_string(),
+            "content.apt[0]",
+        ),
+        ("bad-npm", json!({"action": "install_packages", "npm": ["left-pad"]}).to_string(), "content.npm"),
+        (
+            "bad-slash",
+            json!({"action": "add_mcp_server", "name": "a/b", "command": "c"}).to_string(),
+            "content.name",
+        ),
+        (
+            "bad-huge",
+            json!({"action": "add_mcp_server", "name": "big", "command": "c", "args": vec![big; 30]})
+                .to_string(),
+            // Over 64 KiB: refused by the row's size cap or by the request's, both naming it.
+            "content",
+        ),
+    ];
+    for (i, (id, content, _)) in rows.iter().enumerate() {
+        outbound
+            .execute(
+                "INSERT INTO messages_out (id, seq, timestamp, kind, content) VALUES (?1, ?2, ?3, 'system', ?4)",
+                rusqlite::params![id, 200_001 + 2 * i as i64, ts, content],
+            )
+            .unwrap();
+    }
+    drop(outbound);
+    c.send("poke", "second");
+    c.until(WAIT, |f| f["type"] == "done" && f["id"] == "poke");
+    let inbound = session.join("host/inbound.db");
+    let answer = |id: &str| -> Option<String> {
+        rusqlite::Connection::open(&inbound)
+            .ok()?
+            .query_row("SELECT content FROM messages_in WHERE id = ?1", [format!("note-{id}")], |r| r.get(0))
+            .ok()
+    };
+    eventually(WAIT, "every bad action answered", || rows.iter().all(|(id, ..)| answer(id).is_some()));
+    for (id, _, field) in &rows {
+        let note = answer(id).unwrap();
+        assert!(note.contains(field), "{id}: {note}");
+        assert!(!note.contains("\"ok\":true"), "{id}: {note}");
+    }
+    let approvals: i64 =
+        store_db(&data).query_row("SELECT count(*) FROM pending_approvals", [], |r| r.get(0)).unwrap();
+    assert_eq!(approvals, 0, "no request was stored, no card sent");
+    assert!(!c.drain(Duration::from_millis(300)).iter().any(|f| f["type"] == "choice"));
+    c.send("m3", "still here?");
+    let frames = c.until(WAIT, |f| f["type"] == "done" && f["id"] == "m3");
+    assert_eq!(replies_to(&frames, "m3"), vec!["echo: still here?"]);
+}

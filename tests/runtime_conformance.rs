@@ -38,6 +38,7 @@ fn spec(data: &Path, install: &str, session: &str, extra_env: &[(&str, &str)]) -
         skills_dir: None,
         env,
         image_tier: Default::default(),
+        image: None,
     }
 }
 

@@ -54,6 +54,7 @@ fn spec(data: &Path, install: &str, session: &str, tier: ImageTier) -> Container
             ("NANOCLAW_SESSION_ID".to_string(), session.to_string()),
         ],
         image_tier: tier,
+        image: None,
     }
 }
 

@@ -8,6 +8,7 @@
 //! skills folder (when there is one) read-only at `/skills`.
 
 use super::image::{self, BuildContext};
+use super::packages;
 use super::standard::{self, StandardSettings};
 use async_trait::async_trait;
 use bollard::Docker;
@@ -22,8 +23,8 @@ use bollard::query_parameters::{
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use nanoclaw_actors::ports::runtime::{
-    ContainerRuntime, ContainerSpec, ExitStatus, LABEL_GENERATION, LABEL_INSTALL, LABEL_SESSION,
-    ManagedContainer, RuntimeError,
+    BuildFailure, ContainerRuntime, ContainerSpec, ExitStatus, LABEL_GENERATION, LABEL_INSTALL,
+    LABEL_SESSION, ManagedContainer, PinnedPackage, RuntimeError,
 };
 use nanoclaw_protocol::layout;
 use nanoclaw_protocol::settings::ImageTier;
@@ -501,12 +502,14 @@ impl ContainerRuntime for DockerRuntime {
     }
 
     async fn create(&self, spec: &ContainerSpec) -> Result<String, RuntimeError> {
-        let image_ref = match spec.image_tier {
-            ImageTier::Minimal => {
+        let image_ref = match (&spec.image, spec.image_tier) {
+            // The group's own image (approved packages on `standard`).
+            (Some(image), _) => image.clone(),
+            (None, ImageTier::Minimal) => {
                 self.image_ref().ok_or_else(|| RuntimeError::Image("not prepared".into()))?
             }
             // Lazily: a caller that did not `ensure_tier` first still gets the right image.
-            ImageTier::Standard => self.standard_ref().await?,
+            (None, ImageTier::Standard) => self.standard_ref().await?,
         };
         let options = CreateContainerOptionsBuilder::default().name(&spec.name).build();
         let created = self
@@ -519,6 +522,30 @@ impl ContainerRuntime for DockerRuntime {
 
     async fn start(&self, id: &str) -> Result<(), RuntimeError> {
         self.docker.start_container(id, None).await.map_err(op_err("start", id))
+    }
+
+    async fn resolve_packages(
+        &self,
+        base: Option<&str>,
+        names: &[String],
+    ) -> Result<Vec<PinnedPackage>, RuntimeError> {
+        let image = match base {
+            Some(b) => b.to_string(),
+            None => self.standard_ref().await?,
+        };
+        packages::resolve(&self.docker, &image, names).await
+    }
+
+    async fn build_group_image(
+        &self,
+        agent_group_id: &str,
+        packages: &[PinnedPackage],
+    ) -> Result<String, BuildFailure> {
+        let base = self.standard_ref().await.map_err(|e| BuildFailure {
+            message: format!("the standard image: {e}"),
+            log_tail: String::new(),
+        })?;
+        packages::build(&self.docker, &self.settings.image, &base, agent_group_id, packages).await
     }
 
     async fn wait(&self, id: &str) -> Result<ExitStatus, RuntimeError> {

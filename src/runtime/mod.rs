@@ -2,6 +2,7 @@
 
 pub mod docker;
 pub mod image;
+pub mod packages;
 pub mod process;
 pub mod standard;
 

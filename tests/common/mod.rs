@@ -549,6 +549,11 @@ impl ChatLog {
         self.writer.lock().unwrap().write_all(format!("{frame}\n").as_bytes()).unwrap();
     }
 
+    /// Sends any frame (a `decision`, …).
+    pub fn send_frame(&self, frame: &Value) {
+        self.writer.lock().unwrap().write_all(format!("{frame}\n").as_bytes()).unwrap();
+    }
+
     /// Every frame so far.
     pub fn frames(&self) -> Vec<Value> {
         self.frames.lock().unwrap().clone()

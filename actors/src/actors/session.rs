@@ -396,6 +396,7 @@ impl SessionState {
         // key unset, bad base_url) stops this session's turns with one line naming the key.
         let sid = self.session.id.clone();
         let row = self.ctx.store.call(move |c| store::runner_config(c, &sid)).await?;
+        let image = row.as_ref().and_then(|r| r.image_tag.clone());
         let prepared = match row {
             Some(row) => crate::session::runner::settings(&self.ctx, &self.session, &row),
             None => Err("the session row is gone".to_string()),
@@ -499,6 +500,7 @@ impl SessionState {
                 ),
             ],
             image_tier: settings.image_tier,
+            image,
         };
         let args = ContainerArgs {
             runtime: self.ctx.runtime.clone(),

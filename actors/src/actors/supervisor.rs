@@ -1,9 +1,9 @@
 //! `Supervisor`: the root of the tree (DESIGN §4).
 //!
 //! `pre_start` spawns, in order: sweeper (whose first sweep removes orphaned containers of a
-//! previous run without holding up the start), session supervisor, approval
-//! supervisor (which restores open approvals), channel supervisor — channels last, so no message arrives before sessions can take
-//! it. `post_start` routes ledger entries a crash left unrouted and resumes sessions with work.
+//! previous run without holding up the start), session supervisor, approval supervisor (which
+//! restores open approvals; their cards wait for their channels), channel supervisor — channels
+//! last, so no message arrives before sessions can take it. `post_start` routes ledger entries a crash left unrouted and resumes sessions with work.
 //! A failed child is restarted after [`RestartPolicy::core_child`]: backoff, and a budget shared
 //! by all core children (OTP's restart intensity) — more than 5 restarts in 60 s stop the root
 //! (the service exits with an error rather than flapping). `post_stop` stops children in

@@ -5,14 +5,18 @@
 //! |---|---|---|
 //! | `add_mcp_server` | `name`, `command`, every `args` and `env` entry | the server is added to `container_configs.mcp_servers`; the agent's container restarts with it |
 //! | `create_agent` | `name`, `instructions` | a child agent group with destinations both ways |
+//! | `install_packages` | `apt` names, `reason`; `pinned`: the exact versions, resolved before the card | the group's image is built with exactly those versions; then `packages_apt` and `image_tag` change and the container restarts on it |
+//! | `request_rebuild` | `reason` | the group's image is built again from its approved packages; the container restarts |
 //! | `ask_user_question` | `title`, `question`, `options`, `timeout_s` | (a question: the answer is the tool's result) |
 //!
-//! `install_packages` and `request_rebuild` are refused by the session outbox until the host can
-//! build per-group images.
+//! npm packages are refused up front: the images have no npm, and their builds reach only
+//! Debian's mirror.
 
 use super::actor::ApprovalDeps;
+use crate::ports::runtime::{PinnedPackage, debian_name_ok};
 use crate::store::{self, Approval, ApprovalKind, CardAddress, NewApproval, Origin, Question, SessionInfo};
 use nanoclaw_protocol::content::SystemAction;
+use nanoclaw_protocol::validate::MAX_PACKAGES;
 use std::time::Duration;
 
 /// Largest canonical payload of a request, bytes (64 KiB).
@@ -25,6 +29,8 @@ pub const MAX_MCP_ENV: usize = 64;
 pub const MAX_MCP_VALUE_BYTES: usize = 4096;
 /// Longest instructions of a new agent, bytes.
 pub const MAX_INSTRUCTIONS_BYTES: usize = 64 * 1024;
+/// Longest `reason` of a request, bytes.
+pub const MAX_REASON_BYTES: usize = 1000;
 
 /// The actions that go through an approval (or, for a question, a card to the chat).
 pub fn needs_approval(action: &SystemAction) -> bool {
@@ -33,6 +39,8 @@ pub fn needs_approval(action: &SystemAction) -> bool {
         SystemAction::AddMcpServer { .. }
             | SystemAction::CreateAgent { .. }
             | SystemAction::AskUserQuestion { .. }
+            | SystemAction::InstallPackages { .. }
+            | SystemAction::RequestRebuild { .. }
     )
 }
 
@@ -126,8 +134,43 @@ pub fn check(action: &SystemAction) -> Result<(), String> {
             }
             Ok(())
         }
+        SystemAction::InstallPackages { apt, npm, reason } => {
+            if !npm.is_empty() {
+                return Err(
+                    "content.npm: this host cannot install npm packages: its images have no npm and their \
+                            builds reach only Debian's mirror; ask for Debian packages (apt) instead"
+                        .into(),
+                );
+            }
+            if apt.is_empty() || apt.len() > MAX_PACKAGES {
+                return Err(format!("content.apt: {} packages; 1 to {MAX_PACKAGES} allowed", apt.len()));
+            }
+            for (i, name) in apt.iter().enumerate() {
+                if !debian_name_ok(name) {
+                    return Err(format!(
+                        "content.apt[{i}]: {:?} is not a Debian package name (lowercase letters, digits, + - .; \
+                         no version, no spaces)",
+                        name.chars().take(80).collect::<String>()
+                    ));
+                }
+                if apt[..i].contains(name) {
+                    return Err(format!("content.apt[{i}]: {name:?} is given twice"));
+                }
+            }
+            check_reason(reason.as_deref())
+        }
+        SystemAction::RequestRebuild { reason } => check_reason(reason.as_deref()),
         SystemAction::AskUserQuestion { .. } => Ok(()),
         other => Err(format!("content.action: {} does not go through an approval", other.name())),
+    }
+}
+
+fn check_reason(reason: Option<&str>) -> Result<(), String> {
+    match reason {
+        Some(r) if r.len() > MAX_REASON_BYTES || r.contains('\0') => {
+            Err(format!("content.reason: at most {MAX_REASON_BYTES} bytes, no NUL"))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -150,6 +193,10 @@ pub fn prepare(request: &ActionRequest) -> Result<Prepared, String> {
     }
     if let Some(sender) = &request.origin.sender_id {
         payload["sender"] = sender.clone().into();
+    }
+    if matches!(action, SystemAction::InstallPackages { .. }) {
+        // The exact versions, resolved by the approval's actor before the card goes out.
+        payload["pinned"] = serde_json::Value::Null;
     }
     let (kind, ttl, question) = match action {
         SystemAction::AskUserQuestion { title, question, options, timeout_s } => {
@@ -255,8 +302,101 @@ pub async fn carry_out(
                 restart: false,
             })
         }
+        SystemAction::InstallPackages { .. } => {
+            let pins: Vec<PinnedPackage> = payload["pinned"]
+                .as_array()
+                .ok_or("payload.pinned: the versions were never resolved")?
+                .iter()
+                .map(|p| {
+                    p.as_str()
+                        .and_then(PinnedPackage::parse)
+                        .ok_or(format!("payload.pinned: {p} is not a pin"))
+                })
+                .collect::<Result<_, _>>()?;
+            let a = ag.clone();
+            let (approved, _) =
+                store.call(move |c| store::group_packages(c, &a)).await.map_err(|e| e.to_string())?;
+            let mut all: Vec<PinnedPackage> = approved
+                .iter()
+                .filter_map(|p| PinnedPackage::parse(p))
+                .filter(|old| !pins.iter().any(|new| new.name == old.name))
+                .chain(pins.iter().cloned())
+                .collect();
+            all.sort_by(|a, b| a.name.cmp(&b.name));
+            let image = build(deps, &ag, &all).await?;
+            let new = pins.iter().map(PinnedPackage::pin).collect::<Vec<_>>().join(", ");
+            Ok(Done {
+                message: format!(
+                    "installed {new} (image {image}); your container restarts on it. Check that they work and tell \
+                     the user."
+                ),
+                restart: true,
+            })
+        }
+        SystemAction::RequestRebuild { .. } => {
+            let a = ag.clone();
+            let (approved, _) =
+                store.call(move |c| store::group_packages(c, &a)).await.map_err(|e| e.to_string())?;
+            let all: Vec<PinnedPackage> = approved.iter().filter_map(|p| PinnedPackage::parse(p)).collect();
+            if all.is_empty() {
+                let a = ag.clone();
+                store
+                    .call(move |c| store::set_group_image(c, &a, &[], None))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                return Ok(Done {
+                    message: "no packages were approved for your group: it runs the standard image; your container \
+                              restarts"
+                        .into(),
+                    restart: true,
+                });
+            }
+            let image = build(deps, &ag, &all).await?;
+            Ok(Done {
+                message: format!("image {image} rebuilt; your container restarts on it"),
+                restart: true,
+            })
+        }
         other => Err(format!("{} is not carried out by an approval", other.name())),
     }
+}
+
+/// Builds the group's image with exactly `packages`; the configuration changes only after a good
+/// build. Errors: the build's failure with its log tail (nothing changed).
+async fn build(deps: &ApprovalDeps, ag: &str, packages: &[PinnedPackage]) -> Result<String, String> {
+    let image = deps.ctx.runtime.build_group_image(ag, packages).await.map_err(|f| {
+        if f.log_tail.is_empty() {
+            format!("{}; nothing changed", f.message)
+        } else {
+            format!("{}; nothing changed. The build's last lines:\n{}", f.message, f.log_tail)
+        }
+    })?;
+    let (a, pins, i) =
+        (ag.to_string(), packages.iter().map(PinnedPackage::pin).collect::<Vec<_>>(), image.clone());
+    deps.ctx
+        .store
+        .call(move |c| store::set_group_image(c, &a, &pins, Some(&i)))
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(image)
+}
+
+/// Resolves an `install_packages` request's names to exact versions before its card, in the
+/// group's current image; returns the payload with `pinned`. Errors: unknown names, or why the
+/// lookup failed (the request fails with it, before any card).
+pub async fn resolve(deps: &ApprovalDeps, a: &Approval) -> Result<serde_json::Value, String> {
+    let mut payload = a.payload_value().map_err(|e| e.to_string())?;
+    let names: Vec<String> = payload["args"]["apt"]
+        .as_array()
+        .map(|v| v.iter().filter_map(|n| n.as_str().map(String::from)).collect())
+        .unwrap_or_default();
+    let ag = a.agent_group_id.clone().ok_or("payload: no agent group")?;
+    let (_, image) =
+        deps.ctx.store.call(move |c| store::group_packages(c, &ag)).await.map_err(|e| e.to_string())?;
+    let pins =
+        deps.ctx.runtime.resolve_packages(image.as_deref(), &names).await.map_err(|e| e.to_string())?;
+    payload["pinned"] = pins.iter().map(PinnedPackage::pin).collect::<Vec<_>>().into();
+    Ok(payload)
 }
 
 #[cfg(test)]
@@ -284,5 +424,23 @@ mod tests {
         let agent = SystemAction::CreateAgent { name: "x\u{7}".into(), instructions: None };
         assert!(check(&agent).unwrap_err().starts_with("content.name"), "{:?}", check(&agent));
         assert!(check(&SystemAction::ListTasks {}).unwrap_err().starts_with("content.action:"));
+    }
+
+    #[test]
+    fn install_packages_takes_1_to_20_bare_debian_names_and_no_npm() {
+        let install = |apt: Vec<&str>, npm: Vec<&str>| SystemAction::InstallPackages {
+            apt: apt.into_iter().map(String::from).collect(),
+            npm: npm.into_iter().map(String::from).collect(),
+            reason: None,
+        };
+        assert!(check(&install(vec!["jq", "libc6-dev", "g++"], vec![])).is_ok());
+        assert!(check(&install(vec!["vim; curl evil"], vec![])).unwrap_err().starts_with("content.apt[0]:"));
+        assert!(check(&install(vec!["jq=1.6"], vec![])).unwrap_err().starts_with("content.apt[0]:"));
+        assert!(check(&install(vec!["jq", "jq"], vec![])).unwrap_err().starts_with("content.apt[1]:"));
+        let many: Vec<String> = (0..21).map(|i| format!("pkg{i}")).collect();
+        let many = SystemAction::InstallPackages { apt: many, npm: vec![], reason: None };
+        assert!(check(&many).unwrap_err().starts_with("content.apt: 21 packages"));
+        assert!(check(&install(vec![], vec![])).unwrap_err().starts_with("content.apt: 0 packages"));
+        assert!(check(&install(vec!["jq"], vec!["left-pad"])).unwrap_err().starts_with("content.npm:"));
     }
 }

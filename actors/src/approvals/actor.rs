@@ -295,11 +295,18 @@ impl ApprovalState {
                     if self.retry.is_some() {
                         return Ok(());
                     }
+                    // What the card shows is settled first (exact package versions).
+                    let a = match self.settle_payload(a).await? {
+                        Some(a) => a,
+                        None => return Ok(()),
+                    };
                     if !self.deliver_card(myself, &a).await? {
                         return Ok(());
                     }
+                    self.arm_expiry(myself, &a);
+                } else {
+                    self.arm_expiry(myself, &a);
                 }
-                self.arm_expiry(myself, &a);
             }
             ApprovalStatus::Approved => {
                 self.execute(a).await?;
@@ -312,6 +319,29 @@ impl ApprovalState {
             _ => myself.stop(None),
         }
         Ok(())
+    }
+
+    /// An `install_packages` request gets its exact versions before its card; unknown names fail
+    /// it there. Returns the row as the card will show it, `None` when it ended.
+    async fn settle_payload(&mut self, a: Approval) -> Result<Option<Approval>, ActorProcessingErr> {
+        if a.kind != ApprovalKind::Action || a.action != "install_packages" {
+            return Ok(Some(a));
+        }
+        let payload = a.payload_value()?;
+        if !payload["pinned"].is_null() {
+            return Ok(Some(a));
+        }
+        match actions::resolve(&self.deps, &a).await {
+            Ok(payload) => {
+                let id = a.id.clone();
+                self.deps.ctx.store.call(move |c| store::set_approval_payload(c, &id, &payload)).await?;
+                Ok(self.load().await?.filter(|a| a.status == ApprovalStatus::Pending))
+            }
+            Err(why) => {
+                self.fail(a, format!("refused before any card: {why}")).await?;
+                Ok(None)
+            }
+        }
     }
 
     fn arm_expiry(&mut self, myself: &ActorRef<ApprovalMessage>, a: &Approval) {

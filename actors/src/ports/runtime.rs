@@ -43,6 +43,45 @@ pub struct ContainerSpec {
     pub env: Vec<(String, String)>,
     /// Which image the container runs (DESIGN §7); runtimes without images ignore it.
     pub image_tier: ImageTier,
+    /// The agent group's own image (`container_configs.image_tag`: the `standard` image plus its
+    /// approved packages), which replaces the tier's image; runtimes without images ignore it.
+    pub image: Option<String>,
+}
+
+/// A Debian package pinned to one version (`name=version` for apt).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PinnedPackage {
+    /// The package name.
+    pub name: String,
+    /// The exact version.
+    pub version: String,
+}
+
+impl PinnedPackage {
+    /// `name=version`, as apt takes it and as `container_configs.packages_apt` stores it.
+    pub fn pin(&self) -> String {
+        format!("{}={}", self.name, self.version)
+    }
+
+    /// Parses `name=version`; `None` when either part breaks [`debian_name_ok`] /
+    /// [`debian_version_ok`].
+    pub fn parse(pin: &str) -> Option<Self> {
+        let (name, version) = pin.split_once('=')?;
+        (debian_name_ok(name) && debian_version_ok(version))
+            .then(|| Self { name: name.to_string(), version: version.to_string() })
+    }
+}
+
+pub use nanoclaw_protocol::validate::{debian_name_ok, debian_version_ok};
+
+/// Why a per-group image was not built. Display is one line; the log tail is for the agent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct BuildFailure {
+    /// What failed.
+    pub message: String,
+    /// The last lines of the build's output.
+    pub log_tail: String,
 }
 
 /// How a container ended.
@@ -125,6 +164,40 @@ pub trait ContainerRuntime: Send + Sync + 'static {
 
     /// Lists containers labelled with this install id, running or not.
     async fn list_managed(&self, install_id: &str) -> Result<Vec<ManagedContainer>, RuntimeError>;
+
+    /// Resolves Debian package names to the exact versions an image would install, in a
+    /// throwaway container of `base` (the agent group's current image; `None`: the `standard`
+    /// image) that alone gets a network, to reach the Debian mirror. Returns one pin per name,
+    /// in order.
+    ///
+    /// Errors: [`RuntimeError::Image`] naming the unknown packages, or why the lookup failed.
+    /// The default: this runtime has no images.
+    async fn resolve_packages(
+        &self,
+        _base: Option<&str>,
+        _names: &[String],
+    ) -> Result<Vec<PinnedPackage>, RuntimeError> {
+        Err(RuntimeError::Image(format!(
+            "the {} runtime has no images to install packages into",
+            self.name()
+        )))
+    }
+
+    /// Builds the image of agent group `agent_group_id`: the `standard` image plus exactly
+    /// `packages`, with a network only while it builds. Returns the image's ref (the same inputs
+    /// give the same ref, and an image already there is reused).
+    ///
+    /// Errors: why, with the tail of the build's log. The default: this runtime has no images.
+    async fn build_group_image(
+        &self,
+        _agent_group_id: &str,
+        _packages: &[PinnedPackage],
+    ) -> Result<String, BuildFailure> {
+        Err(BuildFailure {
+            message: format!("the {} runtime has no images to build", self.name()),
+            log_tail: String::new(),
+        })
+    }
 
     /// The last `lines` lines of the container's output (the runner logs to stderr), for the
     /// warning about an unexpected exit; read before the container is removed. Runtimes that keep

@@ -37,7 +37,9 @@ pub fn settings(
                 format!("container_configs.image_tier: {t:?} is not one of minimal, standard")
             })?),
         };
-    let image_tier = effective_tier(explicit, provider.kind);
+    // The group's own image is the `standard` image plus its packages.
+    let image_tier =
+        if row.image_tag.is_some() { ImageTier::Standard } else { effective_tier(explicit, provider.kind) };
     let egress_allow: Vec<String> = serde_json::from_str(&row.egress_allow)
         .map_err(|e| format!("container_configs.egress_allow: not a JSON list of host names: {e}"))?;
     if let Some(bad) = egress_allow.iter().find(|h| !egress_pattern_ok(h)) {

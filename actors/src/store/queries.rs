@@ -154,13 +154,16 @@ pub struct RunnerConfigRow {
     pub mcp_servers: String,
     /// `container_configs.skills` (JSON: `"all"` or a list).
     pub skills: String,
+    /// `container_configs.image_tag`: the group's own image (approved packages), if built.
+    pub image_tag: Option<String>,
 }
 
 /// Loads the [`RunnerConfigRow`] of a session (defaults when its group has no container config).
 pub fn runner_config(conn: &Connection, session_id: &str) -> Result<Option<RunnerConfigRow>, StoreError> {
     conn.query_row(
         "SELECT coalesce(s.agent_provider, cc.provider), cc.model, cc.image_tier, coalesce(cc.egress_allow, '[]'),
-                coalesce(cc.tools, '\"all\"'), coalesce(cc.mcp_servers, '{}'), coalesce(cc.skills, '\"all\"')
+                coalesce(cc.tools, '\"all\"'), coalesce(cc.mcp_servers, '{}'), coalesce(cc.skills, '\"all\"'),
+                cc.image_tag
            FROM sessions s LEFT JOIN container_configs cc ON cc.agent_group_id = s.agent_group_id
           WHERE s.id = ?1",
         [session_id],
@@ -173,6 +176,7 @@ pub fn runner_config(conn: &Connection, session_id: &str) -> Result<Option<Runne
                 tools: r.get(4)?,
                 mcp_servers: r.get(5)?,
                 skills: r.get(6)?,
+                image_tag: r.get(7)?,
             })
         },
     )

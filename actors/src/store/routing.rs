@@ -931,6 +931,47 @@ pub fn set_mcp_server(
     tx.commit().sql("commit set mcp server")
 }
 
+/// The approved packages (`name=version` pins) and the image of an agent group
+/// (`container_configs.packages_apt`, `image_tag`). Errors when it has no container config or the
+/// stored list is not a JSON list of strings (named).
+pub fn group_packages(
+    conn: &Connection,
+    agent_group_id: &str,
+) -> Result<(Vec<String>, Option<String>), StoreError> {
+    let row: Option<(String, Option<String>)> = conn
+        .query_row(
+            "SELECT packages_apt, image_tag FROM container_configs WHERE agent_group_id = ?1",
+            [agent_group_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()
+        .sql("read group packages")?;
+    let (packages, image) = row.ok_or_else(|| {
+        StoreError::Invalid(format!("agent_group_id: {agent_group_id} has no container config"))
+    })?;
+    let packages: Vec<String> = serde_json::from_str(&packages).map_err(|e| {
+        StoreError::Invalid(format!("container_configs.packages_apt: not a JSON list of strings: {e}"))
+    })?;
+    Ok((packages, image))
+}
+
+/// Records a built group image and the packages in it (both at once: the configuration changes
+/// only after a good build); `None` goes back to the `standard` image.
+pub fn set_group_image(
+    conn: &Connection,
+    agent_group_id: &str,
+    packages: &[String],
+    image_tag: Option<&str>,
+) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE container_configs SET packages_apt = ?2, image_tag = ?3, image_tier = 'standard', updated_at = ?4
+          WHERE agent_group_id = ?1",
+        params![agent_group_id, serde_json::to_string(packages).expect("strings serialise"), image_tag, now_ts()],
+    )
+    .sql("record group image")?;
+    Ok(())
+}
+
 /// Longest agent group name, characters.
 pub const AGENT_NAME_MAX: usize = 64;
 

@@ -562,6 +562,28 @@ pub fn validate_outbound(raw: &RawOutboundRow) -> Result<ValidOutbound, RowError
     Ok(ValidOutbound { rowid: raw.rowid, id, seq, in_reply_to, deliver_after, target, body })
 }
 
+/// Most packages of one `install_packages` request (seed 003).
+pub const MAX_PACKAGES: usize = 20;
+
+/// A Debian package name as Debian policy allows it: lowercase letters, digits, `+`, `-`, `.`,
+/// starting with a letter or digit, 2-64 characters. Anything else (a version spec, a space, a
+/// `;`) is not a name. Checked by the runner's `install_packages` tool and again by the host.
+pub fn debian_name_ok(name: &str) -> bool {
+    (2..=64).contains(&name.len())
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'+' | b'-' | b'.'))
+}
+
+/// A Debian version: `[epoch:]upstream[-revision]` of letters, digits, `.+~:-`, starting with a
+/// digit, 1-64 characters.
+pub fn debian_version_ok(version: &str) -> bool {
+    (1..=64).contains(&version.len())
+        && version.as_bytes()[0].is_ascii_digit()
+        && version.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'+' | b'~' | b':' | b'-'))
+}
+
 /// The list and map fields of system actions whose items must be strings (`apt`, `npm`,
 /// `args`, `options`, `env`): a wrong item is refused naming it (`content.env.TOKEN`), which the
 /// typed parse of an internally tagged enum cannot do.

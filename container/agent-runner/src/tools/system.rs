@@ -15,7 +15,8 @@ use nanoclaw_protocol::content::{SystemAction, SystemNotice};
 use nanoclaw_protocol::rows::{OutboundKind, OutboundRow};
 use nanoclaw_protocol::time::now_ts;
 use nanoclaw_protocol::validate::{
-    DEFAULT_QUESTION_TIMEOUT_S, MAX_QUESTION_OPTIONS, MAX_QUESTION_TIMEOUT_S, MIN_QUESTION_OPTIONS,
+    DEFAULT_QUESTION_TIMEOUT_S, MAX_PACKAGES, MAX_QUESTION_OPTIONS, MAX_QUESTION_TIMEOUT_S,
+    MIN_QUESTION_OPTIONS, debian_name_ok,
 };
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -252,6 +253,19 @@ pub fn all() -> Vec<SystemTool> {
             schema: schema_of::<InstallPackagesArgs>,
             build: |v, _| {
                 let a: InstallPackagesArgs = parse_args(v)?;
+                // Checked here and again on the host: bare Debian names, 1 to 20.
+                let n = a.apt.len() + a.npm.len();
+                if !(1..=MAX_PACKAGES).contains(&n) {
+                    return Err(ToolError(format!(
+                        "invalid arguments: {n} packages; 1 to {MAX_PACKAGES} allowed"
+                    )));
+                }
+                if let Some(bad) = a.apt.iter().find(|p| !debian_name_ok(p)) {
+                    return Err(ToolError(format!(
+                        "invalid arguments: apt: {bad:?} is not a Debian package name (lowercase letters, digits, \
+                         + - .; no version)"
+                    )));
+                }
                 Ok(SystemAction::InstallPackages { apt: a.apt, npm: a.npm, reason: a.reason })
             },
         },
