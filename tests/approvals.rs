@@ -261,6 +261,66 @@ fn unknown_senders_and_new_chats_ask_the_owner_and_a_decision_lets_their_message
     owner.until(WAIT, |f| is_reply(f, &format!("approved {id}")));
     let frames = guest.until(WAIT, |f| is_reply(f, "echo: anyone here?"));
     assert_eq!(frames.last().unwrap()["chat"], "ops");
+
+    // Another new chat: the "new agent" button asks for a name, which a reply gives.
+    guest.send_frame(
+        &json!({"type": "message", "id": "n1", "text": "hello bots", "chat": "lab", "sender": "alice",
+                             "mention": true, "is_group": true}),
+    );
+    let card = choice_of(
+        &owner.until(WAIT, |f| f["type"] == "choice" && f["title"] == "Bot mentioned in a new chat"),
+    );
+    let id = card["approval_id"].as_str().unwrap().to_string();
+    owner.send_frame(&json!({"type": "decision", "callback": card["options"][1]["callback"]}));
+    let asked = owner.until(WAIT, |f| f["type"] == "decided");
+    assert_eq!(
+        asked.last().unwrap()["text"],
+        format!("reply `approve {id} new <name>` with the name of the new agent")
+    );
+    owner.send("d2", &format!("approve {id} new Lab Bot"));
+    owner.until(WAIT, |f| is_reply(f, &format!("approved {id}: create agent \"Lab Bot\"")));
+    let frames = guest.until(WAIT, |f| is_reply(f, "echo: hello bots"));
+    assert_eq!(frames.last().unwrap()["chat"], "lab");
+    let wired: String = store_db(&data)
+        .query_row(
+            "SELECT ag.name FROM messaging_group_agents w JOIN agent_groups ag ON ag.id = w.agent_group_id
+               JOIN messaging_groups mg ON mg.id = w.messaging_group_id WHERE mg.platform_id = 'lab'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(wired, "Lab Bot");
+}
+
+#[test]
+fn request_rebuild_without_approved_packages_restarts_on_the_standard_image_after_a_yes() {
+    let dir = short_tempdir();
+    let data = dir.path().join("data");
+    let server = Server::start(&data, &["--runtime", "process"], &[]);
+    let mut c = server.client();
+    c.send("m1", r#"tool request_rebuild {"reason": "my tools look broken"}"#);
+    let card = choice_of(&c.until(WAIT, |f| f["type"] == "choice"));
+    assert!(card["text"].as_str().unwrap().contains("my tools look broken"));
+    let id = card["approval_id"].as_str().unwrap().to_string();
+    c.send("m2", &format!("deny {id}"));
+    c.until(WAIT, |f| is_reply(f, &format!("denied {id}")));
+    let frames = c.until(WAIT, |f| is_reply(f, "echo: system: Your request_rebuild request"));
+    assert!(
+        frames.last().unwrap()["text"]
+            .as_str()
+            .unwrap()
+            .contains("was denied by cli:local. Do not ask again")
+    );
+    c.send("m3", r#"tool request_rebuild {"reason": "please"}"#);
+    let card = choice_of(&c.until(WAIT, |f| f["type"] == "choice"));
+    let id = card["approval_id"].as_str().unwrap().to_string();
+    c.send("m4", &format!("approve {id}"));
+    let frames = c.until(WAIT, |f| is_reply(f, "echo: system: Your request_rebuild request"));
+    assert!(
+        frames.last().unwrap()["text"].as_str().unwrap().contains("no packages were approved"),
+        "{frames:?}"
+    );
+    assert_eq!(approval_status(&data, &id), "executed");
 }
 
 /// System actions written straight into `outbound.db` (as a hostile container could): each bad

@@ -537,3 +537,29 @@ async fn a_thousand_open_approvals_are_restored_at_start_and_each_expires_at_its
     assert!(spread >= chrono::Duration::seconds(3), "all expired within {spread}");
     service.shutdown(Duration::from_secs(10)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashing_approval_actor_is_restarted_from_its_row_and_then_the_request_is_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let channel = MemoryChannel::new("mem");
+    let service = start(dir.path(), &channel).await;
+    service.shutdown(Duration::from_secs(10)).await;
+    // A row its actor cannot read (a kind the schema forbids): every start of the actor fails.
+    db(dir.path())
+        .execute_batch(
+            "PRAGMA ignore_check_constraints = ON;
+             INSERT INTO pending_approvals (approval_id, kind, action, request_id, payload, payload_hash, status,
+               created_at, expires_at, updated_at)
+             VALUES ('bbbbbb', 'bogus', 'add_mcp_server', 'r1', '{}', 'x', 'pending',
+               '2026-01-01T00:00:00.000Z', '2999-01-01T00:00:00.000Z', '2026-01-01T00:00:00.000Z');",
+        )
+        .unwrap();
+    let channel = MemoryChannel::new("mem");
+    let service = start(dir.path(), &channel).await;
+    until("the request is failed", || status(dir.path(), "bbbbbb").0 == "failed").await;
+    let result = status(dir.path(), "bbbbbb").2.unwrap();
+    assert!(result.starts_with("the host could not handle it:"), "{result}");
+    // Restarted from its row before giving up: the supervisor logged each restart and lives on.
+    assert_eq!(service.approvals().live().await, Some(0));
+    service.shutdown(Duration::from_secs(10)).await;
+}

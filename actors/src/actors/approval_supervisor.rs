@@ -154,20 +154,24 @@ impl Actor for ApprovalSupervisor {
             warn!(approval = %id, error = %why, "approval actor keeps failing; the request is failed");
             state.restarts.remove(&id);
             let reason = format!("the host could not handle it: {why}");
-            let row = state
+            let (i, r) = (id.clone(), reason);
+            let failed = state
                 .deps
                 .ctx
                 .store
-                .call(move |c| {
-                    store::finish_approval(c, &id, ApprovalStatus::Failed, Some(&reason))?;
-                    store::approval(c, &id)
-                })
-                .await?;
-            // Told like any other failure (the card, the agent), off this mailbox.
-            if let Some(row) = row {
-                let deps = state.deps.clone();
-                tokio::spawn(async move { deps.report(&row).await });
+                .call(move |c| store::finish_approval(c, &i, ApprovalStatus::Failed, Some(&r)))
+                .await;
+            if let Err(e) = failed {
+                warn!(approval = %id, error = %e, "the request could not be marked failed");
             }
+            // Told like any other failure (the card, the agent), off this mailbox; a row that
+            // cannot even be read (what crashed its actor) is left as it is.
+            let deps = state.deps.clone();
+            tokio::spawn(async move {
+                if let Ok(Some(row)) = deps.ctx.store.call(move |c| store::approval(c, &id)).await {
+                    deps.report(&row).await;
+                }
+            });
             return Ok(());
         }
         warn!(approval = %id, error = %why, restart = *n, "approval actor failed; restarting it from its row");
