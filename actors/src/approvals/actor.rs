@@ -1,10 +1,10 @@
 //! `ApprovalActor`: one per open approval (DESIGN §4). It is driven by its row, so a restart —
 //! of the actor after a crash, or of the host — picks up where the row says:
 //!
-//! - `pending` without a card: picks the approver and delivers the card (retried with backoff,
-//!   then the next approver, then the request fails with the reason); no approver at all fails it
-//!   at once with the grant command in the agent's note. With the card out it arms its expiry as
-//!   a ractor timer for the remaining lifetime (past it: at once).
+//! - `pending`: arms its expiry as a ractor timer for the remaining lifetime (past it: at once);
+//!   without a card, settles what the card shows (exact package versions) and delivers it to the
+//!   approver (retried with backoff, then the next approver, then the request fails with the
+//!   reason); no approver at all fails it at once with the grant command in the agent's note.
 //! - `approved`: carries the decision out once ([`crate::store::begin_execution`] counts runs; a
 //!   row found `approved` at start runs once more, a third time fails it), after checking the
 //!   payload's hash against the card's (`payload_changed`).
@@ -291,22 +291,15 @@ impl ApprovalState {
         };
         match a.status {
             ApprovalStatus::Pending => {
-                if a.card.is_none() {
-                    if self.retry.is_some() {
-                        return Ok(());
-                    }
-                    // What the card shows is settled first (exact package versions).
-                    let a = match self.settle_payload(a).await? {
-                        Some(a) => a,
-                        None => return Ok(()),
-                    };
-                    if !self.deliver_card(myself, &a).await? {
-                        return Ok(());
-                    }
-                    self.arm_expiry(myself, &a);
-                } else {
-                    self.arm_expiry(myself, &a);
+                // The lifetime runs from the request, card or not: one that never reaches an
+                // approver in time expires like any other.
+                self.arm_expiry(myself, &a);
+                if a.card.is_some() || self.retry.is_some() || a.expires_at <= chrono::Utc::now() {
+                    return Ok(());
                 }
+                // What the card shows is settled first (exact package versions).
+                let Some(a) = self.settle_payload(a).await? else { return Ok(()) };
+                self.deliver_card(myself, &a).await?;
             }
             ApprovalStatus::Approved => {
                 self.execute(a).await?;
@@ -395,12 +388,12 @@ impl ApprovalState {
         Ok(dms)
     }
 
-    /// Delivers the card; true when it is out. On failure a retry is armed, or the request fails.
+    /// Delivers the card. On failure a retry is armed, or the request fails.
     async fn deliver_card(
         &mut self,
         myself: &ActorRef<ApprovalMessage>,
         a: &Approval,
-    ) -> Result<bool, ActorProcessingErr> {
+    ) -> Result<(), ActorProcessingErr> {
         let candidates = self.candidates(a).await?;
         if candidates.is_empty() {
             let reason = match (a.kind, &a.agent_group_id) {
@@ -416,14 +409,14 @@ impl ApprovalState {
                 }
             };
             self.fail(a.clone(), reason).await?;
-            return Ok(false);
+            return Ok(());
         }
         let per = i64::from(self.deps.config.card_attempts.max(1));
         let index = usize::try_from(a.card_attempts / per).unwrap_or(usize::MAX);
         let Some((approver, address)) = candidates.get(index).cloned() else {
             let why = self.last_card_error.clone().unwrap_or_else(|| "no channel took it".into());
             self.fail(a.clone(), format!("the card could not be delivered to any approver: {why}")).await?;
-            return Ok(false);
+            return Ok(());
         };
         let card = card::render(a, self.deps.config.card_text_chars);
         let message = OutboundMessage {
@@ -439,7 +432,7 @@ impl ApprovalState {
             self.retry = Some(AbortOnDropHandle::new(
                 myself.send_after(std::time::Duration::from_millis(500), || ApprovalMessage::RetryCard),
             ));
-            return Ok(false);
+            return Ok(());
         };
         let sent = channel
             .perform(
@@ -458,7 +451,7 @@ impl ApprovalState {
                     })
                     .await?;
                 info!(approval = %a.id, action = %a.action, "approval card delivered");
-                Ok(true)
+                Ok(())
             }
             Err(e) => {
                 warn!(approval = %a.id, chat = %address.platform_id, error = %e, "approval card not delivered; will retry");
@@ -468,7 +461,7 @@ impl ApprovalState {
                     self.deps.config.card_retry * 2u32.saturating_pow(((n - 1) % per).clamp(0, 10) as u32);
                 self.retry =
                     Some(AbortOnDropHandle::new(myself.send_after(backoff, || ApprovalMessage::RetryCard)));
-                Ok(false)
+                Ok(())
             }
         }
     }
@@ -595,17 +588,7 @@ impl ApprovalState {
             _ => "expired: nobody decided in time".to_string(),
         };
         let (id, r) = (a.id.clone(), result.clone());
-        self.deps
-            .ctx
-            .store
-            .call(move |c| {
-                c.execute(
-                    "UPDATE pending_approvals SET result = ?2 WHERE approval_id = ?1 AND result IS NULL",
-                    rusqlite::params![id, r],
-                )
-                .map_err(|e| StoreError::Sqlite { what: "record refusal".into(), source: e })
-            })
-            .await?;
+        self.deps.ctx.store.call(move |c| store::note_refusal_applied(c, &id, &r)).await?;
         let a = Approval { result: Some(result), ..a };
         self.deps.report(&a).await;
         Ok(())
@@ -621,13 +604,7 @@ impl ApprovalState {
             .store
             .call(move |c| {
                 match kind {
-                    ApprovalKind::Sender => {
-                        c.execute(
-                            "DELETE FROM pending_sender_approvals WHERE id = ?1 AND status = 'pending'",
-                            [&request],
-                        )
-                        .map_err(|e| StoreError::Sqlite { what: "clear sender request".into(), source: e })?;
-                    }
+                    ApprovalKind::Sender => store::drop_sender_request(c, &request)?,
                     ApprovalKind::Channel => store::clear_channel_approval(c, &request)?,
                     _ => {}
                 }

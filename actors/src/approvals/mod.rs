@@ -261,10 +261,7 @@ fn resolve(a: &Approval, choice: &Choice) -> Resolved {
         ApprovalKind::Channel => {
             let options = card::channel_options(a);
             let pick = |i: usize| match options.get(i) {
-                Some((label, c)) if c == "new" => {
-                    let _ = label;
-                    Resolved::NeedsName
-                }
+                Some((_, c)) if c == "new" => Resolved::NeedsName,
                 Some((_, c)) if c == "reject" => deny("the chat is rejected".into()),
                 Some((label, c)) => Resolved::Decide {
                     to: ApprovalStatus::Approved,

@@ -454,12 +454,7 @@ impl Router {
             warn!(channel = channel_type, user = %click.user_id, "click with callback data that no card of this host has");
             return Ok("not allowed: this button does not belong to a card of this host".into());
         };
-        let prefix = format!("{channel_type}:");
-        let user = if click.user_id.starts_with(&prefix) {
-            click.user_id.clone()
-        } else {
-            format!("{prefix}{}", click.user_id)
-        };
+        let user = namespaced(channel_type, &click.user_id);
         let answer = handle
             .decide(DecisionRequest {
                 id,
@@ -761,10 +756,14 @@ fn answered_question(
 /// this channel's `<channel_type>:`. A handle namespaced for another channel is wrapped like any
 /// other (`cli:telegram:1`), so no adapter can speak as a user of another channel.
 pub fn namespaced_sender(event: &InboundEvent) -> Option<String> {
-    let prefix = format!("{}:", event.channel_type);
-    event
-        .sender_id
-        .as_ref()
-        .filter(|s| !s.is_empty())
-        .map(|s| if s.starts_with(&prefix) { s.clone() } else { format!("{prefix}{s}") })
+    event.sender_id.as_deref().filter(|s| !s.is_empty()).map(|s| namespaced(&event.channel_type, s))
+}
+
+/// `handle` as a user id of `channel_type` (see [`namespaced_sender`]): a sender or a clicking
+/// user.
+fn namespaced(channel_type: &str, handle: &str) -> String {
+    match handle.strip_prefix(channel_type).and_then(|rest| rest.strip_prefix(':')) {
+        Some(_) => handle.to_string(),
+        None => format!("{channel_type}:{handle}"),
+    }
 }

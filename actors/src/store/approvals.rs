@@ -542,6 +542,17 @@ pub fn finish_approval(
         == 1)
 }
 
+/// Records that the effects of a denial or expiry were applied: `result` (empty until then, which
+/// is what brings the row's actor back at start) gets the outcome line.
+pub fn note_refusal_applied(conn: &Connection, id: &str, result: &str) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE pending_approvals SET result = ?2 WHERE approval_id = ?1 AND result IS NULL",
+        params![id, result],
+    )
+    .sql("record refusal")?;
+    Ok(())
+}
+
 /// Deletes decided approvals last changed before `before` (audit retention,
 /// [`APPROVAL_RETENTION`]), at most `batch`; returns how many.
 pub fn sweep_approvals(conn: &Connection, before: DateTime<Utc>, batch: usize) -> Result<usize, StoreError> {

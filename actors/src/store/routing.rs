@@ -814,6 +814,14 @@ pub fn deny_sender_request(conn: &Connection, id: &str, decided_by: &str) -> Res
         == 1)
 }
 
+/// Removes a still pending sender request (its approval expired or failed), so the sender's next
+/// message asks again.
+pub fn drop_sender_request(conn: &Connection, id: &str) -> Result<(), StoreError> {
+    conn.execute("DELETE FROM pending_sender_approvals WHERE id = ?1 AND status = 'pending'", [id])
+        .sql("clear sender request")?;
+    Ok(())
+}
+
 /// A pending channel registration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChannelApproval {
