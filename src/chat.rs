@@ -337,8 +337,13 @@ async fn one_turn(stream: UnixStream, text: String, timeout: Duration, address: 
         };
         match read_frame(&next) {
             // Only replies (and files, cards, edits, reactions) to this chat's message are its
-            // own to show and ack; the others wait in the service for an interactive chat.
-            Ok(Some(frame)) if frame.shown_text().is_some() && frame.in_reply_to() == Some(id.as_str()) => {
+            // own to show and ack, and the approval cards of this chat (an agent's request often
+            // comes with a turn); the others wait in the service for an interactive chat.
+            Ok(Some(frame))
+                if frame.shown_text().is_some()
+                    && (frame.in_reply_to() == Some(id.as_str())
+                        || (matches!(frame, ServerFrame::Choice { .. }) && address.owns(&frame))) =>
+            {
                 if !show(&mut out, &mut seen, address, &frame).await {
                     eprintln!("nanoclaw: the service closed the connection");
                     return 1;

@@ -406,3 +406,29 @@ fn bad_system_actions_are_refused_before_any_card_naming_the_field() {
     let frames = c.until(WAIT, |f| f["type"] == "done" && f["id"] == "m3");
     assert_eq!(replies_to(&frames, "m3"), vec!["echo: still here?"]);
 }
+
+/// The owner's one-turn `nanoclaw chat`: the card of the agent's request shows with the turn, and
+/// `approve <id>` is answered and ends (the host's answer finishes the message: no agent took it).
+#[test]
+fn one_turn_chats_show_the_card_and_take_the_decision() {
+    let dir = short_tempdir();
+    let data = dir.path().join("data");
+    let _server = Server::start(&data, &["--runtime", "process"], &[]);
+    let out = nanoclaw(&data)
+        .args(["chat", "-m", r#"tool add_mcp_server {"name":"files","command":"/usr/bin/mcp-files"}"#])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("tool add_mcp_server: approval requested (id "), "{stdout}");
+    let id: String =
+        store_db(&data).query_row("SELECT approval_id FROM pending_approvals", [], |r| r.get(0)).unwrap();
+    // The card may come with the turn or just after it: a second chat shows it otherwise.
+    let mut shown = stdout.contains(&format!("[{id}] Approval needed: add_mcp_server"));
+    let out = nanoclaw(&data).args(["chat", "-m", &format!("approve {id}")]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    shown |= stdout.contains(&format!("[{id}] Approval needed: add_mcp_server"));
+    assert!(shown, "the card was never shown: {stdout}");
+    assert!(stdout.contains(&format!("approved {id}: add_mcp_server")), "{stdout}");
+}

@@ -1,15 +1,17 @@
 //! The host's own outbox: notes the host sends to chats itself (the refusal of an admin-only
-//! command; approval cards later), with the delivery rule of every session outbox (DESIGN §5
+//! command, the answer to a decision by reply), with the delivery rule of every session outbox (DESIGN §5
 //! invariant 3). A note is a `host_outbox` row committed with the decision that caused it; this
 //! task commits `sending` before each send and the outcome after it. At start, a note left
 //! `sending` by a crash is sent again with the same key on an idempotent channel, and failed
-//! (never sent twice) on the others.
+//! (never sent twice) on the others. A note that answers a message (`in_reply_to`) is the host's
+//! whole answer to it — no agent took the message — so its delivery is followed by the
+//! message's `Processed` notice (a one-turn `nanoclaw chat` ends there).
 //!
 //! One task, woken by [`HostOutbox::poke`] and by a timer for the next retry; a slow fallback
 //! pass ([`FALLBACK`]) covers a lost poke.
 
 use crate::context::Channels;
-use crate::ports::channel::{Delivery, DeliveryError, OutboundMessage};
+use crate::ports::channel::{Delivery, DeliveryError, Notice, OutboundMessage};
 use crate::store::{self, HostNote, Store};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -137,6 +139,16 @@ impl Worker {
             message_out_id: note.id.clone(),
         };
         let sent = channel.perform(Delivery::Message(message), self.delivery_timeout).await;
+        // A note that answers a message is the host's whole answer to it (a decision, a refused
+        // command: no agent took the message): the chat hears that the message is finished.
+        if sent.is_ok()
+            && let Some(answered) = &note.in_reply_to
+        {
+            channel.notice(Notice::Processed {
+                platform_id: note.platform_id.clone(),
+                platform_message_id: answered.clone(),
+            });
+        }
         let attempts = note.attempts + 1;
         let (status, error) = match &sent {
             Ok(_) => ("delivered", None),
