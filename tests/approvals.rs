@@ -432,3 +432,27 @@ fn one_turn_chats_show_the_card_and_take_the_decision() {
     assert!(shown, "the card was never shown: {stdout}");
     assert!(stdout.contains(&format!("approved {id}: add_mcp_server")), "{stdout}");
 }
+
+/// An agent's request nobody decides: the card says it expired and the agent is told (a note that
+/// wakes it), with the instruction to tell the user.
+#[test]
+fn an_expired_request_edits_the_card_and_wakes_the_agent_with_a_note() {
+    let dir = short_tempdir();
+    let data = dir.path().join("data");
+    let config = config_file(dir.path(), "[approvals.ttl_seconds_by_action]\ncreate_agent = 1\n");
+    let server = Server::start(&data, &["--runtime", "process", "--config", config.to_str().unwrap()], &[]);
+    let mut c = server.client();
+    c.send("m1", r#"tool create_agent {"name": "Helper"}"#);
+    let card = choice_of(&c.until(WAIT, |f| f["type"] == "choice"));
+    let id = card["approval_id"].as_str().unwrap().to_string();
+    let frames = c.until(WAIT, |f| is_reply(f, "echo: system: Your create_agent request"));
+    let note = frames.last().unwrap()["text"].as_str().unwrap();
+    assert!(note.contains(&format!("{id} expired: nobody decided in time. Tell the user")), "{note}");
+    assert_eq!(approval_status(&data, &id), "expired");
+    let edited = |f: &Value| f["type"] == "edit" && f["text"].as_str().is_some_and(|t| t.contains("Expired"));
+    if !frames.iter().any(edited) {
+        c.until(WAIT, edited);
+    }
+    c.send("m2", &format!("approve {id}"));
+    c.until(WAIT, |f| is_reply(f, &format!("approval {id} expired")));
+}

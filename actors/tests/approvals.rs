@@ -563,3 +563,27 @@ async fn a_crashing_approval_actor_is_restarted_from_its_row_and_then_the_reques
     assert_eq!(service.approvals().live().await, Some(0));
     service.shutdown(Duration::from_secs(10)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_card_no_approver_can_get_fails_the_request_with_the_reason_and_the_service_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let channel = MemoryChannel::new("mem");
+    let service =
+        start_with(dir.path(), &channel, |c| c.approvals.card_retry = Duration::from_millis(5)).await;
+    admin(&service, "boss", Some(AG)).await;
+    team(&service).await;
+    // Two places to try (the admin's DM, then the chat the request came from), three times each.
+    channel.fail_next((0..6).map(|_| DeliveryError::rejected("the platform refuses this bot")).collect());
+    channel.submit_event(message("team", "eve-1", "eve", "hi")).await.unwrap();
+    let id: String = db(dir.path())
+        .query_row("SELECT approval_id FROM pending_approvals WHERE kind = 'sender'", [], |r| r.get(0))
+        .unwrap();
+    until("the request fails", || status(dir.path(), &id).0 == "failed").await;
+    let result = status(dir.path(), &id).2.unwrap();
+    assert_eq!(result, "the card could not be delivered to any approver: the platform refuses this bot");
+    assert!(channel.choices().is_empty());
+    // Freed and still serving: the sender's next message asks again, and this card gets through.
+    channel.submit_event(message("team", "eve-2", "eve", "hello?")).await.unwrap();
+    until("a card is shown", || !channel.choices().is_empty()).await;
+    service.shutdown(Duration::from_secs(10)).await;
+}
