@@ -22,10 +22,6 @@ fn choice_of(frames: &[Value]) -> Value {
         .unwrap_or_else(|| panic!("no card in {frames:?}"))
 }
 
-fn is_reply(f: &Value, prefix: &str) -> bool {
-    f["type"] == "reply" && f["text"].as_str().is_some_and(|t| t.starts_with(prefix))
-}
-
 fn approval_status(data: &std::path::Path, id: &str) -> String {
     store_db(data)
         .query_row("SELECT status FROM pending_approvals WHERE approval_id = ?1", [id], |r| r.get(0))

@@ -10,16 +10,11 @@
 mod common;
 
 use common::*;
-use serde_json::Value;
 use std::time::Duration;
 
 /// Generous: the first run on a host builds the `standard` image before it can resolve anything.
 const FIRST: Duration = Duration::from_secs(25 * 60);
 const WAIT: Duration = Duration::from_secs(5 * 60);
-
-fn is_reply(f: &Value, prefix: &str) -> bool {
-    f["type"] == "reply" && f["text"].as_str().is_some_and(|t| t.starts_with(prefix))
-}
 
 #[test]
 fn an_approved_package_is_built_into_the_groups_image_and_runs_in_the_new_container() {

@@ -442,6 +442,11 @@ impl Client {
     }
 }
 
+/// Whether `f` is a `reply` frame whose text starts with `prefix`.
+pub fn is_reply(f: &Value, prefix: &str) -> bool {
+    f["type"] == "reply" && f["text"].as_str().is_some_and(|t| t.starts_with(prefix))
+}
+
 /// Replies among frames answering `id`.
 pub fn replies_to<'a>(frames: &'a [Value], id: &str) -> Vec<&'a str> {
     frames
