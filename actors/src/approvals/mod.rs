@@ -33,10 +33,11 @@ use tracing::{info, warn};
 /// Approval settings (config section `[approvals]`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ApprovalsConfig {
-    /// How long a request waits for a decision (`approvals.ttl`, default 1 h).
+    /// How long a request waits for a decision (`approvals.ttl_seconds`, default 1 h).
     pub ttl: Duration,
-    /// Lifetimes per action name (`[approvals.ttl_by_action]`, e.g. `install_packages = "2h"`);
-    /// the others get [`ApprovalsConfig::ttl`].
+    /// Lifetimes per action name (`[approvals.ttl_seconds_by_action]`, e.g. `install_packages =
+    /// 7200`; `sender` and `channel` for the routing's requests); the others get
+    /// [`ApprovalsConfig::ttl`]. A question's own `timeout_s` always wins.
     pub ttl_by_action: BTreeMap<String, Duration>,
     /// Delivery attempts of a card per approver before the next approver is tried (3).
     pub card_attempts: u32,
@@ -456,5 +457,44 @@ impl ApprovalsHandle {
     pub async fn live(&self) -> Option<usize> {
         let actor = self.actor.read().clone()?;
         ractor::call_t!(actor, ApprovalSupervisorMessage::Live, 5_000).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_decide_only_in_their_exact_shape() {
+        assert_eq!(parse_reply("approve abc234"), Some(("abc234".into(), Choice::Approve)));
+        assert_eq!(parse_reply("  /DENY ABC234 "), Some(("abc234".into(), Choice::Deny)));
+        assert_eq!(parse_reply("approve abc234 2"), Some(("abc234".into(), Choice::Option(1))));
+        assert_eq!(
+            parse_reply("approve abc234 new Lab  Bot"),
+            Some(("abc234".into(), Choice::NewAgent("Lab Bot".into())))
+        );
+        for text in [
+            "approve",
+            "approve it",
+            "approve abc1234",
+            "approve abc238",
+            "deny abc234 2",
+            "approve abc234 0",
+            "approve abc234 new",
+            "please approve abc234",
+            "approve abc234 two words",
+        ] {
+            assert_eq!(parse_reply(text), None, "{text}");
+        }
+    }
+
+    #[test]
+    fn callbacks_round_trip_and_anything_else_is_refused() {
+        let data = callback("abc234", 3);
+        assert!(data.len() <= crate::ports::channel::MAX_CALLBACK_BYTES);
+        assert_eq!(parse_callback(&data), Some(("abc234".into(), 3)));
+        for bad in ["nc:abc234", "nc:abc23:1", "nc:abc234:x", "nc:abc234:123", "xx:abc234:1", ""] {
+            assert_eq!(parse_callback(bad), None, "{bad}");
+        }
     }
 }
