@@ -154,6 +154,7 @@ impl ApprovalDeps {
         handle.status().await.is_ok_and(|s| s.container_generation == Some(generation))
     }
 
+    /// The live actor of a session (spawned if needed).
     async fn session(&self, session_id: &str) -> Result<crate::actors::session::SessionHandle, String> {
         let sid = session_id.to_string();
         let info = self
@@ -174,16 +175,7 @@ impl ApprovalDeps {
         rows: Vec<NewInbound>,
         restart: bool,
     ) -> Result<(), String> {
-        let sid = session_id.to_string();
-        let info = self
-            .ctx
-            .store
-            .call(move |c| store::session_info(c, &sid))
-            .await
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("session {session_id} is gone"))?;
-        let sessions = self.ctx.sessions.get().ok_or("no session supervisor")?;
-        let handle = sessions.get(info).await.map_err(|e| e.to_string())?;
+        let handle = self.session(session_id).await?;
         if restart {
             handle.restart_with(rows, "approved configuration change").await.map_err(|e| e.to_string())?;
         } else {
